@@ -1,0 +1,26 @@
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
+
+
+def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every parameter and BN statistic a non-trivial value, so that a comparison of two
+    implementations exercises the biases, BN shifts and running statistics, not just the
+    initialisation (where BN shift is 0 and running stats are 0 and 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                n = module.num_features
+                module.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                module.bias.copy_(torch.randn(n, generator=gen) * 0.1)
+                module.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+                module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+            elif isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)) and module.bias is not None:
+                module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.1)
+    return model
