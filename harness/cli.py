@@ -1,0 +1,100 @@
+"""The ``resnest-bench`` command line.
+
+Start-up stays light: subcommands import torch and the model zoo only when they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from harness import __version__
+from harness.errors import UserError
+from harness.render import FORMATS, render
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
+    return value
+
+
+def _cmd_models(args: argparse.Namespace) -> None:
+    from resnest import list_models
+    from resnest.summary import summarize
+
+    rows = []
+    for name in list_models():
+        s = summarize(name, num_classes=args.num_classes)
+        rows.append(
+            {
+                "name": s.name,
+                "block": s.block,
+                "stages": list(s.stages),
+                "radix": s.radix,
+                "params": s.parameters,
+                "MFLOPs@32": round(s.mflops_32, 1),
+                "MFLOPs@224": round(s.mflops_224, 1),
+                "fp32 MB": round(s.fp32_mb, 1),
+            }
+        )
+    print(render(rows, args.format))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="resnest-bench",
+        description=(
+            "Benchmark split-attention networks (ResNeSt) across GPU types: train each block "
+            "variant on each GPU type, export and deploy it, and compare the results."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    models = sub.add_parser(
+        "models",
+        help="list the named network configurations with their size and compute",
+        description=(
+            "List the model zoo's named configurations: block style, stage depths, radix, "
+            "parameters, FLOPs (2 x multiply-adds, convolutions and linear layers) for one "
+            "image at 32x32 and 224x224, and the size of the fp32 weights."
+        ),
+    )
+    models.add_argument(
+        "--num-classes",
+        type=_positive_int,
+        default=10,
+        help="classes of the classifier head (default: 10, as for CIFAR-10)",
+    )
+    models.add_argument(
+        "--format", choices=FORMATS, default="table", help="output format (default: table)"
+    )
+    models.set_defaults(func=_cmd_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        args.func(args)
+    except UserError as exc:
+        print(f"resnest-bench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("resnest-bench: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""The command line, run as a user runs it: the installed console script in a subprocess."""
+
+import csv
+import io
+import json
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+# The console script installed beside this interpreter, as a user of this environment runs it.
+EXE = Path(sysconfig.get_path("scripts")) / "resnest-bench"
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    assert EXE.exists(), f"{EXE} is missing: install the project (pip install -e .)"
+    return subprocess.run([str(EXE), *args], capture_output=True, text=True, timeout=300)
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import sys\n"
+        "from harness.cli import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('TORCH_LOADED' if 'torch' in sys.modules else 'TORCH_ABSENT')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "models" in out.stdout
+    assert out.stdout.strip().endswith("TORCH_ABSENT")
+
+
+def test_help_explains_the_commands():
+    result = run("--help")
+    assert result.returncode == 0
+    assert "models" in result.stdout and "GPU types" in result.stdout
+    result = run("models", "--help")
+    assert result.returncode == 0 and "--format" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def models_json():
+    result = run("models", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    return {row["name"]: row for row in json.loads(result.stdout)}
+
+
+def test_models_reports_the_study_figures(models_json):
+    bottleneck = models_json["resnest50_bottleneck"]
+    assert bottleneck["params"] == 25_454_730
+    assert bottleneck["MFLOPs@32"] == 222.9
+    assert bottleneck["block"] == "bottleneck" and bottleneck["stages"] == [3, 4, 6, 3]
+    basic = models_json["resnest50_basic"]
+    assert (basic["params"], basic["MFLOPs@32"]) == (33_459_082, 303.9)
+    assert basic["fp32 MB"] == round(33_459_082 * 4 / 1e6, 1)
+    assert basic["MFLOPs@224"] > 40 * basic["MFLOPs@32"]
+
+
+def test_models_table_and_csv():
+    table = run("models")
+    assert table.returncode == 0
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[:2] == ["name", "block"]
+    assert any(line.startswith("resnest50_basic ") and "33,459,082" in line for line in lines)
+    result = run("models", "--format", "csv", "--num-classes", "1000")
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    official = next(r for r in rows if r["name"] == "resnest50_bottleneck")
+    assert official["params"] == "27483240"
+
+
+def test_bad_arguments_give_one_line_and_exit_2():
+    result = run("models", "--num-classes", "zero")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "--num-classes: expected a whole number, got 'zero'" in result.stderr
+    result = run("models", "--format", "xml")
+    assert result.returncode == 2 and "invalid choice" in result.stderr
