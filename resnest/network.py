@@ -19,13 +19,15 @@ BlockKind = Literal["bottleneck", "basic"]
 STEMS: tuple[str, ...] = ("deep", "classic", "cifar")
 
 
-def make_stem(kind: str, stem_width: int, in_chans: int = 3) -> tuple[nn.Module, int, nn.Module]:
+def make_stem(
+    kind: str, stem_width: int, in_chans: int = 3, width: int = 64
+) -> tuple[nn.Module, int, nn.Module]:
     """Return ``(conv1, out_channels, pool)``: the convolutions before ``bn1`` and the pool after.
 
     ``deep``: three 3x3 convs (the first with stride 2) and a 3x3 max pool, as in ResNet-D and
     the study; 32x32 inputs reach the first stage at 8x8. ``classic``: one 7x7 conv with stride
     2 and the max pool. ``cifar``: one 3x3 conv with stride 1 and no pool, so 32x32 inputs
-    reach the first stage at full resolution.
+    reach the first stage at full resolution. The last two put out ``width`` channels.
     """
     if kind == "deep":
         conv1: nn.Module = nn.Sequential(
@@ -39,11 +41,11 @@ def make_stem(kind: str, stem_width: int, in_chans: int = 3) -> tuple[nn.Module,
         )
         return conv1, stem_width * 2, nn.MaxPool2d(3, stride=2, padding=1)
     if kind == "classic":
-        conv1 = nn.Conv2d(in_chans, 64, 7, stride=2, padding=3, bias=False)
-        return conv1, 64, nn.MaxPool2d(3, stride=2, padding=1)
+        conv1 = nn.Conv2d(in_chans, width, 7, stride=2, padding=3, bias=False)
+        return conv1, width, nn.MaxPool2d(3, stride=2, padding=1)
     if kind == "cifar":
-        conv1 = nn.Conv2d(in_chans, 64, 3, stride=1, padding=1, bias=False)
-        return conv1, 64, nn.Identity()
+        conv1 = nn.Conv2d(in_chans, width, 3, stride=1, padding=1, bias=False)
+        return conv1, width, nn.Identity()
     raise ValueError(f"unknown stem {kind!r}; expected one of {', '.join(STEMS)}")
 
 
@@ -58,6 +60,7 @@ class ResNeSt(nn.Module):
         radix: int = 2,
         cardinality: int = 1,
         bottleneck_width: int = 64,
+        base_width: int = 64,
         stem: StemKind = "deep",
         stem_width: int = 32,
         avg_down: bool = True,
@@ -76,7 +79,7 @@ class ResNeSt(nn.Module):
         self.num_classes = num_classes
         self.block_kind = block
 
-        self.conv1, channels, self.maxpool = make_stem(stem, stem_width, in_chans)
+        self.conv1, channels, self.maxpool = make_stem(stem, stem_width, in_chans, base_width)
         self.bn1 = nn.BatchNorm2d(channels)
         self.relu = nn.ReLU(inplace=True)
 
@@ -89,7 +92,8 @@ class ResNeSt(nn.Module):
             last_gamma=last_gamma,
         )
         stages = []
-        for index, (planes, depth) in enumerate(zip((64, 128, 256, 512), layers, strict=True)):
+        widths = (base_width, base_width * 2, base_width * 4, base_width * 8)
+        for index, (planes, depth) in enumerate(zip(widths, layers, strict=True)):
             stride = 1 if index == 0 else 2
             stage, channels = _make_stage(
                 block_cls, channels, planes, depth, stride, avg_down, block_args

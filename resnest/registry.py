@@ -17,6 +17,7 @@ class ModelConfig:
     radix: int = 2
     cardinality: int = 1
     bottleneck_width: int = 64
+    base_width: int = 64
     stem: str = "deep"
     stem_width: int = 32
     avg_down: bool = True
@@ -107,5 +108,36 @@ register(
         block="basic",
         layers=(3, 4, 14, 3),
         **{**_RESNEST50, "radix": 0},
+    )
+)
+
+# Small members of the family for smoke runs and CPU tests: one block per stage, an eighth of
+# the width, and the CIFAR stem (no early downsampling, so 32x32 inputs are not wasted).
+_TINY = dict(
+    radix=2,
+    cardinality=1,
+    bottleneck_width=64,
+    base_width=8,
+    stem="cifar",
+    stem_width=8,
+    avg_down=True,
+    avd=True,
+)
+register(
+    ModelConfig(
+        name="resnest_tiny_bottleneck",
+        description="smoke-size ResNeSt: bottleneck blocks [1, 1, 1, 1], width 8, CIFAR stem",
+        block="bottleneck",
+        layers=(1, 1, 1, 1),
+        **_TINY,
+    )
+)
+register(
+    ModelConfig(
+        name="resnest_tiny_basic",
+        description="smoke-size ResNeSt: basic blocks [1, 1, 1, 1], width 8, CIFAR stem",
+        block="basic",
+        layers=(1, 1, 1, 1),
+        **_TINY,
     )
 )

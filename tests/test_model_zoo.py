@@ -43,8 +43,9 @@ def test_flop_counter_counts_two_per_multiply_add():
 
 def test_registry_has_the_study_networks_and_their_radix0_baselines():
     names = resnest.list_models()
-    assert {"resnest50_bottleneck", "resnest50_basic"} <= set(names)
-    for name in names:
+    study = ["resnest50_bottleneck", "resnest50_basic", "resnet50d_bottleneck", "resnet50d_basic"]
+    assert set(study) <= set(names)
+    for name in study:
         cfg = resnest.get_config(name)
         assert (cfg.cardinality, cfg.bottleneck_width, cfg.stem, cfg.stem_width) == (
             1,
