@@ -1,0 +1,117 @@
+"""Atomic, verified checkpoints.
+
+Each checkpoint is written to a temporary file, fsynced and renamed into place; its sha256
+goes into a sidecar file written the same way after it. Loading checks the digest before
+``torch.load(weights_only=True)``, so a truncated or corrupt file is refused, never unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+NAME = re.compile(r"^ckpt-e(\d{5})-s(\d{6})\.pt$")
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be trusted; the message names the file and why."""
+
+
+def checkpoint_name(epoch: int, step: int) -> str:
+    """``epoch`` is the epoch in progress, ``step`` the steps of it already done."""
+    return f"ckpt-e{epoch:05d}-s{step:06d}.pt"
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def save(folder: Path, state: dict[str, Any], epoch: int, step: int, keep: int = 3) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / checkpoint_name(epoch, step)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    digest = sha256_file(tmp)
+    os.replace(tmp, path)
+    # The sidecar lands after the checkpoint: a checkpoint without one is an unfinished write.
+    atomic_write(_sidecar(path), f"{digest}  {path.name}\n".encode())
+    _prune(folder, keep)
+    return path
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _prune(folder: Path, keep: int) -> None:
+    for old in list_checkpoints(folder)[:-keep] if keep > 0 else []:
+        _sidecar(old).unlink(missing_ok=True)
+        old.unlink(missing_ok=True)
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    """Checkpoints in ``folder``, oldest first."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if NAME.match(p.name))
+
+
+def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load one checkpoint after checking its digest; raise CheckpointError if it fails."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    sidecar = _sidecar(path)
+    if not sidecar.is_file():
+        raise CheckpointError(f"{path}: no {sidecar.name} beside it (unfinished write?)")
+    expected = (sidecar.read_text().split() or [""])[0]
+    if sha256_file(path) != expected:
+        raise CheckpointError(f"{path}: sha256 mismatch (corrupt or truncated)")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: unreadable: {exc}") from None
+
+
+def load_latest(folder: Path, map_location: str | torch.device = "cpu"):
+    """The newest checkpoint that verifies, and the ones refused on the way, with reasons."""
+    refused: list[str] = []
+    for path in reversed(list_checkpoints(folder)):
+        try:
+            return path, load(path, map_location), refused
+        except CheckpointError as exc:
+            log.warning("refusing checkpoint: %s", exc)
+            refused.append(str(exc))
+    return None, None, refused
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
