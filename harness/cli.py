@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from harness import __version__
 from harness.errors import UserError
 from harness.render import FORMATS, render
+from jobs.spec import add_job_arguments
 
 
 def _positive_int(text: str) -> int:
@@ -46,6 +47,12 @@ def _cmd_models(args: argparse.Namespace) -> None:
     print(render(rows, args.format))
 
 
+def _cmd_job(args: argparse.Namespace) -> int:
+    from jobs.train import run_from_args
+
+    return run_from_args(args, args.command)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="resnest-bench",
@@ -76,6 +83,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", choices=FORMATS, default="table", help="output format (default: table)"
     )
     models.set_defaults(func=_cmd_models)
+
+    for stage, summary in (
+        ("train", "train one network on one dataset, here and now"),
+        ("transfer", "fine-tune a trained network on another dataset, here and now"),
+    ):
+        job = sub.add_parser(
+            stage,
+            help=summary,
+            description=(
+                f"Run one {stage} job in this process: a progress bar while it runs, a line per "
+                "epoch, checkpoints and outbox.jsonl in the --out folder; rerunning the same "
+                "command resumes from the latest valid checkpoint. For DDP on N devices: "
+                f"torchrun --nproc_per_node=N -m jobs.{stage} with the same options. "
+                "Exit codes: 0 done, 2 bad input, 3 diverged, 75 stopped by SIGTERM/SIGUSR1 "
+                "after a checkpoint (requeue)."
+            ),
+        )
+        add_job_arguments(job, stage)
+        job.set_defaults(func=_cmd_job)
     return parser
 
 
@@ -86,14 +112,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        args.func(args)
+        code = args.func(args)
     except UserError as exc:
         print(f"resnest-bench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("resnest-bench: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

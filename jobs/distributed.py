@@ -1,0 +1,118 @@
+"""One process-group set-up for every way a job is started.
+
+A single process, ``torchrun`` (RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT),
+SLURM tasks (SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID, master on the first node of
+SLURM_JOB_NODELIST) and Ray Train workers (which form the group before the job starts).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    source: str = "single"  # single | torchrun | slurm | preinitialised
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def detect(environ: Mapping[str, str] | None = None) -> DistEnv:
+    """Read the rank layout from the environment the launcher left."""
+    env = os.environ if environ is None else environ
+    if dist.is_available() and dist.is_initialized():
+        return DistEnv(
+            rank=dist.get_rank(),
+            world_size=dist.get_world_size(),
+            local_rank=int(env.get("LOCAL_RANK", 0)),
+            source="preinitialised",
+        )
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return DistEnv(
+            rank=int(env["RANK"]),
+            world_size=int(env["WORLD_SIZE"]),
+            local_rank=int(env.get("LOCAL_RANK", 0)),
+            master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
+            master_port=int(env.get("MASTER_PORT", 29500)),
+            source="torchrun",
+        )
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", 1)) > 1:
+        job_id = int(env.get("SLURM_JOB_ID", 0))
+        return DistEnv(
+            rank=int(env["SLURM_PROCID"]),
+            world_size=int(env["SLURM_NTASKS"]),
+            local_rank=int(env.get("SLURM_LOCALID", 0)),
+            master_addr=env.get("MASTER_ADDR") or first_host(env["SLURM_JOB_NODELIST"]),
+            # A port per job, so that two jobs sharing a node do not collide.
+            master_port=int(env.get("MASTER_PORT", 20000 + job_id % 20000)),
+            source="slurm",
+        )
+    return DistEnv()
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list such as ``gpu[07-09,12],cpu3``."""
+    match = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
+    if not match:
+        raise ValueError(f"cannot read SLURM node list {nodelist!r}")
+    prefix, ranges = match.groups()
+    if not ranges:
+        return prefix
+    first = ranges.split(",")[0].split("-")[0]
+    return prefix + first
+
+
+def select_device(env: DistEnv, requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' was asked for, but no CUDA device is visible")
+        device = torch.device("cuda", env.local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+        return device
+    return torch.device(requested)
+
+
+def init_process_group(env: DistEnv, device: torch.device) -> None:
+    if not env.distributed or dist.is_initialized():
+        return
+    os.environ.setdefault("MASTER_ADDR", env.master_addr)
+    os.environ.setdefault("MASTER_PORT", str(env.master_port))
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(
+        backend,
+        rank=env.rank,
+        world_size=env.world_size,
+        device_id=device if device.type == "cuda" else None,
+    )
+
+
+def shutdown(env: DistEnv) -> None:
+    """Barrier, then destroy the group: leaving without both aborts some runs at exit."""
+    if env.distributed and env.source != "preinitialised" and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def all_sum(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    if env.distributed:
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values

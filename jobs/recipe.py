@@ -1,0 +1,156 @@
+"""Training recipes: the study's, exactly, and a fast one for modern GPUs.
+
+A recipe is plain data (no torch): it travels in job specs and is printed in plans. Every
+field can be overridden by name from a spec or the command line.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import typing
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+RECIPES = ("study", "fast")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    epochs: int
+    batch_size: int  # per optimizer step, across all ranks
+    lr: float
+    accum_steps: int = 1  # micro-batches per rank and step (gradient accumulation)
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    no_decay_norm_bias: bool = False
+    schedule: str = "multistep"  # multistep | step | cosine | onecycle
+    milestones: tuple[int, ...] = ()
+    step_size: int = 30
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    base_batch_size: int = 0  # > 0: lr is scaled linearly by batch_size / base_batch_size
+    label_smoothing: float = 0.0
+    augment: bool = True
+    pipeline: str = "device"  # device (whole set on the device) | torchvision (PIL workers)
+    bf16: bool = False  # autocast to bfloat16 on CUDA
+    channels_last: bool = False
+    compile: bool = False
+
+    def scaled_lr(self) -> float:
+        if self.base_batch_size > 0:
+            return self.lr * self.batch_size / self.base_batch_size
+        return self.lr
+
+
+STUDY_TRAIN = Recipe(
+    epochs=250,
+    batch_size=128,
+    lr=0.1,
+    momentum=0.9,
+    weight_decay=1e-4,
+    schedule="multistep",
+    milestones=(80, 210),
+    gamma=0.1,
+)
+STUDY_TRANSFER = Recipe(
+    epochs=200,
+    batch_size=64,
+    lr=0.001,
+    momentum=0.9,
+    weight_decay=0.0,
+    schedule="step",
+    step_size=60,
+    gamma=0.1,
+)
+FAST_TRAIN = Recipe(
+    epochs=40,
+    batch_size=1024,
+    lr=0.1,
+    base_batch_size=256,
+    momentum=0.9,
+    nesterov=True,
+    weight_decay=5e-4,
+    no_decay_norm_bias=True,
+    schedule="onecycle",
+    warmup_epochs=2,
+    label_smoothing=0.1,
+    bf16=True,
+    channels_last=True,
+)
+FAST_TRANSFER = replace(FAST_TRAIN, epochs=20, lr=0.01, weight_decay=0.0, warmup_epochs=1)
+
+_RECIPES = {
+    ("study", "train"): STUDY_TRAIN,
+    ("study", "transfer"): STUDY_TRANSFER,
+    ("fast", "train"): FAST_TRAIN,
+    ("fast", "transfer"): FAST_TRANSFER,
+}
+
+
+class RecipeError(ValueError):
+    pass
+
+
+def get_recipe(name: str, stage: str = "train", overrides: dict[str, Any] | None = None) -> Recipe:
+    if (name, stage) not in _RECIPES:
+        raise RecipeError(f"unknown recipe {name!r}; expected one of {', '.join(RECIPES)}")
+    return apply_overrides(_RECIPES[(name, stage)], overrides or {})
+
+
+def apply_overrides(recipe: Recipe, overrides: dict[str, Any]) -> Recipe:
+    known = {f.name: f for f in fields(Recipe)}
+    hints = typing.get_type_hints(Recipe)
+    changes = {}
+    for key, value in overrides.items():
+        if key not in known:
+            raise RecipeError(f"unknown recipe field {key!r}; known fields: {', '.join(known)}")
+        changes[key] = _coerce(key, value, hints[key])
+    result = replace(recipe, **changes)
+    if result.pipeline not in ("device", "torchvision"):
+        raise RecipeError(f"pipeline: expected device or torchvision, got {result.pipeline!r}")
+    if result.schedule not in ("multistep", "step", "cosine", "onecycle"):
+        raise RecipeError(
+            f"schedule: expected multistep, step, cosine or onecycle, got {result.schedule!r}"
+        )
+    return result
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``key=value`` from the command line; the value is a Python literal or a bare string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise RecipeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = {"true": True, "false": False}.get(raw.lower(), raw)
+    return key.strip(), value
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+        elif hint is int:
+            if not isinstance(value, bool) and float(value).is_integer():
+                return int(value)
+        elif hint is float:
+            if not isinstance(value, bool):
+                return float(value)
+        elif hint is str:
+            if isinstance(value, str):
+                return value
+        elif typing.get_origin(hint) is tuple:
+            items = value if isinstance(value, (list, tuple)) else [value]
+            return tuple(_coerce(key, v, int) for v in items)
+    except (TypeError, ValueError):
+        pass
+    expected = "a list of int" if typing.get_origin(hint) is tuple else hint.__name__
+    raise RecipeError(f"{key}: expected {expected}, got {value!r}")
+
+
+def as_dict(recipe: Recipe) -> dict[str, Any]:
+    return dataclasses.asdict(recipe)

@@ -1,0 +1,55 @@
+"""Running jobs as a launcher does: in subprocesses, reading what they leave in the job folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from jobs import checkpoint
+from jobs.reporter import read_outbox
+
+TINY = ["--model", "resnest_tiny_basic", "--dataset", "synthetic", "--batch-size", "32"]
+
+
+def job_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(MASTER_ADDR="127.0.0.1", GLOO_SOCKET_IFNAME="lo", PYTHONUNBUFFERED="1")
+    return env
+
+
+def job_cmd(out: Path, *args: str, stage: str = "train") -> list[str]:
+    return [sys.executable, "-m", f"jobs.{stage}", "--out", str(out), *args]
+
+
+def run_job(out: Path, *args: str, stage: str = "train", timeout: int = 600):
+    return subprocess.run(
+        job_cmd(out, *args, stage=stage),
+        capture_output=True,
+        text=True,
+        env=job_env(),
+        timeout=timeout,
+    )
+
+
+def records(out: Path, kind: str | None = None) -> list[dict]:
+    rows = read_outbox(out / "outbox.jsonl")
+    return [r for r in rows if kind is None or r["kind"] == kind]
+
+
+def events(out: Path, name: str) -> list[dict]:
+    return [r for r in records(out, "event") if r["event"] == name]
+
+
+def final_weights(out: Path) -> dict[str, torch.Tensor]:
+    path = checkpoint.list_checkpoints(out / "checkpoints")[-1]
+    return checkpoint.load(path)["model"]
+
+
+def write_spec(path: Path, **fields) -> Path:
+    path.write_text(json.dumps(fields))
+    return path

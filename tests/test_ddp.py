@@ -1,0 +1,64 @@
+"""Two-process DDP on the CPU (gloo), started by torchrun as on a real node."""
+
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from .jobtools import TINY, final_weights, job_cmd, job_env, records
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_ranks_stay_identical_and_match_one_process_with_the_same_global_batch(tmp_path):
+    args = [*TINY, "--epochs", "2", "--max-steps", "4"]
+    ddp = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=1",
+        "--nproc-per-node=2",
+        "--master-addr=127.0.0.1",
+        f"--master-port={_free_port()}",
+        "-m",
+        "jobs.train",
+        "--out",
+        str(ddp),
+        *args,
+    ]
+    # torchrun gives each worker one OpenMP thread; the single process gets the same, so that
+    # both sum in the same order.
+    env = {**job_env(), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    epochs = records(ddp, "epoch")
+    # Rank 0 alone reports: one row per epoch, holding both ranks' samples.
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert all(e["world_size"] == 2 and e["images"] == 4 * 32 for e in epochs)
+    final = records(ddp, "final")
+    assert len(final) == 1 and final[0]["ranks_consistent"] is True
+
+    # One process, global batch 32 in two strided micro-batches of 16: the same samples, the
+    # same crops and the same BN batches as the two ranks, and the same gradient sums. BN
+    # running statistics are rank 0's alone in DDP, so they are not compared.
+    single = tmp_path / "single"
+    cmd = job_cmd(single, *args, "--set", "accum_steps=2")
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    a, b = final_weights(ddp), final_weights(single)
+    params = [
+        k for k in a if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    ]
+    assert len(params) > 50
+    different = [k for k in params if not torch.equal(a[k], b[k])]
+    assert different == []
+    for e_ddp, e_single in zip(epochs, records(single, "epoch"), strict=True):
+        assert e_ddp["train_loss"] == pytest.approx(e_single["train_loss"], rel=1e-6)
+        assert e_ddp["train_acc"] == e_single["train_acc"]

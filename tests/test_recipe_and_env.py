@@ -1,0 +1,105 @@
+"""Recipes, overrides, the lr schedule, and reading the rank layout of each launcher."""
+
+import pytest
+
+from jobs import distributed
+from jobs.recipe import RecipeError, get_recipe, parse_assignment
+from jobs.train import lr_factor
+
+
+def test_study_recipes_are_the_studys():
+    train = get_recipe("study", "train")
+    assert (train.lr, train.momentum, train.weight_decay, train.epochs, train.batch_size) == (
+        0.1,
+        0.9,
+        1e-4,
+        250,
+        128,
+    )
+    assert (train.schedule, train.milestones, train.gamma) == ("multistep", (80, 210), 0.1)
+    assert not train.bf16 and train.augment and not train.nesterov
+    transfer = get_recipe("study", "transfer")
+    assert (transfer.lr, transfer.momentum, transfer.weight_decay) == (0.001, 0.9, 0.0)
+    assert (transfer.schedule, transfer.step_size, transfer.gamma) == ("step", 60, 0.1)
+    assert (transfer.epochs, transfer.batch_size) == (200, 64)
+
+
+def test_fast_recipe_uses_modern_practice():
+    fast = get_recipe("fast")
+    assert fast.bf16 and fast.channels_last and fast.nesterov and fast.no_decay_norm_bias
+    assert fast.label_smoothing > 0 and fast.warmup_epochs > 0
+    assert fast.scaled_lr() == pytest.approx(fast.lr * fast.batch_size / fast.base_batch_size)
+
+
+def test_overrides_are_typed_and_checked():
+    recipe = get_recipe("study", overrides={"epochs": "12", "milestones": [4, 8], "bf16": True})
+    assert recipe.epochs == 12 and recipe.milestones == (4, 8) and recipe.bf16 is True
+    with pytest.raises(RecipeError, match="unknown recipe field 'lrate'"):
+        get_recipe("study", overrides={"lrate": 0.1})
+    with pytest.raises(RecipeError, match="epochs: expected int"):
+        get_recipe("study", overrides={"epochs": 2.5})
+    with pytest.raises(RecipeError, match="schedule"):
+        get_recipe("study", overrides={"schedule": "exponential"})
+    with pytest.raises(RecipeError, match="unknown recipe 'slow'"):
+        get_recipe("slow")
+    assert parse_assignment("milestones=[10, 20]") == ("milestones", [10, 20])
+    assert parse_assignment("bf16=true") == ("bf16", True)
+    assert parse_assignment("schedule=cosine") == ("schedule", "cosine")
+    with pytest.raises(RecipeError, match="KEY=VALUE"):
+        parse_assignment("epochs")
+
+
+def test_lr_schedules():
+    study = get_recipe("study")
+    assert [lr_factor(study, e) for e in (0, 79.9, 80, 209, 210, 249)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01, 0.01]
+    )
+    transfer = get_recipe("study", "transfer")
+    assert [lr_factor(transfer, e) for e in (0, 59, 60, 120, 199)] == pytest.approx(
+        [1, 1, 0.1, 0.01, 0.001]
+    )
+    fast = get_recipe("fast", overrides={"epochs": 10, "warmup_epochs": 2})
+    assert lr_factor(fast, 1.0) == pytest.approx(0.5)
+    assert lr_factor(fast, 2.0) == pytest.approx(1.0)
+    assert lr_factor(fast, 6.0) == pytest.approx(0.5)
+    cosine = get_recipe("study", overrides={"schedule": "cosine", "epochs": 10})
+    assert lr_factor(cosine, 5.0) == pytest.approx(0.5)
+
+
+def test_rank_layout_from_torchrun():
+    env = distributed.detect(
+        {
+            "RANK": "3",
+            "WORLD_SIZE": "8",
+            "LOCAL_RANK": "1",
+            "MASTER_ADDR": "10.1.2.3",
+            "MASTER_PORT": "4000",
+        }
+    )
+    assert (env.rank, env.world_size, env.local_rank, env.source) == (3, 8, 1, "torchrun")
+    assert (env.master_addr, env.master_port) == ("10.1.2.3", 4000)
+
+
+def test_rank_layout_from_slurm_tasks():
+    env = distributed.detect(
+        {
+            "SLURM_PROCID": "5",
+            "SLURM_NTASKS": "8",
+            "SLURM_LOCALID": "1",
+            "SLURM_JOB_NODELIST": "gpu[07-10,12]",
+            "SLURM_JOB_ID": "4242",
+        }
+    )
+    assert (env.rank, env.world_size, env.local_rank, env.source) == (5, 8, 1, "slurm")
+    assert env.master_addr == "gpu07" and env.master_port == 20000 + 4242
+    # One task is a single process, whatever SLURM says.
+    assert distributed.detect({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}).source == "single"
+    assert distributed.detect({}).world_size == 1
+
+
+@pytest.mark.parametrize(
+    "nodelist,first",
+    [("node1", "node1"), ("a[3-5]", "a3"), ("gpu[012,015]", "gpu012"), ("x1,y2", "x1")],
+)
+def test_first_host_of_a_nodelist(nodelist, first):
+    assert distributed.first_host(nodelist) == first
