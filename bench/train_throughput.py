@@ -1,0 +1,161 @@
+"""Training throughput: the study's input pipeline against the fast path, per ResNeSt-50 variant.
+
+For each model and configuration, runs the training job's own step (``Trainer.train_step``)
+on batches from its own loader, excludes the warm-up steps, synchronises the device around
+the timed steps, and prints images per second and the projected time of one CIFAR-10 epoch
+(50,000 images). Data: the synthetic 32x32 set (throughput does not depend on the pixels).
+
+    python bench/train_throughput.py                # both variants, both pipelines
+    python bench/train_throughput.py --steps 20 --warmup 5 --fast-batch 1024 --compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from jobs import distributed
+from jobs.reporter import NullReporter
+from jobs.spec import TrainSpec
+from jobs.train import StopFlag, Trainer, synchronize
+
+CIFAR10_TRAIN = 50_000
+
+
+def configurations(args: argparse.Namespace, device: torch.device) -> dict[str, dict]:
+    cuda = device.type == "cuda"
+    return {
+        # The study: torchvision DataLoader with PIL transforms, fp32, batch 128.
+        "study": {
+            "pipeline": "torchvision",
+            "batch_size": 128,
+            "bf16": False,
+            "channels_last": False,
+            "compile": False,
+        },
+        # The fast path: whole set on the device, augmentation as tensor ops, bf16 on CUDA,
+        # channels_last, a large batch, optionally compiled.
+        "fast": {
+            "pipeline": "device",
+            "batch_size": args.fast_batch,
+            "bf16": cuda,
+            "channels_last": True,
+            "compile": args.compile,
+        },
+    }
+
+
+def measure(model: str, overrides: dict, device_name: str, steps: int, warmup: int) -> dict:
+    env = distributed.detect()
+    device = distributed.select_device(env, device_name)
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = TrainSpec(
+            model=model,
+            dataset="synthetic",
+            out_dir=tmp,
+            device=device_name,
+            overrides={**overrides, "lr": 0.01},
+        )
+        trainer = Trainer(spec, env, device, NullReporter(), StopFlag())
+        trainer.set_train_mode()
+        batches = _cycle(trainer.train_loader)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        times = []
+        for i in range(warmup + steps):
+            synchronize(device)
+            start = time.perf_counter()
+            images, labels = next(batches)
+            trainer.train_step(images, labels)
+            synchronize(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    batch = overrides["batch_size"]
+    median = statistics.median(times)
+    cv = statistics.pstdev(times) / statistics.mean(times) if len(times) > 1 else 0.0
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+    return {
+        "images_per_sec": batch / median,
+        "step_ms": 1000 * median,
+        "cv": cv,
+        "epoch_s": CIFAR10_TRAIN / (batch / median),
+        "peak_mem_gb": peak / 1e9,
+    }
+
+
+def _cycle(loader):
+    epoch = 0
+    while True:
+        yield from loader.batches(epoch)
+        epoch += 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["resnest50_bottleneck", "resnest50_basic"])
+    parser.add_argument("--pipelines", nargs="+", default=["study", "fast"])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="timed steps (default 20 on CUDA, 3 on CPU)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="untimed steps first (default 5 on CUDA, 1 on CPU)"
+    )
+    parser.add_argument(
+        "--fast-batch",
+        type=int,
+        default=None,
+        help="fast path batch (default 1024 on CUDA, 128 on CPU)",
+    )
+    parser.add_argument("--compile", action="store_true", help="torch.compile the fast path")
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parser.parse_args()
+
+    device = distributed.select_device(distributed.DistEnv(), args.device)
+    cuda = device.type == "cuda"
+    args.steps = args.steps or (20 if cuda else 3)
+    args.warmup = args.warmup or (5 if cuda else 1)
+    args.fast_batch = args.fast_batch or (1024 if cuda else 128)
+    name = (
+        torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    )
+    print(
+        f"device: {name}; torch {torch.__version__}; {args.warmup} warm-up steps excluded, "
+        f"{args.steps} timed steps, median reported"
+    )
+    header = (
+        f"{'model':<22}{'pipeline':<10}{'batch':>6}{'img/s':>10}{'step ms':>10}{'CV':>7}"
+        f"{'epoch s':>9}{'peak GB':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    rows = []
+    for model in args.models:
+        for pipeline, overrides in configurations(args, device).items():
+            if pipeline not in args.pipelines:
+                continue
+            r = measure(model, overrides, args.device, args.steps, args.warmup)
+            rows.append({"model": model, "pipeline": pipeline, **overrides, **r, "device": name})
+            flag = " !" if r["cv"] > 0.05 else ""
+            print(
+                f"{model:<22}{pipeline:<10}{overrides['batch_size']:>6}"
+                f"{r['images_per_sec']:>10,.0f}{r['step_ms']:>10.1f}{100 * r['cv']:>6.1f}%"
+                f"{r['epoch_s']:>9.1f}{r['peak_mem_gb']:>9.2f}{flag}",
+                flush=True,
+            )
+    print("epoch s: projected time of one CIFAR-10 epoch (50,000 images); ! marks CV above 5%")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
