@@ -1,12 +1,14 @@
 """Training throughput: the study's input pipeline against the fast path, per ResNeSt-50 variant.
 
 For each model and configuration, runs the training job's own step (``Trainer.train_step``)
-on batches from its own loader, excludes the warm-up steps, synchronises the device around
-the timed steps, and prints images per second and the projected time of one CIFAR-10 epoch
-(50,000 images). Data: the synthetic 32x32 set (throughput does not depend on the pixels).
+on batches from its own loader, excludes the warm-up steps, times blocks of steps with the
+device synchronised at their ends, and prints images per second and the projected time of
+one CIFAR-10 epoch (50,000 images). Data: the synthetic 32x32 set (throughput does not
+depend on the pixels).
 
     python bench/train_throughput.py                # both variants, both pipelines
-    python bench/train_throughput.py --steps 20 --warmup 5 --fast-batch 1024 --compile
+    python bench/train_throughput.py --pipelines fast --fast-batch 2048 --compile \\
+        --compile-mode max-autotune-no-cudagraphs
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def configurations(args: argparse.Namespace, device: torch.device) -> dict[str, 
         # channels_last, a large batch, optionally compiled.
         "fast": {
             "pipeline": "device",
+            "compile_mode": args.compile_mode,
             "batch_size": args.fast_batch,
             "bf16": cuda,
             "channels_last": True,
@@ -54,15 +57,15 @@ def configurations(args: argparse.Namespace, device: torch.device) -> dict[str, 
     }
 
 
-def measure(model: str, overrides: dict, device_name: str, steps: int, warmup: int) -> dict:
+def measure(model: str, overrides: dict, args: argparse.Namespace) -> dict:
     env = distributed.detect()
-    device = distributed.select_device(env, device_name)
+    device = distributed.select_device(env, args.device)
     with tempfile.TemporaryDirectory() as tmp:
         spec = TrainSpec(
             model=model,
             dataset="synthetic",
             out_dir=tmp,
-            device=device_name,
+            device=args.device,
             overrides={**overrides, "lr": 0.01},
         )
         trainer = Trainer(spec, env, device, NullReporter(), StopFlag())
@@ -70,15 +73,18 @@ def measure(model: str, overrides: dict, device_name: str, steps: int, warmup: i
         batches = _cycle(trainer.train_loader)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(args.warmup):
+            trainer.train_step(*next(batches))
+        # Timed in blocks synchronised only at their ends, as the job runs: within a block
+        # the host queues work ahead of the device.
         times = []
-        for i in range(warmup + steps):
+        for _ in range(args.blocks):
             synchronize(device)
             start = time.perf_counter()
-            images, labels = next(batches)
-            trainer.train_step(images, labels)
+            for _ in range(args.steps):
+                trainer.train_step(*next(batches))
             synchronize(device)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
+            times.append((time.perf_counter() - start) / args.steps)
     batch = overrides["batch_size"]
     median = statistics.median(times)
     cv = statistics.pstdev(times) / statistics.mean(times) if len(times) > 1 else 0.0
@@ -105,8 +111,12 @@ def main() -> None:
     parser.add_argument("--pipelines", nargs="+", default=["study", "fast"])
     parser.add_argument("--device", default="auto")
     parser.add_argument(
-        "--steps", type=int, default=None, help="timed steps (default 20 on CUDA, 3 on CPU)"
+        "--steps",
+        type=int,
+        default=None,
+        help="steps per timed block (default 10 on CUDA, 2 on CPU)",
     )
+    parser.add_argument("--blocks", type=int, default=5, help="timed blocks (default 5)")
     parser.add_argument(
         "--warmup", type=int, default=None, help="untimed steps first (default 5 on CUDA, 1 on CPU)"
     )
@@ -117,12 +127,17 @@ def main() -> None:
         help="fast path batch (default 1024 on CUDA, 128 on CPU)",
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast path")
+    parser.add_argument(
+        "--compile-mode",
+        default="default",
+        help="torch.compile mode (default, reduce-overhead, ...)",
+    )
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
 
     device = distributed.select_device(distributed.DistEnv(), args.device)
     cuda = device.type == "cuda"
-    args.steps = args.steps or (20 if cuda else 3)
+    args.steps = args.steps or (10 if cuda else 2)
     args.warmup = args.warmup or (5 if cuda else 1)
     args.fast_batch = args.fast_batch or (1024 if cuda else 128)
     name = (
@@ -130,7 +145,7 @@ def main() -> None:
     )
     print(
         f"device: {name}; torch {torch.__version__}; {args.warmup} warm-up steps excluded, "
-        f"{args.steps} timed steps, median reported"
+        f"{args.blocks} timed blocks of {args.steps} steps, median block reported"
     )
     header = (
         f"{'model':<22}{'pipeline':<10}{'batch':>6}{'img/s':>10}{'step ms':>10}{'CV':>7}"
@@ -143,7 +158,7 @@ def main() -> None:
         for pipeline, overrides in configurations(args, device).items():
             if pipeline not in args.pipelines:
                 continue
-            r = measure(model, overrides, args.device, args.steps, args.warmup)
+            r = measure(model, overrides, args)
             rows.append({"model": model, "pipeline": pipeline, **overrides, **r, "device": name})
             flag = " !" if r["cv"] > 0.05 else ""
             print(
@@ -152,7 +167,10 @@ def main() -> None:
                 f"{r['epoch_s']:>9.1f}{r['peak_mem_gb']:>9.2f}{flag}",
                 flush=True,
             )
-    print("epoch s: projected time of one CIFAR-10 epoch (50,000 images); ! marks CV above 5%")
+    print(
+        "epoch s: projected time of one CIFAR-10 epoch (50,000 images); "
+        "CV across blocks, ! marks CV above 5%"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

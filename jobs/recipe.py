@@ -37,6 +37,7 @@ class Recipe:
     bf16: bool = False  # autocast to bfloat16 on CUDA
     channels_last: bool = False
     compile: bool = False
+    compile_mode: str = "default"  # torch.compile mode: default, reduce-overhead, max-autotune
 
     def scaled_lr(self) -> float:
         if self.base_batch_size > 0:

@@ -37,6 +37,7 @@ class TrainSpec:
     device: str = "auto"
     seed: int = 0
     checkpoint_every: int = 1
+    check_every: int = 20  # steps between checks for a stop signal or a non-finite loss
     keep_checkpoints: int = 3
     target_accuracy: float | None = None
     max_steps: int | None = None  # cap on steps per epoch, for smoke runs and benchmarks
@@ -116,6 +117,13 @@ def add_job_arguments(parser: argparse.ArgumentParser, stage: str) -> None:
         "--checkpoint-every", type=int, default=1, help="epochs between checkpoints (default 1)"
     )
     parser.add_argument(
+        "--check-every",
+        type=int,
+        default=20,
+        help="steps between checks for SIGTERM/SIGUSR1 and a non-finite loss (default 20; "
+        "each check waits for the device)",
+    )
+    parser.add_argument(
         "--target-accuracy",
         type=float,
         help="report the time to reach this test accuracy (a fraction, e.g. 0.9)",
@@ -167,6 +175,7 @@ def spec_from_args(args: argparse.Namespace, stage: str) -> TrainSpec:
         device=args.device,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
+        check_every=args.check_every,
         target_accuracy=args.target_accuracy,
         max_steps=args.max_steps,
         init_from=getattr(args, "init_from", None),

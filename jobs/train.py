@@ -131,6 +131,48 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class StepTimer:
+    """Data and compute time of each step without stalling the device.
+
+    On CUDA, events around the data and compute work of each step are read once, when the
+    totals are collected; data time there is the GPU time of the data ops plus the host time
+    spent waiting for the next batch (DataLoader workers). On the CPU, where the work is
+    synchronous, host clocks measure both.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.marks: list[tuple[Any, Any, Any]] = []
+        self.data = 0.0
+        self.compute = 0.0
+
+    def mark(self) -> Any:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def add(self, start: Any, mid: Any, end: Any, host_wait: float) -> None:
+        if self.cuda:
+            self.marks.append((start, mid, end))
+            self.data += host_wait
+        else:
+            self.data += mid - start
+            self.compute += end - mid
+
+    def collect(self) -> tuple[float, float]:
+        if self.marks:
+            self.marks[-1][2].synchronize()
+            for start, mid, end in self.marks:
+                self.data += start.elapsed_time(mid) / 1000
+                self.compute += mid.elapsed_time(end) / 1000
+            self.marks.clear()
+        data, compute = self.data, self.compute
+        self.data = self.compute = 0.0
+        return data, compute
+
+
 @dataclass
 class EpochTotals:
     """Running sums of one epoch; part of a mid-epoch checkpoint."""
@@ -142,6 +184,16 @@ class EpochTotals:
     compute_time: float = 0.0
     elapsed: float = 0.0  # wall time of the epoch before an interruption
     steps: int = 0
+
+    def fold(self, sums: torch.Tensor, timer: StepTimer) -> None:
+        """Move the device-side sums and the timer's readings into these totals."""
+        loss_sum, correct = sums.tolist()
+        sums.zero_()
+        self.loss_sum += loss_sum
+        self.correct += correct
+        data_time, compute_time = timer.collect()
+        self.data_time += data_time
+        self.compute_time += compute_time
 
 
 @dataclass
@@ -225,7 +277,7 @@ class Trainer:
             net = nn.parallel.DistributedDataParallel(
                 net, device_ids=[device] if device.type == "cuda" else None
             )
-        self.net = torch.compile(net) if recipe.compile else net
+        self.net = torch.compile(net, mode=recipe.compile_mode) if recipe.compile else net
         self.autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16)
             if recipe.bf16 and device.type == "cuda"
@@ -408,35 +460,40 @@ class Trainer:
             synchronize(self.device)
             epoch_start = time.perf_counter()
             lr = base_lr
+            timer = StepTimer(self.device)
+            sums = torch.zeros(2, device=self.device, dtype=torch.float64)
             for step in range(step0, steps):
-                t0 = time.perf_counter()
+                start = timer.mark()
+                host_start = time.perf_counter()
                 images, labels = next(batches)
-                synchronize(self.device)
-                t1 = time.perf_counter()
+                host_wait = time.perf_counter() - host_start
+                mid = timer.mark()
                 lr = base_lr * lr_factor(recipe, epoch + step / steps)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 loss_sum, correct = self.train_step(images, labels)
-                stop, bad = self.control(loss_sum)
-                t2 = time.perf_counter()
-                totals.loss_sum += loss_sum.item()
-                totals.correct += correct.item()
+                sums += torch.stack([loss_sum, correct])
+                timer.add(start, mid, timer.mark(), host_wait)
                 totals.count += labels.shape[0]
-                totals.data_time += t1 - t0
-                totals.compute_time += t2 - t1
                 totals.steps += 1
                 progress.update(1)
+                # Reading flags syncs the device, so it happens every few steps only.
+                if (step + 1) % spec.check_every and step + 1 < steps:
+                    continue
+                stop, bad = self.control(sums[0])
                 if bad:
                     progress.close()
                     raise Diverged(f"loss is not finite at epoch {epoch + 1}, step {step + 1}")
                 if stop and step + 1 < steps:
                     progress.close()
+                    totals.fold(sums, timer)
                     totals.elapsed += time.perf_counter() - epoch_start
                     self.save(epoch, step + 1, totals, history)
                     raise Requeue(
                         f"signal {self.stop.signal}: checkpointed at epoch "
                         f"{epoch + 1}, step {step + 1}"
                     )
+            totals.fold(sums, timer)
             progress.close()
             synchronize(self.device)
             epoch_time = totals.elapsed + time.perf_counter() - epoch_start

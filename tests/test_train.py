@@ -111,7 +111,7 @@ def test_killed_mid_epoch_and_resumed_is_bitwise_identical(tmp_path):
 
 def test_sigterm_checkpoints_and_exits_for_requeue(tmp_path):
     out = tmp_path / "job"
-    args = [*TINY, "--epochs", "4", "--max-steps", "40"]
+    args = [*TINY, "--epochs", "4", "--max-steps", "40", "--check-every", "1"]
     proc = subprocess.Popen(
         job_cmd(out, *args),
         env=job_env(),
