@@ -28,7 +28,6 @@ class NullReporter:
 class OutboxReporter:
     def __init__(self, job_dir: Path, job_id: str = "", attempt: int = 0) -> None:
         self.path = Path(job_dir) / "outbox.jsonl"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.job_id = job_id
         self.attempt = attempt
 
@@ -36,6 +35,8 @@ class OutboxReporter:
         line = {"kind": kind, "job_id": self.job_id, "attempt": self.attempt, "time": time.time()}
         line.update(record)
         data = (json.dumps(line, allow_nan=True) + "\n").encode()
+        # The folder appears with the first record: a job refused at its start leaves nothing.
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, data)

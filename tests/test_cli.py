@@ -79,3 +79,16 @@ def test_bad_arguments_give_one_line_and_exit_2():
     assert "--num-classes: expected a whole number, got 'zero'" in result.stderr
     result = run("models", "--format", "xml")
     assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def test_train_help_and_bad_input(tmp_path):
+    result = run("train", "--help")
+    assert result.returncode == 0
+    assert "--recipe" in result.stdout and "torchrun" in result.stdout and "75" in result.stdout
+    out = tmp_path / "job"
+    result = run("train", "--model", "resnest99", "--dataset", "synthetic", "--out", str(out))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "unknown model 'resnest99'" in result.stderr
+    assert not out.exists()  # a refused job leaves nothing behind
+    result = run("train", "--model", "resnest_tiny_basic", "--out", str(out))
+    assert result.returncode == 2 and "missing --dataset" in result.stderr
