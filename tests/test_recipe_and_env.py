@@ -4,7 +4,7 @@ import pytest
 
 from jobs import distributed
 from jobs.recipe import RecipeError, get_recipe, parse_assignment
-from jobs.train import lr_factor
+from jobs.train import frozen_modules, lr_factor
 
 
 def test_study_recipes_are_the_studys():
@@ -103,3 +103,14 @@ def test_rank_layout_from_slurm_tasks():
 )
 def test_first_host_of_a_nodelist(nodelist, first):
     assert distributed.first_host(nodelist) == first
+
+
+def test_freeze_policies():
+    import resnest
+
+    model = resnest.create("resnest_tiny_basic", num_classes=10)
+    assert frozen_modules(model, "none") == []
+    two = frozen_modules(model, "2")
+    assert two == [model.conv1, model.bn1, model.layer1, model.layer2]
+    backbone = frozen_modules(model, "backbone")
+    assert model.layer4 in backbone and model.fc not in backbone

@@ -109,7 +109,8 @@ def test_killed_mid_epoch_and_resumed_is_bitwise_identical(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_sigterm_checkpoints_and_exits_for_requeue(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_preemption_signal_checkpoints_and_exits_for_requeue(tmp_path, signum):
     out = tmp_path / "job"
     args = [*TINY, "--epochs", "4", "--max-steps", "40", "--check-every", "1"]
     proc = subprocess.Popen(
@@ -121,7 +122,7 @@ def test_sigterm_checkpoints_and_exits_for_requeue(tmp_path):
     )
     assert proc.stdout.readline().startswith("epoch   1/4")
     time.sleep(records(out, "epoch")[0]["epoch_time"] / 3)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == EXIT_REQUEUE, stderr
     assert "requeue" in stderr and "Traceback" not in stderr
