@@ -6,6 +6,7 @@ Start-up stays light: subcommands import torch and the model zoo only when they 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -53,6 +54,34 @@ def _cmd_job(args: argparse.Namespace) -> int:
     return run_from_args(args, args.command)
 
 
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from harness import config as cluster_config
+    from harness.planner import plan, select
+
+    config = cluster_config.load(args.config)
+    if args.launcher:
+        config = config.model_copy(
+            update={"launcher": config.launcher.model_copy(update={"kind": args.launcher})}
+        )
+    jobs = select(plan(config), args.only)
+    if not args.dry_run:
+        raise UserError(
+            "submitting needs the results store and launchers, which are not built yet; "
+            "use --dry-run to see the plan"
+        )
+    print(render([job.row() for job in jobs], args.format))
+    stages = {}
+    for job in jobs:
+        stages[job.stage] = stages.get(job.stage, 0) + 1
+    summary = ", ".join(f"{n} {stage}" for stage, n in stages.items())
+    print(
+        f"{len(jobs)} jobs ({summary}) for sweep {config.name!r} on the "
+        f"{config.launcher.kind} launcher; dry run, nothing submitted",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="resnest-bench",
@@ -83,6 +112,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", choices=FORMATS, default="table", help="output format (default: table)"
     )
     models.set_defaults(func=_cmd_models)
+
+    submit = sub.add_parser(
+        "submit",
+        help="plan a sweep from cluster.yaml and submit it",
+        description=(
+            "Validate cluster.yaml, expand the sweep's axes into jobs (train -> transfer -> "
+            "export -> infer, each with an id hashed from its spec) and submit them. "
+            "--dry-run prints the plan and submits nothing."
+        ),
+    )
+    submit.add_argument("config", help="the sweep and site description (cluster.yaml)")
+    submit.add_argument(
+        "--launcher", choices=("local", "slurm", "ray"), help="override launcher.kind"
+    )
+    submit.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")
+    submit.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only jobs matching (stage, model, dataset, gpu_type, seed, repeat or id), with "
+        "the jobs they depend on; repeatable",
+    )
+    submit.add_argument("--format", choices=FORMATS, default="table", help="plan output format")
+    submit.set_defaults(func=_cmd_submit)
 
     for stage, summary in (
         ("train", "train one network on one dataset, here and now"),
@@ -119,6 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("resnest-bench: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into head and the like
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        return 0
     return code or 0
 
 

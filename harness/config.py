@@ -1,0 +1,177 @@
+"""cluster.yaml: the site (launcher, GPU types, results store) and the sweep, validated.
+
+Every problem is reported as one line: the file, the field path and what was expected.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from harness.errors import UserError
+
+STAGES = ("train", "transfer", "export", "infer")
+DATASETS = ("cifar10", "cifar100", "fashion-mnist", "synthetic")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GpuType(_Strict):
+    """How to get one GPU of a type: SLURM, Ray, or the machine at hand (``local``)."""
+
+    local: str | None = None  # cpu, cuda, cuda:N
+    partition: str | None = None
+    gres: str | None = None  # e.g. gpu:v100
+    constraint: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str | None = None  # SLURM time limit, e.g. "08:00:00"
+    cpus_per_gpu: PositiveInt = 4
+    mem_per_gpu: str | None = None  # e.g. 32G
+    ray_accelerator: str | None = None  # Ray accelerator type, e.g. V100
+    ray_resource: str | None = None  # or a custom Ray resource name
+    price_per_gpu_hour: NonNegativeFloat | None = None
+
+
+class LocalSettings(_Strict):
+    max_parallel: PositiveInt | None = None  # default: one per visible GPU, else 1
+
+
+class SlurmSettings(_Strict):
+    array_parallelism: PositiveInt = 16
+    requeue_on_preemption: bool = True
+
+
+class RaySettings(_Strict):
+    address: str = "auto"
+    max_retries: int = Field(default=2, ge=0)
+
+
+class Launcher(_Strict):
+    kind: Literal["local", "slurm", "ray"] = "local"
+    local: LocalSettings = LocalSettings()
+    slurm: SlurmSettings = SlurmSettings()
+    ray: RaySettings = RaySettings()
+
+
+class Sweep(_Strict):
+    models: list[str] = Field(min_length=1)
+    datasets: list[Literal[DATASETS]] = Field(min_length=1)  # type: ignore[valid-type]
+    transfer_to: list[Literal[DATASETS]] = []  # type: ignore[valid-type]
+    recipe: Literal["study", "fast"] = "study"
+    overrides: dict[str, Any] = {}
+    epochs: PositiveInt | None = None
+    transfer_epochs: PositiveInt | None = None
+    seeds: list[int] = Field(default=[0], min_length=1)
+    gpus_per_job: PositiveInt = 1
+    nodes: PositiveInt = 1
+    gpu_types: list[str] = Field(min_length=1)
+    repeats: PositiveInt = 1
+    stages: list[Literal[STAGES]] = ["train"]  # type: ignore[valid-type]
+    data_dir: str = "data"
+    download: bool = False
+
+    @field_validator("models")
+    @classmethod
+    def _known_models(cls, models: list[str]) -> list[str]:
+        from resnest import list_models
+
+        known = list_models()
+        for name in models:
+            if name not in known:
+                raise ValueError(f"unknown model {name!r}; expected one of {', '.join(known)}")
+        return models
+
+    @field_validator("overrides")
+    @classmethod
+    def _known_overrides(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        from jobs.recipe import get_recipe
+
+        get_recipe("study", overrides=overrides)  # raises RecipeError (a ValueError)
+        return overrides
+
+    @model_validator(mode="after")
+    def _stages_in_order(self) -> Sweep:
+        if "train" not in self.stages:
+            raise ValueError("stages: a sweep starts with train")
+        if "transfer" in self.stages and not self.transfer_to:
+            raise ValueError("stages: transfer needs transfer_to (the target datasets)")
+        return self
+
+
+class ClusterConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    results_dir: str = "results"
+    store: str | None = None  # SQLAlchemy URL; default SQLite under results_dir
+    launcher: Launcher = Launcher()
+    gpu_types: dict[str, GpuType] = Field(min_length=1)
+    sweep: Sweep
+
+    @model_validator(mode="after")
+    def _gpu_types_defined(self) -> ClusterConfig:
+        for name in self.sweep.gpu_types:
+            if name not in self.gpu_types:
+                defined = ", ".join(self.gpu_types)
+                raise ValueError(
+                    f"sweep.gpu_types: {name!r} is not defined in gpu_types ({defined})"
+                )
+        return self
+
+
+def load(path: str | Path) -> ClusterConfig:
+    """Read and validate a cluster.yaml; raise UserError with one line on any problem."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{path}{where}: YAML syntax error: {problem}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of settings at the top level")
+    try:
+        config = ClusterConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(f"{path}: {_describe(exc)}") from None
+    data_dir = Path(config.sweep.data_dir)
+    needs_files = set(config.sweep.datasets + config.sweep.transfer_to) - {"synthetic"}
+    if needs_files and not config.sweep.download and not data_dir.is_dir():
+        raise UserError(
+            f"{path}: sweep.data_dir: folder {data_dir} does not exist "
+            f"(needed for {', '.join(sorted(needs_files))}; or set download: true)"
+        )
+    return config
+
+
+def _describe(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    loc = ".".join(str(part) for part in error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif error["type"] == "missing":
+        message = "required, missing"
+    elif "input" in error and error["type"] not in ("value_error", "assertion_error"):
+        message = f"{message}, got {error['input']!r}"
+    return f"{loc}: {message}" if loc else message

@@ -1,0 +1,149 @@
+"""Expand a sweep's axes into job specs with dependencies: train -> transfer -> export -> infer.
+
+A job's id is a hash of its normalised spec (and of the ids it depends on), so the same sweep
+planned twice gives the same ids, and changing one axis value changes only the jobs that
+value touches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.config import ClusterConfig
+from harness.errors import UserError
+
+ID_LENGTH = 12
+FILTER_KEYS = ("id", "stage", "model", "dataset", "gpu_type", "seed", "repeat")
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    id: str
+    stage: str
+    model: str
+    dataset: str
+    gpu_type: str
+    gpus_per_node: int
+    nodes: int
+    seed: int
+    repeat: int
+    recipe: str
+    overrides: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    depends_on: tuple[str, ...] = ()
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "stage": self.stage,
+            "model": self.model,
+            "dataset": self.dataset,
+            "gpu_type": self.gpu_type,
+            "gpus": self.gpus_per_node * self.nodes,
+            "seed": self.seed,
+            "repeat": self.repeat,
+            "after": ",".join(self.depends_on) or "-",
+        }
+
+
+def job_id(normalised: dict[str, Any]) -> str:
+    text = json.dumps(normalised, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:ID_LENGTH]
+
+
+def _make(
+    stage: str,
+    common: dict[str, Any],
+    dataset: str,
+    recipe: str,
+    overrides: dict[str, Any],
+    depends_on: tuple[str, ...],
+) -> JobPlan:
+    normalised = {
+        **common,
+        "stage": stage,
+        "dataset": dataset,
+        "recipe": recipe,
+        "overrides": overrides,
+        "depends_on": list(depends_on),
+    }
+    return JobPlan(
+        id=job_id(normalised),
+        stage=stage,
+        dataset=dataset,
+        recipe=recipe,
+        overrides=overrides,
+        depends_on=depends_on,
+        **common,
+    )
+
+
+def plan(config: ClusterConfig) -> list[JobPlan]:
+    """All jobs of the sweep, each after the jobs it depends on."""
+    sweep = config.sweep
+    stages = set(sweep.stages)
+    train_overrides = dict(sweep.overrides)
+    if sweep.epochs is not None:
+        train_overrides["epochs"] = sweep.epochs
+    transfer_overrides = {} if sweep.transfer_epochs is None else {"epochs": sweep.transfer_epochs}
+    jobs: list[JobPlan] = []
+    axes = itertools.product(
+        sweep.models, sweep.datasets, sweep.gpu_types, sweep.seeds, range(sweep.repeats)
+    )
+    for model, dataset, gpu_type, seed, repeat in axes:
+        common = {
+            "model": model,
+            "gpu_type": gpu_type,
+            "gpus_per_node": sweep.gpus_per_job,
+            "nodes": sweep.nodes,
+            "seed": seed,
+            "repeat": repeat,
+        }
+        train = _make("train", common, dataset, sweep.recipe, train_overrides, ())
+        jobs.append(train)
+        trained = [train]
+        if "transfer" in stages:
+            for target in sweep.transfer_to:
+                transfer = _make(
+                    "transfer", common, target, sweep.recipe, transfer_overrides, (train.id,)
+                )
+                jobs.append(transfer)
+                trained.append(transfer)
+        for source in trained:
+            if "export" not in stages:
+                break
+            export = _make("export", common, source.dataset, sweep.recipe, {}, (source.id,))
+            jobs.append(export)
+            if "infer" in stages:
+                jobs.append(_make("infer", common, source.dataset, sweep.recipe, {}, (export.id,)))
+    return jobs
+
+
+def select(jobs: list[JobPlan], only: list[str]) -> list[JobPlan]:
+    """Jobs matching every ``KEY=VALUE`` filter, with the jobs they depend on."""
+    if not only:
+        return jobs
+    filters = []
+    for text in only:
+        key, sep, value = text.partition("=")
+        if not sep or key not in FILTER_KEYS:
+            raise UserError(
+                f"--only {text!r}: expected KEY=VALUE with KEY one of {', '.join(FILTER_KEYS)}"
+            )
+        filters.append((key, value))
+    by_id = {job.id: job for job in jobs}
+    chosen: set[str] = set()
+
+    def add(job_id_: str) -> None:
+        if job_id_ not in chosen:
+            chosen.add(job_id_)
+            for parent in by_id[job_id_].depends_on:
+                add(parent)
+
+    for job in jobs:
+        if all(str(getattr(job, key)) == value for key, value in filters):
+            add(job.id)
+    return [job for job in jobs if job.id in chosen]

@@ -1,0 +1,173 @@
+"""cluster.yaml validation and the planner."""
+
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness import config as cluster_config
+from harness.errors import UserError
+from harness.planner import plan, select
+
+EXE = Path(sysconfig.get_path("scripts")) / "resnest-bench"
+
+
+def base(tmp_path: Path) -> dict:
+    (tmp_path / "data").mkdir(exist_ok=True)
+    return {
+        "name": "t",
+        "results_dir": str(tmp_path / "results"),
+        "gpu_types": {
+            "v100": {"partition": "gpu", "gres": "gpu:v100"},
+            "a100": {"partition": "gpu", "gres": "gpu:a100"},
+        },
+        "sweep": {
+            "models": ["resnest50_bottleneck", "resnest50_basic"],
+            "datasets": ["cifar10"],
+            "transfer_to": ["cifar100"],
+            "gpu_types": ["v100", "a100"],
+            "seeds": [0, 1],
+            "stages": ["train", "transfer", "export", "infer"],
+            "data_dir": str(tmp_path / "data"),
+            "epochs": 3,
+        },
+    }
+
+
+def write(tmp_path: Path, data: dict | str) -> Path:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+def test_the_shipped_cluster_yaml_is_valid():
+    config = cluster_config.load(Path(__file__).parents[1] / "cluster.yaml")
+    assert set(config.sweep.gpu_types) <= set(config.gpu_types)
+
+
+def test_plan_expands_the_axes_with_dependencies(tmp_path):
+    jobs = plan(cluster_config.load(write(tmp_path, base(tmp_path))))
+    by_stage = {
+        s: [j for j in jobs if j.stage == s] for s in ("train", "transfer", "export", "infer")
+    }
+    assert len(by_stage["train"]) == 2 * 2 * 2  # models x gpu types x seeds
+    assert len(by_stage["transfer"]) == 8 and len(by_stage["export"]) == 16
+    assert len(by_stage["infer"]) == 16
+    ids = {j.id for j in jobs}
+    assert len(ids) == len(jobs)  # distinct
+    position = {j.id: i for i, j in enumerate(jobs)}
+    for job in jobs:
+        for parent in job.depends_on:
+            assert parent in ids and position[parent] < position[job.id]
+    transfer = by_stage["transfer"][0]
+    parent = next(j for j in jobs if j.id == transfer.depends_on[0])
+    assert (parent.stage, parent.model, parent.gpu_type, parent.seed) == (
+        "train",
+        transfer.model,
+        transfer.gpu_type,
+        transfer.seed,
+    )
+    assert by_stage["train"][0].overrides == {"epochs": 3}
+
+
+def test_plan_ids_are_stable_and_change_only_with_their_spec(tmp_path):
+    data = base(tmp_path)
+    first = plan(cluster_config.load(write(tmp_path, data)))
+    again = plan(cluster_config.load(write(tmp_path, data)))
+    assert [j.id for j in first] == [j.id for j in again]
+    data["sweep"]["seeds"] = [0, 1, 2]  # one more axis value
+    grown = plan(cluster_config.load(write(tmp_path, data)))
+    old, new = {j.id for j in first}, {j.id for j in grown}
+    assert old <= new and len(new - old) == len(first) // 2
+    assert all(j.seed == 2 for j in grown if j.id not in old)
+    data["sweep"]["epochs"] = 4  # a different recipe: every job is new
+    assert not {j.id for j in plan(cluster_config.load(write(tmp_path, data)))} & old
+
+
+def test_only_selects_with_dependencies(tmp_path):
+    jobs = plan(cluster_config.load(write(tmp_path, base(tmp_path))))
+    chosen = select(jobs, ["stage=infer", "gpu_type=a100", "seed=1", "model=resnest50_basic"])
+    assert sorted(j.stage for j in chosen) == sorted(
+        ["train", "transfer", "export", "export", "infer", "infer"]
+    )
+    with pytest.raises(UserError, match="KEY=VALUE"):
+        select(jobs, ["colour=red"])
+
+
+BAD = [
+    ("syntax", "name: t\nsweep: [unclosed\n", r"cluster.yaml:3:1: YAML syntax error"),
+    ("unknown key", {"sweep": {"modles": ["x"]}}, r"sweep.modles: unknown key"),
+    ("wrong type", {"sweep": {"seeds": "zero"}}, r"sweep.seeds: Input should be a valid list"),
+    (
+        "unknown model",
+        {"sweep": {"models": ["resnest51"]}},
+        r"sweep.models: unknown model 'resnest51'",
+    ),
+    (
+        "undefined gpu type",
+        {"sweep": {"gpu_types": ["h100"]}},
+        r"sweep.gpu_types: 'h100' is not defined in gpu_types \(a100, v100\)",
+    ),
+    (
+        "non-positive epochs",
+        {"sweep": {"epochs": 0}},
+        r"sweep.epochs: Input should be greater than 0",
+    ),
+    (
+        "missing data folder",
+        {"sweep": {"data_dir": "/nonexistent/data"}},
+        r"sweep.data_dir: folder /nonexistent/data does not exist",
+    ),
+    (
+        "unknown dataset",
+        {"sweep": {"datasets": ["imagenet"]}},
+        r"sweep.datasets.0: Input should be",
+    ),
+    ("bad override", {"sweep": {"overrides": {"lrate": 1}}}, r"unknown recipe field 'lrate'"),
+    ("missing sweep", {"sweep": None}, r"sweep: Input should be a valid dictionary"),
+]
+
+
+@pytest.mark.parametrize("case,change,expected", BAD, ids=[c[0] for c in BAD])
+def test_bad_cluster_yaml_is_one_line_naming_file_and_field(tmp_path, case, change, expected):
+    if isinstance(change, str):
+        path = write(tmp_path, change)
+    else:
+        data = base(tmp_path)
+        for section, values in change.items():
+            if values is None:
+                data[section] = None
+            else:
+                data[section] = {**data[section], **values}
+        path = write(tmp_path, data)
+    with pytest.raises(UserError, match=expected) as err:
+        cluster_config.load(path)
+    assert str(err.value).startswith(str(path))
+    assert "\n" not in str(err.value)
+    # The same through the command line: exit 2, one line, nothing submitted.
+    result = subprocess.run(
+        [str(EXE), "submit", str(path), "--dry-run"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and result.stdout == ""
+    assert not (tmp_path / "results").exists()
+
+
+def test_dry_run_prints_the_plan_and_does_not_import_torch(tmp_path):
+    path = write(tmp_path, base(tmp_path))
+    code = (
+        "import sys; from harness.cli import main; rc = main(['submit', sys.argv[1], "
+        "'--dry-run', '--format', 'csv']); print('TORCH' if 'torch' in sys.modules "
+        "else 'NO_TORCH', rc)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60
+    )
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("id,stage,model,dataset,gpu_type")
+    assert len(lines) == 1 + 48 + 1 and lines[-1] == "NO_TORCH 0"
+    assert "48 jobs (8 train, 8 transfer, 16 export, 16 infer)" in result.stderr
+    assert "nothing submitted" in result.stderr
