@@ -6,13 +6,14 @@ Start-up stays light: subcommands import torch and the model zoo only when they 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
 
 from harness import __version__
 from harness.errors import UserError
-from harness.render import FORMATS, render
+from harness.render import FORMATS, TABLE_FORMATS, render
 from jobs.spec import add_job_arguments
 
 
@@ -63,22 +64,180 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         config = config.model_copy(
             update={"launcher": config.launcher.model_copy(update={"kind": args.launcher})}
         )
-    jobs = select(plan(config), args.only)
-    if not args.dry_run:
-        raise UserError(
-            "submitting needs the results store and launchers, which are not built yet; "
-            "use --dry-run to see the plan"
+    if args.dry_run:
+        jobs = select(plan(config), args.only)
+        print(render([job.row() for job in jobs], args.format))
+        stages: dict[str, int] = {}
+        for job in jobs:
+            stages[job.stage] = stages.get(job.stage, 0) + 1
+        summary = ", ".join(f"{n} {stage}" for stage, n in stages.items())
+        print(
+            f"{len(jobs)} jobs ({summary}) for sweep {config.name!r} on the "
+            f"{config.launcher.kind} launcher; dry run, nothing submitted",
+            file=sys.stderr,
         )
-    print(render([job.row() for job in jobs], args.format))
-    stages = {}
-    for job in jobs:
-        stages[job.stage] = stages.get(job.stage, 0) + 1
-    summary = ", ".join(f"{n} {stage}" for stage, n in stages.items())
+        return 0
+    from harness import sweep
+
+    outcome = sweep.submit(config, args.only, progress=not args.quiet)
+    return _finish(
+        outcome["store"], config.name, outcome["final"], args, skipped=outcome["skipped"]
+    )
+
+
+def _finish(store, sweep_name: str, final: dict[str, str], args, skipped: int = 0) -> int:
+    from harness.report import comparison
+
+    counts = {s: list(final.values()).count(s) for s in ("succeeded", "failed", "cancelled")}
     print(
-        f"{len(jobs)} jobs ({summary}) for sweep {config.name!r} on the "
-        f"{config.launcher.kind} launcher; dry run, nothing submitted",
+        f"sweep {sweep_name!r}: {counts['succeeded']} succeeded, {counts['failed']} failed, "
+        f"{counts['cancelled']} not run" + (f", {skipped} already done" if skipped else ""),
         file=sys.stderr,
     )
+    if counts["failed"] or counts["cancelled"]:
+        print(f"see: resnest-bench status {sweep_name} -c {args.config}", file=sys.stderr)
+    print_comparison(comparison(store, sweep_name), "table")
+    return 1 if counts["failed"] else 0
+
+
+def print_comparison(rows: list[dict], fmt: str) -> None:
+    from harness.report import per_model_blocks
+
+    if fmt != "table":
+        print(render(rows, fmt))
+        return
+    if not rows:
+        print("(no finished training jobs yet)")
+    for model, block in per_model_blocks(rows):
+        print(f"\n{model}")
+        print(render(block, "table"))
+
+
+def _store_and_sweep(args: argparse.Namespace):
+    from harness import config as cluster_config
+    from harness.store import Store, open_store
+
+    config = None
+    if args.store:
+        store = Store(args.store)
+    else:
+        if not os.path.exists(args.config):
+            raise UserError(f"{args.config}: no such file (give -c CLUSTER_YAML or --store URL)")
+        config = cluster_config.load(args.config)
+        store = open_store(config.store, config.results_dir)
+    sweep_name = getattr(args, "sweep", None) or (config.name if config else None)
+    if sweep_name is None:
+        known = store.sweeps()
+        if not known:
+            raise UserError(f"the store {store.url} holds no sweep yet")
+        sweep_name = known[-1]
+    if sweep_name not in store.sweeps():
+        raise UserError(
+            f"no sweep {sweep_name!r} in the store; known: {', '.join(store.sweeps()) or 'none'}"
+        )
+    return config, store, sweep_name
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from harness.report import status_rows
+
+    _, store, sweep_name = _store_and_sweep(args)
+    counts, rows = status_rows(store, sweep_name)
+    print(f"sweep {sweep_name}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    print(render(rows, args.format))
+    return 0
+
+
+def _cmd_table(args: argparse.Namespace) -> int:
+    from harness.report import comparison
+
+    _, store, sweep_name = _store_and_sweep(args)
+    rows = comparison(store, sweep_name, args.reference)
+    print_comparison(rows, args.format)
+    if args.format == "table":
+        print(
+            "epoch times and images/s: medians over epochs after the first (warm-up) epoch, "
+            "then over runs; CV across runs, ! above 5%",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _cmd_rerun(args: argparse.Namespace) -> int:
+    from harness import sweep
+
+    config, _, sweep_name = _store_and_sweep(args)
+    if config is None:
+        raise UserError("rerun needs the sweep's cluster.yaml (-c)")
+    if not args.job_ids and not args.failed:
+        raise UserError("name the jobs to rerun, or give --failed")
+    outcome = sweep.rerun(config, args.job_ids, args.failed, progress=not args.quiet)
+    return _finish(outcome["store"], sweep_name, outcome["final"], args)
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    _, store, _ = _store_and_sweep(args)
+    job = store.job(args.job_id)
+    if job is None:
+        raise UserError(f"no job {args.job_id!r} in the store")
+    for name in ("stdout.log", "stderr.log"):
+        path = Path(job["job_dir"]) / name
+        print(f"==> {path} <==")
+        if path.is_file():
+            lines = path.read_text(errors="replace").splitlines()
+            print("\n".join(lines[-args.lines :]))
+    return 0
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    import signal
+
+    _, store, sweep_name = _store_and_sweep(args)
+    targets = (
+        [store.job(args.target)]
+        if args.target and store.job(args.target)
+        else [row for row in store.jobs(sweep_name)]
+    )
+    cancelled = 0
+    for job in targets:
+        if job["state"] not in ("pending", "submitted", "running"):
+            continue
+        launcher_id = job["launcher_job_id"] or ""
+        if job["state"] == "running" and launcher_id.startswith("pid:"):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(int(launcher_id[4:]), signal.SIGTERM)
+        store.set_state(job["id"], "cancelled", reason="cancelled by the user")
+        cancelled += 1
+    print(f"cancelled {cancelled} job(s)")
+    return 0
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from harness.store import Store, open_store
+    from jobs.reporter import read_outbox
+
+    if args.store:
+        store = Store(args.store)
+    else:
+        from harness import config as cluster_config
+
+        config = cluster_config.load(args.config)
+        store = open_store(config.store, config.results_dir)
+    path = Path(args.path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder")
+    outboxes = [path] if path.is_file() else sorted(path.rglob("outbox.jsonl"))
+    total = 0
+    for outbox in outboxes:
+        try:
+            total += store.write_records(read_outbox(outbox))
+        except (ValueError, KeyError) as exc:
+            raise UserError(f"{outbox}: not an outbox: {exc}") from None
+    print(f"ingested {total} records from {len(outboxes)} outbox file(s) into {store.url}")
     return 0
 
 
@@ -136,7 +295,77 @@ def build_parser() -> argparse.ArgumentParser:
         "the jobs they depend on; repeatable",
     )
     submit.add_argument("--format", choices=FORMATS, default="table", help="plan output format")
+    submit.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     submit.set_defaults(func=_cmd_submit)
+
+    def store_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "-c",
+            "--config",
+            default="cluster.yaml",
+            help="the sweep's cluster.yaml, to find its store (default: ./cluster.yaml)",
+        )
+        p.add_argument("--store", help="results store URL instead (password from PGPASSWORD)")
+
+    status = sub.add_parser(
+        "status",
+        help="jobs of a sweep by state, failures with reasons",
+        description="Counts by state and a table of the sweep's jobs; "
+        "failed jobs with their reason and log path.",
+    )
+    status.add_argument(
+        "sweep", nargs="?", help="sweep name (default: the config's, or the newest in the store)"
+    )
+    store_options(status)
+    status.add_argument("--format", choices=FORMATS, default="table")
+    status.set_defaults(func=_cmd_status)
+
+    table = sub.add_parser(
+        "table",
+        help="the GPU comparison table of a sweep",
+        description="Rows: GPU types; per model: median epoch time (warm-up "
+        "excluded), images/s, speedup against the reference GPU type, final "
+        "and best test accuracy, time to target, transfer accuracy, runs, CV.",
+    )
+    table.add_argument("sweep", nargs="?")
+    store_options(table)
+    table.add_argument("--format", choices=TABLE_FORMATS, default="table")
+    table.add_argument("--reference", help="GPU type for the speedup column (default: first)")
+    table.set_defaults(func=_cmd_table)
+
+    rerun = sub.add_parser(
+        "rerun",
+        help="run chosen jobs again (new attempt), nothing else",
+        description="Resubmit exactly the named jobs, or every failed and "
+        "not-run job with --failed, as new attempts; other results stay.",
+    )
+    rerun.add_argument("job_ids", nargs="*", metavar="JOB_ID")
+    rerun.add_argument("--failed", action="store_true", help="all failed and not-run jobs")
+    rerun.add_argument("--sweep", help="sweep name (default: the config's)")
+    store_options(rerun)
+    rerun.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    rerun.set_defaults(func=_cmd_rerun)
+
+    logs = sub.add_parser("logs", help="a job's stdout and stderr")
+    logs.add_argument("job_id", metavar="JOB_ID", help="job id (a unique prefix will do)")
+    logs.add_argument("-n", "--lines", type=_positive_int, default=50)
+    store_options(logs)
+    logs.set_defaults(func=_cmd_logs, sweep=None)
+
+    cancel = sub.add_parser("cancel", help="cancel a sweep's unfinished jobs, or one job")
+    cancel.add_argument("target", nargs="?", metavar="SWEEP|JOB_ID")
+    store_options(cancel)
+    cancel.set_defaults(func=_cmd_cancel, sweep=None)
+
+    ingest = sub.add_parser(
+        "ingest",
+        help="replay job outboxes into the results store",
+        description="Write the records of outbox.jsonl files (a file, or "
+        "every one under a folder) into the store; idempotent.",
+    )
+    ingest.add_argument("path", help="an outbox.jsonl or a folder to search")
+    store_options(ingest)
+    ingest.set_defaults(func=_cmd_ingest)
 
     for stage, summary in (
         ("train", "train one network on one dataset, here and now"),

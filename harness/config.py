@@ -84,6 +84,7 @@ class Sweep(_Strict):
     stages: list[Literal[STAGES]] = ["train"]  # type: ignore[valid-type]
     data_dir: str = "data"
     download: bool = False
+    max_steps: PositiveInt | None = None  # cap on steps per epoch: smoke runs
 
     @field_validator("models")
     @classmethod

@@ -61,8 +61,10 @@ def _make(
     recipe: str,
     overrides: dict[str, Any],
     depends_on: tuple[str, ...],
+    identity: dict[str, Any],
 ) -> JobPlan:
     normalised = {
+        **identity,
         **common,
         "stage": stage,
         "dataset": dataset,
@@ -88,7 +90,10 @@ def plan(config: ClusterConfig) -> list[JobPlan]:
     train_overrides = dict(sweep.overrides)
     if sweep.epochs is not None:
         train_overrides["epochs"] = sweep.epochs
+
     transfer_overrides = {} if sweep.transfer_epochs is None else {"epochs": sweep.transfer_epochs}
+    # Settings that change what a job computes but are not in its recipe.
+    identity = {"max_steps": sweep.max_steps} if sweep.max_steps is not None else {}
     jobs: list[JobPlan] = []
     axes = itertools.product(
         sweep.models, sweep.datasets, sweep.gpu_types, sweep.seeds, range(sweep.repeats)
@@ -102,23 +107,43 @@ def plan(config: ClusterConfig) -> list[JobPlan]:
             "seed": seed,
             "repeat": repeat,
         }
-        train = _make("train", common, dataset, sweep.recipe, train_overrides, ())
+        train = _make(
+            "train", common, dataset, sweep.recipe, train_overrides, (), identity=identity
+        )
         jobs.append(train)
         trained = [train]
         if "transfer" in stages:
             for target in sweep.transfer_to:
                 transfer = _make(
-                    "transfer", common, target, sweep.recipe, transfer_overrides, (train.id,)
+                    "transfer",
+                    common,
+                    target,
+                    sweep.recipe,
+                    transfer_overrides,
+                    (train.id,),
+                    identity=identity,
                 )
                 jobs.append(transfer)
                 trained.append(transfer)
         for source in trained:
             if "export" not in stages:
                 break
-            export = _make("export", common, source.dataset, sweep.recipe, {}, (source.id,))
+            export = _make(
+                "export", common, source.dataset, sweep.recipe, {}, (source.id,), identity=identity
+            )
             jobs.append(export)
             if "infer" in stages:
-                jobs.append(_make("infer", common, source.dataset, sweep.recipe, {}, (export.id,)))
+                jobs.append(
+                    _make(
+                        "infer",
+                        common,
+                        source.dataset,
+                        sweep.recipe,
+                        {},
+                        (export.id,),
+                        identity=identity,
+                    )
+                )
     return jobs
 
 

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 FORMATS = ("table", "csv", "json")
+TABLE_FORMATS = ("table", "md", "csv", "json", "html")
 
 
 def render(rows: Sequence[Mapping[str, Any]], fmt: str = "table") -> str:
@@ -25,12 +26,29 @@ def render(rows: Sequence[Mapping[str, Any]], fmt: str = "table") -> str:
         return out.getvalue().rstrip("\n")
     if fmt == "table":
         return _text_table(rows, columns)
+    if fmt == "md":
+        lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+        lines += ["| " + " | ".join(_cell(row[c]) for c in columns) + " |" for row in rows]
+        return "\n".join(lines)
+    if fmt == "html":
+        import html
+
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(_cell(row[c]))}</td>" for c in columns) + "</tr>"
+            for row in rows
+        )
+        return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>{body}</tbody>\n</table>"
     raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
 
 
 def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
     if isinstance(value, float):
-        return f"{value:,.1f}"
+        size = abs(value)
+        digits = 0 if size >= 1000 else 1 if size >= 100 else 2 if size >= 1 else 3
+        return f"{value:,.{digits}f}"
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     if isinstance(value, (list, tuple)):
@@ -41,7 +59,7 @@ def _cell(value: Any) -> str:
 def _text_table(rows: Sequence[Mapping[str, Any]], columns: list[str]) -> str:
     cells = [[_cell(row[c]) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    numeric = [all(isinstance(row[c], (int, float)) for row in rows) for c in columns]
+    numeric = [all(isinstance(row[c], (int, float, type(None))) for row in rows) for c in columns]
 
     def line(values: list[str]) -> str:
         parts = [

@@ -8,8 +8,10 @@ folder; the results store reads (and replays) these outboxes.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,8 +33,14 @@ class OutboxReporter:
         self.job_id = job_id
         self.attempt = attempt
 
-    def report(self, kind: str, record: dict[str, Any]) -> None:
-        line = {"kind": kind, "job_id": self.job_id, "attempt": self.attempt, "time": time.time()}
+    def report(self, kind: str, record: dict[str, Any]) -> dict[str, Any]:
+        line = {
+            "kind": kind,
+            "job_id": self.job_id,
+            "attempt": self.attempt,
+            "time": time.time(),
+            "uid": uuid.uuid4().hex,  # makes replays of this record idempotent in the store
+        }
         line.update(record)
         data = (json.dumps(line, allow_nan=True) + "\n").encode()
         # The folder appears with the first record: a job refused at its start leaves nothing.
@@ -43,6 +51,7 @@ class OutboxReporter:
             os.fsync(fd)
         finally:
             os.close(fd)
+        return line
 
 
 def read_outbox(path: Path) -> list[dict[str, Any]]:
@@ -53,3 +62,69 @@ def read_outbox(path: Path) -> list[dict[str, Any]]:
             if line.endswith("\n"):
                 records.append(json.loads(line))
     return records
+
+
+class StoreReporter(OutboxReporter):
+    """Outbox first (nothing is lost), then the results store, with retries and backoff.
+
+    If the store stays unreachable, the job goes on: writes pause for ``cooldown`` seconds
+    and the outbox keeps every record for ``resnest-bench ingest``.
+    """
+
+    def __init__(
+        self,
+        job_dir: Path,
+        url: str,
+        job_id: str = "",
+        attempt: int = 0,
+        retries: int = 3,
+        backoff: float = 0.5,
+        cooldown: float = 30.0,
+    ) -> None:
+        super().__init__(job_dir, job_id, attempt)
+        self.url = url
+        self.retries = retries
+        self.backoff = backoff
+        self.cooldown = cooldown
+        self._store = None
+        self._paused_until = 0.0
+        self.failed_writes = 0
+
+    def report(self, kind: str, record: dict[str, Any]) -> dict[str, Any]:
+        line = super().report(kind, record)
+        if time.monotonic() < self._paused_until:
+            self.failed_writes += 1
+            return line
+        for attempt in range(self.retries):
+            try:
+                if self._store is None:
+                    from harness.store import Store
+
+                    self._store = Store(self.url, timeout=5)
+                self._store.write_records([line])
+                return line
+            except Exception as exc:  # any store failure: the outbox has the record
+                self._store = None
+                if attempt + 1 == self.retries:
+                    log.warning(
+                        "results store unreachable (%s); records stay in %s",
+                        str(exc).splitlines()[0],
+                        self.path,
+                    )
+                    self._paused_until = time.monotonic() + self.cooldown
+                    self.failed_writes += 1
+                else:
+                    time.sleep(self.backoff * 2**attempt)
+        return line
+
+
+log = logging.getLogger(__name__)
+
+
+def reporter_for(job_dir: Path, job_id: str, attempt: int) -> OutboxReporter:
+    """The store reporter when the launcher named a store (RESNEST_BENCH_STORE), else the
+    outbox alone."""
+    url = os.environ.get("RESNEST_BENCH_STORE")
+    if url:
+        return StoreReporter(job_dir, url, job_id, attempt)
+    return OutboxReporter(job_dir, job_id, attempt)

@@ -29,7 +29,7 @@ from jobs import checkpoint, data, distributed
 from jobs.checkpoint import CheckpointError
 from jobs.loader import PIPELINES, DeviceLoader
 from jobs.recipe import Recipe, RecipeError, as_dict, get_recipe
-from jobs.reporter import NullReporter, OutboxReporter, Reporter
+from jobs.reporter import NullReporter, Reporter, reporter_for
 from jobs.spec import (
     EXIT_DIVERGED,
     EXIT_FAILED,
@@ -118,6 +118,31 @@ def params_digest(model: nn.Module) -> str:
             tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
         )
     return digest.hexdigest()
+
+
+def provenance(device: torch.device) -> dict[str, Any]:
+    """Where this attempt ran. (GPU telemetry and the full record come with NVML.)"""
+    import socket
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        code = version("resnest-bench")
+    except PackageNotFoundError:
+        code = "unknown"
+    info = {
+        "host": socket.gethostname(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda or "",
+        "gpu_name": "",
+        "gpu_uuid": "",
+        "driver": "",
+        "code_version": code,
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info["gpu_name"] = props.name
+        info["gpu_uuid"] = str(getattr(props, "uuid", ""))
+    return info
 
 
 def peak_memory(device: torch.device) -> tuple[int, str]:
@@ -315,7 +340,7 @@ class Trainer:
             "epoch": epoch,
             "step": step,
             "totals": vars(totals).copy(),
-            "history": {k: v for k, v in vars(history).items() if k != "last"},
+            "history": vars(history).copy(),
             "num_classes": self.train_set.num_classes,
             "model_name": self.spec.model,
             "stem": self.spec.stem or "",
@@ -446,6 +471,8 @@ class Trainer:
                     "resumed_from": [start_epoch, start_step],
                 },
             )
+        if env.is_main:
+            self.reporter.report("provenance", provenance(self.device))
         base_lr = recipe.scaled_lr()
         first_epoch_here = True
         for epoch in range(start_epoch, recipe.epochs):
@@ -613,7 +640,7 @@ def run(spec: TrainSpec, reporter: Reporter | None = None) -> dict[str, Any]:
     distributed.init_process_group(env, device)
     if reporter is None:
         reporter = (
-            OutboxReporter(Path(spec.out_dir), spec.job_id, spec.attempt)
+            reporter_for(Path(spec.out_dir), spec.job_id, spec.attempt)
             if env.is_main
             else NullReporter()
         )

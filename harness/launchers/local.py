@@ -1,0 +1,156 @@
+"""The local launcher: jobs as subprocesses of this machine, a few at a time, in dependency
+order. One failed job never stops the others; the jobs after it are marked as not run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.store import Store
+from jobs.spec import EXIT_DIVERGED, EXIT_REQUEUE, EXIT_USER_ERROR
+
+POLL_S = 0.2
+MAX_REQUEUES = 3
+
+
+def visible_gpus() -> int:
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return len([d for d in listed.split(",") if d.strip()])
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return out.stdout.count("GPU ") if out.returncode == 0 else 0
+
+
+@dataclass
+class Running:
+    job: dict[str, Any]
+    process: subprocess.Popen
+    requeues: int = 0
+
+
+def job_command(spec_path: Path) -> list[str]:
+    return [sys.executable, "-m", "jobs.train", "--spec", str(spec_path)]
+
+
+def failure_reason(code: int, stderr_path: Path) -> str:
+    last = ""
+    if stderr_path.is_file():
+        lines = [line for line in stderr_path.read_text(errors="replace").splitlines() if line]
+        last = lines[-1] if lines else ""
+    if code == EXIT_DIVERGED:
+        return "diverged"
+    if code == EXIT_USER_ERROR:
+        return f"bad input: {last.removeprefix('resnest-bench: error: ')}"
+    if code < 0:
+        return f"killed by signal {-code}"
+    return f"exit code {code}" + (f": {last}" if last else "")
+
+
+def run(
+    store: Store,
+    jobs: list[dict[str, Any]],
+    max_parallel: int,
+    write_spec: Any,
+    progress: bool = True,
+) -> dict[str, str]:
+    """Run ``jobs`` (store rows, in dependency order) to the end; return id -> final state."""
+    from tqdm import tqdm
+
+    waiting = {job["id"]: job for job in jobs}
+    running: dict[str, Running] = {}
+    final: dict[str, str] = {}
+    bar = tqdm(
+        total=len(jobs),
+        unit="job",
+        desc="sweep",
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+
+    def finish(job_id: str, state: str, reason: str | None = None) -> None:
+        store.set_state(job_id, state, reason=reason)
+        final[job_id] = state
+        bar.update(1)
+        counts = {s: list(final.values()).count(s) for s in ("succeeded", "failed", "cancelled")}
+        bar.set_postfix(running=len(running), **counts)
+
+    def state_of(job_id: str) -> str | None:
+        if job_id in final:
+            return final[job_id]
+        if job_id in waiting or job_id in running:
+            return "pending"
+        row = store.job(job_id)
+        return row["state"] if row else None
+
+    def start(job: dict[str, Any], requeues: int = 0) -> None:
+        job_dir = Path(job["job_dir"])
+        job_dir.mkdir(parents=True, exist_ok=True)
+        spec_path = write_spec(job)
+        env = {**os.environ, "RESNEST_BENCH_STORE": store.url, "PYTHONUNBUFFERED": "1"}
+        with open(job_dir / "stdout.log", "ab") as out, open(job_dir / "stderr.log", "ab") as err:
+            process = subprocess.Popen(
+                job_command(spec_path), stdout=out, stderr=err, env=env, start_new_session=True
+            )
+        store.set_state(
+            job["id"], "running", launcher_job_id=f"pid:{process.pid}", attempt=job["attempt"]
+        )
+        running[job["id"]] = Running(job, process, requeues)
+
+    try:
+        while waiting or running:
+            for job_id, job in list(waiting.items()):
+                states = [state_of(parent) for parent in job["depends_on"] or []]
+                blocked = [
+                    p
+                    for p, s in zip(job["depends_on"] or [], states, strict=True)
+                    if s in ("failed", "cancelled")
+                ]
+                if blocked:
+                    del waiting[job_id]
+                    finish(
+                        job_id,
+                        "cancelled",
+                        f"not run: depends on {blocked[0]}, which {state_of(blocked[0])}",
+                    )
+                elif all(s == "succeeded" for s in states) and len(running) < max_parallel:
+                    del waiting[job_id]
+                    start(job)
+            for job_id, item in list(running.items()):
+                code = item.process.poll()
+                if code is None:
+                    continue
+                del running[job_id]
+                if (store.job(job_id) or {}).get("state") == "cancelled":
+                    final[job_id] = "cancelled"
+                    bar.update(1)
+                elif code == 0:
+                    finish(job_id, "succeeded")
+                elif code == EXIT_REQUEUE and item.requeues < MAX_REQUEUES:
+                    item.job["attempt"] += 1
+                    start(item.job, item.requeues + 1)
+                else:
+                    finish(
+                        job_id,
+                        "failed",
+                        failure_reason(code, Path(item.job["job_dir"]) / "stderr.log"),
+                    )
+            time.sleep(POLL_S)
+    except KeyboardInterrupt:
+        for job_id, item in running.items():
+            item.process.terminate()
+            store.set_state(job_id, "cancelled", reason="interrupted by the user")
+        for job_id in waiting:
+            store.set_state(job_id, "cancelled", reason="interrupted by the user")
+        raise
+    finally:
+        bar.close()
+    return final

@@ -1,0 +1,357 @@
+"""The central results store: SQLAlchemy over SQLite (embedded default) or PostgreSQL.
+
+Writes are idempotent: epochs are keyed by (job, attempt, epoch), events by the record's
+uid, final results by (job, attempt). Replaying an outbox, or a requeued job reporting
+again, never duplicates a row.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+from harness.errors import UserError
+
+SCHEMA_VERSION = 1
+STATES = ("pending", "submitted", "running", "succeeded", "failed", "cancelled")
+
+metadata = MetaData()
+
+schema_version = Table("schema_version", metadata, Column("version", Integer, primary_key=True))
+sweeps = Table(
+    "sweeps",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("config", JSON),
+    Column("created_at", Float),
+)
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("sweep", String(200), index=True),
+    Column("stage", String(20)),
+    Column("model", String(100)),
+    Column("dataset", String(50)),
+    Column("gpu_type", String(50)),
+    Column("gpus", Integer),
+    Column("seed", Integer),
+    Column("repeat", Integer),
+    Column("spec", JSON),
+    Column("depends_on", JSON),
+    Column("state", String(20), index=True),
+    Column("attempt", Integer, default=0),
+    Column("reason", Text),
+    Column("launcher_job_id", String(100)),
+    Column("job_dir", Text),
+    Column("submitted_at", Float),
+    Column("started_at", Float),
+    Column("ended_at", Float),
+)
+EPOCH_FIELDS = (
+    "train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_time", "data_time",
+    "compute_time", "eval_time", "images_per_sec", "peak_mem_bytes",
+)  # fmt: skip
+epochs = Table(
+    "epochs",
+    metadata,
+    Column("job_id", String(32), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("epoch", Integer, primary_key=True),
+    *(Column(name, Float) for name in EPOCH_FIELDS),
+    Column("images", Integer),
+    Column("steps", Integer),
+    Column("world_size", Integer),
+    Column("warmup", Boolean),
+)
+results = Table(
+    "results",
+    metadata,
+    Column("job_id", String(32), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("status", String(20)),
+    Column("reason", Text),
+    Column("best_test_acc", Float),
+    Column("final_test_acc", Float),
+    Column("train_time", Float),
+    Column("time_to_target", Float),
+    Column("target_accuracy", Float),
+    Column("params_sha256", String(64)),
+)
+events = Table(
+    "events",
+    metadata,
+    Column("uid", String(32), primary_key=True),
+    Column("job_id", String(32), index=True),
+    Column("attempt", Integer),
+    Column("kind", String(20)),
+    Column("time", Float),
+    Column("record", JSON),
+)
+telemetry = Table(
+    "telemetry",
+    metadata,
+    Column("job_id", String(32), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("time", Float, primary_key=True),
+    Column("gpu_index", Integer, primary_key=True),
+    Column("sample", JSON),
+)
+artifacts = Table(
+    "artifacts",
+    metadata,
+    Column("job_id", String(32), primary_key=True),
+    Column("path", Text, primary_key=True),
+    Column("kind", String(50)),
+    Column("bytes", Integer),
+    Column("sha256", String(64)),
+)
+inference = Table(
+    "inference",
+    metadata,
+    Column("job_id", String(32), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("runtime", String(50), primary_key=True),
+    Column("batch_size", Integer, primary_key=True),
+    Column("measurement", JSON),
+)
+provenance = Table(
+    "provenance",
+    metadata,
+    Column("job_id", String(32), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("host", String(200)),
+    Column("gpu_name", String(200)),
+    Column("gpu_uuid", String(100)),
+    Column("driver", String(50)),
+    Column("cuda", String(50)),
+    Column("torch", String(50)),
+    Column("code_version", String(100)),
+)
+
+
+def default_url(results_dir: str | Path) -> str:
+    return f"sqlite:///{Path(results_dir).resolve() / 'results.db'}"
+
+
+def redact(url: str) -> str:
+    """A URL fit for messages and logs: no password."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparsable store URL>"
+
+
+class Store:
+    def __init__(self, url: str, timeout: float = 30.0) -> None:
+        self.url = url
+        kwargs: dict[str, Any] = {"future": True}
+        if url.startswith("sqlite"):
+            path = url.split("///", 1)[-1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": timeout}
+        else:
+            # The password comes from the environment (PGPASSWORD), never from the URL.
+            kwargs["pool_pre_ping"] = True
+            kwargs["connect_args"] = {"connect_timeout": int(timeout)}
+        try:
+            self.engine: Engine = create_engine(url, **kwargs)
+        except Exception as exc:
+            raise UserError(f"results store {redact(url)}: cannot open: {exc}") from None
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._migrate()
+
+    # -- schema -----------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        """Create or upgrade the schema once, even when many jobs open the store at once."""
+        try:
+            with self.engine.begin() as conn:
+                if self.engine.dialect.name == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(727274)"))
+                # IF NOT EXISTS: jobs starting together may both find a table missing.
+                for table in metadata.sorted_tables:
+                    conn.execute(CreateTable(table, if_not_exists=True))
+                    for index in table.indexes:
+                        conn.execute(CreateIndex(index, if_not_exists=True))
+                current = conn.execute(select(schema_version.c.version)).scalar()
+                if current is None:
+                    conn.execute(insert(schema_version).values(version=SCHEMA_VERSION))
+                elif current > SCHEMA_VERSION:
+                    raise UserError(
+                        f"results store {redact(self.url)} has schema version {current}, newer "
+                        f"than this resnest-bench ({SCHEMA_VERSION}): upgrade resnest-bench"
+                    )
+        except OperationalError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise UserError(f"results store {redact(self.url)}: cannot open: {reason}") from None
+
+    @contextmanager
+    def begin(self) -> Iterator[Any]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    # -- sweeps and jobs --------------------------------------------------------------------
+
+    def add_sweep(self, name: str, config: dict[str, Any]) -> None:
+        with self.begin() as conn:
+            _upsert(
+                conn,
+                sweeps,
+                {"name": name, "config": config, "created_at": time.time()},
+                ("name",),
+                update_columns=("config",),
+            )
+
+    def add_jobs(self, sweep: str, rows: Iterable[dict[str, Any]]) -> list[str]:
+        """Insert planned jobs that the store does not hold yet; return their ids."""
+        rows = list(rows)
+        with self.begin() as conn:
+            known = set(conn.execute(select(jobs.c.id).where(jobs.c.sweep == sweep)).scalars())
+            new = [
+                {**row, "sweep": sweep, "state": "pending", "attempt": 0}
+                for row in rows
+                if row["id"] not in known
+            ]
+            if new:
+                conn.execute(insert(jobs), new)
+        return [row["id"] for row in new]
+
+    def jobs(self, sweep: str | None = None) -> list[dict[str, Any]]:
+        query = select(jobs)
+        if sweep is not None:
+            query = query.where(jobs.c.sweep == sweep)
+        with self.begin() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        with self.begin() as conn:
+            matches = conn.execute(select(jobs).where(jobs.c.id.startswith(job_id))).all()
+        if len(matches) > 1:
+            raise UserError(f"job id {job_id!r} is ambiguous: {len(matches)} jobs start with it")
+        return dict(matches[0]._mapping) if matches else None
+
+    def set_state(self, job_id: str, state: str, **fields: Any) -> None:
+        if state not in STATES:
+            raise ValueError(f"unknown state {state!r}")
+        now = time.time()
+        stamp = {"submitted": "submitted_at", "running": "started_at"}.get(state, "ended_at")
+        values = {"state": state, stamp: now, **fields}
+        with self.begin() as conn:
+            conn.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
+
+    def sweeps(self) -> list[str]:
+        with self.begin() as conn:
+            return list(conn.execute(select(sweeps.c.name).order_by(sweeps.c.created_at)).scalars())
+
+    # -- records from jobs ------------------------------------------------------------------
+
+    def write_records(self, records: Iterable[dict[str, Any]]) -> int:
+        """Store reporter records (see jobs.reporter); idempotent. Returns how many."""
+        count = 0
+        with self.begin() as conn:
+            for record in records:
+                _write_record(conn, record)
+                count += 1
+        return count
+
+
+def _write_record(conn: Any, record: dict[str, Any]) -> None:
+    kind, job_id, attempt = record["kind"], record.get("job_id", ""), record.get("attempt", 0)
+    if kind == "epoch":
+        row = {"job_id": job_id, "attempt": attempt, "epoch": record["epoch"]}
+        row.update(
+            {k: record.get(k) for k in (*EPOCH_FIELDS, "images", "steps", "world_size", "warmup")}
+        )
+        _upsert(conn, epochs, row, ("job_id", "attempt", "epoch"))
+    elif kind == "final":
+        row = {"job_id": job_id, "attempt": attempt}
+        row.update({c.name: record.get(c.name) for c in results.columns if c.name not in row})
+        _upsert(conn, results, row, ("job_id", "attempt"))
+    elif kind == "provenance":
+        row = {"job_id": job_id, "attempt": attempt}
+        row.update({c.name: record.get(c.name) for c in provenance.columns if c.name not in row})
+        _upsert(conn, provenance, row, ("job_id", "attempt"))
+    uid = record.get("uid")
+    if uid:
+        _upsert(
+            conn,
+            events,
+            {
+                "uid": uid,
+                "job_id": job_id,
+                "attempt": attempt,
+                "kind": kind,
+                "time": record.get("time"),
+                "record": record,
+            },
+            ("uid",),
+            update_columns=(),
+        )
+
+
+def _upsert(
+    conn: Any,
+    table: Table,
+    row: dict[str, Any],
+    keys: tuple[str, ...],
+    update_columns: tuple[str, ...] | None = None,
+) -> None:
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    statement = dialect_insert(table).values(**row)
+    columns = [c for c in row if c not in keys] if update_columns is None else update_columns
+    if columns:
+        statement = statement.on_conflict_do_update(
+            index_elements=list(keys), set_={c: statement.excluded[c] for c in columns}
+        )
+    else:
+        statement = statement.on_conflict_do_nothing(index_elements=list(keys))
+    conn.execute(statement)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def open_store(url: str | None, results_dir: str | Path) -> Store:
+    return Store(url or os.environ.get("RESNEST_BENCH_STORE") or default_url(results_dir))
+
+
+__all__ = ["STATES", "SQLAlchemyError", "Store", "default_url", "open_store", "redact"]

@@ -1,0 +1,209 @@
+"""Sweeps end to end on the local launcher with the embedded SQLite store."""
+
+import json
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+import yaml
+from sqlalchemy import func, select
+
+from harness import config as cluster_config
+from harness.planner import plan
+from harness.store import Store, epochs, events, results
+
+from .jobtools import TINY, job_cmd, job_env, records
+
+EXE = Path(sysconfig.get_path("scripts")) / "resnest-bench"
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(EXE), *args], capture_output=True, text=True, cwd=cwd, timeout=900)
+
+
+def sweep_yaml(tmp_path: Path, **sweep) -> Path:
+    data = {
+        "name": "local-test",
+        "results_dir": str(tmp_path / "results"),
+        "launcher": {"kind": "local", "local": {"max_parallel": 2}},
+        "gpu_types": {"cpu-a": {"local": "cpu"}, "cpu-b": {"local": "cpu"}},
+        "sweep": {
+            "models": ["resnest_tiny_basic", "resnest_tiny_bottleneck"],
+            "datasets": ["synthetic"],
+            "transfer_to": ["synthetic"],
+            "gpu_types": ["cpu-a", "cpu-b"],
+            "stages": ["train", "transfer"],
+            "epochs": 2,
+            "transfer_epochs": 1,
+            "max_steps": 2,
+            "overrides": {"batch_size": 32},
+            **sweep,
+        },
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("sweep")
+    path = sweep_yaml(tmp_path)
+    result = cli("submit", str(path), "-q", cwd=tmp_path)
+    return tmp_path, path, result
+
+
+def test_sweep_runs_end_to_end_and_prints_the_comparison(finished_sweep):
+    tmp_path, path, result = finished_sweep
+    assert result.returncode == 0, result.stderr
+    assert "8 succeeded, 0 failed, 0 not run" in result.stderr
+    assert "resnest_tiny_basic" in result.stdout and "cpu-b" in result.stdout
+    store = Store(f"sqlite:///{tmp_path / 'results' / 'results.db'}")
+    rows = store.jobs("local-test")
+    assert len(rows) == 8 and {r["state"] for r in rows} == {"succeeded"}
+    with store.begin() as conn:
+        assert conn.execute(select(func.count()).select_from(epochs)).scalar() == 4 * 2 + 4 * 1
+        assert conn.execute(select(func.count()).select_from(results)).scalar() == 8
+    for row in rows:  # each job's folder holds its spec, logs and outbox
+        folder = Path(row["job_dir"])
+        assert (folder / "spec.json").is_file() and (folder / "stderr.log").is_file()
+        assert json.loads((folder / "spec.json").read_text())["job_id"] == row["id"]
+    table = cli("table", "local-test", "-c", str(path), "--format", "json", cwd=tmp_path)
+    rows = json.loads(table.stdout)
+    assert [r["gpu_type"] for r in rows] == ["cpu-a", "cpu-b"]
+    assert rows[0]["resnest_tiny_basic speedup"] == 1.0
+    assert rows[0]["resnest_tiny_basic runs"] == 1
+    assert rows[1]["resnest_tiny_bottleneck s/epoch"] > 0
+    assert rows[1]["resnest_tiny_bottleneck transfer acc %"] is not None
+
+
+def test_resubmitting_skips_what_succeeded(finished_sweep):
+    tmp_path, path, _ = finished_sweep
+    result = cli("submit", str(path), "-q", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "0 succeeded, 0 failed, 0 not run, 8 already done" in result.stderr
+
+
+def test_status_lists_jobs(finished_sweep):
+    tmp_path, path, _ = finished_sweep
+    result = cli("status", "-c", str(path), cwd=tmp_path)
+    assert result.returncode == 0
+    assert result.stdout.splitlines()[0] == "sweep local-test: 8 succeeded"
+
+
+def test_a_failing_job_fails_alone_and_rerun_fixes_exactly_it(tmp_path):
+    path = sweep_yaml(tmp_path, models=["resnest_tiny_basic"])
+    jobs = plan(cluster_config.load(path))
+    doomed = next(j for j in jobs if j.stage == "train" and j.gpu_type == "cpu-b")
+    dependant = next(j for j in jobs if doomed.id in j.depends_on)
+    # A broken job folder: a file where the job's checkpoint folder must go.
+    folder = tmp_path / "results" / "local-test" / "jobs" / doomed.id
+    folder.mkdir(parents=True)
+    (folder / "checkpoints").write_text("not a folder")
+
+    result = cli("submit", str(path), "-q", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "2 succeeded, 1 failed, 1 not run" in result.stderr
+    store = Store(f"sqlite:///{tmp_path / 'results' / 'results.db'}")
+    states = {r["id"]: r for r in store.jobs("local-test")}
+    assert states[doomed.id]["state"] == "failed"
+    assert "exit code 1" in states[doomed.id]["reason"]
+    assert states[dependant.id]["state"] == "cancelled"
+    assert f"depends on {doomed.id}, which failed" in states[dependant.id]["reason"]
+    status = cli("status", "-c", str(path), cwd=tmp_path)
+    assert f"{folder}/stderr.log" in status.stdout
+    others = {i: r for i, r in states.items() if i not in (doomed.id, dependant.id)}
+    with store.begin() as conn:
+        before = conn.execute(select(epochs).order_by(epochs.c.job_id, epochs.c.epoch)).all()
+
+    (folder / "checkpoints").unlink()
+    result = cli("rerun", "--failed", "-q", "-c", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "2 succeeded, 0 failed, 0 not run" in result.stderr
+    after = {r["id"]: r for r in store.jobs("local-test")}
+    assert after[doomed.id]["state"] == after[dependant.id]["state"] == "succeeded"
+    assert after[doomed.id]["attempt"] == 1
+    for job_id, row in others.items():  # untouched
+        assert after[job_id]["attempt"] == row["attempt"] == 0
+        assert after[job_id]["ended_at"] == row["ended_at"]
+    with store.begin() as conn:
+        kept = conn.execute(
+            select(epochs)
+            .where(epochs.c.job_id.in_(list(others)))
+            .order_by(epochs.c.job_id, epochs.c.epoch)
+        ).all()
+    assert kept == [r for r in before if r.job_id in others]
+
+
+def test_rerun_one_job_by_id(finished_sweep):
+    tmp_path, path, _ = finished_sweep
+    store = Store(f"sqlite:///{tmp_path / 'results' / 'results.db'}")
+    target = next(r for r in store.jobs("local-test") if r["stage"] == "train")
+    result = cli("rerun", target["id"][:8], "-q", "-c", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = {r["id"]: r for r in store.jobs("local-test")}
+    assert rows[target["id"]]["attempt"] == target["attempt"] + 1
+    assert sum(r["attempt"] for r in rows.values()) == target["attempt"] + 1
+
+
+def test_unreachable_store_then_ingest_recovers_every_record(tmp_path):
+    out = tmp_path / "job"
+    env = {**job_env(), "RESNEST_BENCH_STORE": "postgresql+psycopg://bench@127.0.0.1:1/none"}
+    args = [*TINY, "--epochs", "2", "--max-steps", "2"]
+    result = subprocess.run(
+        job_cmd(out, *args), capture_output=True, text=True, env=env, timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    assert "results store unreachable" in result.stderr
+    outbox = records(out)
+    assert len([r for r in outbox if r["kind"] == "epoch"]) == 2
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    for _ in range(2):  # a replay adds nothing
+        ingest = subprocess.run(
+            [str(EXE), "ingest", str(tmp_path), "--store", url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert ingest.returncode == 0, ingest.stderr
+        assert f"ingested {len(outbox)} records from 1 outbox file(s)" in ingest.stdout
+    store = Store(url)
+    with store.begin() as conn:
+        assert conn.execute(select(func.count()).select_from(events)).scalar() == len(outbox)
+        assert conn.execute(select(func.count()).select_from(epochs)).scalar() == 2
+        final = conn.execute(select(results)).one()
+    assert final.status == "succeeded"
+    assert final.params_sha256 == outbox[-1]["params_sha256"]
+
+
+WRITER = """
+import sys
+from harness.store import Store
+store = Store(sys.argv[1])
+worker = int(sys.argv[2])
+for epoch in range(1, 21):
+    record = {"kind": "epoch", "job_id": f"job{worker}", "attempt": 0, "epoch": epoch,
+              "train_loss": 1.0 / epoch, "uid": f"w{worker}e{epoch}"}
+    store.write_records([record, record])  # the same record twice, as a replay would
+"""
+
+
+def test_32_concurrent_writers_on_sqlite_lose_and_duplicate_nothing(tmp_path):
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, url, str(i)], stderr=subprocess.PIPE, text=True
+        )
+        for i in range(32)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    store = Store(url)
+    with store.begin() as conn:
+        assert conn.execute(select(func.count()).select_from(epochs)).scalar() == 32 * 20
+        assert conn.execute(select(func.count()).select_from(events)).scalar() == 32 * 20
+        per_job = conn.execute(select(epochs.c.job_id, func.count()).group_by(epochs.c.job_id))
+        assert {count for _, count in per_job} == {20}
