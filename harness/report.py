@@ -55,28 +55,30 @@ def comparison(store: Store, sweep: str, reference: str | None = None) -> list[d
                 ).where(jobs.c.sweep == sweep)
             )
         }
+        # Plain tuples in attempt order: the table reads every epoch row, so it avoids
+        # per-row objects and sorting in Python.
         epoch_rows = conn.execute(
             select(
                 epochs.c.job_id,
-                epochs.c.attempt,
                 epochs.c.epoch,
                 epochs.c.epoch_time,
                 epochs.c.images_per_sec,
                 epochs.c.warmup,
             )
             .join(jobs, jobs.c.id == epochs.c.job_id)
-            .where(jobs.c.sweep == sweep)
-        ).all()
+            .where(jobs.c.sweep == sweep, jobs.c.stage == "train")
+            .order_by(epochs.c.attempt)
+        ).tuples()
+        # Per job: its epochs, the newest attempt's row winning for each epoch number.
+        per_job: dict[str, dict[int, tuple]] = defaultdict(dict)
+        for row in epoch_rows:
+            per_job[row[0]][row[1]] = row
         result_rows = conn.execute(
             select(results)
             .join(jobs, jobs.c.id == results.c.job_id)
             .where(jobs.c.sweep == sweep, results.c.status == "succeeded")
         ).all()
 
-    # Per job: its epochs, the newest attempt's row winning for each epoch number.
-    per_job: dict[str, dict[int, Any]] = defaultdict(dict)
-    for row in sorted(epoch_rows, key=lambda r: r.attempt):
-        per_job[row.job_id][row.epoch] = row
     final = {}
     for row in sorted(result_rows, key=lambda r: r.attempt):
         final[row.job_id] = row
@@ -86,12 +88,12 @@ def comparison(store: Store, sweep: str, reference: str | None = None) -> list[d
         job = job_rows[job_id]
         if job.stage != "train":
             continue
-        timed = [r for r in by_epoch.values() if not r.warmup] or list(by_epoch.values())
+        timed = [r for r in by_epoch.values() if not r[4]] or list(by_epoch.values())
         g = groups[(job.gpu_type, job.model)]
-        times = [r.epoch_time for r in timed]
+        times = [r[2] for r in timed]
         g["epoch_time"].append(statistics.median(times))
         g["epoch_times"].extend(times)
-        g["images_per_sec"].append(statistics.median(r.images_per_sec for r in timed))
+        g["images_per_sec"].append(statistics.median([r[3] for r in timed]))
         if job_id in final:
             g["final_acc"].append(final[job_id].final_test_acc)
             g["best_acc"].append(final[job_id].best_test_acc)

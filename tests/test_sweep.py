@@ -1,6 +1,7 @@
 """Sweeps end to end on the local launcher with the embedded SQLite store."""
 
 import json
+import os
 import subprocess
 import sys
 import sysconfig
@@ -190,8 +191,27 @@ for epoch in range(1, 21):
 """
 
 
-def test_32_concurrent_writers_on_sqlite_lose_and_duplicate_nothing(tmp_path):
-    url = f"sqlite:///{tmp_path / 'results.db'}"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'results.db'}"
+    url = os.environ.get("RESNEST_BENCH_TEST_PG")
+    if not url:
+        pytest.skip(
+            "no PostgreSQL: run scripts/pg-local.sh up and set RESNEST_BENCH_TEST_PG (.ci/run does)"
+        )
+    from sqlalchemy import create_engine
+
+    from harness.store import metadata
+
+    engine = create_engine(url)  # a clean schema for this test
+    metadata.drop_all(engine)
+    engine.dispose()
+    return url
+
+
+def test_32_concurrent_writers_lose_and_duplicate_nothing(store_url):
+    url = store_url
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", WRITER, url, str(i)], stderr=subprocess.PIPE, text=True
@@ -207,3 +227,28 @@ def test_32_concurrent_writers_on_sqlite_lose_and_duplicate_nothing(tmp_path):
         assert conn.execute(select(func.count()).select_from(events)).scalar() == 32 * 20
         per_job = conn.execute(select(epochs.c.job_id, func.count()).group_by(epochs.c.job_id))
         assert {count for _, count in per_job} == {20}
+
+
+def test_store_url_that_cannot_be_opened_is_one_line(tmp_path):
+    path = sweep_yaml(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    data["store"] = "postgresql+psycopg://bench:secret@127.0.0.1:1/none"
+    path.write_text(yaml.safe_dump(data))
+    result = cli("submit", str(path), "-q", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("resnest-bench: error: results store postgresql+psycopg://")
+    assert "secret" not in result.stderr and "***" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert not (tmp_path / "results").exists()
+
+
+def test_logs_and_cancel(finished_sweep):
+    tmp_path, path, _ = finished_sweep
+    store = Store(f"sqlite:///{tmp_path / 'results' / 'results.db'}")
+    job = store.jobs("local-test")[0]
+    result = cli("logs", job["id"][:6], "-c", str(path), cwd=tmp_path)
+    assert result.returncode == 0
+    assert f"==> {job['job_dir']}/stdout.log <==" in result.stdout
+    assert "epoch   1/" in result.stdout
+    result = cli("cancel", "-c", str(path), cwd=tmp_path)
+    assert result.returncode == 0 and "cancelled 0 job(s)" in result.stdout
