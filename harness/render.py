@@ -48,7 +48,8 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         size = abs(value)
         digits = 0 if size >= 1000 else 1 if size >= 100 else 2 if size >= 1 else 3
-        return f"{value:,.{digits}f}"
+        text = f"{value:,.{digits}f}"
+        return text.rstrip("0").rstrip(".") if "." in text else text
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     if isinstance(value, (list, tuple)):
