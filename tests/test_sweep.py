@@ -252,3 +252,17 @@ def test_logs_and_cancel(finished_sweep):
     assert "epoch   1/" in result.stdout
     result = cli("cancel", "-c", str(path), cwd=tmp_path)
     assert result.returncode == 0 and "cancelled 0 job(s)" in result.stdout
+
+
+@pytest.mark.slow
+def test_the_quickstart_runs_as_the_readme_says(tmp_path):
+    quickstart = Path(__file__).parents[1] / "examples" / "quickstart.yaml"
+    result = cli("submit", str(quickstart), "-q", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "2 succeeded, 0 failed, 0 not run" in result.stderr
+    lines = result.stdout.splitlines()
+    for model in ("resnest50_bottleneck", "resnest50_basic"):
+        at = lines.index(model)
+        assert lines[at + 1].split()[:3] == ["gpu_type", "s/epoch", "img/s"]
+        assert lines[at + 3].startswith("cpu ")
+    assert (tmp_path / "results" / "results.db").is_file()
