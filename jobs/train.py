@@ -646,20 +646,26 @@ def run(spec: TrainSpec, reporter: Reporter | None = None) -> dict[str, Any]:
         )
     stop = StopFlag()
     stop.install()
-    ok = False
+    # Ends every rank agrees on (success, divergence, requeue) leave through a barrier;
+    # an unexpected error leaves at once, since the other ranks may never reach one.
+    agreed = False
     try:
         try:
             summary = Trainer(spec, env, device, reporter, stop).run()
         except Diverged as exc:
+            agreed = True
             if env.is_main:
                 reporter.report(
                     "final", {"status": "failed", "reason": "diverged", "detail": str(exc)}
                 )
             raise
-        ok = True
+        except Requeue:
+            agreed = True
+            raise
+        agreed = True
         return summary
     finally:
-        if ok:
+        if agreed:
             distributed.shutdown(env)
         elif env.distributed and dist.is_initialized() and env.source != "preinitialised":
             dist.destroy_process_group()
