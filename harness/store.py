@@ -205,7 +205,8 @@ class Store:
                         conn.execute(CreateIndex(index, if_not_exists=True))
                 current = conn.execute(select(schema_version.c.version)).scalar()
                 if current is None:
-                    conn.execute(insert(schema_version).values(version=SCHEMA_VERSION))
+                    # SQLite has no advisory lock: two new stores may both get here.
+                    _upsert(conn, schema_version, {"version": SCHEMA_VERSION}, ("version",))
                 elif current > SCHEMA_VERSION:
                     raise UserError(
                         f"results store {redact(self.url)} has schema version {current}, newer "
@@ -285,6 +286,9 @@ class Store:
         return count
 
 
+_ONE_PER_ATTEMPT = {"final": results, "provenance": provenance}
+
+
 def _write_record(conn: Any, record: dict[str, Any]) -> None:
     kind, job_id, attempt = record["kind"], record.get("job_id", ""), record.get("attempt", 0)
     if kind == "epoch":
@@ -293,14 +297,11 @@ def _write_record(conn: Any, record: dict[str, Any]) -> None:
             {k: record.get(k) for k in (*EPOCH_FIELDS, "images", "steps", "world_size", "warmup")}
         )
         _upsert(conn, epochs, row, ("job_id", "attempt", "epoch"))
-    elif kind == "final":
+    elif kind in _ONE_PER_ATTEMPT:
+        table = _ONE_PER_ATTEMPT[kind]
         row = {"job_id": job_id, "attempt": attempt}
-        row.update({c.name: record.get(c.name) for c in results.columns if c.name not in row})
-        _upsert(conn, results, row, ("job_id", "attempt"))
-    elif kind == "provenance":
-        row = {"job_id": job_id, "attempt": attempt}
-        row.update({c.name: record.get(c.name) for c in provenance.columns if c.name not in row})
-        _upsert(conn, provenance, row, ("job_id", "attempt"))
+        row.update({c.name: record.get(c.name) for c in table.columns if c.name not in row})
+        _upsert(conn, table, row, ("job_id", "attempt"))
     uid = record.get("uid")
     if uid:
         _upsert(
