@@ -113,27 +113,30 @@ def print_comparison(rows: list[dict], fmt: str) -> None:
         print(render(block, "table"))
 
 
-def _store_and_sweep(args: argparse.Namespace):
+def _open_store(args: argparse.Namespace):
+    """The store named by --store, or the one of the cluster.yaml given by -c."""
     from harness import config as cluster_config
     from harness.store import Store, open_store
 
-    config = None
     if args.store:
-        store = Store(args.store)
-    else:
-        if not os.path.exists(args.config):
-            raise UserError(f"{args.config}: no such file (give -c CLUSTER_YAML or --store URL)")
-        config = cluster_config.load(args.config)
-        store = open_store(config.store, config.results_dir)
+        return None, Store(args.store)
+    if not os.path.exists(args.config):
+        raise UserError(f"{args.config}: no such file (give -c CLUSTER_YAML or --store URL)")
+    config = cluster_config.load(args.config)
+    return config, open_store(config.store, config.results_dir)
+
+
+def _store_and_sweep(args: argparse.Namespace):
+    config, store = _open_store(args)
+    known = store.sweeps()
     sweep_name = getattr(args, "sweep", None) or (config.name if config else None)
     if sweep_name is None:
-        known = store.sweeps()
         if not known:
             raise UserError(f"the store {store.url} holds no sweep yet")
         sweep_name = known[-1]
-    if sweep_name not in store.sweeps():
+    if sweep_name not in known:
         raise UserError(
-            f"no sweep {sweep_name!r} in the store; known: {', '.join(store.sweeps()) or 'none'}"
+            f"no sweep {sweep_name!r} in the store; known: {', '.join(known) or 'none'}"
         )
     return config, store, sweep_name
 
@@ -217,16 +220,9 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from harness.store import Store, open_store
     from jobs.reporter import read_outbox
 
-    if args.store:
-        store = Store(args.store)
-    else:
-        from harness import config as cluster_config
-
-        config = cluster_config.load(args.config)
-        store = open_store(config.store, config.results_dir)
+    _, store = _open_store(args)
     path = Path(args.path)
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")

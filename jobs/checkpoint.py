@@ -8,6 +8,7 @@ goes into a sidecar file written the same way after it. Loading checks the diges
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import re
@@ -50,15 +51,12 @@ def atomic_write(path: Path, data: bytes) -> None:
 def save(folder: Path, state: dict[str, Any], epoch: int, step: int, keep: int = 3) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / checkpoint_name(epoch, step)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    digest = sha256_file(tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    atomic_write(path, data)
     # The sidecar lands after the checkpoint: a checkpoint without one is an unfinished write.
-    atomic_write(_sidecar(path), f"{digest}  {path.name}\n".encode())
+    atomic_write(_sidecar(path), f"{hashlib.sha256(data).hexdigest()}  {path.name}\n".encode())
     _prune(folder, keep)
     return path
 

@@ -15,6 +15,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
+log = logging.getLogger(__name__)
+
 
 class Reporter(Protocol):
     def report(self, kind: str, record: dict[str, Any]) -> None: ...
@@ -116,9 +118,6 @@ class StoreReporter(OutboxReporter):
                 else:
                     time.sleep(self.backoff * 2**attempt)
         return line
-
-
-log = logging.getLogger(__name__)
 
 
 def reporter_for(job_dir: Path, job_id: str, attempt: int) -> OutboxReporter:

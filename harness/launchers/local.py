@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,8 @@ def run(
     waiting = {job["id"]: job for job in jobs}
     running: dict[str, Running] = {}
     final: dict[str, str] = {}
+    counts: Counter[str] = Counter()
+    outside: dict[str, str | None] = {}  # states of jobs outside this run: they stay put
     bar = tqdm(
         total=len(jobs),
         unit="job",
@@ -76,11 +79,12 @@ def run(
         dynamic_ncols=True,
     )
 
-    def finish(job_id: str, state: str, reason: str | None = None) -> None:
-        store.set_state(job_id, state, reason=reason)
+    def finish(job_id: str, state: str, reason: str | None = None, record: bool = True) -> None:
+        if record:
+            store.set_state(job_id, state, reason=reason)
         final[job_id] = state
+        counts[state] += 1
         bar.update(1)
-        counts = {s: list(final.values()).count(s) for s in ("succeeded", "failed", "cancelled")}
         bar.set_postfix(running=len(running), **counts)
 
     def state_of(job_id: str) -> str | None:
@@ -88,8 +92,10 @@ def run(
             return final[job_id]
         if job_id in waiting or job_id in running:
             return "pending"
-        row = store.job(job_id)
-        return row["state"] if row else None
+        if job_id not in outside:
+            row = store.job(job_id)
+            outside[job_id] = row["state"] if row else None
+        return outside[job_id]
 
     def start(job: dict[str, Any], requeues: int = 0) -> None:
         job_dir = Path(job["job_dir"])
@@ -130,8 +136,7 @@ def run(
                     continue
                 del running[job_id]
                 if (store.job(job_id) or {}).get("state") == "cancelled":
-                    final[job_id] = "cancelled"
-                    bar.update(1)
+                    finish(job_id, "cancelled", record=False)  # by `cancel`: keep its reason
                 elif code == 0:
                     finish(job_id, "succeeded")
                 elif code == EXIT_REQUEUE and item.requeues < MAX_REQUEUES:
