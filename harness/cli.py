@@ -79,10 +79,29 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         return 0
     from harness import sweep
 
-    outcome = sweep.submit(config, args.only, progress=not args.quiet)
+    outcome = sweep.submit(
+        config, args.only, progress=not args.quiet, wait=args.wait, timeout=args.timeout
+    )
+    if outcome["in_flight"]:
+        print(
+            f"{outcome['in_flight']} job(s) still queued or running from an earlier "
+            "submission: left as they are",
+            file=sys.stderr,
+        )
+    if outcome["final"] is None:
+        return _queued(config, outcome["launched"], args)
     return _finish(
         outcome["store"], config.name, outcome["final"], args, skipped=outcome["skipped"]
     )
+
+
+def _queued(config, launched: list[str], args) -> int:
+    print(
+        f"sweep {config.name!r}: {len(launched)} job(s) queued on {config.launcher.kind}; "
+        f"follow with: resnest-bench status {config.name} -c {args.config}",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def _finish(store, sweep_name: str, final: dict[str, str], args, skipped: int = 0) -> int:
@@ -141,10 +160,22 @@ def _store_and_sweep(args: argparse.Namespace):
     return config, store, sweep_name
 
 
+def _refresh(store, sweep_name: str) -> None:
+    """Queue states from the cluster (sacct) before showing them; a machine without the
+    cluster's tools shows the states last recorded, and says so."""
+    from harness.sweep import refresh
+
+    try:
+        refresh(store, store.jobs(sweep_name))
+    except UserError as exc:
+        print(f"resnest-bench: states as last recorded ({exc})", file=sys.stderr)
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from harness.report import status_rows
 
     _, store, sweep_name = _store_and_sweep(args)
+    _refresh(store, sweep_name)
     counts, rows = status_rows(store, sweep_name)
     print(f"sweep {sweep_name}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
     print(render(rows, args.format))
@@ -155,6 +186,7 @@ def _cmd_table(args: argparse.Namespace) -> int:
     from harness.report import comparison
 
     _, store, sweep_name = _store_and_sweep(args)
+    _refresh(store, sweep_name)
     rows = comparison(store, sweep_name, args.reference)
     print_comparison(rows, args.format)
     if args.format == "table":
@@ -174,7 +206,16 @@ def _cmd_rerun(args: argparse.Namespace) -> int:
         raise UserError("rerun needs the sweep's cluster.yaml (-c)")
     if not args.job_ids and not args.failed:
         raise UserError("name the jobs to rerun, or give --failed")
-    outcome = sweep.rerun(config, args.job_ids, args.failed, progress=not args.quiet)
+    outcome = sweep.rerun(
+        config,
+        args.job_ids,
+        args.failed,
+        progress=not args.quiet,
+        wait=args.wait,
+        timeout=args.timeout,
+    )
+    if outcome["final"] is None:
+        return _queued(config, outcome["launched"], args)
     return _finish(outcome["store"], sweep_name, outcome["final"], args)
 
 
@@ -185,8 +226,12 @@ def _cmd_logs(args: argparse.Namespace) -> int:
     job = store.job(args.job_id)
     if job is None:
         raise UserError(f"no job {args.job_id!r} in the store")
-    for name in ("stdout.log", "stderr.log"):
-        path = Path(job["job_dir"]) / name
+    paths = [Path(job["job_dir"]) / name for name in ("stdout.log", "stderr.log")]
+    if (job["launcher_job_id"] or "").startswith("slurm:"):
+        from harness.launchers.slurm import log_paths
+
+        paths = log_paths(job)
+    for path in paths:
         print(f"==> {path} <==")
         if path.is_file():
             lines = path.read_text(errors="replace").splitlines()
@@ -204,6 +249,7 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
         else [row for row in store.jobs(sweep_name)]
     )
     cancelled = 0
+    on_slurm = []
     for job in targets:
         if job["state"] not in ("pending", "submitted", "running"):
             continue
@@ -211,8 +257,14 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
         if job["state"] == "running" and launcher_id.startswith("pid:"):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(int(launcher_id[4:]), signal.SIGTERM)
+        if launcher_id.startswith("slurm:"):
+            on_slurm.append(launcher_id.removeprefix("slurm:"))
         store.set_state(job["id"], "cancelled", reason="cancelled by the user")
         cancelled += 1
+    if on_slurm:
+        from harness.launchers.slurm import cancel
+
+        cancel(on_slurm)
     print(f"cancelled {cancelled} job(s)")
     return 0
 
@@ -268,6 +320,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     models.set_defaults(func=_cmd_models)
 
+    def wait_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--wait",
+            action="store_true",
+            help="slurm: follow the jobs (sacct, polled with backoff) until they end and print "
+            "the table; without it the command returns once the jobs are queued. The local "
+            "launcher always waits.",
+        )
+        p.add_argument(
+            "--timeout",
+            type=float,
+            metavar="S",
+            help="with --wait: give up following after S seconds (the jobs stay queued)",
+        )
+
     submit = sub.add_parser(
         "submit",
         help="plan a sweep from cluster.yaml and submit it",
@@ -292,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit.add_argument("--format", choices=FORMATS, default="table", help="plan output format")
     submit.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    wait_options(submit)
     submit.set_defaults(func=_cmd_submit)
 
     def store_options(p: argparse.ArgumentParser) -> None:
@@ -340,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     rerun.add_argument("--sweep", help="sweep name (default: the config's)")
     store_options(rerun)
     rerun.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    wait_options(rerun)
     rerun.set_defaults(func=_cmd_rerun)
 
     logs = sub.add_parser("logs", help="a job's stdout and stderr")

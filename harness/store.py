@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    func,
     insert,
     select,
     text,
@@ -260,6 +261,23 @@ class Store:
         if len(matches) > 1:
             raise UserError(f"job id {job_id!r} is ambiguous: {len(matches)} jobs start with it")
         return dict(matches[0]._mapping) if matches else None
+
+    def jobs_by_ids(self, job_ids: list[str]) -> list[dict[str, Any]]:
+        with self.begin() as conn:
+            query = select(jobs).where(jobs.c.id.in_(job_ids))
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    def latest_attempts(self, job_ids: list[str]) -> dict[str, int]:
+        """The newest attempt each job has reported records for."""
+        if not job_ids:
+            return {}
+        with self.begin() as conn:
+            query = (
+                select(events.c.job_id, func.max(events.c.attempt))
+                .where(events.c.job_id.in_(job_ids))
+                .group_by(events.c.job_id)
+            )
+            return {job_id: attempt for job_id, attempt in conn.execute(query)}
 
     def set_state(self, job_id: str, state: str, **fields: Any) -> None:
         if state not in STATES:

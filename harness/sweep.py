@@ -76,40 +76,117 @@ def max_parallel(config: ClusterConfig) -> int:
     return config.launcher.local.max_parallel or max(visible_gpus(), 1)
 
 
-def submit(config: ClusterConfig, only: list[str], progress: bool = True) -> dict[str, Any]:
-    """Plan, record and run the sweep; jobs that already succeeded are skipped."""
-    jobs = select(plan(config), only)
+IN_FLIGHT = ("submitted", "running")
+
+
+def _check_stages(jobs: list[JobPlan]) -> None:
     unavailable = sorted({j.stage for j in jobs} - set(RUNNABLE_STAGES))
     if unavailable:
         raise UserError(
             f"sweep.stages: {', '.join(unavailable)} cannot run yet; "
             f"plan them with --dry-run, or keep sweep.stages to {', '.join(RUNNABLE_STAGES)}"
         )
-    if config.launcher.kind != "local":
-        raise UserError(
-            f"launcher.kind: the {config.launcher.kind} launcher is not built yet; use local"
-        )
+
+
+def _launch(
+    config: ClusterConfig,
+    store: Store,
+    rows: list[dict[str, Any]],
+    progress: bool,
+    wait: bool,
+    timeout: float | None,
+) -> dict[str, str] | None:
+    """Hand ``rows`` (already at their new attempt) to the configured launcher. The local
+    launcher runs them to the end; SLURM returns once they are queued, unless ``wait``."""
+    kind = config.launcher.kind
+    if kind == "local":
+        for row in rows:
+            store.set_state(row["id"], "submitted", attempt=row["attempt"], reason=None)
+        from harness.launchers import local
+
+        return local.run(store, rows, max_parallel(config), spec_writer(store), progress)
+    if kind == "slurm":
+        from harness.launchers import slurm
+
+        for row in rows:
+            store.set_state(row["id"], "pending", attempt=row["attempt"], reason=None)
+        slurm.submit(config, store, rows, spec_writer(store))
+        if not wait:
+            return None
+        return slurm.wait(store, [row["id"] for row in rows], progress, timeout)
+    from harness.launchers import ray_launcher
+
+    ray_launcher.prepare(config, rows)
+    for row in rows:
+        store.set_state(row["id"], "submitted", attempt=row["attempt"], reason=None)
+    return ray_launcher.run(config, store, rows, spec_writer(store), progress)
+
+
+def refresh(store: Store, rows: list[dict[str, Any]]) -> None:
+    """Bring the states of jobs in a cluster's queue up to date (one sacct call)."""
+    queued = [
+        row
+        for row in rows
+        if row["state"] in ("pending", *IN_FLIGHT)
+        and (row["launcher_job_id"] or "").startswith("slurm:")
+    ]
+    if queued:
+        from harness.launchers import slurm
+
+        slurm.poll(store, queued)
+
+
+def submit(
+    config: ClusterConfig,
+    only: list[str],
+    progress: bool = True,
+    wait: bool = False,
+    timeout: float | None = None,
+) -> dict[str, Any]:
+    """Plan, record and launch the sweep; jobs that already succeeded, and jobs still in a
+    cluster's queue from an earlier submission, are skipped."""
+    jobs = select(plan(config), only)
+    _check_stages(jobs)
     store = store_for(config)
     store.add_sweep(config.name, config.model_dump(mode="json"))
     store.add_jobs(config.name, [_row(config, job) for job in jobs])
+    refresh(store, store.jobs(config.name))
     rows = {row["id"]: row for row in store.jobs(config.name)}
-    todo = [rows[job.id] for job in jobs if rows[job.id]["state"] != "succeeded"]
-    skipped = len(jobs) - len(todo)
-    for row in todo:
+    in_flight = 0
+    todo = []
+    for job in jobs:
+        row = rows[job.id]
+        if row["state"] == "succeeded":
+            continue
+        if row["state"] in IN_FLIGHT and (row["launcher_job_id"] or "").startswith("slurm:"):
+            in_flight += 1
+            continue
         if row["state"] in ("failed", "cancelled"):
             row["attempt"] += 1
-        store.set_state(row["id"], "submitted", attempt=row["attempt"], reason=None)
-    from harness.launchers import local
-
-    final = local.run(store, todo, max_parallel(config), spec_writer(store), progress)
-    return {"planned": len(jobs), "skipped": skipped, "final": final, "store": store}
+        todo.append(row)
+    final = _launch(config, store, todo, progress, wait, timeout)
+    return {
+        "planned": len(jobs),
+        "skipped": len(jobs) - len(todo) - in_flight,
+        "in_flight": in_flight,
+        "launched": [row["id"] for row in todo],
+        "final": final,
+        "store": store,
+    }
 
 
 def rerun(
-    config: ClusterConfig, job_ids: list[str], failed: bool, progress: bool = True
+    config: ClusterConfig,
+    job_ids: list[str],
+    failed: bool,
+    progress: bool = True,
+    wait: bool = False,
+    timeout: float | None = None,
 ) -> dict[str, Any]:
     """Run exactly the chosen jobs again, as new attempts; nothing else is touched."""
     store = store_for(config)
+    rows = store.jobs(config.name)
+    refresh(store, rows)
     rows = store.jobs(config.name)
     if failed:
         chosen = [row for row in rows if row["state"] in ("failed", "cancelled")]
@@ -119,6 +196,11 @@ def rerun(
             row = store.job(job_id)
             if row is None or row["sweep"] != config.name:
                 raise UserError(f"no job {job_id!r} in sweep {config.name!r}")
+            if row["state"] in IN_FLIGHT:
+                raise UserError(
+                    f"job {row['id']} is still {row['state']} "
+                    f"({row['launcher_job_id'] or 'no launcher id'}); cancel it first"
+                )
             chosen.append(row)
     for row in chosen:
         if row["state"] == "succeeded":
@@ -128,8 +210,5 @@ def rerun(
             if old.is_dir():
                 old.rename(old.with_name(f"checkpoints.attempt{row['attempt']}"))
         row["attempt"] += 1
-        store.set_state(row["id"], "submitted", attempt=row["attempt"], reason=None)
-    from harness.launchers import local
-
-    final = local.run(store, chosen, max_parallel(config), spec_writer(store), progress)
-    return {"final": final, "store": store}
+    final = _launch(config, store, chosen, progress, wait, timeout)
+    return {"final": final, "store": store, "launched": [row["id"] for row in chosen]}

@@ -50,17 +50,23 @@ class Diverged(Exception):
 
 
 class Requeue(Exception):
-    """Stopped by SIGTERM / SIGUSR1 after writing a checkpoint; the launcher should requeue."""
+    """Stopped by a signal after writing a checkpoint; the launcher should requeue."""
+
+    def __init__(self, message: str, signal: int | None = None) -> None:
+        super().__init__(message)
+        self.signal = signal
 
 
 class StopFlag:
-    """Set by SIGTERM or SIGUSR1 (SLURM preemption and time limits); read at safe points."""
+    """Set by SIGTERM, SIGUSR1 or SIGUSR2 (preemption, time limits, ``scontrol requeue``);
+    read at safe points. SIGUSR2 is the signal submitit asks SLURM to send before a time
+    limit; handling it here checkpoints at a step boundary rather than mid-step."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
 
     def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
             with contextlib.suppress(ValueError):  # not the main thread (e.g. some Ray workers)
                 signal.signal(sig, self._handle)
 
@@ -518,7 +524,8 @@ class Trainer:
                     self.save(epoch, step + 1, totals, history)
                     raise Requeue(
                         f"signal {self.stop.signal}: checkpointed at epoch "
-                        f"{epoch + 1}, step {step + 1}"
+                        f"{epoch + 1}, step {step + 1}",
+                        self.stop.signal,
                     )
             totals.fold(sums, timer)
             progress.close()
@@ -543,7 +550,10 @@ class Trainer:
             if done or stop or (epoch + 1) % spec.checkpoint_every == 0:
                 self.save(epoch + 1, 0, EpochTotals(), history)
             if stop and not done:
-                raise Requeue(f"signal {self.stop.signal}: checkpointed after epoch {epoch + 1}")
+                raise Requeue(
+                    f"signal {self.stop.signal}: checkpointed after epoch {epoch + 1}",
+                    self.stop.signal,
+                )
         return self._final(history)
 
     def _epoch_record(self, epoch, epoch_time, totals, lr, warmup) -> dict[str, Any]:
@@ -688,19 +698,28 @@ def run_from_args(args: argparse.Namespace, stage: str) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         spec = spec_from_args(args, stage)
-        run(spec)
-    except Requeue as exc:
-        print(f"resnest-bench: {exc}; exiting for requeue", file=sys.stderr)
-        return EXIT_REQUEUE
-    except Diverged as exc:
-        print(f"resnest-bench: diverged: {exc}", file=sys.stderr)
-        return EXIT_DIVERGED
     except USER_ERRORS as exc:
         print(f"resnest-bench: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    return execute(spec)[0]
+
+
+def execute(spec: TrainSpec) -> tuple[int, int | None]:
+    """Run a job and map its end to an exit code; also the signal that stopped it, if any."""
+    try:
+        run(spec)
+    except Requeue as exc:
+        print(f"resnest-bench: {exc}; exiting for requeue", file=sys.stderr)
+        return EXIT_REQUEUE, exc.signal
+    except Diverged as exc:
+        print(f"resnest-bench: diverged: {exc}", file=sys.stderr)
+        return EXIT_DIVERGED, None
+    except USER_ERRORS as exc:
+        print(f"resnest-bench: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR, None
     except KeyboardInterrupt:
-        return EXIT_FAILED
-    return EXIT_OK
+        return EXIT_FAILED, None
+    return EXIT_OK, None
 
 
 if __name__ == "__main__":

@@ -48,9 +48,8 @@ AccountingStorageTRES=gres/gpu,gres/gpu:v100,gres/gpu:a100
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 MinJobAge=5
-KillWait=5
+KillWait=30
 InactiveLimit=0
-RequeueExit=75
 NodeName=$host CPUs=$cpus RealMemory=$mem Gres=gpu:v100:1,gpu:a100:1 State=UNKNOWN
 PartitionName=gpu Nodes=$host Default=YES MaxTime=INFINITE State=UP
 PartitionName=debug Nodes=$host MaxTime=INFINITE State=UP

@@ -53,3 +53,39 @@ def final_weights(out: Path) -> dict[str, torch.Tensor]:
 def write_spec(path: Path, **fields) -> Path:
     path.write_text(json.dumps(fields))
     return path
+
+
+def tiny_sweep(**settings) -> dict:
+    """The sweep section of the cluster launcher tests: both tiny variants on two GPU types."""
+    return {
+        "models": ["resnest_tiny_bottleneck", "resnest_tiny_basic"],
+        "datasets": ["synthetic"],
+        "gpu_types": ["v100", "a100"],
+        "recipe": "fast",
+        "epochs": 2,
+        "max_steps": 2,
+        "overrides": {"batch_size": 32},
+        **settings,
+    }
+
+
+def write_cluster(tmp_path: Path, name: str, launcher: dict, gpu_types: dict, sweep: dict) -> Path:
+    """A cluster.yaml in ``tmp_path`` whose results (and SQLite store) go under it."""
+    import yaml
+
+    data = {
+        "name": name,
+        "results_dir": str(tmp_path / "results"),
+        "launcher": launcher,
+        "gpu_types": gpu_types,
+        "sweep": sweep,
+    }
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def store_of(tmp_path: Path):
+    from harness.store import Store
+
+    return Store(f"sqlite:///{tmp_path / 'results' / 'results.db'}")

@@ -1,1 +1,50 @@
-"""Launchers: how a sweep's jobs reach compute (local processes now; SLURM and Ray next)."""
+"""Launchers: where a sweep's jobs run (local processes, SLURM, Ray)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+
+def progress_bar(total: int, enabled: bool) -> Any:
+    """The sweep's progress bar, on stderr, one tick per job that has ended."""
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        unit="job",
+        desc="sweep",
+        disable=not enabled,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+
+
+def exit_reason(code: int, last_line: str) -> str:
+    """Why a job process ended badly, from its exit code and its last line on stderr."""
+    from jobs.spec import EXIT_DIVERGED, EXIT_USER_ERROR
+
+    if code == EXIT_DIVERGED:
+        return "diverged"
+    if code == EXIT_USER_ERROR:
+        return f"bad input: {last_line.removeprefix('resnest-bench: error: ')}"
+    if code < 0:
+        return f"killed by signal {-code}"
+    return f"exit code {code}" + (f": {last_line}" if last_line else "")
+
+
+def last_line(path: Any) -> str:
+    """The last non-empty line of a log file ("" if there is none)."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        return ""
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+def mark_interrupted(store: Any, job_ids: Any) -> None:
+    """Ctrl-C in the submitting process: the jobs it was running or holding are cancelled."""
+    for job_id in job_ids:
+        store.set_state(job_id, "cancelled", reason="interrupted by the user")

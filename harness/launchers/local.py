@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.launchers import exit_reason, last_line, mark_interrupted, progress_bar
 from harness.store import Store
-from jobs.spec import EXIT_DIVERGED, EXIT_REQUEUE, EXIT_USER_ERROR
+from jobs.spec import EXIT_REQUEUE
 
 POLL_S = 0.2
 MAX_REQUEUES = 3
@@ -42,17 +43,7 @@ def job_command(spec_path: Path) -> list[str]:
 
 
 def failure_reason(code: int, stderr_path: Path) -> str:
-    last = ""
-    if stderr_path.is_file():
-        lines = [line for line in stderr_path.read_text(errors="replace").splitlines() if line]
-        last = lines[-1] if lines else ""
-    if code == EXIT_DIVERGED:
-        return "diverged"
-    if code == EXIT_USER_ERROR:
-        return f"bad input: {last.removeprefix('resnest-bench: error: ')}"
-    if code < 0:
-        return f"killed by signal {-code}"
-    return f"exit code {code}" + (f": {last}" if last else "")
+    return exit_reason(code, last_line(stderr_path))
 
 
 def run(
@@ -63,21 +54,12 @@ def run(
     progress: bool = True,
 ) -> dict[str, str]:
     """Run ``jobs`` (store rows, in dependency order) to the end; return id -> final state."""
-    from tqdm import tqdm
-
     waiting = {job["id"]: job for job in jobs}
     running: dict[str, Running] = {}
     final: dict[str, str] = {}
     counts: Counter[str] = Counter()
     outside: dict[str, str | None] = {}  # states of jobs outside this run: they stay put
-    bar = tqdm(
-        total=len(jobs),
-        unit="job",
-        desc="sweep",
-        disable=not progress,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
+    bar = progress_bar(len(jobs), progress)
 
     def finish(job_id: str, state: str, reason: str | None = None, record: bool = True) -> None:
         if record:
@@ -150,11 +132,9 @@ def run(
                     )
             time.sleep(POLL_S)
     except KeyboardInterrupt:
-        for job_id, item in running.items():
+        for item in running.values():
             item.process.terminate()
-            store.set_state(job_id, "cancelled", reason="interrupted by the user")
-        for job_id in waiting:
-            store.set_state(job_id, "cancelled", reason="interrupted by the user")
+        mark_interrupted(store, [*running, *waiting])
         raise
     finally:
         bar.close()

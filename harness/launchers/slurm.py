@@ -1,0 +1,388 @@
+"""The SLURM launcher: submitit job arrays, afterok dependencies, sacct polling.
+
+Submission needs neither torch nor a GPU: the pickled callable is ``jobs.slurm_task.SlurmTask``
+(torch-free at import). Each GPU type's settings in cluster.yaml become the sbatch options of
+its jobs; a job with N GPUs per node on M nodes runs as N x M tasks, one per GPU, which form
+one process group from the SLURM environment.
+
+Jobs with nothing to wait for go out as one array per GPU type (``--array=0-K%P``, P from
+``launcher.slurm.array_parallelism``). A job that waits on another job of the same submission
+(a transfer after its training) goes out on its own with ``--dependency=afterok:<parent>``
+and ``--kill-on-invalid-dep=yes``, so that a failed parent cancels it rather than leaving it
+pending for ever.
+
+States come from ``sacct``, one call for all the jobs being followed, polled with backoff.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from harness.config import ClusterConfig, GpuType
+from harness.errors import UserError
+from harness.launchers import progress_bar
+from harness.store import Store
+from jobs.spec import EXIT_DIVERGED, EXIT_REQUEUE, EXIT_USER_ERROR
+
+PREFIX = "slurm:"
+SACCT_FIELDS = ("JobID", "State", "ExitCode", "Reason", "Start", "End")
+# sacct state -> (store state, reason). Pending, requeued and suspended jobs wait in the queue.
+QUEUED = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "SUSPENDED"}
+ACTIVE = {"RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING"}
+FAILED_REASONS = {
+    "OUT_OF_MEMORY": "OOM: the job ran out of memory",
+    "TIMEOUT": "TIMEOUT: the job reached its time limit",
+    "NODE_FAIL": "NODE_FAIL: a node of the job failed",
+    "PREEMPTED": "PREEMPTED: the job was preempted and not requeued",
+    "BOOT_FAIL": "BOOT_FAIL: a node of the job failed to boot",
+    "DEADLINE": "DEADLINE: the job reached its deadline",
+}
+NOT_RUN = "not run: a job it depends on did not succeed"
+POLL_MIN_S = 1.0
+POLL_MAX_S = 30.0
+
+
+def _run(cmd: list[str], timeout: float = 60) -> str:
+    if shutil.which(cmd[0]) is None:
+        raise UserError(f"{cmd[0]}: not found; the SLURM launcher needs the SLURM client tools")
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"{cmd[0]}: no answer from SLURM within {timeout:.0f} s") from None
+    if out.returncode != 0:
+        message = (out.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise UserError(f"{' '.join(cmd[:2])}: {message}")
+    return out.stdout
+
+
+# -- before submitting: does the cluster have what the sweep asks for? ----------------------
+
+
+def cluster_resources() -> dict[str, set[str]]:
+    """Partition -> the gres of its nodes (``gpu:v100``, ...); the default partition is also
+    listed under ``""``."""
+    found: dict[str, set[str]] = defaultdict(set)
+    for line in _run(["sinfo", "-h", "-o", "%P|%G"]).splitlines():
+        partition, _, gres = line.strip().partition("|")
+        names = set()
+        for item in re.split(r",(?![^(]*\))", gres):
+            parts = item.split("(")[0].split(":")
+            if parts[0] and parts[0] != "(null)":
+                names.add(parts[0])
+                if len(parts) >= 3 or (len(parts) == 2 and not parts[1].isdigit()):
+                    names.add(f"{parts[0]}:{parts[1]}")
+        if partition.endswith("*"):
+            partition = partition[:-1]
+            found[""] |= names
+        found[partition] |= names
+    return dict(found)
+
+
+def check_gpu_types(config: ClusterConfig, used: set[str]) -> None:
+    """Refuse, before anything is submitted, GPU types the cluster cannot run."""
+    resources = cluster_resources()
+    partitions = sorted(p for p in resources if p)
+    for name in sorted(used):
+        gpu = config.gpu_types[name]
+        partition = gpu.partition or ""
+        if partition not in resources:
+            raise UserError(
+                f"gpu_types.{name}: the SLURM cluster has no partition {partition!r} "
+                f"(it has {', '.join(partitions)})"
+            )
+        if gpu.gres:
+            wanted = ":".join(gpu.gres.split(":")[:2])
+            if wanted not in resources[partition]:
+                where = f"partition {partition}" if partition else "the default partition"
+                have = ", ".join(sorted(r for r in resources[partition] if ":" in r)) or "none"
+                raise UserError(
+                    f"gpu_types.{name}: the SLURM cluster has no {wanted} in {where} "
+                    f"(gres there: {have})"
+                )
+
+
+# -- submission -----------------------------------------------------------------------------
+
+
+def _minutes(limit: str | None) -> int | None:
+    """SLURM time ``[D-]HH:MM:SS``, ``HH:MM`` or minutes -> minutes."""
+    if limit is None:
+        return None
+    days, _, clock = limit.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    if len(parts) == 1:
+        minutes = parts[0]
+    elif len(parts) == 2:
+        minutes = parts[0] * 60 + parts[1]
+    else:
+        minutes = parts[0] * 60 + parts[1] + (1 if parts[2] else 0)
+    return minutes + int(days or 0) * 24 * 60
+
+
+def sbatch_parameters(gpu: GpuType, gpus_per_node: int, nodes: int) -> dict[str, Any]:
+    """submitit SlurmExecutor parameters for one job of this GPU type."""
+    params: dict[str, Any] = {
+        "nodes": nodes,
+        "ntasks_per_node": gpus_per_node,
+        "cpus_per_task": gpu.cpus_per_gpu,
+    }
+    extra: dict[str, Any] = {}
+    if gpu.partition:
+        params["partition"] = gpu.partition
+    if gpu.gres:
+        params["gres"] = f"{gpu.gres}:{gpus_per_node}"
+    if gpu.constraint:
+        params["constraint"] = gpu.constraint
+    if gpu.account:
+        params["account"] = gpu.account
+    if gpu.qos:
+        params["qos"] = gpu.qos
+    # Without a time in cluster.yaml the partition's default applies (not submitit's 5 min).
+    params["time"] = _minutes(gpu.time)
+    if gpu.mem_per_gpu:
+        params["mem_per_gpu"] = gpu.mem_per_gpu
+    params["additional_parameters"] = extra
+    return params
+
+
+def _executor(folder: Path, params: dict[str, Any], job_name: str):
+    import submitit
+
+    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=3)
+    executor.update_parameters(job_name=job_name, **params)
+    return executor
+
+
+def submit(
+    config: ClusterConfig,
+    store: Store,
+    jobs: list[dict[str, Any]],
+    write_spec: Any,
+) -> dict[str, str]:
+    """Submit ``jobs`` (store rows in dependency order); return id -> SLURM job id."""
+    from jobs.slurm_task import SlurmTask
+
+    check_gpu_types(config, {job["gpu_type"] for job in jobs})
+    folder = Path(config.results_dir).resolve() / config.name / "slurm"
+    folder.mkdir(parents=True, exist_ok=True)
+    sweep = config.sweep
+    requeue = config.launcher.slurm.requeue_on_preemption
+    ids = {job["id"] for job in jobs}
+    submitted: dict[str, str] = {}
+
+    def task(job: dict[str, Any]) -> SlurmTask:
+        Path(job["job_dir"]).mkdir(parents=True, exist_ok=True)
+        return SlurmTask(str(write_spec(job)), store.url, requeue)
+
+    def params(job: dict[str, Any]) -> dict[str, Any]:
+        gpu = config.gpu_types[job["gpu_type"]]
+        return sbatch_parameters(gpu, sweep.gpus_per_job, sweep.nodes)
+
+    free = [job for job in jobs if not set(job["depends_on"] or []) & ids]
+    waiting = [job for job in jobs if set(job["depends_on"] or []) & ids]
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for job in free:
+        groups[job["gpu_type"]].append(job)
+    try:
+        for gpu_type, group in groups.items():
+            executor = _executor(
+                folder,
+                {
+                    **params(group[0]),
+                    "array_parallelism": config.launcher.slurm.array_parallelism,
+                },
+                f"{config.name}-{gpu_type}",
+            )
+            with executor.batch():
+                handles = [executor.submit(task(job)) for job in group]
+            for job, handle in zip(group, handles, strict=True):
+                submitted[job["id"]] = handle.job_id
+        for job in waiting:
+            parents = [submitted[p] for p in job["depends_on"] if p in submitted]
+            job_params = params(job)
+            job_params["dependency"] = "afterok:" + ":".join(parents)
+            job_params["additional_parameters"] = {"kill-on-invalid-dep": "yes"}
+            executor = _executor(folder, job_params, f"{config.name}-{job['stage']}")
+            submitted[job["id"]] = executor.submit(task(job)).job_id
+    except Exception as exc:
+        # Nothing half-submitted: cancel what this call submitted, leave the rows pending.
+        if submitted:
+            subprocess.run(["scancel", *submitted.values()], capture_output=True, timeout=60)
+        for job_id in submitted:
+            store.set_state(job_id, "pending", launcher_job_id=None, reason=None)
+        message = str(exc).strip().splitlines()
+        detail = next((line for line in reversed(message) if "error" in line.lower()), "")
+        raise UserError(
+            f"sbatch refused the sweep ({detail or (message[-1] if message else exc)}); "
+            f"nothing was left submitted"
+        ) from None
+    for job in jobs:
+        store.set_state(
+            job["id"], "submitted", launcher_job_id=PREFIX + submitted[job["id"]], reason=None
+        )
+    return submitted
+
+
+# -- following the jobs ---------------------------------------------------------------------
+
+
+def _expand(job_id: str) -> list[str]:
+    """``123_[0-3,5%2]`` (pending array tasks, collapsed by sacct) -> ``123_0`` ... ``123_5``."""
+    match = re.fullmatch(r"(\d+)_\[([^\]]+)\]", job_id)
+    if not match:
+        return [job_id]
+    base, spec = match.groups()
+    out = []
+    for part in spec.split("%")[0].split(","):
+        lo, _, hi = part.partition("-")
+        out.extend(f"{base}_{i}" for i in range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def sacct_states(slurm_ids: list[str]) -> dict[str, dict[str, str]]:
+    """One sacct call for many jobs: SLURM id -> {State, ExitCode, Reason, ...}."""
+    if not slurm_ids:
+        return {}
+    roots = sorted({i.split("_")[0] for i in slurm_ids})
+    out = _run(
+        [
+            "sacct",
+            "-X",
+            "-n",
+            "-P",
+            "--format=" + ",".join(SACCT_FIELDS),
+            "-j",
+            ",".join(roots),
+        ]
+    )
+    found: dict[str, dict[str, str]] = {}
+    for line in out.splitlines():
+        values = line.split("|")
+        if len(values) != len(SACCT_FIELDS):
+            continue
+        record = dict(zip(SACCT_FIELDS, values, strict=True))
+        for job_id in _expand(record["JobID"]):
+            found[job_id] = record  # the last line of a requeued job is its current state
+    return found
+
+
+def map_state(record: dict[str, str], log_err: Path | None = None) -> tuple[str, str | None]:
+    """A sacct record -> (store state, reason)."""
+    state = record["State"].split()[0]  # "CANCELLED by 0" -> "CANCELLED"
+    reason = record.get("Reason", "")
+    if state in QUEUED:
+        return "submitted", (None if reason in ("", "None") else reason)
+    if state in ACTIVE:
+        return "running", None
+    if state == "COMPLETED":
+        return "succeeded", None
+    if state == "CANCELLED":
+        if reason in ("Dependency", "DependencyNeverSatisfied"):
+            return "cancelled", NOT_RUN
+        return "cancelled", record["State"]
+    if state in FAILED_REASONS:
+        return "failed", FAILED_REASONS[state]
+    code, _, sig = record.get("ExitCode", "0:0").partition(":")
+    last = _last_line(log_err)
+    if code == str(EXIT_DIVERGED):
+        return "failed", "diverged"
+    if code == str(EXIT_USER_ERROR):
+        return "failed", f"bad input: {last.removeprefix('resnest-bench: error: ')}"
+    if code == str(EXIT_REQUEUE):
+        return "failed", "stopped for requeue, but SLURM did not requeue it"
+    detail = f"FAILED exit code {code}" + (f" (signal {sig})" if sig not in ("", "0") else "")
+    return "failed", detail + (f": {last}" if last else "")
+
+
+def _last_line(path: Path | None) -> str:
+    if path is None or not path.is_file():
+        return ""
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    ours = [line for line in lines if line.startswith("resnest-bench:")]
+    return (ours or lines or [""])[-1].strip()
+
+
+def log_paths(job: dict[str, Any]) -> list[Path]:
+    """submitit's stdout and stderr of rank 0 for a SLURM job of the store."""
+    slurm_id = (job.get("launcher_job_id") or "").removeprefix(PREFIX)
+    folder = Path(job["job_dir"]).parent.parent / "slurm"
+    return [folder / f"{slurm_id}_0_log.out", folder / f"{slurm_id}_0_log.err"]
+
+
+def poll(store: Store, rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Update the store from one sacct call; return id -> store state for ``rows``."""
+    followed = {
+        row["id"]: row["launcher_job_id"].removeprefix(PREFIX)
+        for row in rows
+        if (row.get("launcher_job_id") or "").startswith(PREFIX)
+    }
+    records = sacct_states(list(followed.values()))
+    attempts = store.latest_attempts(list(followed))
+    new: dict[str, tuple[str, str | None]] = {}
+    for row in rows:
+        record = records.get(followed.get(row["id"], ""))
+        if record is None:
+            new[row["id"]] = (row["state"], row["reason"])
+        elif row["state"] == "cancelled":
+            new[row["id"]] = ("cancelled", row["reason"])  # by the harness: keep why
+        else:
+            new[row["id"]] = map_state(record, log_paths(row)[1])
+    for row in rows:
+        state, reason = new[row["id"]]
+        if reason == NOT_RUN:  # name the parent that did not succeed
+            for parent in row["depends_on"] or []:
+                parent_state = new[parent][0] if parent in new else store.job(parent)["state"]
+                if parent_state in ("failed", "cancelled"):
+                    reason = f"not run: depends on {parent}, which {parent_state}"
+                    break
+        attempt = max(row["attempt"], attempts.get(row["id"], row["attempt"]))
+        if (state, reason, attempt) != (row["state"], row["reason"], row["attempt"]):
+            store.set_state(row["id"], state, reason=reason, attempt=attempt)
+    return {job_id: state for job_id, (state, _) in new.items()}
+
+
+def wait(
+    store: Store,
+    job_ids: list[str],
+    progress: bool = True,
+    timeout: float | None = None,
+) -> dict[str, str]:
+    """Follow jobs until each has ended; sacct is polled with backoff (1 s, up to 30 s,
+    back to 1 s whenever something changed). Return id -> final state."""
+    ended = ("succeeded", "failed", "cancelled")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = POLL_MIN_S
+    bar = progress_bar(len(job_ids), progress)
+    previous: dict[str, str] = {}
+    try:
+        while True:
+            states = poll(store, store.jobs_by_ids(job_ids))
+            done = sum(1 for s in states.values() if s in ended)
+            bar.n = done
+            counts: dict[str, int] = defaultdict(int)
+            for s in states.values():
+                counts[s] += 1
+            bar.set_postfix(**counts)
+            if done == len(job_ids):
+                return states
+            if deadline is not None and time.monotonic() > deadline:
+                raise UserError(
+                    f"jobs still not finished after {timeout:.0f} s: "
+                    + ", ".join(f"{n} {s}" for s, n in counts.items())
+                )
+            delay = POLL_MIN_S if states != previous else min(delay * 1.5, POLL_MAX_S)
+            previous = states
+            time.sleep(delay)
+    finally:
+        bar.close()
+
+
+def cancel(slurm_ids: list[str]) -> None:
+    if slurm_ids:
+        _run(["scancel", *slurm_ids])

@@ -1,0 +1,75 @@
+"""What a SLURM task runs: the callable that submitit pickles on the login node.
+
+This module imports neither torch nor submitit at import time, so that pickling the task on
+a login node needs neither. On the compute node every task of the job (one per GPU) calls
+it; the tasks form one process group from the SLURM environment (``jobs.distributed``).
+
+Preemption, time limits and ``scontrol requeue``: the trainer checkpoints at the next step
+boundary and stops (``Requeue``). After a time-limit or preemption notice (SIGUSR1, or the
+SIGUSR2 that submitit asks SLURM to send before the limit), rank 0 requeues the job itself
+with ``scontrol requeue``, as submitit's checkpointing does; after SIGTERM, SLURM is already
+requeuing or cancelling the job and nothing more is done. A requeued job runs the same task
+again, which resumes from the job folder's latest valid checkpoint; its attempt number is the
+submitted attempt plus ``SLURM_RESTART_COUNT``, so its records never overwrite the earlier
+attempt's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from jobs.spec import EXIT_REQUEUE
+
+NOTICE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+
+
+def slurm_job_id(environ: dict[str, str] | os._Environ = os.environ) -> str:
+    """The id ``scontrol`` knows this job by: ``ARRAY_TASK`` for array tasks."""
+    array_id = environ.get("SLURM_ARRAY_JOB_ID")
+    if array_id:
+        return f"{array_id}_{environ['SLURM_ARRAY_TASK_ID']}"
+    return environ["SLURM_JOB_ID"]
+
+
+class SlurmTask:
+    """One job of a sweep, as a submitit callable (and submitit ``Checkpointable``)."""
+
+    def __init__(self, spec_path: str, store_url: str | None, requeue: bool = True) -> None:
+        self.spec_path = str(spec_path)
+        self.store_url = store_url
+        self.requeue = requeue
+
+    def __call__(self) -> None:
+        from jobs.spec import TrainSpec
+        from jobs.train import execute
+
+        spec = TrainSpec.from_file(self.spec_path)
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", 0) or 0)
+        spec = dataclasses.replace(spec, attempt=spec.attempt + restarts)
+        if self.store_url:
+            os.environ["RESNEST_BENCH_STORE"] = self.store_url
+        os.environ.setdefault("PYTHONUNBUFFERED", "1")
+        code, stopped_by = execute(spec)
+        rank = int(os.environ.get("SLURM_PROCID", 0))
+        if code == EXIT_REQUEUE and stopped_by in NOTICE_SIGNALS and self.requeue and rank == 0:
+            job = slurm_job_id()
+            subprocess.run(["scontrol", "requeue", job], check=False, timeout=60)
+            print(f"resnest-bench: requeued SLURM job {job}", file=sys.stderr, flush=True)
+        if code:
+            sys.exit(code)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """submitit calls this on its preemption signal if it arrives before the trainer has
+        taken the signals over: the state is already on disk, so run the same task again."""
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(SlurmTask(self.spec_path, self.store_url, self.requeue))
+
+    def __repr__(self) -> str:
+        return f"SlurmTask({Path(self.spec_path).parent.name})"

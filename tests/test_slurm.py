@@ -1,0 +1,384 @@
+"""The SLURM launcher against a real single-node SLURM (scripts/slurm-local.sh up).
+
+The cluster's two GPU types, v100 and a100, are gres entries backed by /dev/null and
+/dev/zero: a stand-in for GPUs this machine does not have. The jobs run on the CPU.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from sqlalchemy import func, select
+
+from harness import config as cluster_config
+from harness.launchers.slurm import _expand, map_state
+from harness.planner import plan
+from harness.store import epochs, events, results
+
+from .jobtools import store_of, tiny_sweep, write_cluster
+from .test_sweep import EXE
+
+pytestmark = pytest.mark.slurm
+
+
+def _slurm_up() -> bool:
+    try:
+        ok = [
+            subprocess.run(cmd, capture_output=True, timeout=20).returncode == 0
+            for cmd in (["sinfo", "-h"], ["sacct", "-n", "-X", "-S", "now"])
+        ]
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return all(ok)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def slurm():
+    if not _slurm_up():
+        message = "no SLURM here: run scripts/slurm-local.sh up (.ci/run does)"
+        if os.environ.get("RESNEST_BENCH_TEST_SLURM"):
+            pytest.fail(message)  # CI started it: a cluster that is down is a failure
+        pytest.skip(message)
+
+
+def env() -> dict[str, str]:
+    # Jobs inherit the submitting environment (sbatch --export=ALL): keep DDP on loopback.
+    return {**os.environ, "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo"}
+
+
+def cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(EXE), *args], capture_output=True, text=True, cwd=cwd, env=env(), timeout=timeout
+    )
+
+
+def slurm_yaml(tmp_path: Path, name: str, site_gpus: dict | None = None, **sweep) -> Path:
+    return write_cluster(
+        tmp_path,
+        name,
+        {"kind": "slurm", "slurm": {"array_parallelism": 2}},
+        site_gpus
+        or {
+            "v100": {"partition": "gpu", "gres": "gpu:v100", "cpus_per_gpu": 1},
+            "a100": {"partition": "gpu", "gres": "gpu:a100", "cpus_per_gpu": 1},
+        },
+        tiny_sweep(**sweep),
+    )
+
+
+def sacct(*args: str) -> list[list[str]]:
+    out = subprocess.run(
+        ["sacct", "-n", "-P", *args], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    return [line.split("|") for line in out.splitlines() if line]
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+# -- the sweep end to end ------------------------------------------------------------------
+
+SUBMIT_WITHOUT_TORCH = """
+import sys
+from harness.cli import main
+code = main(sys.argv[1:])
+assert "torch" not in sys.modules, "submitting imported torch"
+sys.exit(code)
+"""
+
+
+def sacct_shim(folder: Path) -> Path:
+    """A ``sacct`` first on PATH that logs each call, then runs the real one."""
+    folder.mkdir()
+    real = subprocess.run(["which", "sacct"], capture_output=True, text=True).stdout.strip()
+    shim = folder / "sacct"
+    shim.write_text(f'#!/bin/sh\necho "$(date +%s.%N) $*" >> {folder}/calls\nexec {real} "$@"\n')
+    shim.chmod(0o755)
+    return folder
+
+
+def test_quickstart_sweep_as_arrays_then_one_failed_job_rerun_alone(tmp_path):
+    path = slurm_yaml(tmp_path, "slurm-e2e")
+    jobs = plan(cluster_config.load(path))
+    doomed = next(j for j in jobs if j.gpu_type == "a100" and j.model == "resnest_tiny_basic")
+    folder = tmp_path / "results" / "slurm-e2e" / "jobs" / doomed.id
+    folder.mkdir(parents=True)
+    (folder / "checkpoints").write_text("not a folder")  # this job fails when it saves
+
+    # Submitting from a "login node": no torch imported, returns once queued.
+    submitted = subprocess.run(
+        [sys.executable, "-c", SUBMIT_WITHOUT_TORCH, "submit", str(path), "-q"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env(),
+        timeout=120,
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    assert "4 job(s) queued on slurm" in submitted.stderr
+    store = store_of(tmp_path)
+    rows = {r["id"]: r for r in store.jobs("slurm-e2e")}
+    slurm_ids = {r["id"]: r["launcher_job_id"].removeprefix("slurm:") for r in rows.values()}
+    arrays = {i.split("_")[0] for i in slurm_ids.values()}
+    assert len(arrays) == 2  # one array per GPU type
+    assert sorted(i.split("_")[1] for i in slurm_ids.values()) == ["0", "0", "1", "1"]
+    script = tmp_path / "results" / "slurm-e2e" / "slurm" / f"{min(arrays)}_submission.sh"
+    text = script.read_text()
+    assert "#SBATCH --array=0-1%2" in text
+    assert "#SBATCH --gres=gpu:v100:1" in text and "#SBATCH --partition=gpu" in text
+    assert "#SBATCH --cpus-per-task=1" in text and "#SBATCH --ntasks-per-node=1" in text
+
+    # Follow it with sacct, through a shim that counts the calls.
+    shim = sacct_shim(tmp_path / "shim")
+    started = time.monotonic()
+    followed = subprocess.run(
+        [str(EXE), "status", "-c", str(path)], capture_output=True, text=True, cwd=tmp_path,
+        env={**env(), "PATH": f"{shim}:{os.environ['PATH']}"}, timeout=60,
+    )  # fmt: skip
+    assert followed.returncode == 0, followed.stderr
+    from harness.launchers import slurm
+
+    os.environ["PATH"] = f"{shim}:{os.environ['PATH']}"
+    try:
+        final = slurm.wait(store, list(rows), progress=False, timeout=300)
+    finally:
+        os.environ["PATH"] = os.environ["PATH"].split(":", 1)[1]
+    elapsed = time.monotonic() - started
+    calls = (shim / "calls").read_text().splitlines()
+    assert len(calls) < elapsed  # never more than one call a second, for all jobs at once
+    assert all(",".join(sorted(arrays)) in call for call in calls[1:])  # one call, both arrays
+
+    assert final[doomed.id] == "failed"
+    assert sorted(final.values()) == ["failed", "succeeded", "succeeded", "succeeded"]
+    row = store.job(doomed.id)
+    assert row["reason"].startswith("FAILED exit code 1")
+    table = cli("table", "-c", str(path), "--format", "json", cwd=tmp_path)
+    assert [r["gpu_type"] for r in json.loads(table.stdout)] == ["a100", "v100"]
+    logs = cli("logs", doomed.id, "-c", str(path), cwd=tmp_path)
+    assert f"{slurm_ids[doomed.id]}_0_log.err" in logs.stdout
+
+    # Fix the folder, rerun that job alone.
+    (folder / "checkpoints").unlink()
+    result = cli("rerun", doomed.id[:8], "--wait", "-q", "-c", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "1 succeeded, 0 failed, 0 not run" in result.stderr
+    after = {r["id"]: r for r in store.jobs("slurm-e2e")}
+    assert after[doomed.id]["state"] == "succeeded" and after[doomed.id]["attempt"] == 1
+    assert after[doomed.id]["launcher_job_id"] != rows[doomed.id]["launcher_job_id"]
+    for job_id in set(rows) - {doomed.id}:  # the others: not resubmitted
+        assert after[job_id]["launcher_job_id"] == rows[job_id]["launcher_job_id"]
+        assert after[job_id]["attempt"] == 0
+    table = json.loads(cli("table", "-c", str(path), "--format", "json", cwd=tmp_path).stdout)
+    assert all(r["resnest_tiny_basic runs"] == 1 for r in table)
+
+
+def test_transfer_waits_on_training_with_afterok_and_a_failed_parent_cancels_it(tmp_path):
+    path = slurm_yaml(
+        tmp_path,
+        "slurm-deps",
+        models=["resnest_tiny_basic"],
+        gpu_types=["v100"],
+        stages=["train", "transfer"],
+        transfer_to=["synthetic"],
+        transfer_epochs=1,
+    )
+    jobs = plan(cluster_config.load(path))
+    train = next(j for j in jobs if j.stage == "train")
+    transfer = next(j for j in jobs if j.stage == "transfer")
+    folder = tmp_path / "results" / "slurm-deps" / "jobs" / train.id
+    folder.mkdir(parents=True)
+    (folder / "checkpoints").write_text("not a folder")
+
+    result = cli("submit", str(path), "--wait", "-q", "--timeout", "300", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    store = store_of(tmp_path)
+    parent = store.job(train.id)["launcher_job_id"].removeprefix("slurm:")
+    child = store.job(transfer.id)["launcher_job_id"].removeprefix("slurm:")
+    script = next((tmp_path / "results" / "slurm-deps" / "slurm").glob(f"{child}_submission.sh"))
+    assert f"#SBATCH --dependency=afterok:{parent}" in script.read_text()
+    assert "#SBATCH --kill-on-invalid-dep=yes" in script.read_text()
+    assert store.job(train.id)["state"] == "failed"
+    assert store.job(transfer.id)["state"] == "cancelled"
+    assert store.job(transfer.id)["reason"] == f"not run: depends on {train.id}, which failed"
+
+    (folder / "checkpoints").unlink()
+    result = cli("rerun", "--failed", "--wait", "-q", "-c", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "2 succeeded, 0 failed, 0 not run" in result.stderr
+    with store.begin() as conn:
+        done = conn.execute(select(results.c.job_id, results.c.status)).all()
+    assert {(job_id, status) for job_id, status in done if status == "succeeded"} == {
+        (train.id, "succeeded"),
+        (transfer.id, "succeeded"),
+    }
+
+
+def test_requeued_job_resumes_from_its_checkpoint_without_duplicate_epochs(tmp_path):
+    path = slurm_yaml(
+        tmp_path, "slurm-requeue", models=["resnest_tiny_basic"], gpu_types=["v100"],
+        epochs=6, max_steps=6,
+    )  # fmt: skip
+    result = cli("submit", str(path), "-q", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    store = store_of(tmp_path)
+    (job,) = store.jobs("slurm-requeue")
+    slurm_id = job["launcher_job_id"].removeprefix("slurm:")
+
+    def epochs_of(attempt: int) -> int:
+        with store.begin() as conn:
+            query = select(func.count()).select_from(epochs).where(epochs.c.attempt == attempt)
+            return conn.execute(query).scalar()
+
+    # 1. An operator requeues the running job: SLURM sends SIGTERM and requeues it itself.
+    wait_until(lambda: epochs_of(0) >= 1, 180, "the first epoch")
+    subprocess.run(["scontrol", "requeue", slurm_id], check=True, timeout=60)
+    # 2. A time-limit notice (the USR2 submitit asks for): the job checkpoints and requeues
+    #    itself with scontrol.
+    wait_until(lambda: epochs_of(1) >= 1, 180, "an epoch of the second attempt")
+    subprocess.run(["scancel", "--signal=USR2", slurm_id], check=True, timeout=60)
+
+    from harness.launchers import slurm
+
+    final = slurm.wait(store, [job["id"]], progress=False, timeout=300)
+    assert final == {job["id"]: "succeeded"}
+    with store.begin() as conn:
+        rows = conn.execute(select(epochs.c.epoch, epochs.c.attempt)).all()
+        starts = conn.execute(
+            select(events.c.attempt, events.c.record).where(events.c.kind == "start")
+        ).all()
+        final_rows = conn.execute(select(results.c.attempt, results.c.status)).all()
+    assert sorted(epoch for epoch, _ in rows) == [1, 2, 3, 4, 5, 6]  # each epoch once
+    assert {attempt for _, attempt in rows} == {0, 1, 2}
+    resumed = {attempt: record["resumed_from"] for attempt, record in starts}
+    assert resumed[0] == [0, 0]
+    assert resumed[1] != [0, 0] and resumed[2] > resumed[1]  # each resumed from a checkpoint
+    assert final_rows == [(2, "succeeded")]
+    assert store.job(job["id"])["attempt"] == 2
+    stderr = tmp_path / "results" / "slurm-requeue" / "slurm" / f"{slurm_id}_0_log.err"
+    log = stderr.read_text()
+    assert log.count("exiting for requeue") == 2
+    assert f"requeued SLURM job {slurm_id}" in log  # after the notice, by the job itself
+    (restarts,) = sacct("-X", "-j", slurm_id.split("_")[0], "--format=JobID,State")
+    assert restarts[1] == "COMPLETED"
+
+
+def test_two_task_ddp_job_across_slurm_tasks(tmp_path):
+    # A GPU type with no gres (plain CPUs in the debug partition), two tasks per job.
+    path = slurm_yaml(
+        tmp_path,
+        "slurm-ddp",
+        site_gpus={"cpu2": {"partition": "debug", "cpus_per_gpu": 1}},
+        models=["resnest_tiny_basic"],
+        gpu_types=["cpu2"],
+        gpus_per_job=2,
+    )
+    result = cli("submit", str(path), "--wait", "-q", "--timeout", "300", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    store = store_of(tmp_path)
+    (job,) = store.jobs("slurm-ddp")
+    slurm_id = job["launcher_job_id"].removeprefix("slurm:")
+    steps = sacct("-j", slurm_id, "--format=JobID,NTasks,Partition,State")
+    assert any(ntasks == "2" and state == "COMPLETED" for _, ntasks, _, state in steps), steps
+    with store.begin() as conn:
+        sizes = conn.execute(select(epochs.c.world_size, epochs.c.images)).all()
+        final = conn.execute(select(events.c.record).where(events.c.kind == "final")).scalar()
+    assert {size for size, _ in sizes} == {2}
+    assert {images for _, images in sizes} == {2 * 32}  # 2 steps of the global batch
+    assert final["ranks_consistent"] is True
+
+
+def test_gpu_type_the_cluster_lacks_fails_at_submission(tmp_path):
+    path = slurm_yaml(
+        tmp_path,
+        "slurm-k80",
+        site_gpus={"k80": {"partition": "gpu", "gres": "gpu:k80", "cpus_per_gpu": 1}},
+        gpu_types=["k80"],
+    )
+    data = yaml.safe_load(path.read_text())
+    before = sacct("-X", "-S", "now-1hour", "--format=JobID")
+    result = cli("submit", str(path), "-q", cwd=tmp_path, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr == (
+        "resnest-bench: error: gpu_types.k80: the SLURM cluster has no gpu:k80 in partition "
+        "gpu (gres there: gpu:a100, gpu:v100)\n"
+    )
+    assert sacct("-X", "-S", "now-1hour", "--format=JobID") == before  # nothing submitted
+    assert {r["state"] for r in store_of(tmp_path).jobs("slurm-k80")} == {"pending"}
+
+    data["gpu_types"]["k80"]["partition"] = "nope"
+    path.write_text(yaml.safe_dump(data))
+    result = cli("submit", str(path), "-q", cwd=tmp_path, timeout=60)
+    assert result.returncode == 2
+    assert "gpu_types.k80: the SLURM cluster has no partition 'nope' (it has debug, gpu)" in (
+        result.stderr
+    )
+
+
+def test_cancel_uses_scancel(tmp_path):
+    path = slurm_yaml(tmp_path, "slurm-cancel", models=["resnest_tiny_basic"], epochs=50)
+    result = cli("submit", str(path), "-q", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    store = store_of(tmp_path)
+    ids = [r["launcher_job_id"].removeprefix("slurm:") for r in store.jobs("slurm-cancel")]
+    result = cli("cancel", "-c", str(path), cwd=tmp_path)
+    assert result.returncode == 0 and "cancelled 2 job(s)" in result.stdout
+
+    def all_cancelled() -> bool:
+        states = {r[1].split()[0] for r in sacct("-X", "--format=JobID,State", "-j", ",".join(
+            {i.split("_")[0] for i in ids}))}  # fmt: skip
+        return states == {"CANCELLED"}
+
+    wait_until(all_cancelled, 60, "SLURM to cancel the jobs")
+    status = cli("status", "-c", str(path), cwd=tmp_path)
+    assert "sweep slurm-cancel: 2 cancelled" in status.stdout
+    assert {r["reason"] for r in store.jobs("slurm-cancel")} == {"cancelled by the user"}
+
+
+# -- the mapping of sacct states -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("record", "expected"),
+    [
+        ({"State": "PENDING", "Reason": "Resources"}, ("submitted", "Resources")),
+        ({"State": "REQUEUED", "Reason": "None"}, ("submitted", None)),
+        ({"State": "RUNNING"}, ("running", None)),
+        ({"State": "COMPLETED", "ExitCode": "0:0"}, ("succeeded", None)),
+        ({"State": "OUT_OF_MEMORY", "ExitCode": "0:125"}, ("failed", "OOM: the job ran out of memory")),  # noqa: E501
+        ({"State": "TIMEOUT"}, ("failed", "TIMEOUT: the job reached its time limit")),
+        ({"State": "NODE_FAIL"}, ("failed", "NODE_FAIL: a node of the job failed")),
+        ({"State": "PREEMPTED"}, ("failed", "PREEMPTED: the job was preempted and not requeued")),
+        ({"State": "CANCELLED by 0", "Reason": "None"}, ("cancelled", "CANCELLED by 0")),
+        ({"State": "CANCELLED", "Reason": "Dependency"},
+         ("cancelled", "not run: a job it depends on did not succeed")),
+        ({"State": "FAILED", "ExitCode": "3:0"}, ("failed", "diverged")),
+        ({"State": "FAILED", "ExitCode": "1:0"}, ("failed", "FAILED exit code 1")),
+        ({"State": "FAILED", "ExitCode": "0:9"}, ("failed", "FAILED exit code 0 (signal 9)")),
+    ],
+)  # fmt: skip
+def test_sacct_states_map_onto_the_store(record, expected):
+    assert map_state(record) == expected
+
+
+def test_bad_input_reason_comes_from_the_log(tmp_path):
+    err = tmp_path / "1_0_0_log.err"
+    err.write_text("submitit INFO starting\nresnest-bench: error: no such dataset folder x\n")
+    assert map_state({"State": "FAILED", "ExitCode": "2:0"}, err) == (
+        "failed",
+        "bad input: no such dataset folder x",
+    )
+
+
+def test_collapsed_pending_array_tasks_are_expanded():
+    assert _expand("12_[0-2,5%2]") == ["12_0", "12_1", "12_2", "12_5"]
+    assert _expand("12_3") == ["12_3"]
