@@ -92,8 +92,11 @@ def plan(config: ClusterConfig) -> list[JobPlan]:
         train_overrides["epochs"] = sweep.epochs
 
     transfer_overrides = {} if sweep.transfer_epochs is None else {"epochs": sweep.transfer_epochs}
-    # Settings that change what a job computes but are not in its recipe.
-    identity = {"max_steps": sweep.max_steps} if sweep.max_steps is not None else {}
+    # Settings that change what a job computes but are not in its recipe; and the sweep's
+    # name, so that two sweeps of one store never share a job (or its folder and results).
+    identity: dict[str, Any] = {"sweep": config.name}
+    if sweep.max_steps is not None:
+        identity["max_steps"] = sweep.max_steps
     jobs: list[JobPlan] = []
     axes = itertools.product(
         sweep.models, sweep.datasets, sweep.gpu_types, sweep.seeds, range(sweep.repeats)

@@ -85,6 +85,9 @@ def test_plan_ids_are_stable_and_change_only_with_their_spec(tmp_path):
     assert all(j.seed == 2 for j in grown if j.id not in old)
     data["sweep"]["epochs"] = 4  # a different recipe: every job is new
     assert not {j.id for j in plan(cluster_config.load(write(tmp_path, data)))} & old
+    data["sweep"]["epochs"] = 3
+    data["name"] = "another"  # the same jobs in another sweep: other ids (one store holds both)
+    assert not {j.id for j in plan(cluster_config.load(write(tmp_path, data)))} & old
 
 
 def test_only_selects_with_dependencies(tmp_path):

@@ -1,0 +1,112 @@
+"""Time from `resnest-bench submit` to every job of a 200-job sweep queued, on a real SLURM.
+
+Needs a SLURM (scripts/slurm-local.sh up gives a single-node one with gres gpu:v100 and
+gpu:a100). Two sweeps of 200 jobs each:
+
+  arrays      2 models x 2 GPU types x 50 seeds, training only: one job array per GPU type
+  pipeline    2 models x 2 GPU types x 25 seeds, train -> transfer: the 100 training jobs in
+              two arrays, each transfer job on its own with --dependency=afterok:<its parent>
+
+For each: the wall time of the submit command (Python start-up, config, plan, store writes,
+sbatch calls), and the time until `squeue -r` lists all 200 jobs (array tasks expanded). The
+jobs are cancelled afterwards; nothing is left in the queue.
+
+    python bench/slurm_submit.py [--seeds 50] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+EXE = Path(sysconfig.get_path("scripts")) / "resnest-bench"
+
+
+def sweep_file(folder: Path, name: str, seeds: int, pipeline: bool) -> Path:
+    data = {
+        "name": name,
+        "results_dir": str(folder / "results"),
+        "launcher": {"kind": "slurm", "slurm": {"array_parallelism": 16}},
+        "gpu_types": {
+            "v100": {"partition": "gpu", "gres": "gpu:v100", "cpus_per_gpu": 1},
+            "a100": {"partition": "gpu", "gres": "gpu:a100", "cpus_per_gpu": 1},
+        },
+        "sweep": {
+            "models": ["resnest_tiny_bottleneck", "resnest_tiny_basic"],
+            "datasets": ["synthetic"],
+            "gpu_types": ["v100", "a100"],
+            "seeds": list(range(seeds)),
+            "epochs": 1,
+            "max_steps": 1,
+            **({"stages": ["train", "transfer"], "transfer_to": ["synthetic"]} if pipeline else {}),
+        },
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def queued(name_prefix: str) -> int:
+    out = subprocess.run(
+        ["squeue", "-h", "-r", "-o", "%j"], capture_output=True, text=True, check=True
+    ).stdout
+    return sum(1 for line in out.splitlines() if line.startswith(name_prefix))
+
+
+def measure(folder: Path, name: str, seeds: int, pipeline: bool) -> dict[str, float]:
+    path = sweep_file(folder, name, seeds, pipeline)
+    total = 2 * 2 * seeds * (2 if pipeline else 1)
+    start = time.perf_counter()
+    result = subprocess.run(
+        [str(EXE), "submit", str(path), "-q"], capture_output=True, text=True, cwd=folder
+    )
+    submitted = time.perf_counter() - start
+    if result.returncode != 0:
+        sys.exit(f"submit failed: {result.stderr.strip()}")
+    while queued(name) < total:
+        if time.perf_counter() - start > 300:
+            sys.exit(f"only {queued(name)} of {total} jobs queued after 300 s")
+        time.sleep(0.05)
+    listed = time.perf_counter() - start
+    scripts = list((folder / "results" / name / "slurm").glob("*_submission.sh"))
+    subprocess.run(["scancel", *(p.name.split("_")[0] for p in scripts)], check=False)
+    sbatch_calls = len(scripts)
+    return {"jobs": total, "submit_s": submitted, "queued_s": listed, "sbatch": sbatch_calls}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=50, help="seeds per model and GPU type")
+    parser.add_argument("--keep", action="store_true", help="keep the results folder")
+    args = parser.parse_args()
+    if shutil.which("sbatch") is None:
+        sys.exit("no SLURM here: run scripts/slurm-local.sh up")
+    folder = Path(tempfile.mkdtemp(prefix="slurm-bench-"))
+    rows = [
+        ("arrays", measure(folder, "bench-arrays", args.seeds, pipeline=False)),
+        ("pipeline", measure(folder, "bench-pipeline", args.seeds // 2, pipeline=True)),
+    ]
+    print(
+        f"{'sweep':<10} {'jobs':>5} {'sbatch calls':>12} {'submit (s)':>11} {'all queued (s)':>15}"
+    )
+    for label, r in rows:
+        print(
+            f"{label:<10} {r['jobs']:>5} {r['sbatch']:>12} {r['submit_s']:>11.2f} "
+            f"{r['queued_s']:>15.2f}"
+        )
+    if not args.keep:
+        shutil.rmtree(folder, ignore_errors=True)
+    else:
+        print(f"results kept in {folder}")
+
+
+if __name__ == "__main__":
+    main()
