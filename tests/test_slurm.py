@@ -16,7 +16,6 @@ import yaml
 from sqlalchemy import func, select
 
 from harness import config as cluster_config
-from harness.launchers.slurm import _expand, map_state
 from harness.planner import plan
 from harness.store import epochs, events, results
 
@@ -342,43 +341,3 @@ def test_cancel_uses_scancel(tmp_path):
     status = cli("status", "-c", str(path), cwd=tmp_path)
     assert "sweep slurm-cancel: 2 cancelled" in status.stdout
     assert {r["reason"] for r in store.jobs("slurm-cancel")} == {"cancelled by the user"}
-
-
-# -- the mapping of sacct states -------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("record", "expected"),
-    [
-        ({"State": "PENDING", "Reason": "Resources"}, ("submitted", "Resources")),
-        ({"State": "REQUEUED", "Reason": "None"}, ("submitted", None)),
-        ({"State": "RUNNING"}, ("running", None)),
-        ({"State": "COMPLETED", "ExitCode": "0:0"}, ("succeeded", None)),
-        ({"State": "OUT_OF_MEMORY", "ExitCode": "0:125"}, ("failed", "OOM: the job ran out of memory")),  # noqa: E501
-        ({"State": "TIMEOUT"}, ("failed", "TIMEOUT: the job reached its time limit")),
-        ({"State": "NODE_FAIL"}, ("failed", "NODE_FAIL: a node of the job failed")),
-        ({"State": "PREEMPTED"}, ("failed", "PREEMPTED: the job was preempted and not requeued")),
-        ({"State": "CANCELLED by 0", "Reason": "None"}, ("cancelled", "CANCELLED by 0")),
-        ({"State": "CANCELLED", "Reason": "Dependency"},
-         ("cancelled", "not run: a job it depends on did not succeed")),
-        ({"State": "FAILED", "ExitCode": "3:0"}, ("failed", "diverged")),
-        ({"State": "FAILED", "ExitCode": "1:0"}, ("failed", "FAILED exit code 1")),
-        ({"State": "FAILED", "ExitCode": "0:9"}, ("failed", "FAILED exit code 0 (signal 9)")),
-    ],
-)  # fmt: skip
-def test_sacct_states_map_onto_the_store(record, expected):
-    assert map_state(record) == expected
-
-
-def test_bad_input_reason_comes_from_the_log(tmp_path):
-    err = tmp_path / "1_0_0_log.err"
-    err.write_text("submitit INFO starting\nresnest-bench: error: no such dataset folder x\n")
-    assert map_state({"State": "FAILED", "ExitCode": "2:0"}, err) == (
-        "failed",
-        "bad input: no such dataset folder x",
-    )
-
-
-def test_collapsed_pending_array_tasks_are_expanded():
-    assert _expand("12_[0-2,5%2]") == ["12_0", "12_1", "12_2", "12_5"]
-    assert _expand("12_3") == ["12_3"]

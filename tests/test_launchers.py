@@ -1,0 +1,95 @@
+"""Launcher logic that needs no cluster: sbatch options from cluster.yaml, sacct states."""
+
+from pathlib import Path
+
+import pytest
+
+from harness.config import GpuType
+from harness.launchers.slurm import _expand, _minutes, map_state, sbatch_parameters
+
+
+def sbatch_text(params: dict, folder: Path) -> str:
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    return _make_sbatch_string(command="true", folder=folder, **params)
+
+
+def test_each_gpu_type_setting_becomes_its_sbatch_option(tmp_path):
+    gpu = GpuType(
+        partition="gpu-v100",
+        gres="gpu:v100",
+        constraint="ib&v100_32g",
+        account="vision",
+        qos="high",
+        time="1-02:30:00",
+        cpus_per_gpu=6,
+        mem_per_gpu="40G",
+    )
+    text = sbatch_text(sbatch_parameters(gpu, gpus_per_node=4, nodes=2), tmp_path)
+    for line in (
+        "#SBATCH --partition=gpu-v100",
+        "#SBATCH --gres=gpu:v100:4",  # the GPUs of one node
+        "#SBATCH --constraint='ib&v100_32g'",  # quoted; sbatch reads the quotes
+        "#SBATCH --account=vision",
+        "#SBATCH --qos=high",
+        f"#SBATCH --time={24 * 60 + 150}",
+        "#SBATCH --cpus-per-task=6",
+        "#SBATCH --mem-per-gpu=40G",
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks-per-node=4",  # 2 x 4 tasks, one per GPU
+        "#SBATCH --signal=USR2@90",  # the time-limit notice the job checkpoints on
+    ):
+        assert line in text.splitlines(), line
+
+
+def test_without_a_time_the_partition_default_applies(tmp_path):
+    text = sbatch_text(sbatch_parameters(GpuType(gres="gpu:a100"), 1, 1), tmp_path)
+    assert not [line for line in text.splitlines() if line.startswith("#SBATCH --time")]
+    assert "#SBATCH --partition" not in text
+
+
+@pytest.mark.parametrize(
+    ("limit", "minutes"), [("90", 90), ("02:00", 120), ("00:10:01", 11), ("2-00:00:00", 2880)]
+)
+def test_slurm_time_limits_in_minutes(limit, minutes):
+    assert _minutes(limit) == minutes
+
+
+# -- the mapping of sacct states -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("record", "expected"),
+    [
+        ({"State": "PENDING", "Reason": "Resources"}, ("submitted", "Resources")),
+        ({"State": "REQUEUED", "Reason": "None"}, ("submitted", None)),
+        ({"State": "RUNNING"}, ("running", None)),
+        ({"State": "COMPLETED", "ExitCode": "0:0"}, ("succeeded", None)),
+        ({"State": "OUT_OF_MEMORY", "ExitCode": "0:125"}, ("failed", "OOM: the job ran out of memory")),  # noqa: E501
+        ({"State": "TIMEOUT"}, ("failed", "TIMEOUT: the job reached its time limit")),
+        ({"State": "NODE_FAIL"}, ("failed", "NODE_FAIL: a node of the job failed")),
+        ({"State": "PREEMPTED"}, ("failed", "PREEMPTED: the job was preempted and not requeued")),
+        ({"State": "CANCELLED by 0", "Reason": "None"}, ("cancelled", "CANCELLED by 0")),
+        ({"State": "CANCELLED", "Reason": "Dependency"},
+         ("cancelled", "not run: a job it depends on did not succeed")),
+        ({"State": "FAILED", "ExitCode": "3:0"}, ("failed", "diverged")),
+        ({"State": "FAILED", "ExitCode": "1:0"}, ("failed", "FAILED exit code 1")),
+        ({"State": "FAILED", "ExitCode": "0:9"}, ("failed", "FAILED exit code 0 (signal 9)")),
+    ],
+)  # fmt: skip
+def test_sacct_states_map_onto_the_store(record, expected):
+    assert map_state(record) == expected
+
+
+def test_bad_input_reason_comes_from_the_log(tmp_path):
+    err = tmp_path / "1_0_0_log.err"
+    err.write_text("submitit INFO starting\nresnest-bench: error: no such dataset folder x\n")
+    assert map_state({"State": "FAILED", "ExitCode": "2:0"}, err) == (
+        "failed",
+        "bad input: no such dataset folder x",
+    )
+
+
+def test_collapsed_pending_array_tasks_are_expanded():
+    assert _expand("12_[0-2,5%2]") == ["12_0", "12_1", "12_2", "12_5"]
+    assert _expand("12_3") == ["12_3"]
