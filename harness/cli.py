@@ -105,7 +105,7 @@ def _queued(config, launched: list[str], args) -> int:
 
 
 def _finish(store, sweep_name: str, final: dict[str, str], args, skipped: int = 0) -> int:
-    from harness.report import comparison
+    from harness.report import comparison, prices_of
 
     counts = {s: list(final.values()).count(s) for s in ("succeeded", "failed", "cancelled")}
     print(
@@ -115,7 +115,7 @@ def _finish(store, sweep_name: str, final: dict[str, str], args, skipped: int = 
     )
     if counts["failed"] or counts["cancelled"]:
         print(f"see: resnest-bench status {sweep_name} -c {args.config}", file=sys.stderr)
-    print_comparison(comparison(store, sweep_name), "table")
+    print_comparison(comparison(store, sweep_name, prices=prices_of(store, sweep_name)), "table")
     return 1 if counts["failed"] else 0
 
 
@@ -183,16 +183,29 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
-    from harness.report import comparison
+    from harness.report import comparison, prices_of
 
     _, store, sweep_name = _store_and_sweep(args)
     _refresh(store, sweep_name)
-    rows = comparison(store, sweep_name, args.reference)
-    print_comparison(rows, args.format)
+    rows = comparison(store, sweep_name, args.reference, prices=prices_of(store, sweep_name))
+    if args.layout == "study":
+        from harness.report import study_tables
+
+        tables = study_tables(rows)
+        if args.format != "table":
+            print(
+                render([{"table": title, **row} for title, t in tables for row in t], args.format)
+            )
+        for title, table in tables if args.format == "table" else []:
+            print(f"\n{title}")
+            print(render(table, "table"))
+    else:
+        print_comparison(rows, args.format)
     if args.format == "table":
         print(
-            "epoch times and images/s: medians over epochs after the first (warm-up) epoch, "
-            "then over runs; CV across runs, ! above 5%",
+            "epoch times, images/s and telemetry: medians over the epochs after the first "
+            "(warm-up) epoch, then over runs; CV across runs, ! above 5%; gpu mismatch: runs "
+            "whose GPU was not the GPU type asked for",
             file=sys.stderr,
         )
     return 0
@@ -395,6 +408,14 @@ def build_parser() -> argparse.ArgumentParser:
     store_options(table)
     table.add_argument("--format", choices=TABLE_FORMATS, default="table")
     table.add_argument("--reference", help="GPU type for the speedup column (default: first)")
+    table.add_argument(
+        "--layout",
+        choices=("gpu", "study"),
+        default="gpu",
+        help="gpu: a row per GPU type, a column group per model (default); study: the "
+        "study's tables, a row per variant and a column per GPU type with the average "
+        "(test accuracy, seconds per epoch, transfer accuracy)",
+    )
     table.set_defaults(func=_cmd_table)
 
     rerun = sub.add_parser(

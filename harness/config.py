@@ -45,6 +45,10 @@ class GpuType(_Strict):
     ray_accelerator: str | None = None  # Ray accelerator type, e.g. V100
     ray_resource: str | None = None  # or a custom Ray resource name
     price_per_gpu_hour: NonNegativeFloat | None = None
+    # A fragment of the GPU's name (as NVML reports it) that a job of this type must show,
+    # e.g. "V100"; default: the GPU type's own name, or "cpu" for local: cpu. Runs on another
+    # GPU are flagged in the tables.
+    gpu_name: str | None = None
 
 
 class LocalSettings(_Strict):

@@ -8,7 +8,11 @@ from typing import Any
 
 from sqlalchemy import select
 
-from harness.store import STATES, Store, epochs, jobs, results
+from harness.store import STATES, Store, epochs, jobs, provenance, results
+
+# Telemetry columns of the epoch rows, read with the timing ones (see comparison).
+TELEMETRY = ("gpu_util_mean", "gpu_mem_peak_bytes", "power_mean_w", "energy_j",
+             "energy_per_image_j", "cpu_util_mean")  # fmt: skip
 
 
 def status_rows(store: Store, sweep: str) -> tuple[dict[str, int], list[dict[str, Any]]]:
@@ -40,19 +44,36 @@ def _cv(values: list[float]) -> float:
     return statistics.pstdev(values) / statistics.mean(values)
 
 
-def comparison(store: Store, sweep: str, reference: str | None = None) -> list[dict[str, Any]]:
+def comparison(
+    store: Store,
+    sweep: str,
+    reference: str | None = None,
+    prices: dict[str, float] | None = None,
+) -> list[dict[str, Any]]:
     """Rows per GPU type, a group of columns per model: the study's comparison.
 
-    Epoch time and images/s are medians over the epochs after the warm-up one, then medians
-    over repeats and seeds; CV is across repeats (across epochs when there is one run).
+    Epoch time, images/s and the telemetry columns are medians over the epochs after the
+    warm-up one, then medians over repeats and seeds; CV is across repeats (across epochs
+    when there is one run). ``prices`` (GPU type -> price per GPU-hour) adds the cost of a
+    run: its training time x its GPUs x the price. A run whose GPU was not the GPU type asked
+    for is counted in ``gpu mismatch``.
     """
     with store.begin() as conn:
         job_rows = {
             r.id: r
             for r in conn.execute(
                 select(
-                    jobs.c.id, jobs.c.stage, jobs.c.model, jobs.c.gpu_type, jobs.c.attempt
+                    jobs.c.id, jobs.c.stage, jobs.c.model, jobs.c.gpu_type, jobs.c.attempt,
+                    jobs.c.gpus,
                 ).where(jobs.c.sweep == sweep)
+            )
+        }  # fmt: skip
+        mismatched = {
+            r.job_id
+            for r in conn.execute(
+                select(provenance.c.job_id)
+                .join(jobs, jobs.c.id == provenance.c.job_id)
+                .where(jobs.c.sweep == sweep, provenance.c.gpu_mismatch.is_(True))
             )
         }
         # Plain tuples in attempt order: the table reads every epoch row, so it avoids
@@ -64,6 +85,7 @@ def comparison(store: Store, sweep: str, reference: str | None = None) -> list[d
                 epochs.c.epoch_time,
                 epochs.c.images_per_sec,
                 epochs.c.warmup,
+                *(epochs.c[name] for name in TELEMETRY),
             )
             .join(jobs, jobs.c.id == epochs.c.job_id)
             .where(jobs.c.sweep == sweep, jobs.c.stage == "train")
@@ -90,11 +112,19 @@ def comparison(store: Store, sweep: str, reference: str | None = None) -> list[d
             continue
         timed = [r for r in by_epoch.values() if not r[4]] or list(by_epoch.values())
         g = groups[(job.gpu_type, job.model)]
+        g["gpus"].append(job.gpus or 1)
         times = [r[2] for r in timed]
         g["epoch_time"].append(statistics.median(times))
         g["epoch_times"].extend(times)
         g["images_per_sec"].append(statistics.median([r[3] for r in timed]))
+        for offset, name in enumerate(TELEMETRY, start=5):
+            values = [r[offset] for r in timed if r[offset] is not None]
+            if values:
+                g[name].append(statistics.median(values))
+        if job_id in mismatched:
+            g["mismatch"].append(job_id)
         if job_id in final:
+            g["train_time"].append(final[job_id].train_time)
             g["final_acc"].append(final[job_id].final_test_acc)
             g["best_acc"].append(final[job_id].best_test_acc)
             if final[job_id].time_to_target is not None:
@@ -114,6 +144,20 @@ def comparison(store: Store, sweep: str, reference: str | None = None) -> list[d
 
     def pct(value: float | None) -> float | None:
         return None if value is None else round(100 * value, 2)
+
+    def rnd(value: float | None, digits: int) -> float | None:
+        return None if value is None else round(value, digits)
+
+    def scale(value: float | None, factor: float) -> float | None:
+        return None if value is None else round(value * factor, 3)
+
+    def cost(gpu: str, g: dict[str, list]) -> float | None:
+        price = (prices or {}).get(gpu)
+        runs = g.get("train_time", [])
+        if price is None or not runs:
+            return None
+        gpus = g.get("gpus", [1])[0]
+        return round(statistics.median(runs) / 3600 * gpus * price, 4)
 
     rows = []
     for gpu in gpu_types:
@@ -138,30 +182,82 @@ def comparison(store: Store, sweep: str, reference: str | None = None) -> list[d
                     f"{model} transfer acc %": pct(med(g.get("transfer_acc", []))),
                     f"{model} runs": runs,
                     f"{model} CV": f"{100 * cv:.1f}%" + (" !" if cv > 0.05 else ""),
+                    f"{model} GPU util %": rnd(med(g.get("gpu_util_mean", [])), 1),
+                    f"{model} GPU mem GB": scale(med(g.get("gpu_mem_peak_bytes", [])), 1e-9),
+                    f"{model} power W": rnd(med(g.get("power_mean_w", [])), 1),
+                    f"{model} J/epoch": rnd(med(g.get("energy_j", [])), 1),
+                    f"{model} mJ/img": scale(med(g.get("energy_per_image_j", [])), 1e3),
+                    f"{model} CPU util %": rnd(med(g.get("cpu_util_mean", [])), 1),
+                    f"{model} $/run": cost(gpu, g),
+                    f"{model} gpu mismatch": len(g.get("mismatch", [])) or None,
                 }
             )
         rows.append(row)
     return rows
 
 
-def per_model_blocks(rows: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
-    """The wide table cut into one narrow table per model, for terminals."""
+def prices_of(store: Store, sweep: str) -> dict[str, float]:
+    """Price per GPU-hour of each GPU type, from the sweep's cluster.yaml as submitted."""
+    config = store.sweep_config(sweep) or {}
+    return {
+        name: gpu["price_per_gpu_hour"]
+        for name, gpu in (config.get("gpu_types") or {}).items()
+        if gpu.get("price_per_gpu_hour") is not None
+    }
+
+
+STUDY_TABLES = (
+    ("test accuracy % (final)", "final acc %"),
+    ("seconds per epoch", "s/epoch"),
+    ("transfer accuracy % (final)", "transfer acc %"),
+)
+
+
+def study_tables(rows: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The study's layout: a row per network variant, a column per GPU type and the average."""
+    models = [model for model, _ in per_model_blocks(rows, keep_empty=True)]
+    tables = []
+    for title, column in STUDY_TABLES:
+        table = []
+        for model in models:
+            values = {row["gpu_type"]: row.get(f"{model} {column}") for row in rows}
+            present = [v for v in values.values() if v is not None]
+            if not present:
+                continue
+            table.append(
+                {
+                    "variant": model,
+                    **values,
+                    "average": round(statistics.mean(present), 3),
+                }
+            )
+        if table:
+            tables.append((title, table))
+    return tables
+
+
+def per_model_blocks(
+    rows: list[dict[str, Any]], keep_empty: bool = False
+) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The wide table cut into one narrow table per model, for terminals; columns with no
+    value in any row (telemetry a run did not have) are left out unless ``keep_empty``."""
     models: list[str] = []
     for key in rows[0] if rows else []:
         if key != "gpu_type":
             model = key.split(" ", 1)[0]
             if model not in models:
                 models.append(model)
-    return [
-        (
-            model,
-            [
-                {
-                    "gpu_type": row["gpu_type"],
-                    **{k.split(" ", 1)[1]: v for k, v in row.items() if k.startswith(model + " ")},
-                }
-                for row in rows
-            ],
-        )
-        for model in models
-    ]
+    blocks = []
+    for model in models:
+        block = [
+            {
+                "gpu_type": row["gpu_type"],
+                **{k.split(" ", 1)[1]: v for k, v in row.items() if k.startswith(model + " ")},
+            }
+            for row in rows
+        ]
+        if not keep_empty:
+            empty = {k for k in block[0] if all(r[k] is None for r in block)}
+            block = [{k: v for k, v in r.items() if k not in empty} for r in block]
+        blocks.append((model, block))
+    return blocks

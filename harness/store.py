@@ -28,6 +28,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     select,
     text,
     update,
@@ -38,7 +39,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 
 from harness.errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATES = ("pending", "submitted", "running", "succeeded", "failed", "cancelled")
 
 metadata = MetaData()
@@ -77,6 +78,9 @@ jobs = Table(
 EPOCH_FIELDS = (
     "train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_time", "data_time",
     "compute_time", "eval_time", "images_per_sec", "peak_mem_bytes",
+    # telemetry (version 2): all the job's GPUs together; the CPU ones without NVML
+    "gpu_util_mean", "gpu_util_max", "gpu_mem_peak_bytes", "power_mean_w", "energy_j",
+    "energy_per_image_j", "cpu_util_mean", "rss_peak_bytes",
 )  # fmt: skip
 epochs = Table(
     "epochs",
@@ -89,6 +93,8 @@ epochs = Table(
     Column("steps", Integer),
     Column("world_size", Integer),
     Column("warmup", Boolean),
+    Column("telemetry_source", String(20)),  # nvml | cpu | off
+    Column("energy_method", String(40)),  # counter | power_integral | none
 )
 results = Table(
     "results",
@@ -153,6 +159,13 @@ provenance = Table(
     Column("cuda", String(50)),
     Column("torch", String(50)),
     Column("code_version", String(100)),
+    # version 2
+    Column("cudnn", String(50)),
+    Column("gpu_memory_total", Float),
+    Column("telemetry", Text),  # nvml, or why GPU telemetry was unavailable
+    Column("gpu_type", String(50)),
+    Column("expected_gpu", String(100)),
+    Column("gpu_mismatch", Boolean),
 )
 
 
@@ -205,6 +218,9 @@ class Store:
                     for index in table.indexes:
                         conn.execute(CreateIndex(index, if_not_exists=True))
                 current = conn.execute(select(schema_version.c.version)).scalar()
+                if current is not None and current < SCHEMA_VERSION:
+                    _add_missing_columns(conn)
+                    conn.execute(update(schema_version).values(version=SCHEMA_VERSION))
                 if current is None:
                     # SQLite has no advisory lock: two new stores may both get here.
                     _upsert(conn, schema_version, {"version": SCHEMA_VERSION}, ("version",))
@@ -288,6 +304,10 @@ class Store:
         with self.begin() as conn:
             conn.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
 
+    def sweep_config(self, name: str) -> dict[str, Any] | None:
+        with self.begin() as conn:
+            return conn.execute(select(sweeps.c.config).where(sweeps.c.name == name)).scalar()
+
     def sweeps(self) -> list[str]:
         with self.begin() as conn:
             return list(conn.execute(select(sweeps.c.name).order_by(sweeps.c.created_at)).scalars())
@@ -311,10 +331,19 @@ def _write_record(conn: Any, record: dict[str, Any]) -> None:
     kind, job_id, attempt = record["kind"], record.get("job_id", ""), record.get("attempt", 0)
     if kind == "epoch":
         row = {"job_id": job_id, "attempt": attempt, "epoch": record["epoch"]}
-        row.update(
-            {k: record.get(k) for k in (*EPOCH_FIELDS, "images", "steps", "world_size", "warmup")}
-        )
+        extra = ("images", "steps", "world_size", "warmup", "telemetry_source", "energy_method")
+        row.update({k: record.get(k) for k in (*EPOCH_FIELDS, *extra)})
         _upsert(conn, epochs, row, ("job_id", "attempt", "epoch"))
+    elif kind == "telemetry":
+        for sample in record.get("samples", []):
+            row = {
+                "job_id": job_id,
+                "attempt": attempt,
+                "time": sample["time"],
+                "gpu_index": sample.get("gpu_index", -1),
+                "sample": sample,
+            }
+            _upsert(conn, telemetry, row, ("job_id", "attempt", "time", "gpu_index"))
     elif kind in _ONE_PER_ATTEMPT:
         table = _ONE_PER_ATTEMPT[kind]
         row = {"job_id": job_id, "attempt": attempt}
@@ -336,6 +365,17 @@ def _write_record(conn: Any, record: dict[str, Any]) -> None:
             ("uid",),
             update_columns=(),
         )
+
+
+def _add_missing_columns(conn: Any) -> None:
+    """Upgrade an older store: later versions only add nullable columns."""
+    inspector = inspect(conn)
+    for table in metadata.sorted_tables:
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in have:
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
 
 def _upsert(

@@ -37,6 +37,8 @@ def _row(config: ClusterConfig, job: JobPlan) -> dict[str, Any]:
         "seed": job.seed,
         "job_id": job.id,
         "max_steps": config.sweep.max_steps,
+        "gpu_type": job.gpu_type,
+        "expect_gpu": gpu.gpu_name or ("cpu" if gpu.local == "cpu" else job.gpu_type),
     }
     return {
         "id": job.id,

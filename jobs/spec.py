@@ -45,6 +45,9 @@ class TrainSpec:
     freeze: str = "none"  # transfer: none | backbone | N (stem and the first N stages)
     job_id: str = ""
     attempt: int = 0
+    gpu_type: str | None = None  # the sweep's name for the GPU type the job asked for
+    expect_gpu: str | None = None  # a fragment of that GPU's name (e.g. v100), or cpu
+    telemetry_interval: float = 1.0  # seconds between samples; 0 turns telemetry off
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -129,6 +132,20 @@ def add_job_arguments(parser: argparse.ArgumentParser, stage: str) -> None:
         help="report the time to reach this test accuracy (a fraction, e.g. 0.9)",
     )
     parser.add_argument("--max-steps", type=int, help="cap the steps of each epoch (smoke runs)")
+    parser.add_argument(
+        "--telemetry-interval",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="seconds between GPU telemetry samples (NVML; the CPU and process memory without "
+        "it); 0 turns telemetry off (default 1)",
+    )
+    parser.add_argument(
+        "--expect-gpu",
+        metavar="NAME",
+        help="flag the run if the GPU's name does not contain NAME (e.g. V100), or if NAME is "
+        "cpu and it ran on a GPU",
+    )
     if stage == "transfer":
         parser.add_argument(
             "--from",
@@ -178,6 +195,8 @@ def spec_from_args(args: argparse.Namespace, stage: str) -> TrainSpec:
         check_every=args.check_every,
         target_accuracy=args.target_accuracy,
         max_steps=args.max_steps,
+        telemetry_interval=args.telemetry_interval,
+        expect_gpu=args.expect_gpu,
         init_from=getattr(args, "init_from", None),
         freeze=getattr(args, "freeze", "none"),
     )

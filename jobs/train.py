@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch import nn
 
 import resnest
-from jobs import checkpoint, data, distributed
+from jobs import checkpoint, data, distributed, telemetry
 from jobs.checkpoint import CheckpointError
 from jobs.loader import PIPELINES, DeviceLoader
 from jobs.recipe import Recipe, RecipeError, as_dict, get_recipe
@@ -126,8 +126,10 @@ def params_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def provenance(device: torch.device) -> dict[str, Any]:
-    """Where this attempt ran. (GPU telemetry and the full record come with NVML.)"""
+def provenance(
+    device: torch.device, spec: TrainSpec, gpus: list[dict[str, Any]], telemetry_note: str | None
+) -> dict[str, Any]:
+    """Where this attempt ran, and whether that is the GPU type the sweep asked for."""
     import socket
     from importlib.metadata import PackageNotFoundError, version
 
@@ -135,19 +137,35 @@ def provenance(device: torch.device) -> dict[str, Any]:
         code = version("resnest-bench")
     except PackageNotFoundError:
         code = "unknown"
-    info = {
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    info: dict[str, Any] = {
         "host": socket.gethostname(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda or "",
+        "cudnn": str(cudnn or ""),
         "gpu_name": "",
         "gpu_uuid": "",
+        "gpu_memory_total": None,
         "driver": "",
         "code_version": code,
+        "telemetry": telemetry_note or "nvml",
+        "gpu_type": spec.gpu_type,
+        "expected_gpu": spec.expect_gpu,
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info["gpu_name"] = props.name
         info["gpu_uuid"] = str(getattr(props, "uuid", ""))
+        info["gpu_memory_total"] = props.total_memory
+    if gpus:  # NVML's view, which has the driver version
+        info.update(
+            gpu_name=gpus[0]["name"] or info["gpu_name"],
+            gpu_uuid=gpus[0]["uuid"] or info["gpu_uuid"],
+            gpu_memory_total=gpus[0]["memory_total"] or info["gpu_memory_total"],
+            driver=gpus[0]["driver"],
+        )
+    match = telemetry.gpu_matches(spec.expect_gpu, info["gpu_name"], device.type)
+    info["gpu_mismatch"] = None if match is None else not match
     return info
 
 
@@ -477,8 +495,34 @@ class Trainer:
                     "resumed_from": [start_epoch, start_step],
                 },
             )
+        sampler, note = self.open_telemetry()
         if env.is_main:
-            self.reporter.report("provenance", provenance(self.device))
+            devices = sampler.source.devices() if sampler else []
+            self.reporter.report("provenance", provenance(self.device, spec, devices, note))
+        try:
+            return self._train(start_epoch, start_step, totals, history, steps, sampler)
+        finally:
+            if sampler is not None:
+                sampler.stop()
+
+    def open_telemetry(self) -> tuple[telemetry.Sampler | None, str | None]:
+        """This rank's sampler (its own GPU), or None when the spec turns telemetry off."""
+        if not self.spec.telemetry_interval:
+            return None, "off"
+        uuids = []
+        if self.device.type == "cuda":
+            uuid = str(getattr(torch.cuda.get_device_properties(self.device), "uuid", ""))
+            uuids = [uuid] if uuid else []
+        source, note = telemetry.open_source(self.device.type, uuids)
+        if source is None:
+            log.warning("telemetry: %s", note)
+            return None, note
+        if note:
+            log.info("telemetry: %s", note)
+        return telemetry.Sampler(source, self.spec.telemetry_interval).start(), note
+
+    def _train(self, start_epoch, start_step, totals, history, steps, sampler) -> dict[str, Any]:
+        spec, recipe, env = self.spec, self.recipe, self.env
         base_lr = recipe.scaled_lr()
         first_epoch_here = True
         for epoch in range(start_epoch, recipe.epochs):
@@ -491,6 +535,8 @@ class Trainer:
             batches = self.train_loader.batches(epoch, start=step0)
             progress = _progress(env, steps, step0, f"epoch {epoch + 1}/{recipe.epochs}")
             synchronize(self.device)
+            if sampler is not None:
+                sampler.begin_epoch()
             epoch_start = time.perf_counter()
             lr = base_lr
             timer = StepTimer(self.device)
@@ -532,6 +578,7 @@ class Trainer:
             synchronize(self.device)
             epoch_time = totals.elapsed + time.perf_counter() - epoch_start
             record = self._epoch_record(epoch, epoch_time, totals, lr, first_epoch_here)
+            samples = self._telemetry(record, sampler)
             first_epoch_here = False
             history.train_time += record["epoch_time"]
             history.best_acc = max(history.best_acc, record["test_acc"])
@@ -544,6 +591,8 @@ class Trainer:
             history.last = record
             if env.is_main:
                 self.reporter.report("epoch", record)
+                if samples:
+                    self.reporter.report("telemetry", {"epoch": epoch + 1, "samples": samples})
                 print(_epoch_line(record, recipe.epochs), flush=True)
             done = epoch + 1 == recipe.epochs
             stop, _ = self.control(torch.zeros((), device=self.device))
@@ -584,6 +633,34 @@ class Trainer:
             "steps": totals.steps,
             "world_size": self.env.world_size,
         }
+
+    def _telemetry(self, record: dict[str, Any], sampler) -> list[dict[str, Any]]:
+        """Add the epoch's telemetry to its record (all ranks' GPUs together); return this
+        rank's samples."""
+        if sampler is None:
+            record["telemetry_source"] = "off"
+            return []
+        figures, samples = sampler.end_epoch()
+        keys_sum = ("energy_j", "power_mean_w", "gpu_util_mean", "cpu_util_mean")
+        keys_max = ("gpu_util_max", "gpu_mem_peak_bytes", "rss_peak_bytes")
+        nan = float("nan")
+        sums = torch.tensor([nan if figures.get(k) is None else figures[k] for k in keys_sum],
+                            dtype=torch.float64, device=self.device)  # fmt: skip
+        maxes = torch.tensor([nan if figures.get(k) is None else figures[k] for k in keys_max],
+                             dtype=torch.float64, device=self.device)  # fmt: skip
+        if self.env.distributed:
+            dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+            dist.all_reduce(maxes, op=dist.ReduceOp.MAX)
+            sums[2:] /= self.env.world_size  # utilisations: the mean over the ranks' GPUs
+        combined = dict(zip(keys_sum + keys_max, sums.tolist() + maxes.tolist(), strict=True))
+        for key, value in combined.items():
+            if key in figures:  # the GPU figures from NVML, or the CPU ones from psutil
+                record[key] = None if math.isnan(value) else value
+        record["telemetry_source"] = figures["telemetry_source"]
+        record["energy_method"] = figures.get("energy_method")
+        energy = record.get("energy_j")
+        record["energy_per_image_j"] = energy / record["images"] if energy else None
+        return samples
 
     def _final(self, history: History) -> dict[str, Any]:
         digest = params_digest(self.model)

@@ -1,0 +1,274 @@
+"""Telemetry inside the job: a sampler thread over NVML (or, without it, over psutil).
+
+NVML through ``nvidia-ml-py`` (``import pynvml``): device handles are looked up once; each
+sample reads utilisation, memory, power, temperature, clocks and the total-energy counter,
+and never the process lists (milliseconds each, under a driver lock). About 1 Hz by default.
+
+Per epoch: mean and max GPU utilisation, peak memory, mean power and the energy in joules,
+from the total-energy counter's delta where the GPU has one, otherwise the integral of power
+over time (trapezoids between samples, with a sample taken at each epoch boundary).
+
+Without NVML (no driver, no GPU) the job says why, and samples the CPU's utilisation and the
+process's resident memory instead: never a crash, never a silent gap.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+DEFAULT_INTERVAL_S = 1.0
+
+
+class NvmlSource:
+    """NVML for the given GPUs: UUIDs as torch reports them (which survive
+    CUDA_VISIBLE_DEVICES), or NVML indices; all GPUs if none are given."""
+
+    kind = "nvml"
+
+    def __init__(self, gpus: list[str | int], nvml: Any = None) -> None:
+        if nvml is None:
+            import pynvml as nvml
+        self.nvml = nvml
+        nvml.nvmlInit()
+        if not gpus:
+            gpus = list(range(nvml.nvmlDeviceGetCount()))
+        self.handles = [
+            nvml.nvmlDeviceGetHandleByIndex(g)
+            if isinstance(g, int)
+            else nvml.nvmlDeviceGetHandleByUUID(g if g.startswith("GPU-") else f"GPU-{g}")
+            for g in gpus
+        ]
+        self.indices = [int(nvml.nvmlDeviceGetIndex(h)) for h in self.handles]
+        self.has_energy = [self._energy(h) is not None for h in self.handles]
+
+    def _energy(self, handle: Any) -> float | None:
+        try:
+            return self.nvml.nvmlDeviceGetTotalEnergyConsumption(handle) / 1000.0  # mJ -> J
+        except Exception:  # NVMLError_NotSupported on older GPUs
+            return None
+
+    def _read(self, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except Exception:  # one field a GPU does not support must not lose the sample
+            return None
+
+    def sample(self) -> list[dict[str, Any]]:
+        nvml, out = self.nvml, []
+        for index, handle, energy in zip(self.indices, self.handles, self.has_energy, strict=True):
+            util = self._read(lambda h=handle: nvml.nvmlDeviceGetUtilizationRates(h))
+            memory = self._read(lambda h=handle: nvml.nvmlDeviceGetMemoryInfo(h))
+            power = self._read(lambda h=handle: nvml.nvmlDeviceGetPowerUsage(h))
+            out.append(
+                {
+                    "gpu_index": index,
+                    "gpu_util": None if util is None else float(util.gpu),
+                    "mem_util": None if util is None else float(util.memory),
+                    "mem_used": None if memory is None else int(memory.used),
+                    "power_w": None if power is None else power / 1000.0,  # mW -> W
+                    "temp_c": self._read(
+                        lambda h=handle: nvml.nvmlDeviceGetTemperature(h, nvml.NVML_TEMPERATURE_GPU)
+                    ),
+                    "sm_clock": self._read(
+                        lambda h=handle: nvml.nvmlDeviceGetClockInfo(h, nvml.NVML_CLOCK_SM)
+                    ),
+                    "mem_clock": self._read(
+                        lambda h=handle: nvml.nvmlDeviceGetClockInfo(h, nvml.NVML_CLOCK_MEM)
+                    ),
+                    "energy_j": self._energy(handle) if energy else None,
+                }
+            )
+        return out
+
+    def devices(self) -> list[dict[str, Any]]:
+        nvml = self.nvml
+        driver = self._read(nvml.nvmlSystemGetDriverVersion)
+        gpus = zip(self.indices, self.handles, self.has_energy, strict=True)
+        return [
+            {
+                "gpu_index": index,
+                "name": _text(self._read(lambda h=handle: nvml.nvmlDeviceGetName(h))),
+                "uuid": _text(self._read(lambda h=handle: nvml.nvmlDeviceGetUUID(h))),
+                "memory_total": getattr(
+                    self._read(lambda h=handle: nvml.nvmlDeviceGetMemoryInfo(h)), "total", None
+                ),
+                "driver": _text(driver),
+                "energy_counter": energy,
+            }
+            for index, handle, energy in gpus
+        ]
+
+    def close(self) -> None:
+        self._read(self.nvml.nvmlShutdown)
+
+
+class CpuSource:
+    """The fallback: the machine's CPU utilisation and this process's resident memory."""
+
+    kind = "cpu"
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.psutil = psutil
+        self.process = psutil.Process(os.getpid())
+        psutil.cpu_percent(None)  # the first call only starts the measurement
+
+    def sample(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "gpu_index": -1,
+                "cpu_util": float(self.psutil.cpu_percent(None)),
+                "rss": int(self.process.memory_info().rss),
+            }
+        ]
+
+    def devices(self) -> list[dict[str, Any]]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def open_source(
+    device_type: str, gpus: list[str | int], nvml: Any = None
+) -> tuple[Any, str | None]:
+    """The best source here, and why GPU telemetry is unavailable (None if it is not)."""
+    reason = None
+    if device_type == "cuda":
+        try:
+            return NvmlSource(gpus, nvml), None
+        except Exception as exc:  # no library, no driver, no permission
+            reason = f"NVML unavailable: {str(exc).strip() or type(exc).__name__}"
+    else:
+        reason = f"no GPU: the job ran on the {device_type.upper()}"
+    try:
+        return CpuSource(), reason
+    except ImportError:
+        return None, f"{reason}; no psutil for CPU telemetry either"
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return "" if value is None else str(value)
+
+
+class Sampler:
+    """Samples ``source`` every ``interval`` seconds on a daemon thread."""
+
+    def __init__(self, source: Any, interval: float = DEFAULT_INTERVAL_S, clock=time.time) -> None:
+        self.source = source
+        self.interval = interval
+        self.clock = clock
+        self.samples: list[dict[str, Any]] = []
+        self._latest = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.errors = 0
+
+    def take(self) -> None:
+        now = self.clock()
+        try:
+            rows = self.source.sample()
+        except Exception:  # a failed read is counted, not fatal
+            self.errors += 1
+            return
+        with self._lock:
+            self._latest = len(self.samples)
+            self.samples.extend({"time": now, **row} for row in rows)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.take()
+
+    def start(self) -> Sampler:
+        self._thread = threading.Thread(target=self._loop, name="telemetry", daemon=True)
+        self._thread.start()
+        return self
+
+    def begin_epoch(self) -> None:
+        """A sample at the boundary; the epoch's window starts with it."""
+        with self._lock:
+            self.samples = []
+        self.take()
+
+    def end_epoch(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """A sample at the boundary, then the epoch's aggregates and samples."""
+        self.take()
+        with self._lock:
+            window, self.samples = self.samples, []
+        return aggregate(window, self.source.kind), window
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5 * self.interval + 1)
+        self.source.close()
+
+
+def _energy(rows: list[dict[str, Any]]) -> tuple[float | None, str]:
+    """Joules over ``rows`` of one GPU (in time order): the counter's delta, else ∫ power dt."""
+    counters = [r for r in rows if r.get("energy_j") is not None]
+    if len(counters) >= 2 and len(counters) == len(rows):
+        return counters[-1]["energy_j"] - counters[0]["energy_j"], "counter"
+    powered = [r for r in rows if r.get("power_w") is not None]
+    if len(powered) < 2:
+        return None, "none"
+    joules = sum(
+        (b["time"] - a["time"]) * (a["power_w"] + b["power_w"]) / 2
+        for a, b in itertools.pairwise(powered)
+    )
+    return joules, "power_integral"
+
+
+def aggregate(samples: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    """Per-epoch figures from the samples of one epoch (all GPUs of the process)."""
+    out: dict[str, Any] = {"telemetry_source": kind, "telemetry_samples": len(samples)}
+    if kind == "cpu":
+        util = [s["cpu_util"] for s in samples if s.get("cpu_util") is not None]
+        rss = [s["rss"] for s in samples if s.get("rss") is not None]
+        out["cpu_util_mean"] = sum(util) / len(util) if util else None
+        out["rss_peak_bytes"] = max(rss) if rss else None
+        return out
+    by_gpu: dict[int, list[dict[str, Any]]] = {}
+    for s in samples:
+        by_gpu.setdefault(s["gpu_index"], []).append(s)
+    util = [s["gpu_util"] for s in samples if s.get("gpu_util") is not None]
+    out["gpu_util_mean"] = sum(util) / len(util) if util else None
+    out["gpu_util_max"] = max(util) if util else None
+    mem = [s["mem_used"] for s in samples if s.get("mem_used") is not None]
+    out["gpu_mem_peak_bytes"] = max(mem) if mem else None
+    power_means, energies, methods = [], [], set()
+    for rows in by_gpu.values():
+        rows.sort(key=lambda r: r["time"])
+        watts = [r["power_w"] for r in rows if r.get("power_w") is not None]
+        if watts:
+            power_means.append(sum(watts) / len(watts))
+        joules, method = _energy(rows)
+        if joules is not None:
+            energies.append(joules)
+            methods.add(method)
+    out["power_mean_w"] = sum(power_means) if power_means else None  # all GPUs together
+    out["energy_j"] = sum(energies) if energies and len(energies) == len(by_gpu) else None
+    out["energy_method"] = "+".join(sorted(methods)) or "none"
+    return out
+
+
+def gpu_matches(expected: str | None, gpu_name: str, device_type: str) -> bool | None:
+    """Whether the GPU that ran the job is the GPU type the sweep asked for (None: not asked).
+    ``expected`` is a name fragment (``v100``) matched case-insensitively, or ``cpu``."""
+    if not expected:
+        return None
+    if expected.lower() == "cpu":
+        return device_type == "cpu"
+    if device_type != "cuda":
+        return False
+    squash = lambda text: "".join(c for c in text.lower() if c.isalnum())  # noqa: E731
+    return squash(expected) in squash(gpu_name)
