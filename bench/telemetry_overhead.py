@@ -23,12 +23,39 @@ import resnest
 from jobs.telemetry import Sampler, open_source
 
 
+def nvml_call_costs(source, repeats: int = 20) -> dict[str, float]:
+    """Seconds per call of each NVML query a sample makes, on the first GPU."""
+    nvml, handle = source.nvml, source.handles[0]
+    calls = {
+        "nvmlDeviceGetUtilizationRates": lambda: nvml.nvmlDeviceGetUtilizationRates(handle),
+        "nvmlDeviceGetMemoryInfo": lambda: nvml.nvmlDeviceGetMemoryInfo(handle),
+        "nvmlDeviceGetPowerUsage": lambda: nvml.nvmlDeviceGetPowerUsage(handle),
+        "nvmlDeviceGetTemperature": lambda: nvml.nvmlDeviceGetTemperature(
+            handle, nvml.NVML_TEMPERATURE_GPU
+        ),
+        "nvmlDeviceGetClockInfo (SM)": lambda: nvml.nvmlDeviceGetClockInfo(
+            handle, nvml.NVML_CLOCK_SM
+        ),
+        "nvmlDeviceGetClockInfo (memory)": lambda: nvml.nvmlDeviceGetClockInfo(
+            handle, nvml.NVML_CLOCK_MEM
+        ),
+        "nvmlDeviceGetTotalEnergyConsumption": lambda: source._energy(handle),
+    }
+    costs = {}
+    for name, call in calls.items():
+        start = time.perf_counter()
+        for _ in range(repeats):
+            call()
+        costs[name] = (time.perf_counter() - start) / repeats
+    return costs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnest50_bottleneck")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20, help="steps per block")
-    parser.add_argument("--pairs", type=int, default=5, help="blocks with and without, each")
+    parser.add_argument("--pairs", type=int, default=9, help="blocks with and without, each")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
@@ -74,11 +101,14 @@ def main() -> None:
     probe = Sampler(source, args.interval)
     start = time.perf_counter()
     for _ in range(50):
-        probe.take()
+        probe.take()  # a periodic sample (the energy counter is read at epoch boundaries)
     per_sample = (time.perf_counter() - start) / 50
+    call_costs = nvml_call_costs(source) if source.kind == "nvml" else {}
     source.close()
 
-    base, timed = statistics.median(without), statistics.median(with_sampler)
+    base = statistics.median(without)
+    paired = sorted(100 * (w - b) / b for b, w in zip(without, with_sampler, strict=True))
+    quartiles = statistics.quantiles(paired, n=4) if len(paired) > 1 else paired * 3
     samples = len(sampler.samples) if sampler else 0
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {device} ({name})")
@@ -93,11 +123,17 @@ def main() -> None:
             f"(min {min(times):.3f}, max {max(times):.3f})"
         )
     print(f"samples in the last block with the sampler: {samples}")
-    print(f"overhead: {100 * (timed - base) / base:+.2f}% of training time (target < 0.5%)")
+    print(
+        f"overhead, paired blocks: median {statistics.median(paired):+.2f}% "
+        f"(quartiles {quartiles[0]:+.2f}% .. {quartiles[2]:+.2f}%); noise, blocks without the "
+        f"sampler: CV {100 * statistics.pstdev(without) / base:.2f}%  (target < 0.5%)"
+    )
     print(
         f"sampler cost: {1e3 * per_sample:.3f} ms per sample = "
         f"{100 * per_sample / args.interval:.3f}% of one core at {1 / args.interval:g} Hz"
     )
+    for call, seconds in call_costs.items():
+        print(f"  {call:<40} {1e3 * seconds:8.3f} ms")
 
 
 if __name__ == "__main__":

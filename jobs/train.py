@@ -577,8 +577,10 @@ class Trainer:
             progress.close()
             synchronize(self.device)
             epoch_time = totals.elapsed + time.perf_counter() - epoch_start
+            # The telemetry window is the epoch's training, not its evaluation.
+            window = sampler.end_epoch() if sampler is not None else None
             record = self._epoch_record(epoch, epoch_time, totals, lr, first_epoch_here)
-            samples = self._telemetry(record, sampler)
+            samples = self._telemetry(record, window)
             first_epoch_here = False
             history.train_time += record["epoch_time"]
             history.best_acc = max(history.best_acc, record["test_acc"])
@@ -634,13 +636,13 @@ class Trainer:
             "world_size": self.env.world_size,
         }
 
-    def _telemetry(self, record: dict[str, Any], sampler) -> list[dict[str, Any]]:
-        """Add the epoch's telemetry to its record (all ranks' GPUs together); return this
-        rank's samples."""
-        if sampler is None:
+    def _telemetry(self, record: dict[str, Any], window) -> list[dict[str, Any]]:
+        """Add the epoch's telemetry (``Sampler.end_epoch()``) to its record, all ranks' GPUs
+        together; return this rank's samples."""
+        if window is None:
             record["telemetry_source"] = "off"
             return []
-        figures, samples = sampler.end_epoch()
+        figures, samples = window
         keys_sum = ("energy_j", "power_mean_w", "gpu_util_mean", "cpu_util_mean")
         keys_max = ("gpu_util_max", "gpu_mem_peak_bytes", "rss_peak_bytes")
         nan = float("nan")

@@ -83,6 +83,7 @@ class NvmlStandIn:
         return 1500 if clock == self.NVML_CLOCK_SM else 877
 
     def nvmlDeviceGetTotalEnergyConsumption(self, h):
+        self._log("energy")
         if not self.counter[h]:
             raise self.NotSupported("energy counter not supported")
         return 1_000_000 + (self.clock() - self.start) * self.watts[h] * 1000  # mJ
@@ -128,6 +129,12 @@ def test_energy_comes_from_the_counter_delta_where_the_gpu_has_one():
     assert samples[0]["sm_clock"] == 1500 and samples[0]["temp_c"] == 60
     assert "processes" not in nvml.calls
     assert nvml.calls.count("handle") == 2  # handles looked up once
+    # The energy counter (milliseconds a read on real GPUs) is read at the boundaries only:
+    # once per GPU to find whether it exists, then at the epoch's start and end.
+    assert nvml.calls.count("energy") == 2 * 3
+    assert [s["energy_j"] is not None for s in samples if s["gpu_index"] == 0] == (
+        [True] + [False] * 10 + [True]
+    )
 
 
 def test_energy_is_the_power_integral_without_a_counter():
