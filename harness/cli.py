@@ -211,6 +211,24 @@ def _cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from harness.plots import build
+
+    config, store, sweep_name = _store_and_sweep(args)
+    _refresh(store, sweep_name)
+    if args.out:
+        out = Path(args.out)
+    elif config is not None:
+        out = Path(config.results_dir) / sweep_name / "report"
+    else:
+        out = Path(f"report-{sweep_name}")
+    page = build(store, sweep_name, out)
+    print(f"report: {page} (open it in a browser; the folder works offline)")
+    return 0
+
+
 def _cmd_rerun(args: argparse.Namespace) -> int:
     from harness import sweep
 
@@ -295,11 +313,49 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     total = 0
     for outbox in outboxes:
         try:
-            total += store.write_records(read_outbox(outbox))
+            records = read_outbox(outbox)
+            if args.sweep:
+                _adopt(store, args.sweep, outbox, records)
+            total += store.write_records(records)
         except (ValueError, KeyError) as exc:
             raise UserError(f"{outbox}: not an outbox: {exc}") from None
     print(f"ingested {total} records from {len(outboxes)} outbox file(s) into {store.url}")
     return 0
+
+
+def _adopt(store, sweep: str, outbox, records: list[dict]) -> None:
+    """Record a job run outside any sweep (by hand, on another machine) as a job of ``sweep``,
+    from its outbox's start record, so that tables and reports include it."""
+    start = next((r for r in records if r["kind"] == "start"), None)
+    if start is None:
+        raise UserError(f"{outbox}: no start record, so no job to add to sweep {sweep!r}")
+    spec = start["spec"]
+    job_id = start["job_id"]
+    if not job_id:
+        raise UserError(f"{outbox}: the job has no id (run it again with a current version)")
+    final = next((r for r in reversed(records) if r["kind"] == "final"), None)
+    store.add_sweep(sweep, {"adopted": True})
+    store.add_jobs(
+        sweep,
+        [
+            {
+                "id": job_id,
+                "stage": spec["stage"],
+                "model": spec["model"],
+                "dataset": spec["dataset"],
+                "gpu_type": spec.get("gpu_type") or spec.get("expect_gpu") or "unknown",
+                "gpus": start.get("world_size", 1),
+                "seed": spec.get("seed", 0),
+                "repeat": 0,
+                "spec": spec,
+                "depends_on": [],
+                "job_dir": str(outbox.parent.resolve()),
+            }
+        ],
+    )
+    state = final["status"] if final else "running"
+    store.set_state(job_id, state if state in ("succeeded", "failed") else "running",
+                    attempt=start.get("attempt", 0))  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -418,6 +474,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     table.set_defaults(func=_cmd_table)
 
+    report = sub.add_parser(
+        "report",
+        help="a static HTML report with plots of a sweep",
+        description="Write an HTML page with PNG plots (seconds per epoch, throughput, "
+        "energy per image, accuracy curves, utilisation over time), the comparison tables "
+        "and each run's provenance. No scripts, relative links: the folder works offline.",
+    )
+    report.add_argument("sweep", nargs="?")
+    store_options(report)
+    report.add_argument(
+        "--out", help="folder for index.html and the plots (default: RESULTS/SWEEP/report)"
+    )
+    report.set_defaults(func=_cmd_report)
+
     rerun = sub.add_parser(
         "rerun",
         help="run chosen jobs again (new attempt), nothing else",
@@ -450,6 +520,11 @@ def build_parser() -> argparse.ArgumentParser:
         "every one under a folder) into the store; idempotent.",
     )
     ingest.add_argument("path", help="an outbox.jsonl or a folder to search")
+    ingest.add_argument(
+        "--sweep",
+        help="also record each outbox's job (run by hand or elsewhere) as a job of this "
+        "sweep, so that table and report show it",
+    )
     store_options(ingest)
     ingest.set_defaults(func=_cmd_ingest)
 

@@ -4,6 +4,7 @@ builds and prints specs on a login node."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -179,7 +180,11 @@ def spec_from_args(args: argparse.Namespace, stage: str) -> TrainSpec:
     for key in ("epochs", "batch_size", "lr"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
+    out_dir = str(Path(args.out_dir).resolve())
     return TrainSpec(
+        # A job run by hand gets an id from its folder, so its records never mix with
+        # another's in a store.
+        job_id=hashlib.sha256(out_dir.encode()).hexdigest()[:12],
         model=args.model,
         dataset=args.dataset,
         out_dir=args.out_dir,

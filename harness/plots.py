@@ -1,0 +1,261 @@
+"""`resnest-bench report`: a static HTML page with PNG plots, readable offline.
+
+Everything comes from the results store: the comparison table, per-epoch rows, telemetry
+samples and provenance. Plots are drawn with matplotlib (Agg, no display); the page links them
+by relative paths and has no scripts, so the folder can be copied, mailed or served as it is.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from harness.errors import UserError
+from harness.report import comparison, per_model_blocks, prices_of, study_tables
+from harness.store import Store, epochs, jobs, provenance, telemetry
+
+COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _epoch_rows(store: Store, sweep: str) -> list[Any]:
+    with store.begin() as conn:
+        rows = conn.execute(
+            select(
+                jobs.c.id, jobs.c.stage, jobs.c.model, jobs.c.gpu_type, jobs.c.seed,
+                jobs.c.repeat, epochs.c.attempt, epochs.c.epoch, epochs.c.test_acc,
+                epochs.c.epoch_time, epochs.c.images_per_sec, epochs.c.energy_per_image_j,
+                epochs.c.warmup,
+            )
+            .join(epochs, epochs.c.job_id == jobs.c.id)
+            .where(jobs.c.sweep == sweep)
+            .order_by(epochs.c.attempt)
+        ).all()  # fmt: skip
+    latest: dict[tuple[str, int], Any] = {}
+    for row in rows:  # the newest attempt's row for each epoch
+        latest[(row.id, row.epoch)] = row
+    return sorted(latest.values(), key=lambda r: (r.id, r.epoch))
+
+
+def _grouped_bars(plt, path: Path, data, title: str, ylabel: str) -> None:
+    """``data``: {gpu_type: {model: value}} -> bars grouped by GPU type, one color per model."""
+    gpus = sorted(data)
+    models = sorted({m for per in data.values() for m in per})
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    width = 0.8 / max(len(models), 1)
+    for i, model in enumerate(models):
+        xs = [g + (i - (len(models) - 1) / 2) * width for g in range(len(gpus))]
+        ys = [data[gpu].get(model, 0) or 0 for gpu in gpus]
+        ax.bar(xs, ys, width, label=model, color=COLORS[i % len(COLORS)])
+    ax.set_xticks(range(len(gpus)), gpus)
+    ax.set_xlabel("GPU type")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(title="variant", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _plot_accuracy(plt, path: Path, rows: list[Any]) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    curves: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for r in rows:
+        if r.stage == "train" and r.test_acc is not None:
+            label = f"{r.model} on {r.gpu_type} (seed {r.seed}, repeat {r.repeat})"
+            curves[label].append((r.epoch, 100 * r.test_acc))
+    for i, (label, points) in enumerate(sorted(curves.items())):
+        xs, ys = zip(*sorted(points), strict=True)
+        ax.plot(xs, ys, marker="o", label=label, color=COLORS[i % len(COLORS)])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Test accuracy per epoch (training jobs)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _plot_utilisation(plt, path: Path, store: Store, sweep: str) -> str | None:
+    """GPU utilisation over time (CPU utilisation where the jobs had no NVML)."""
+    with store.begin() as conn:
+        samples = conn.execute(
+            select(jobs.c.model, jobs.c.gpu_type, telemetry.c.time, telemetry.c.sample)
+            .join(telemetry, telemetry.c.job_id == jobs.c.id)
+            .where(jobs.c.sweep == sweep, jobs.c.stage == "train")
+            .order_by(telemetry.c.time)
+        ).all()
+    if not samples:
+        return None
+    gpu = any(s.sample.get("gpu_util") is not None for s in samples)
+    key = "gpu_util" if gpu else "cpu_util"
+    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for s in samples:
+        if s.sample.get(key) is not None:
+            series[f"{s.model} on {s.gpu_type}"].append((s.time, s.sample[key]))
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for i, (label, points) in enumerate(sorted(series.items())):
+        start = points[0][0]
+        ax.plot([t - start for t, _ in points], [v for _, v in points], label=label,
+                color=COLORS[i % len(COLORS)], linewidth=1)  # fmt: skip
+    what = "GPU" if gpu else "CPU (no GPU telemetry)"
+    ax.set_xlabel("time since the job's first sample (s)")
+    ax.set_ylabel(f"{what} utilisation (%)")
+    ax.set_title(f"{what} utilisation over time")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return what
+
+
+def _table_html(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "<p>(none)</p>"
+    keys = list(rows[0])
+    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in keys)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f"<td>{'-' if row.get(k) is None else html.escape(str(row.get(k)))}</td>" for k in keys
+        )
+        + "</tr>"
+        for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+STYLE = """
+body { font-family: sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f3f3f3; }
+td:first-child, th:first-child { text-align: left; }
+figure { display: inline-block; margin: 0.5em; }
+figcaption { font-size: 0.85em; color: #555; max-width: 700px; }
+.flag { color: #b00; }
+"""
+
+
+def build(store: Store, sweep: str, out: Path) -> Path:
+    """Write ``out/index.html`` and its PNGs; return the page's path."""
+    rows = _epoch_rows(store, sweep)
+    if not rows:
+        raise UserError(f"sweep {sweep!r} has no finished epochs yet: nothing to report")
+    plt = _pyplot()
+    out.mkdir(parents=True, exist_ok=True)
+    table = comparison(store, sweep, prices=prices_of(store, sweep))
+    figures: list[tuple[str, str]] = []
+
+    def column(name: str) -> dict[str, dict[str, Any]]:
+        return {
+            row["gpu_type"]: {
+                key.rsplit(f" {name}", 1)[0]: value
+                for key, value in row.items()
+                if key.endswith(f" {name}") and value is not None
+            }
+            for row in table
+        }
+
+    charts = (
+        ("epoch_time.png", "s/epoch", "Seconds per epoch (median, warm-up epoch excluded)",
+         "seconds per epoch"),
+        ("images_per_sec.png", "img/s", "Training throughput (median, warm-up excluded)",
+         "images per second"),
+        ("energy_per_image.png", "mJ/img", "Energy per training image (median)",
+         "energy per image (mJ)"),
+    )  # fmt: skip
+    for name, key, title, ylabel in charts:
+        data = column(key)
+        if any(data.values()):
+            _grouped_bars(plt, out / name, data, title, ylabel)
+            figures.append((name, f"{title}, by GPU type and network variant."))
+    _plot_accuracy(plt, out / "accuracy.png", rows)
+    figures.append(("accuracy.png", "Test accuracy after each epoch, one line per training job."))
+    what = _plot_utilisation(plt, out / "utilisation.png", store, sweep)
+    if what:
+        figures.append(("utilisation.png", f"{what} utilisation sampled during training."))
+
+    with store.begin() as conn:
+        prov = conn.execute(
+            select(provenance)
+            .join(jobs, jobs.c.id == provenance.c.job_id)
+            .where(jobs.c.sweep == sweep)
+            .order_by(provenance.c.job_id, provenance.c.attempt)
+        ).all()
+    prov_rows = [
+        {
+            "job": p.job_id,
+            "attempt": p.attempt,
+            "host": p.host,
+            "GPU": p.gpu_name or "(CPU)",
+            "asked for": p.expected_gpu,
+            "mismatch": "yes" if p.gpu_mismatch else "",
+            "driver": p.driver,
+            "CUDA": p.cuda,
+            "torch": p.torch,
+            "telemetry": p.telemetry,
+        }
+        for p in prov
+    ]
+    blocks = "".join(
+        f"<h3>{html.escape(model)}</h3>{_table_html(block)}"
+        for model, block in per_model_blocks(table)
+    )
+    study = "".join(
+        f"<h3>{html.escape(title)}</h3>{_table_html(t)}" for title, t in study_tables(table)
+    )
+    images = "".join(
+        f'<figure><img src="{name}" alt="{html.escape(caption)}" width="700" height="400">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        for name, caption in figures
+    )
+    mismatches = sum(1 for p in prov if p.gpu_mismatch)
+    flag = (
+        f'<p class="flag">{mismatches} run(s) ran on a GPU other than the type asked for: see '
+        "Provenance.</p>"
+        if mismatches
+        else ""
+    )
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>resnest-bench: {html.escape(sweep)}</title>
+<style>{STYLE}</style></head>
+<body>
+<h1>Sweep {html.escape(sweep)}</h1>
+<p>Generated {time.strftime("%Y-%m-%d %H:%M:%S")} from {html.escape(store.url.split("://")[0])}
+store. Epoch times, throughput and telemetry are medians over the epochs after the first
+(warm-up) epoch, then over runs; CV is across runs and flagged (!) above 5%.</p>
+{flag}
+<h2>GPU comparison</h2>
+{blocks}
+<h2>The study's layout</h2>
+{study}
+<h2>Plots</h2>
+{images}
+<h2>Provenance</h2>
+{_table_html(prov_rows)}
+</body></html>
+"""
+    path = out / "index.html"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(page)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,109 @@
+"""`resnest-bench report`: built from a store filled by a real small sweep, then opened in a
+real headless Chromium (Debian's chromium and chromium-driver, through selenium)."""
+
+import io
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from .jobtools import tiny_sweep, write_cluster
+from .test_sweep import EXE
+
+CHROMEDRIVER = shutil.which("chromedriver")
+CHROMIUM = shutil.which("chromium")
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(EXE), *args], capture_output=True, text=True, cwd=cwd, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("report")
+    path = write_cluster(
+        tmp_path,
+        "report-test",
+        {"kind": "local", "local": {"max_parallel": 2}},
+        {"cpu-a": {"local": "cpu", "price_per_gpu_hour": 2.5}, "cpu-b": {"local": "cpu"}},
+        tiny_sweep(models=["resnest_tiny_basic"], gpu_types=["cpu-a", "cpu-b"], epochs=3),
+    )
+    result = cli("submit", str(path), "-q", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "report"
+    result = cli("report", "-c", str(path), "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"report: {out / 'index.html'}")
+    return tmp_path, path, out
+
+
+def test_report_files_and_tables(report):
+    _, _, out = report
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    # No GPU here: no energy plot; utilisation falls back to the CPU's.
+    assert pngs == ["accuracy.png", "epoch_time.png", "images_per_sec.png", "utilisation.png"]
+    page = (out / "index.html").read_text()
+    assert "<script" not in page  # static: works offline, nothing to run
+    assert "Sweep report-test" in page and "cpu-a" in page and "cpu-b" in page
+    assert "CPU (no GPU telemetry) utilisation" in page
+    assert "no GPU: the job ran on the CPU" in page  # provenance says why
+    assert "$/run" in page  # cpu-a has a price per GPU-hour
+
+
+def test_report_opens_in_headless_chromium_with_every_image_loaded(report):
+    if CHROMEDRIVER is None or CHROMIUM is None:
+        message = "no chromium and chromium-driver here (apt-get install them; .ci/run does)"
+        if os.environ.get("RESNEST_BENCH_TEST_BROWSER"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    _, _, out = report
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1200,3000"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        driver.get((out / "index.html").as_uri())
+        images = driver.execute_script(
+            "return Array.from(document.images).map("
+            "i => [i.getAttribute('src'), i.complete, i.naturalWidth, i.naturalHeight])"
+        )
+        shot = driver.get_screenshot_as_png()
+        logs = driver.get_log("browser")
+        title = driver.title
+    finally:
+        driver.quit()
+    assert title == "resnest-bench: report-test"
+    assert len(images) == 4
+    for src, complete, width, height in images:
+        assert complete and width == 700 and height == 400, src
+    assert [entry for entry in logs if entry["level"] in ("SEVERE", "WARNING")] == []
+    picture = Image.open(io.BytesIO(shot)).convert("L")
+    assert picture.size[0] >= 1000
+    assert len(picture.getcolors(maxcolors=1 << 16) or range(1 << 16)) > 50  # not blank
+
+
+def test_report_of_a_sweep_without_epochs_is_one_line(tmp_path):
+    path = write_cluster(
+        tmp_path, "empty", {"kind": "local"}, {"cpu": {"local": "cpu"}},
+        tiny_sweep(gpu_types=["cpu"]),
+    )  # fmt: skip
+    from harness.store import open_store
+
+    config = yaml.safe_load(path.read_text())
+    store = open_store(None, config["results_dir"])
+    store.add_sweep("empty", config)
+    result = cli("report", "-c", str(path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "resnest-bench: error: sweep 'empty' has no finished epochs yet: nothing to report\n"
+    )
+    assert not (tmp_path / "results" / "empty" / "report").exists()
