@@ -89,7 +89,16 @@ wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
 up() {
     need_root
     if sinfo -h >/dev/null 2>&1 && sacct -n -X >/dev/null 2>&1; then
-        echo "slurm-local: already up"; return 0
+        # Running: make sure it runs this script's configuration.
+        before=$(cat "$conf/slurm.conf" "$conf/gres.conf" 2>/dev/null | sha256sum)
+        write_config
+        if [ "$before" != "$(cat "$conf/slurm.conf" "$conf/gres.conf" | sha256sum)" ]; then
+            scontrol reconfigure
+            echo "slurm-local: already up; configuration updated"
+        else
+            echo "slurm-local: already up"
+        fi
+        return 0
     fi
     write_config
     # munge
@@ -106,6 +115,9 @@ up() {
         (mysqld_safe --skip-networking=0 --bind-address=127.0.0.1 >"$state/log/mysql.log" 2>&1 &)
         wait_for 30 mariadb mysqladmin ping
     fi
+    # A cold start numbers jobs from 1 again: accounting starts afresh with it, or sacct
+    # would mix this cluster's jobs with an earlier one's of the same ids.
+    mysql -e "DROP DATABASE IF EXISTS slurm_acct_db"
     mysql -e "CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY '$db_pass';
               GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;"
     # SLURM

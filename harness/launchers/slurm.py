@@ -245,22 +245,17 @@ def _expand(job_id: str) -> list[str]:
     return out
 
 
-def sacct_states(slurm_ids: list[str]) -> dict[str, dict[str, str]]:
-    """One sacct call for many jobs: SLURM id -> {State, ExitCode, Reason, ...}."""
+def sacct_states(slurm_ids: list[str], since: float | None = None) -> dict[str, dict[str, str]]:
+    """One sacct call for many jobs: SLURM id -> {State, ExitCode, Reason, ...}. ``since``
+    (a Unix time before the jobs were submitted) keeps out older jobs that had the same ids
+    (job ids wrap around, and a rebuilt cluster counts from 1 again)."""
     if not slurm_ids:
         return {}
     roots = sorted({i.split("_")[0] for i in slurm_ids})
-    out = _run(
-        [
-            "sacct",
-            "-X",
-            "-n",
-            "-P",
-            "--format=" + ",".join(SACCT_FIELDS),
-            "-j",
-            ",".join(roots),
-        ]
-    )
+    cmd = ["sacct", "-X", "-n", "-P", "--format=" + ",".join(SACCT_FIELDS), "-j", ",".join(roots)]
+    if since is not None:
+        cmd += ["-S", time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since))]
+    out = _run(cmd)
     found: dict[str, dict[str, str]] = {}
     for line in out.splitlines():
         values = line.split("|")
@@ -322,7 +317,8 @@ def poll(store: Store, rows: list[dict[str, Any]]) -> dict[str, str]:
         for row in rows
         if (row.get("launcher_job_id") or "").startswith(PREFIX)
     }
-    records = sacct_states(list(followed.values()))
+    submitted = [row["submitted_at"] for row in rows if row.get("submitted_at")]
+    records = sacct_states(list(followed.values()), min(submitted) - 60 if submitted else None)
     attempts = store.latest_attempts(list(followed))
     new: dict[str, tuple[str, str | None]] = {}
     for row in rows:
