@@ -2,16 +2,21 @@
 real headless Chromium (Debian's chromium and chromium-driver, through selenium)."""
 
 import io
+import json
 import os
 import shutil
+import statistics
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 from PIL import Image
+from sqlalchemy import select
 
-from .jobtools import tiny_sweep, write_cluster
+from harness.store import epochs, jobs, results
+
+from .jobtools import store_of, tiny_sweep, write_cluster
 from .test_sweep import EXE
 
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -29,8 +34,12 @@ def report(tmp_path_factory):
         tmp_path,
         "report-test",
         {"kind": "local", "local": {"max_parallel": 2}},
-        {"cpu-a": {"local": "cpu", "price_per_gpu_hour": 2.5}, "cpu-b": {"local": "cpu"}},
-        tiny_sweep(models=["resnest_tiny_basic"], gpu_types=["cpu-a", "cpu-b"], epochs=3),
+        # v100: asks for a GPU named V100 but runs on this CPU: flagged as a mismatch.
+        {
+            "cpu-a": {"local": "cpu", "price_per_gpu_hour": 2.5},
+            "v100": {"local": "cpu", "gpu_name": "V100"},
+        },
+        tiny_sweep(models=["resnest_tiny_basic"], gpu_types=["cpu-a", "v100"], epochs=3),
     )
     result = cli("submit", str(path), "-q", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -48,10 +57,50 @@ def test_report_files_and_tables(report):
     assert pngs == ["accuracy.png", "epoch_time.png", "images_per_sec.png", "utilisation.png"]
     page = (out / "index.html").read_text()
     assert "<script" not in page  # static: works offline, nothing to run
-    assert "Sweep report-test" in page and "cpu-a" in page and "cpu-b" in page
+    assert "Sweep report-test" in page and "cpu-a" in page and "v100" in page
+    assert "1 run(s) ran on a GPU other than the type asked for" in page
     assert "CPU (no GPU telemetry) utilisation" in page
     assert "no GPU: the job ran on the CPU" in page  # provenance says why
     assert "$/run" in page  # cpu-a has a price per GPU-hour
+
+
+def test_table_telemetry_cost_mismatch_and_the_study_layout(report):
+    tmp_path, path, _ = report
+    store = store_of(tmp_path)
+    rows = json.loads(cli("table", "-c", str(path), "--format", "json", cwd=tmp_path).stdout)
+    by_gpu = {r["gpu_type"]: r for r in rows}
+    model = "resnest_tiny_basic"
+    with store.begin() as conn:
+        train_time = conn.execute(
+            select(results.c.train_time)
+            .join(jobs, jobs.c.id == results.c.job_id)
+            .where(jobs.c.gpu_type == "cpu-a")
+        ).scalar()
+        cpu = (
+            conn.execute(
+                select(epochs.c.cpu_util_mean)
+                .join(jobs, jobs.c.id == epochs.c.job_id)
+                .where(jobs.c.gpu_type == "cpu-a", epochs.c.warmup.is_(False))
+            )
+            .scalars()
+            .all()
+        )
+    # cost: training time x 1 GPU x 2.5 per GPU-hour; no price for v100
+    assert by_gpu["cpu-a"][f"{model} $/run"] == round(train_time / 3600 * 2.5, 4)
+    assert by_gpu["v100"][f"{model} $/run"] is None
+    assert by_gpu["cpu-a"][f"{model} CPU util %"] == round(statistics.median(cpu), 1)
+    assert by_gpu["cpu-a"][f"{model} GPU util %"] is None  # no NVML here
+    assert by_gpu["v100"][f"{model} gpu mismatch"] == 1
+    assert by_gpu["cpu-a"][f"{model} gpu mismatch"] is None
+    study = cli("table", "-c", str(path), "--layout", "study", "--format", "json", cwd=tmp_path)
+    tables = json.loads(study.stdout)
+    accuracy = [t for t in tables if t["table"] == "test accuracy % (final)"]
+    assert len(accuracy) == 1 and accuracy[0]["variant"] == model
+    row = accuracy[0]
+    assert row["average"] == pytest.approx((row["cpu-a"] + row["v100"]) / 2, abs=1e-3)
+    assert {t["table"] for t in tables} == {"test accuracy % (final)", "seconds per epoch"}
+    text = cli("table", "-c", str(path), "--layout", "study", cwd=tmp_path).stdout
+    assert "seconds per epoch" in text and "average" in text
 
 
 def test_report_opens_in_headless_chromium_with_every_image_loaded(report):
