@@ -187,6 +187,22 @@ def _cmd_table(args: argparse.Namespace) -> int:
 
     _, store, sweep_name = _store_and_sweep(args)
     _refresh(store, sweep_name)
+    if args.deploy:
+        from harness.report import deployment
+
+        rows = deployment(store, sweep_name)
+        if not rows:
+            print("(no inference results yet)")
+        else:
+            print(render(rows, args.format))
+        if args.format == "table":
+            print(
+                "ms/image @1: median latency at batch 1; best img/s over the batch sizes; "
+                "agreement: top-1 agreement with PyTorch eager on the whole test set, ! below "
+                "99.9%",
+                file=sys.stderr,
+            )
+        return 0
     rows = comparison(store, sweep_name, args.reference, prices=prices_of(store, sweep_name))
     if args.layout == "study":
         from harness.report import study_tables
@@ -464,6 +480,12 @@ def build_parser() -> argparse.ArgumentParser:
     store_options(table)
     table.add_argument("--format", choices=TABLE_FORMATS, default="table")
     table.add_argument("--reference", help="GPU type for the speedup column (default: first)")
+    table.add_argument(
+        "--deploy",
+        action="store_true",
+        help="the deployment table instead: per network and runtime, test accuracy, time per "
+        "image at batch 1, best throughput, size on disk, top-1 agreement with PyTorch eager",
+    )
     table.add_argument(
         "--layout",
         choices=("gpu", "study"),

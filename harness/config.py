@@ -24,6 +24,10 @@ from harness.errors import UserError
 
 STAGES = ("train", "transfer", "export", "infer")
 DATASETS = ("cifar10", "cifar100", "fashion-mnist", "synthetic")
+EXPORT_OPTIONS = ("no_aoti", "parity_images", "tolerance")
+INFER_OPTIONS = (
+    "runtimes", "batches", "warmup", "iters", "threads", "test_images", "calibration_images",
+)  # fmt: skip
 
 
 class _Strict(BaseModel):
@@ -89,6 +93,20 @@ class Sweep(_Strict):
     data_dir: str = "data"
     download: bool = False
     max_steps: PositiveInt | None = None  # cap on steps per epoch: smoke runs
+    # Options of the export and infer jobs (python -m jobs.export / jobs.infer --help), e.g.
+    # export_options: {no_aoti: true}; infer_options: {runtimes: [eager, onnxruntime],
+    # batches: [1, 64], threads: 4}
+    export_options: dict[str, Any] = {}
+    infer_options: dict[str, Any] = {}
+
+    @field_validator("export_options", "infer_options")
+    @classmethod
+    def _known_options(cls, options: dict[str, Any], info: Any) -> dict[str, Any]:
+        known = EXPORT_OPTIONS if info.field_name == "export_options" else INFER_OPTIONS
+        for key in options:
+            if key not in known:
+                raise ValueError(f"unknown option {key!r}; expected one of {', '.join(known)}")
+        return options
 
     @field_validator("models")
     @classmethod

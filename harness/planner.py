@@ -132,8 +132,9 @@ def plan(config: ClusterConfig) -> list[JobPlan]:
             if "export" not in stages:
                 break
             export = _make(
-                "export", common, source.dataset, sweep.recipe, {}, (source.id,), identity=identity
-            )
+                "export", common, source.dataset, sweep.recipe, dict(sweep.export_options),
+                (source.id,), identity=identity,
+            )  # fmt: skip
             jobs.append(export)
             if "infer" in stages:
                 jobs.append(
@@ -142,7 +143,7 @@ def plan(config: ClusterConfig) -> list[JobPlan]:
                         common,
                         source.dataset,
                         sweep.recipe,
-                        {},
+                        dict(sweep.infer_options),
                         (export.id,),
                         identity=identity,
                     )

@@ -261,3 +261,58 @@ def per_model_blocks(
             block = [{k: v for k, v in r.items() if k not in empty} for r in block]
         blocks.append((model, block))
     return blocks
+
+
+AGREEMENT_FLAG = 0.999  # top-1 agreement with PyTorch eager below this is flagged
+
+
+def deployment(store: Store, sweep: str) -> list[dict[str, Any]]:
+    """The study's deployment comparison: a row per network and runtime, from the inference
+    jobs. Time per image at batch 1 is the median latency; throughput is the best over the
+    batch sizes measured; size is the runtime's artifact on disk. Top-1 agreement with
+    PyTorch eager over the whole test set is flagged (!) below 99.9%."""
+    from harness.store import inference
+
+    with store.begin() as conn:
+        measured = conn.execute(
+            select(jobs.c.model, jobs.c.dataset, jobs.c.gpu_type, inference.c.attempt,
+                   inference.c.runtime, inference.c.batch_size, inference.c.measurement)
+            .join(inference, inference.c.job_id == jobs.c.id)
+            .where(jobs.c.sweep == sweep)
+            .order_by(inference.c.attempt)
+        ).all()  # fmt: skip
+    latest: dict[tuple, Any] = {}
+    for row in measured:  # the newest attempt wins
+        latest[(row.model, row.dataset, row.gpu_type, row.runtime, row.batch_size)] = row
+    by_runtime: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for (model, dataset, gpu, runtime, _), row in latest.items():
+        by_runtime[(model, dataset, gpu, runtime)].append(row.measurement)
+    order = {name: i for i, name in enumerate(
+        ("eager", "compile", "aoti", "onnxruntime", "onnxruntime-int8", "caffe2"))}  # fmt: skip
+    rows = []
+    for (model, dataset, gpu, runtime), items in sorted(
+        by_runtime.items(), key=lambda kv: (*kv[0][:3], order.get(kv[0][3], 99))
+    ):
+        base = {"model": model, "dataset": dataset, "gpu_type": gpu, "runtime": runtime}
+        if not items[0].get("available", True):
+            rows.append({**base, "available": "no: " + items[0].get("reason", "")})
+            continue
+        one = next((m for m in items if m["batch_size"] == 1), None)
+        best = max(items, key=lambda m: m["images_per_sec"])
+        agreement = items[0].get("top1_agreement_with_eager")
+        rows.append(
+            {
+                **base,
+                "test acc %": round(100 * items[0]["test_accuracy"], 2),
+                "ms/image @1": round(one["latency_p50_ms"], 3) if one else None,
+                "p99 ms @1": round(one["latency_p99_ms"], 3) if one else None,
+                "best img/s": round(best["images_per_sec"], 1),
+                "@batch": best["batch_size"],
+                "size MB": round(items[0]["bytes"] / 1e6, 3),
+                "agreement %": None if agreement is None else round(100 * agreement, 2),
+                "flag": "!" if agreement is not None and agreement < AGREEMENT_FLAG else "",
+                "provider": items[0].get("provider"),
+                "threads": items[0].get("threads"),
+            }
+        )
+    return rows

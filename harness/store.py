@@ -334,6 +334,19 @@ def _write_record(conn: Any, record: dict[str, Any]) -> None:
         extra = ("images", "steps", "world_size", "warmup", "telemetry_source", "energy_method")
         row.update({k: record.get(k) for k in (*EPOCH_FIELDS, *extra)})
         _upsert(conn, epochs, row, ("job_id", "attempt", "epoch"))
+    elif kind == "artifact":
+        row = {k: record.get(k) for k in ("path", "bytes", "sha256")}
+        row["kind"] = record.get("artifact")
+        _upsert(conn, artifacts, {"job_id": job_id, **row}, ("job_id", "path"))
+    elif kind == "inference":
+        row = {
+            "job_id": job_id,
+            "attempt": attempt,
+            "runtime": record["runtime"],
+            "batch_size": record["batch_size"],
+            "measurement": {k: v for k, v in record.items() if k not in ("uid", "kind")},
+        }
+        _upsert(conn, inference, row, ("job_id", "attempt", "runtime", "batch_size"))
     elif kind == "telemetry":
         for sample in record.get("samples", []):
             row = {

@@ -12,8 +12,6 @@ from harness.errors import UserError
 from harness.planner import JobPlan, plan, select
 from harness.store import Store, open_store
 
-RUNNABLE_STAGES = ("train", "transfer")
-
 
 def job_dir(config: ClusterConfig, job_id: str) -> Path:
     return Path(config.results_dir).resolve() / config.name / "jobs" / job_id
@@ -60,7 +58,7 @@ def spec_writer(store: Store):
 
     def write(job: dict[str, Any]) -> Path:
         spec = {**job["spec"], "out_dir": job["job_dir"], "attempt": job["attempt"]}
-        if job["stage"] == "transfer":
+        if job["stage"] != "train":  # from its parent's folder: weights or artifacts
             parent = store.job(job["depends_on"][0])
             spec["init_from"] = parent["job_dir"]
         path = Path(job["job_dir"]) / "spec.json"
@@ -79,15 +77,6 @@ def max_parallel(config: ClusterConfig) -> int:
 
 
 IN_FLIGHT = ("submitted", "running")
-
-
-def _check_stages(jobs: list[JobPlan]) -> None:
-    unavailable = sorted({j.stage for j in jobs} - set(RUNNABLE_STAGES))
-    if unavailable:
-        raise UserError(
-            f"sweep.stages: {', '.join(unavailable)} cannot run yet; "
-            f"plan them with --dry-run, or keep sweep.stages to {', '.join(RUNNABLE_STAGES)}"
-        )
 
 
 def _launch(
@@ -148,7 +137,6 @@ def submit(
     """Plan, record and launch the sweep; jobs that already succeeded, and jobs still in a
     cluster's queue from an earlier submission, are skipped."""
     jobs = select(plan(config), only)
-    _check_stages(jobs)
     store = store_for(config)
     store.add_sweep(config.name, config.model_dump(mode="json"))
     store.add_jobs(config.name, [_row(config, job) for job in jobs])

@@ -16,7 +16,6 @@ attempt's.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import subprocess
@@ -46,16 +45,13 @@ class SlurmTask:
         self.requeue = requeue
 
     def __call__(self) -> None:
-        from jobs.spec import TrainSpec
-        from jobs.train import execute
+        from jobs.run import execute_spec
 
-        spec = TrainSpec.from_file(self.spec_path)
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", 0) or 0)
-        spec = dataclasses.replace(spec, attempt=spec.attempt + restarts)
         if self.store_url:
             os.environ["RESNEST_BENCH_STORE"] = self.store_url
         os.environ.setdefault("PYTHONUNBUFFERED", "1")
-        code, stopped_by = execute(spec)
+        code, stopped_by = execute_spec(self.spec_path, attempt_offset=restarts)
         rank = int(os.environ.get("SLURM_PROCID", 0))
         if code == EXIT_REQUEUE and stopped_by in NOTICE_SIGNALS and self.requeue and rank == 0:
             job = slurm_job_id()

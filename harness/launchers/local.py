@@ -39,7 +39,7 @@ class Running:
 
 
 def job_command(spec_path: Path) -> list[str]:
-    return [sys.executable, "-m", "jobs.train", "--spec", str(spec_path)]
+    return [sys.executable, "-m", "jobs.run", "--spec", str(spec_path)]
 
 
 def failure_reason(code: int, stderr_path: Path) -> str:

@@ -127,7 +127,7 @@ def run_job_process(spec_path: str, store_url: str) -> tuple[int, str]:
     """A one-GPU job, inside a Ray task: the job as a subprocess, logs in its folder."""
     folder = Path(spec_path).parent
     env = {**os.environ, "RESNEST_BENCH_STORE": store_url, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "jobs.train", "--spec", spec_path]
+    cmd = [sys.executable, "-m", "jobs.run", "--spec", spec_path]
     with open(folder / "stdout.log", "ab") as out, open(folder / "stderr.log", "ab") as err:
         code = subprocess.run(cmd, stdout=out, stderr=err, env=env).returncode
     return code, last_line(folder / "stderr.log")
@@ -206,7 +206,7 @@ def run(
         spec_path = str(write_spec(job))
         gpu = config.gpu_types[job["gpu_type"]]
         per_gpu = resources_of(gpu)
-        if workers == 1:
+        if workers == 1 or job["stage"] not in ("train", "transfer"):
             options: dict[str, Any] = {
                 "num_cpus": gpu.cpus_per_gpu,
                 "num_gpus": 1 if use_gpu else 0,

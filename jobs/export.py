@@ -1,0 +1,240 @@
+"""The export job: a trained network as deployable artifacts, checked for parity.
+
+From a training or transfer job's folder (its latest valid checkpoint) or a checkpoint file:
+
+- ``model.state_dict.pt``: the plain state dict;
+- ``model.onnx``: ONNX (opset 18, dynamic batch, input ``images``, output ``logits``),
+  checked with ``onnx.checker`` (full check);
+- ``model.pt2``: the ``torch.export`` program with a dynamic batch;
+- ``model.aoti.pt2``: its AOTInductor-compiled package (``--no-aoti`` skips it).
+
+Parity: ONNX Runtime (CPU) against PyTorch eager on a batch of real test images; the job
+fails (exit 4) if the logits differ by more than ``--tolerance`` (1e-4, fp32). Each artifact
+is reported with its bytes and sha256; the sizes (parameters, fp32 weight bytes) too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import resnest
+from jobs import data
+from jobs.checkpoint import CheckpointError
+from jobs.reporter import reporter_for
+from jobs.spec import EXIT_OK, EXIT_USER_ERROR
+from jobs.train import load_source
+
+EXIT_PARITY = 4
+OPSET = 18
+MAX_BATCH = 4096
+
+
+class ParityError(Exception):
+    pass
+
+
+def load_trained(source: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The network of a checkpoint (file) or of a job folder's latest valid checkpoint."""
+    state = load_source(source)
+    model = resnest.create(
+        state["model_name"], num_classes=state["num_classes"], stem=state.get("stem") or None
+    )
+    model.load_state_dict(state["model"])
+    return model.eval(), state
+
+
+def test_batch(dataset: str, root: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real test images, normalised as in training (fp32, NCHW)."""
+    images = data.load(dataset, root, train=False)
+    return normalise(images.images[:size], images), images.labels[:size]
+
+
+def normalise(images: torch.Tensor, image_set: data.ImageSet) -> torch.Tensor:
+    mean = torch.tensor(image_set.mean).view(1, 3, 1, 1)
+    std = torch.tensor(image_set.std).view(1, 3, 1, 1)
+    return (images.float() / 255 - mean) / std
+
+
+def _digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic(path: Path, write) -> Path:
+    tmp = path.with_name("partial-" + path.name)  # keeps the suffix some writers insist on
+    write(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def export_all(model: torch.nn.Module, example: torch.Tensor, out: Path, aoti: bool) -> dict:
+    """Write the artifacts; return name -> path."""
+    import onnx
+    from torch.export import Dim
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    paths["state_dict"] = _atomic(
+        out / "model.state_dict.pt", lambda p: torch.save(model.state_dict(), p)
+    )
+    program = torch.export.export(
+        model, (example,), dynamic_shapes={"x": {0: Dim("batch", min=1, max=MAX_BATCH)}}
+    )
+    paths["torch_export"] = _atomic(out / "model.pt2", lambda p: torch.export.save(program, p))
+    onnx_program = torch.onnx.export(
+        program,
+        input_names=["images"],
+        output_names=["logits"],
+        opset_version=OPSET,
+        dynamo=True,
+        verbose=False,
+    )
+    paths["onnx"] = _atomic(out / "model.onnx", lambda p: onnx_program.save(str(p)))
+    onnx.checker.check_model(str(paths["onnx"]), full_check=True)
+    if aoti:
+        from torch._inductor import aoti_compile_and_package
+
+        paths["aoti"] = _atomic(
+            out / "model.aoti.pt2",
+            lambda p: aoti_compile_and_package(program, package_path=str(p)),
+        )
+    return paths
+
+
+def onnx_session(path: Path, providers: list[str] | None = None, threads: int | None = None):
+    """An ONNX Runtime session; a file that is not a valid ONNX model is a one-line error."""
+    import onnx
+    import onnxruntime as ort
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.checker.ValidationError) as e:
+        raise CheckpointError(f"{path}: not a valid ONNX model: {str(e).splitlines()[0]}") from None
+    except Exception as exc:  # unreadable protobuf and the like
+        raise CheckpointError(f"{path}: not a valid ONNX model: {exc}") from None
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+
+
+def parity(model: torch.nn.Module, onnx_path: Path, images: torch.Tensor) -> dict[str, Any]:
+    session = onnx_session(onnx_path)
+    with torch.no_grad():
+        expected = model(images)
+    (logits,) = session.run(None, {"images": images.numpy()})
+    logits = torch.from_numpy(logits)
+    return {
+        "images": int(images.shape[0]),
+        "max_abs_diff": float((logits - expected).abs().max()),
+        "top1_agreement": float((logits.argmax(1) == expected.argmax(1)).float().mean()),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    out = Path(args.out)
+    reporter = reporter_for(out, args.job_id or "", args.attempt)
+    model, state = load_trained(Path(args.source))
+    dataset = args.dataset or state["dataset"]
+    images, _ = test_batch(dataset, args.data_dir, args.parity_images)
+    start = time.perf_counter()
+    reporter.report(
+        "start",
+        {
+            "spec": {
+                "stage": "export", "model": state["model_name"], "dataset": dataset,
+                "source": str(args.source), "gpu_type": args.gpu_type,
+            },
+            "world_size": 1,
+            "resumed_from": [0, 0],
+        },
+    )  # fmt: skip
+    paths = export_all(model, images[:2], out / "artifacts", aoti=not args.no_aoti)
+    meta = {
+        "model_name": state["model_name"], "num_classes": state["num_classes"],
+        "stem": state.get("stem") or "", "dataset": dataset,
+    }  # fmt: skip
+    _atomic(out / "artifacts" / "model.json", lambda p: p.write_text(json.dumps(meta, indent=2)))
+    params = sum(p.numel() for p in model.parameters())
+    for kind, path in paths.items():
+        reporter.report(
+            "artifact",
+            {"artifact": kind, "path": str(path.resolve()), "bytes": path.stat().st_size,
+             "sha256": _digest(path)},
+        )  # fmt: skip
+    check = parity(model, paths["onnx"], images)
+    summary = {
+        "params": params,
+        "fp32_bytes": params * 4,
+        "artifacts": {k: p.stat().st_size for k, p in paths.items()},
+        "parity": check,
+        "tolerance": args.tolerance,
+        "export_time": time.perf_counter() - start,
+    }
+    print(
+        f"exported {state['model_name']} ({params:,} parameters): "
+        + ", ".join(f"{k} {p.stat().st_size / 1e6:.2f} MB" for k, p in paths.items())
+        + f"; ONNX Runtime vs eager on {check['images']} test images: max |diff| "
+        f"{check['max_abs_diff']:.2e}, top-1 agreement {100 * check['top1_agreement']:.2f}%",
+        flush=True,
+    )
+    if check["max_abs_diff"] > args.tolerance:
+        reporter.report("final", {"status": "failed", "reason": "parity", "detail": summary})
+        raise ParityError(
+            f"ONNX Runtime and PyTorch differ by {check['max_abs_diff']:.3g} > "
+            f"{args.tolerance:g} on the logits"
+        )
+    reporter.report("final", {"status": "succeeded", **summary})
+    return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--from", dest="source", required=True,
+        help="a training or transfer job folder (its latest valid checkpoint) or a checkpoint",
+    )  # fmt: skip
+    parser.add_argument("--out", required=True, help="job folder: artifacts/, outbox.jsonl")
+    parser.add_argument("--dataset", help="test images for the parity check (default: the "
+                        "checkpoint's dataset)")  # fmt: skip
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--parity-images", type=int, default=256)
+    parser.add_argument("--tolerance", type=float, default=1e-4, help="max |logit diff|")
+    parser.add_argument("--no-aoti", action="store_true", help="skip the AOTInductor package")
+    parser.add_argument("--job-id", default="")
+    parser.add_argument("--attempt", type=int, default=0)
+    parser.add_argument("--gpu-type")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.export", description=__doc__.splitlines()[0]
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except ParityError as exc:
+        print(f"resnest-bench: parity check failed: {exc}", file=sys.stderr)
+        return EXIT_PARITY
+    except (CheckpointError, data.DataError) as exc:
+        print(f"resnest-bench: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

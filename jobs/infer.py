@@ -1,0 +1,277 @@
+"""The inference job: the exported network in each runtime, side by side.
+
+Runtimes: PyTorch eager, ``torch.compile``, the AOTInductor package, ONNX Runtime (CPU
+execution provider; CUDA and TensorRT providers when present), ONNX Runtime with static INT8
+quantization (QDQ, per-channel weights, calibrated on training images), and Caffe2 through
+its ONNX backend, which current PyTorch no longer ships: where it cannot be imported it is
+reported as unavailable with the reason, as a row, never skipped in silence.
+
+For each runtime and batch size: warm-up iterations, then timed iterations with the device
+synchronised; latency p50, p95, p99 and throughput. For each runtime: accuracy over the whole
+test set and top-1 agreement with PyTorch eager on it; threads and execution provider.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import resnest
+from jobs import data
+from jobs.checkpoint import CheckpointError
+from jobs.export import normalise, onnx_session
+from jobs.reporter import reporter_for
+from jobs.spec import EXIT_OK, EXIT_USER_ERROR
+
+RUNTIMES = ("eager", "compile", "aoti", "onnxruntime", "onnxruntime-int8", "caffe2")
+DEFAULT_BATCHES = (1, 8, 64, 256)
+
+
+class Unavailable(Exception):
+    """A runtime that cannot run here; the message says why."""
+
+
+def load_artifacts(folder: Path) -> dict[str, Any]:
+    meta_path = folder / "artifacts" / "model.json"
+    if not meta_path.is_file():
+        raise CheckpointError(f"{folder}: no export here ({meta_path} is missing)")
+    meta = json.loads(meta_path.read_text())
+    meta["folder"] = folder / "artifacts"
+    return meta
+
+
+def eager_model(meta: dict[str, Any]) -> torch.nn.Module:
+    model = resnest.create(
+        meta["model_name"], num_classes=meta["num_classes"], stem=meta.get("stem") or None
+    )
+    state = torch.load(meta["folder"] / "model.state_dict.pt", weights_only=True)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+class CalibrationImages:
+    """ONNX Runtime's calibration reader over a few training images."""
+
+    def __init__(self, images: np.ndarray, batch: int = 32) -> None:
+        self.batches = iter([images[i : i + batch] for i in range(0, len(images), batch)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self.batches, None)
+        return None if batch is None else {"images": batch}
+
+
+def quantize_int8(onnx_path: Path, calibration: np.ndarray) -> Path:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = onnx_path.with_name("model.prep.onnx")
+    quant_pre_process(str(onnx_path), str(prepared))
+    out = onnx_path.with_name("model.int8.onnx")
+    quantize_static(
+        str(prepared),
+        str(out),
+        CalibrationImages(calibration),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
+    prepared.unlink(missing_ok=True)
+    return out
+
+
+def build_runtime(
+    name: str, meta: dict[str, Any], device: torch.device, threads: int, calibration: np.ndarray
+) -> tuple[Callable[[np.ndarray], np.ndarray], dict[str, Any]]:
+    """A function from an fp32 NCHW batch to logits, and what to record about the runtime."""
+    folder = meta["folder"]
+    if name in ("eager", "compile", "aoti"):
+        if name == "aoti":
+            from torch._inductor import aoti_load_package
+
+            path = folder / "model.aoti.pt2"
+            if not path.is_file():
+                raise Unavailable(f"no AOTInductor package in {folder} (exported with --no-aoti)")
+            model = aoti_load_package(str(path))
+            size = path.stat().st_size
+        else:
+            model = eager_model(meta).to(device)
+            size = (folder / "model.state_dict.pt").stat().st_size
+            if name == "compile":
+                model = torch.compile(model)
+
+        def run(x: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                out = model(torch.from_numpy(x).to(device))
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            return out.cpu().numpy()
+
+        return run, {"provider": f"torch {device.type}", "threads": threads, "bytes": size}
+    if name in ("onnxruntime", "onnxruntime-int8"):
+        import onnxruntime as ort
+
+        path = folder / "model.onnx"
+        if name == "onnxruntime-int8":
+            path = quantize_int8(path, calibration)
+        available = ort.get_available_providers()
+        providers = [
+            p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available
+        ]
+        providers = (providers if device.type == "cuda" else []) + ["CPUExecutionProvider"]
+        session = onnx_session(path, providers, threads)
+        used = session.get_providers()[0]
+
+        def run(x: np.ndarray) -> np.ndarray:
+            return session.run(None, {"images": x})[0]
+
+        return run, {"provider": used, "threads": threads, "bytes": path.stat().st_size}
+    if name == "caffe2":
+        try:
+            import caffe2.python.onnx.backend as backend  # type: ignore[import-not-found]
+        except ImportError as exc:
+            raise Unavailable(
+                f"Caffe2 cannot be imported ({exc}): it is no longer shipped with PyTorch "
+                f"(torch {torch.__version__}) and has no build for Python "
+                f"{sys.version_info.major}.{sys.version_info.minor}"
+            ) from None
+        import onnx
+
+        rep = backend.prepare(onnx.load(str(folder / "model.onnx")), device="CPU")
+
+        def run(x: np.ndarray) -> np.ndarray:
+            return np.asarray(rep.run(x)[0])
+
+        return run, {"provider": "caffe2 CPU", "threads": threads,
+                     "bytes": (folder / "model.onnx").stat().st_size}  # fmt: skip
+    raise ValueError(f"unknown runtime {name!r}")
+
+
+def time_batches(run, x: np.ndarray, warmup: int, iters: int) -> dict[str, float]:
+    for _ in range(warmup):
+        run(x)
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        run(x)
+        times.append(time.perf_counter() - start)
+    times.sort()
+
+    def pct(q: float) -> float:
+        return times[min(len(times) - 1, round(q * (len(times) - 1)))]
+
+    mean = statistics.fmean(times)
+    return {
+        "latency_p50_ms": 1e3 * pct(0.50),
+        "latency_p95_ms": 1e3 * pct(0.95),
+        "latency_p99_ms": 1e3 * pct(0.99),
+        "latency_mean_ms": 1e3 * mean,
+        "images_per_sec": x.shape[0] / mean,
+        "iterations": iters,
+    }
+
+
+def predictions(run, images: np.ndarray, batch: int) -> np.ndarray:
+    return np.concatenate(
+        [run(images[i : i + batch]).argmax(1) for i in range(0, len(images), batch)]
+    )
+
+
+def run_job(args: argparse.Namespace) -> list[dict[str, Any]]:
+    out = Path(args.out)
+    meta = load_artifacts(Path(args.source))
+    dataset = args.dataset or meta["dataset"]
+    test = data.load(dataset, args.data_dir, train=False)
+    train = data.load(dataset, args.data_dir, train=True)
+    images = normalise(test.images[: args.test_images or None], test).numpy()
+    labels = test.labels[: args.test_images or None].numpy()
+    calibration = normalise(train.images[: args.calibration_images], train).numpy()
+    device = torch.device(args.device if args.device != "auto" else
+                          ("cuda" if torch.cuda.is_available() else "cpu"))  # fmt: skip
+    torch.set_num_threads(args.threads)
+    reporter = reporter_for(out, args.job_id or "", args.attempt)
+    reporter.report(
+        "start",
+        {"spec": {"stage": "infer", "model": meta["model_name"], "dataset": dataset,
+                  "gpu_type": args.gpu_type}, "world_size": 1, "resumed_from": [0, 0]},
+    )  # fmt: skip
+    rows: list[dict[str, Any]] = []
+    reference: np.ndarray | None = None
+    eval_batch = max(b for b in args.batches)
+    for name in args.runtimes:
+        try:
+            run, info = build_runtime(name, meta, device, args.threads, calibration)
+        except Unavailable as exc:
+            row = {"runtime": name, "batch_size": 0, "available": False, "reason": str(exc)}
+            reporter.report("inference", row)
+            rows.append(row)
+            print(f"{name:<18} unavailable: {exc}", flush=True)
+            continue
+        predicted = predictions(run, images, eval_batch)
+        if name == "eager":
+            reference = predicted
+        accuracy = float((predicted == labels).mean())
+        agreement = None if reference is None else float((predicted == reference).mean())
+        for batch in args.batches:
+            x = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])))
+            timing = time_batches(run, x, args.warmup, args.iters)
+            row = {
+                "runtime": name, "batch_size": batch, "available": True, **info, **timing,
+                "test_accuracy": accuracy, "test_images": len(labels),
+                "top1_agreement_with_eager": agreement, "device": str(device),
+            }  # fmt: skip
+            reporter.report("inference", row)
+            rows.append(row)
+            print(
+                f"{name:<18} batch {batch:>4}: p50 {timing['latency_p50_ms']:8.2f} ms  "
+                f"{timing['images_per_sec']:10,.0f} img/s  acc {100 * accuracy:6.2f}%"
+                + ("" if agreement is None else f"  agreement {100 * agreement:6.2f}%"),
+                flush=True,
+            )
+    reporter.report("final", {"status": "succeeded"})
+    return rows
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from", dest="source", required=True, help="an export job's folder")
+    parser.add_argument("--out", required=True, help="job folder (outbox.jsonl)")
+    parser.add_argument("--dataset", help="default: the exported network's dataset")
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES)
+    parser.add_argument("--batches", nargs="+", type=int, default=list(DEFAULT_BATCHES))
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--test-images", type=int, default=0, help="0: the whole test set")
+    parser.add_argument("--calibration-images", type=int, default=256)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--job-id", default="")
+    parser.add_argument("--attempt", type=int, default=0)
+    parser.add_argument("--gpu-type")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.infer", description=__doc__.splitlines()[0]
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        run_job(args)
+    except (CheckpointError, data.DataError) as exc:
+        print(f"resnest-bench: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""Export and inference jobs: both block variants exported (ONNX, torch.export, AOTInductor)
+with parity, every runtime available here over a real test set, Caffe2's absence as a row, a
+corrupt ONNX file refused, and the train -> export -> infer chain on the local launcher."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+from .jobtools import records, run_job, store_of, tiny_sweep, write_cluster
+from .test_sweep import EXE
+
+VARIANTS = ["resnest_tiny_bottleneck", "resnest_tiny_basic"]
+
+
+def job(module: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """Each variant trained briefly, then exported: variant -> its folder."""
+    folders = {}
+    for variant in VARIANTS:
+        tmp_path = tmp_path_factory.mktemp(variant)
+        args = ["--model", variant, "--dataset", "synthetic", "--batch-size", "32"]
+        trained = run_job(tmp_path / "train", *args, "--epochs", "1", "--max-steps", "4")
+        assert trained.returncode == 0, trained.stderr
+        result = job(
+            "jobs.export", "--from", str(tmp_path / "train"), "--out", str(tmp_path / "export")
+        )
+        assert result.returncode == 0, result.stderr
+        folders[variant] = tmp_path
+    return folders
+
+
+@pytest.fixture(params=VARIANTS)
+def exported(request, exports):
+    return exports[request.param]
+
+
+def test_export_writes_every_artifact_with_parity(exported):
+    tmp_path = exported
+    folder = tmp_path / "export" / "artifacts"
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == [
+        "model.aoti.pt2",
+        "model.json",
+        "model.onnx",
+        "model.pt2",
+        "model.state_dict.pt",
+    ]
+    model = onnx.load(str(folder / "model.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    assert model.opset_import[0].version >= 17
+    assert [i.name for i in model.graph.input] == ["images"]
+    assert [o.name for o in model.graph.output] == ["logits"]
+    batch = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch.dim_param and not batch.dim_value  # a dynamic batch axis
+    artifacts = records(tmp_path / "export", "artifact")
+    assert {a["artifact"] for a in artifacts} == {"state_dict", "torch_export", "onnx", "aoti"}
+    for a in artifacts:
+        assert Path(a["path"]).stat().st_size == a["bytes"] and len(a["sha256"]) == 64
+    (final,) = records(tmp_path / "export", "final")
+    assert final["status"] == "succeeded"
+    assert final["parity"]["images"] == 256
+    assert final["parity"]["max_abs_diff"] <= 1e-4
+    assert final["parity"]["top1_agreement"] == 1.0
+    assert final["fp32_bytes"] == 4 * final["params"]
+
+
+def test_inference_in_every_runtime_available_here(exports):
+    tmp_path = exports["resnest_tiny_basic"]
+    out = tmp_path / "infer"
+    result = job(
+        "jobs.infer", "--from", str(tmp_path / "export"), "--out", str(out),
+        "--batches", "1", "8", "--iters", "5", "--threads", "2", "--calibration-images", "64",
+        "--test-images", "400",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = records(out, "inference")
+    runtimes = {r["runtime"] for r in rows if r["available"]}
+    assert runtimes == {"eager", "compile", "aoti", "onnxruntime", "onnxruntime-int8"}
+    (caffe2,) = [r for r in rows if r["runtime"] == "caffe2"]
+    assert caffe2["available"] is False and caffe2["batch_size"] == 0
+    assert "Caffe2 cannot be imported" in caffe2["reason"]
+    by = {(r["runtime"], r["batch_size"]): r for r in rows if r["available"]}
+    assert set(by) == {(name, b) for name in runtimes for b in (1, 8)}
+    for (name, _), row in by.items():
+        assert row["test_images"] == 400 and 0 <= row["test_accuracy"] <= 1
+        assert row["latency_p50_ms"] <= row["latency_p95_ms"] <= row["latency_p99_ms"]
+        assert row["images_per_sec"] > 0 and row["threads"] == 2
+        assert row["provider"] == ("CPUExecutionProvider" if "onnx" in name else "torch cpu")
+    for name in ("eager", "compile", "aoti", "onnxruntime"):  # the same fp32 network
+        assert by[(name, 1)]["top1_agreement_with_eager"] == 1.0
+        assert by[(name, 1)]["test_accuracy"] == by[("eager", 1)]["test_accuracy"]
+    int8 = by[("onnxruntime-int8", 1)]
+    assert int8["top1_agreement_with_eager"] >= 0.9
+    assert int8["bytes"] < by[("onnxruntime", 1)]["bytes"]
+
+
+def test_a_corrupt_onnx_file_is_refused(exports, tmp_path):
+    source = exports["resnest_tiny_basic"]
+    broken = tmp_path / "export"
+    (broken / "artifacts").mkdir(parents=True)
+    for name in ("model.json", "model.state_dict.pt"):
+        (broken / "artifacts" / name).write_bytes(
+            (source / "export" / "artifacts" / name).read_bytes()
+        )
+    data = (source / "export" / "artifacts" / "model.onnx").read_bytes()
+    (broken / "artifacts" / "model.onnx").write_bytes(data[: len(data) // 2])  # cut short
+    result = job("jobs.infer", "--from", str(broken), "--out", str(tmp_path / "infer"),
+                 "--runtimes", "onnxruntime")  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(
+        f"resnest-bench: error: {broken / 'artifacts' / 'model.onnx'}: not a valid ONNX model"
+    )
+    assert result.stderr.count("\n") == 1
+
+
+def test_export_of_a_folder_without_checkpoints_is_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = job("jobs.export", "--from", str(tmp_path / "empty"), "--out", str(tmp_path / "x"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "no valid checkpoint" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_train_export_infer_chain_on_the_local_launcher_and_the_deployment_table(tmp_path):
+    path = write_cluster(
+        tmp_path,
+        "deploy",
+        {"kind": "local", "local": {"max_parallel": 1}},
+        {"cpu": {"local": "cpu"}},
+        tiny_sweep(
+            models=["resnest_tiny_basic"],
+            gpu_types=["cpu"],
+            stages=["train", "export", "infer"],
+            epochs=1,
+            export_options={"no_aoti": True},
+            infer_options={
+                "runtimes": ["eager", "onnxruntime", "caffe2"],
+                "batches": [1, 8],
+                "iters": 5,
+                "threads": 2,
+            },
+        ),
+    )
+    result = subprocess.run(
+        [str(EXE), "submit", str(path), "-q"], capture_output=True, text=True, cwd=tmp_path,
+        timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "3 succeeded, 0 failed, 0 not run" in result.stderr
+    store = store_of(tmp_path)
+    stages = {r["stage"]: r for r in store.jobs("deploy")}
+    assert set(stages) == {"train", "export", "infer"}
+    assert stages["infer"]["depends_on"] == [stages["export"]["id"]]
+    table = subprocess.run(
+        [str(EXE), "table", "--deploy", "-c", str(path), "--format", "json"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    rows = json.loads(table.stdout)
+    assert [r["runtime"] for r in rows] == ["eager", "onnxruntime", "caffe2"]
+    eager, ort, caffe2 = rows
+    assert eager["agreement %"] == ort["agreement %"] == 100.0 and ort["flag"] == ""
+    assert ort["test acc %"] == eager["test acc %"]
+    assert ort["ms/image @1"] > 0 and ort["@batch"] in (1, 8)
+    assert ort["size MB"] > 0 and eager["size MB"] > 0
+    assert caffe2["available"].startswith("no: Caffe2 cannot be imported")
