@@ -126,6 +126,42 @@ def _plot_utilisation(plt, path: Path, store: Store, sweep: str) -> str | None:
     return what
 
 
+def _plot_latency(plt, path: Path, store: Store, sweep: str) -> bool:
+    """Median latency against batch size, a line per network and runtime (log-log)."""
+    from harness.store import inference
+
+    with store.begin() as conn:
+        rows = conn.execute(
+            select(jobs.c.model, inference.c.runtime, inference.c.batch_size,
+                   inference.c.measurement)
+            .join(inference, inference.c.job_id == jobs.c.id)
+            .where(jobs.c.sweep == sweep, inference.c.batch_size > 0)
+            .order_by(inference.c.attempt)
+        ).all()  # fmt: skip
+    series: dict[str, dict[int, float]] = defaultdict(dict)
+    for r in rows:
+        series[f"{r.model}, {r.runtime}"][r.batch_size] = r.measurement["latency_p50_ms"]
+    if not series:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for i, (label, points) in enumerate(sorted(series.items())):
+        xs = sorted(points)
+        style = "-" if i < len(COLORS) else "--"
+        ax.plot(xs, [points[x] for x in xs], style, marker="o", label=label,
+                color=COLORS[i % len(COLORS)])  # fmt: skip
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size (images)")
+    ax.set_ylabel("median latency per batch (ms)")
+    ax.set_title("Inference latency against batch size, per runtime")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
 def _table_html(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "<p>(none)</p>"
@@ -192,6 +228,8 @@ def build(store: Store, sweep: str, out: Path) -> Path:
     what = _plot_utilisation(plt, out / "utilisation.png", store, sweep)
     if what:
         figures.append(("utilisation.png", f"{what} utilisation sampled during training."))
+    if _plot_latency(plt, out / "latency.png", store, sweep):
+        figures.append(("latency.png", "Median inference latency per batch, per runtime."))
 
     with store.begin() as conn:
         prov = conn.execute(

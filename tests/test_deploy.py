@@ -172,3 +172,10 @@ def test_train_export_infer_chain_on_the_local_launcher_and_the_deployment_table
     assert ort["ms/image @1"] > 0 and ort["@batch"] in (1, 8)
     assert ort["size MB"] > 0 and eager["size MB"] > 0
     assert caffe2["available"].startswith("no: Caffe2 cannot be imported")
+    report = subprocess.run(
+        [str(EXE), "report", "-c", str(path), "--out", str(tmp_path / "report")],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert report.returncode == 0, report.stderr
+    assert (tmp_path / "report" / "latency.png").stat().st_size > 10_000
+    assert 'src="latency.png"' in (tmp_path / "report" / "index.html").read_text()
