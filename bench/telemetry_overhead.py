@@ -95,8 +95,7 @@ def main() -> None:
         without.append(block())
         sampler = Sampler(source, args.interval).start()
         with_sampler.append(block())
-        sampler._stop.set()
-        sampler._thread.join()
+        sampler.halt()
     # The sampler's own cost: time per sample, taken back to back.
     probe = Sampler(source, args.interval)
     start = time.perf_counter()

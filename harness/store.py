@@ -299,8 +299,10 @@ class Store:
         if state not in STATES:
             raise ValueError(f"unknown state {state!r}")
         now = time.time()
-        stamp = {"submitted": "submitted_at", "running": "started_at"}.get(state, "ended_at")
-        values = {"state": state, stamp: now, **fields}
+        values: dict[str, Any] = {"state": state, **fields}
+        if state != "pending":
+            stamp = {"submitted": "submitted_at", "running": "started_at"}.get(state, "ended_at")
+            values[stamp] = now
         with self.begin() as conn:
             conn.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
 

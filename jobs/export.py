@@ -16,7 +16,6 @@ is reported with its bytes and sha256; the sizes (parameters, fp32 weight bytes)
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -29,9 +28,9 @@ import torch
 
 import resnest
 from jobs import data
-from jobs.checkpoint import CheckpointError
+from jobs.checkpoint import CheckpointError, sha256_file
 from jobs.reporter import reporter_for
-from jobs.spec import EXIT_OK, EXIT_USER_ERROR
+from jobs.spec import EXIT_OK, EXIT_USER_ERROR, add_identity_arguments
 from jobs.train import load_source
 
 EXIT_PARITY = 4
@@ -63,14 +62,6 @@ def normalise(images: torch.Tensor, image_set: data.ImageSet) -> torch.Tensor:
     mean = torch.tensor(image_set.mean).view(1, 3, 1, 1)
     std = torch.tensor(image_set.std).view(1, 3, 1, 1)
     return (images.float() / 255 - mean) / std
-
-
-def _digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _atomic(path: Path, write) -> Path:
@@ -174,7 +165,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         reporter.report(
             "artifact",
             {"artifact": kind, "path": str(path.resolve()), "bytes": path.stat().st_size,
-             "sha256": _digest(path)},
+             "sha256": sha256_file(path)},
         )  # fmt: skip
     check = parity(model, paths["onnx"], images)
     summary = {
@@ -214,9 +205,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parity-images", type=int, default=256)
     parser.add_argument("--tolerance", type=float, default=1e-4, help="max |logit diff|")
     parser.add_argument("--no-aoti", action="store_true", help="skip the AOTInductor package")
-    parser.add_argument("--job-id", default="")
-    parser.add_argument("--attempt", type=int, default=0)
-    parser.add_argument("--gpu-type")
+    add_identity_arguments(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

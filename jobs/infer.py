@@ -30,7 +30,7 @@ from jobs import data
 from jobs.checkpoint import CheckpointError
 from jobs.export import normalise, onnx_session
 from jobs.reporter import reporter_for
-from jobs.spec import EXIT_OK, EXIT_USER_ERROR
+from jobs.spec import EXIT_OK, EXIT_USER_ERROR, add_identity_arguments
 
 RUNTIMES = ("eager", "compile", "aoti", "onnxruntime", "onnxruntime-int8", "caffe2")
 DEFAULT_BATCHES = (1, 8, 64, 256)
@@ -254,9 +254,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-images", type=int, default=0, help="0: the whole test set")
     parser.add_argument("--calibration-images", type=int, default=256)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--job-id", default="")
-    parser.add_argument("--attempt", type=int, default=0)
-    parser.add_argument("--gpu-type")
+    add_identity_arguments(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -160,6 +160,13 @@ def add_job_arguments(parser: argparse.ArgumentParser, stage: str) -> None:
         )
 
 
+def add_identity_arguments(parser: argparse.ArgumentParser) -> None:
+    """Who a launched export or infer job is: the launcher passes these (jobs.run)."""
+    parser.add_argument("--job-id", default="", help="the sweep's id of this job")
+    parser.add_argument("--attempt", type=int, default=0, help="the attempt number")
+    parser.add_argument("--gpu-type", help="the sweep's name for the GPU type asked for")
+
+
 def spec_from_args(args: argparse.Namespace, stage: str) -> TrainSpec:
     from jobs.recipe import parse_assignment
 

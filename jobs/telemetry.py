@@ -170,7 +170,6 @@ class Sampler:
         self.interval = interval
         self.clock = clock
         self.samples: list[dict[str, Any]] = []
-        self._latest = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -184,7 +183,6 @@ class Sampler:
             self.errors += 1
             return
         with self._lock:
-            self._latest = len(self.samples)
             self.samples.extend({"time": now, **row} for row in rows)
 
     def _loop(self) -> None:
@@ -209,10 +207,14 @@ class Sampler:
             window, self.samples = self.samples, []
         return aggregate(window, self.source.kind), window
 
-    def stop(self) -> None:
+    def halt(self) -> None:
+        """Stop the thread; the source stays open (another sampler may use it)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5 * self.interval + 1)
+
+    def stop(self) -> None:
+        self.halt()
         self.source.close()
 
 

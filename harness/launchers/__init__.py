@@ -33,15 +33,16 @@ def exit_reason(code: int, last_line: str) -> str:
     return f"exit code {code}" + (f": {last_line}" if last_line else "")
 
 
-def last_line(path: Any) -> str:
-    """The last non-empty line of a log file ("" if there is none)."""
+def last_line(path: Any, prefer: str | None = None) -> str:
+    """The last non-empty line of a log file ("" if there is none); with ``prefer``, the
+    last line starting with it if there is one (the job's own error among a runner's)."""
     from pathlib import Path
 
-    path = Path(path)
-    if not path.is_file():
+    if path is None or not Path(path).is_file():
         return ""
-    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    return lines[-1].strip() if lines else ""
+    lines = [line for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
+    preferred = [line for line in lines if prefer and line.startswith(prefer)]
+    return (preferred or lines or [""])[-1].strip()
 
 
 def mark_interrupted(store: Any, job_ids: Any) -> None:

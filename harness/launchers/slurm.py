@@ -26,7 +26,7 @@ from typing import Any
 
 from harness.config import ClusterConfig, GpuType
 from harness.errors import UserError
-from harness.launchers import progress_bar
+from harness.launchers import last_line, progress_bar
 from harness.store import Store
 from jobs.spec import EXIT_DIVERGED, EXIT_REQUEUE, EXIT_USER_ERROR
 
@@ -284,7 +284,7 @@ def map_state(record: dict[str, str], log_err: Path | None = None) -> tuple[str,
     if state in FAILED_REASONS:
         return "failed", FAILED_REASONS[state]
     code, _, sig = record.get("ExitCode", "0:0").partition(":")
-    last = _last_line(log_err)
+    last = last_line(log_err, prefer="resnest-bench:")
     if code == str(EXIT_DIVERGED):
         return "failed", "diverged"
     if code == str(EXIT_USER_ERROR):
@@ -293,14 +293,6 @@ def map_state(record: dict[str, str], log_err: Path | None = None) -> tuple[str,
         return "failed", "stopped for requeue, but SLURM did not requeue it"
     detail = f"FAILED exit code {code}" + (f" (signal {sig})" if sig not in ("", "0") else "")
     return "failed", detail + (f": {last}" if last else "")
-
-
-def _last_line(path: Path | None) -> str:
-    if path is None or not path.is_file():
-        return ""
-    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    ours = [line for line in lines if line.startswith("resnest-bench:")]
-    return (ours or lines or [""])[-1].strip()
 
 
 def log_paths(job: dict[str, Any]) -> list[Path]:
