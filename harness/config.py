@@ -98,6 +98,11 @@ class Sweep(_Strict):
     # batches: [1, 64], threads: 4}
     export_options: dict[str, Any] = {}
     infer_options: dict[str, Any] = {}
+    # Which trained networks the export and infer stages deploy: "all" of them, or, as the
+    # study did, only the "winner": per dataset (and stage, train or transfer) the run with
+    # the best final test accuracy, chosen from the store when those runs have ended. The
+    # winner is exported and run once per GPU type of the sweep.
+    deploy: Literal["all", "winner"] = "all"
 
     @field_validator("export_options", "infer_options")
     @classmethod

@@ -10,13 +10,15 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.config import ClusterConfig
+from harness.config import ClusterConfig, Sweep
 from harness.errors import UserError
 
 ID_LENGTH = 12
+WINNER = "winner"  # the model of deployment jobs until the winner is known
 FILTER_KEYS = ("id", "stage", "model", "dataset", "gpu_type", "seed", "repeat")
 
 
@@ -83,6 +85,29 @@ def _make(
     )
 
 
+def _deploy(
+    jobs: list[JobPlan],
+    common: dict[str, Any],
+    dataset: str,
+    sources: tuple[str, ...],
+    sweep: Sweep,
+    identity: dict[str, Any],
+) -> None:
+    """An export job from ``sources`` (one trained network, or the winner's candidates) and,
+    if the sweep infers, an inference job after it."""
+    export = _make(
+        "export", common, dataset, sweep.recipe, dict(sweep.export_options), sources,
+        identity=identity,
+    )  # fmt: skip
+    jobs.append(export)
+    if "infer" in sweep.stages:
+        infer = _make(
+            "infer", common, dataset, sweep.recipe, dict(sweep.infer_options), (export.id,),
+            identity=identity,
+        )  # fmt: skip
+        jobs.append(infer)
+
+
 def plan(config: ClusterConfig) -> list[JobPlan]:
     """All jobs of the sweep, each after the jobs it depends on."""
     sweep = config.sweep
@@ -98,6 +123,7 @@ def plan(config: ClusterConfig) -> list[JobPlan]:
     if sweep.max_steps is not None:
         identity["max_steps"] = sweep.max_steps
     jobs: list[JobPlan] = []
+    candidates: dict[tuple[str, str], list[str]] = defaultdict(list)
     axes = itertools.product(
         sweep.models, sweep.datasets, sweep.gpu_types, sweep.seeds, range(sweep.repeats)
     )
@@ -128,26 +154,23 @@ def plan(config: ClusterConfig) -> list[JobPlan]:
                 )
                 jobs.append(transfer)
                 trained.append(transfer)
-        for source in trained:
-            if "export" not in stages:
-                break
-            export = _make(
-                "export", common, source.dataset, sweep.recipe, dict(sweep.export_options),
-                (source.id,), identity=identity,
-            )  # fmt: skip
-            jobs.append(export)
-            if "infer" in stages:
-                jobs.append(
-                    _make(
-                        "infer",
-                        common,
-                        source.dataset,
-                        sweep.recipe,
-                        dict(sweep.infer_options),
-                        (export.id,),
-                        identity=identity,
-                    )
-                )
+        if "export" not in stages:
+            continue
+        if sweep.deploy == "all":
+            for source in trained:
+                _deploy(jobs, common, source.dataset, (source.id,), sweep, identity)
+        else:
+            for source in trained:
+                candidates[(source.stage, source.dataset)].append(source.id)
+    # The winner of each (stage, dataset): the export job waits for every candidate, picks
+    # the best of them from the store, and names its network when it starts.
+    for (_, dataset), ids in candidates.items():
+        for gpu_type in sweep.gpu_types:
+            common = {
+                "model": WINNER, "gpu_type": gpu_type, "gpus_per_node": sweep.gpus_per_job,
+                "nodes": sweep.nodes, "seed": sweep.seeds[0], "repeat": 0,
+            }  # fmt: skip
+            _deploy(jobs, common, dataset, tuple(ids), sweep, identity)
     return jobs
 
 

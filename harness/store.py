@@ -295,6 +295,20 @@ class Store:
             )
             return {job_id: attempt for job_id, attempt in conn.execute(query)}
 
+    def final_accuracies(self, job_ids: list[str]) -> dict[str, float]:
+        """Final test accuracy of each job's newest succeeded attempt (jobs without one are
+        left out)."""
+        if not job_ids:
+            return {}
+        with self.begin() as conn:
+            query = (
+                select(results.c.job_id, results.c.final_test_acc)
+                .where(results.c.job_id.in_(job_ids), results.c.status == "succeeded")
+                .order_by(results.c.attempt)
+            )
+            found = {job_id: acc for job_id, acc in conn.execute(query) if acc is not None}
+        return found
+
     def set_state(self, job_id: str, state: str, **fields: Any) -> None:
         if state not in STATES:
             raise ValueError(f"unknown state {state!r}")
@@ -359,6 +373,16 @@ def _write_record(conn: Any, record: dict[str, Any]) -> None:
                 "sample": sample,
             }
             _upsert(conn, telemetry, row, ("job_id", "attempt", "time", "gpu_index"))
+    elif kind == "start":
+        spec = record.get("spec") or {}
+        if spec.get("stage") in ("export", "infer") and spec.get("model"):
+            # A sweep that deploys only the winner plans these jobs before it is known; the
+            # job names the network it exported (or runs) when it starts.
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.model != spec["model"])
+                .values(model=spec["model"])
+            )
     elif kind in _ONE_PER_ATTEMPT:
         table = _ONE_PER_ATTEMPT[kind]
         row = {"job_id": job_id, "attempt": attempt}

@@ -59,8 +59,11 @@ def spec_writer(store: Store):
     def write(job: dict[str, Any]) -> Path:
         spec = {**job["spec"], "out_dir": job["job_dir"], "attempt": job["attempt"]}
         if job["stage"] != "train":  # from its parent's folder: weights or artifacts
-            parent = store.job(job["depends_on"][0])
-            spec["init_from"] = parent["job_dir"]
+            parents = store.jobs_by_ids(job["depends_on"])
+            folders = {row["id"]: row["job_dir"] for row in parents}
+            spec["init_from"] = folders[job["depends_on"][0]]
+            if len(job["depends_on"]) > 1:  # a winner's export: the candidates, in order
+                spec["init_from"] = [folders[parent] for parent in job["depends_on"]]
         path = Path(job["job_dir"]) / "spec.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(spec, indent=2, sort_keys=True))

@@ -1,6 +1,9 @@
 """The export job: a trained network as deployable artifacts, checked for parity.
 
-From a training or transfer job's folder (its latest valid checkpoint) or a checkpoint file:
+From a training or transfer job's folder (its latest valid checkpoint) or a checkpoint file;
+or, given several job folders, from the winner among them: the run with the best final test
+accuracy, read from the results store (``RESNEST_BENCH_STORE``) where the job has one, else
+from the folders' outboxes. The artifacts:
 
 - ``model.state_dict.pt``: the plain state dict;
 - ``model.onnx``: ONNX (opset 18, dynamic batch, input ``images``, output ``logits``),
@@ -16,6 +19,7 @@ is reported with its bytes and sha256; the sizes (parameters, fp32 weight bytes)
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -29,7 +33,7 @@ import torch
 import resnest
 from jobs import data
 from jobs.checkpoint import CheckpointError, sha256_file
-from jobs.reporter import reporter_for
+from jobs.reporter import read_outbox, reporter_for
 from jobs.spec import EXIT_OK, EXIT_USER_ERROR, add_identity_arguments
 from jobs.train import load_source
 
@@ -52,6 +56,42 @@ def load_trained(source: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     return model.eval(), state
 
 
+def choose_winner(folders: list[Path]) -> tuple[Path, list[dict[str, Any]]]:
+    """The finished run with the best final test accuracy (the first of equals), and the
+    ranking it was chosen from: each candidate's job id, model, accuracy and its source."""
+    ranking = []
+    for folder in folders:
+        outbox = folder / "outbox.jsonl"
+        records = read_outbox(outbox) if outbox.is_file() else []
+        finals = [r for r in records if r["kind"] == "final" and r.get("status") == "succeeded"]
+        starts = [r for r in records if r["kind"] == "start"]
+        if not finals or not starts:
+            raise CheckpointError(f"{folder}: no finished training run here (see {outbox})")
+        ranking.append({
+            "folder": str(folder), "job_id": finals[-1]["job_id"],
+            "model": starts[-1]["spec"]["model"], "test_acc": finals[-1].get("final_test_acc"),
+            "from": "outbox",
+        })  # fmt: skip
+    url = os.environ.get("RESNEST_BENCH_STORE")
+    if url:
+        from harness.store import Store
+
+        try:
+            stored = Store(url, timeout=5).final_accuracies([c["job_id"] for c in ranking])
+        except Exception as exc:  # the outboxes hold the same records
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            print(f"results store unreachable ({first}); ranking from the outboxes", flush=True)
+        else:
+            for candidate in ranking:
+                if candidate["job_id"] in stored:
+                    candidate.update(test_acc=stored[candidate["job_id"]], **{"from": "store"})
+    scored = [c for c in ranking if c["test_acc"] is not None]
+    if not scored:
+        raise CheckpointError(f"no candidate has a test accuracy: {', '.join(map(str, folders))}")
+    best = max(scored, key=lambda c: c["test_acc"])  # max keeps the first of equals
+    return Path(best["folder"]), ranking
+
+
 def test_batch(dataset: str, root: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Real test images, normalised as in training (fp32, NCHW)."""
     images = data.load(dataset, root, train=False)
@@ -71,8 +111,12 @@ def _atomic(path: Path, write) -> Path:
     return path
 
 
-def export_all(model: torch.nn.Module, example: torch.Tensor, out: Path, aoti: bool) -> dict:
-    """Write the artifacts; return name -> path."""
+def export_all(
+    model: torch.nn.Module, example: torch.Tensor, out: Path, aoti: str | None
+) -> dict[str, Path]:
+    """Write the artifacts; return name -> path. ``aoti``: the device the AOTInductor
+    package is compiled for (``cpu``, ``cuda``), or None for none. The rest is traced on the
+    CPU."""
     import onnx
     from torch.export import Dim
 
@@ -98,6 +142,11 @@ def export_all(model: torch.nn.Module, example: torch.Tensor, out: Path, aoti: b
     if aoti:
         from torch._inductor import aoti_compile_and_package
 
+        if aoti != "cpu":  # compiled code is for one device: trace it there
+            program = torch.export.export(
+                copy.deepcopy(model).to(aoti), (example.to(aoti),),
+                dynamic_shapes={"x": {0: Dim("batch", min=1, max=MAX_BATCH)}},
+            )  # fmt: skip
         paths["aoti"] = _atomic(
             out / "model.aoti.pt2",
             lambda p: aoti_compile_and_package(program, package_path=str(p)),
@@ -139,7 +188,14 @@ def parity(model: torch.nn.Module, onnx_path: Path, images: torch.Tensor) -> dic
 def run(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     reporter = reporter_for(out, args.job_id or "", args.attempt)
-    model, state = load_trained(Path(args.source))
+    source, ranking = Path(args.source[0]), None
+    if len(args.source) > 1:
+        source, ranking = choose_winner([Path(s) for s in args.source])
+        for c in ranking:
+            acc = "-" if c["test_acc"] is None else f"{100 * c['test_acc']:.2f}%"
+            mark = "  <- exported" if Path(c["folder"]) == source else ""
+            print(f"{c['model']:<24} {c['job_id']:<14} {acc:>8} ({c['from']}){mark}", flush=True)
+    model, state = load_trained(source)
     dataset = args.dataset or state["dataset"]
     images, _ = test_batch(dataset, args.data_dir, args.parity_images)
     start = time.perf_counter()
@@ -148,16 +204,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         {
             "spec": {
                 "stage": "export", "model": state["model_name"], "dataset": dataset,
-                "source": str(args.source), "gpu_type": args.gpu_type,
+                "source": str(source), "gpu_type": args.gpu_type,
             },
             "world_size": 1,
             "resumed_from": [0, 0],
+            **({"winner_of": ranking} if ranking else {}),
         },
     )  # fmt: skip
-    paths = export_all(model, images[:2], out / "artifacts", aoti=not args.no_aoti)
+    aoti = None if args.no_aoti else args.aoti_device
+    if aoti == "auto":
+        aoti = "cuda" if torch.cuda.is_available() else "cpu"
+    paths = export_all(model, images[:2], out / "artifacts", aoti=aoti)
     meta = {
         "model_name": state["model_name"], "num_classes": state["num_classes"],
-        "stem": state.get("stem") or "", "dataset": dataset,
+        "stem": state.get("stem") or "", "dataset": dataset, "aoti_device": aoti,
     }  # fmt: skip
     _atomic(out / "artifacts" / "model.json", lambda p: p.write_text(json.dumps(meta, indent=2)))
     params = sum(p.numel() for p in model.parameters())
@@ -195,8 +255,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--from", dest="source", required=True,
-        help="a training or transfer job folder (its latest valid checkpoint) or a checkpoint",
+        "--from", dest="source", required=True, nargs="+", metavar="SOURCE",
+        help="a training or transfer job folder (its latest valid checkpoint) or a checkpoint; "
+        "several job folders: export the one with the best final test accuracy",
     )  # fmt: skip
     parser.add_argument("--out", required=True, help="job folder: artifacts/, outbox.jsonl")
     parser.add_argument("--dataset", help="test images for the parity check (default: the "
@@ -205,6 +266,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parity-images", type=int, default=256)
     parser.add_argument("--tolerance", type=float, default=1e-4, help="max |logit diff|")
     parser.add_argument("--no-aoti", action="store_true", help="skip the AOTInductor package")
+    parser.add_argument(
+        "--aoti-device", default="auto",
+        help="device the AOTInductor package is compiled for: cpu, cuda (default: cuda if "
+        "there is one)",
+    )  # fmt: skip
     add_identity_arguments(parser)
 
 

@@ -101,6 +101,12 @@ def build_runtime(
             path = folder / "model.aoti.pt2"
             if not path.is_file():
                 raise Unavailable(f"no AOTInductor package in {folder} (exported with --no-aoti)")
+            compiled_for = meta.get("aoti_device") or "cpu"
+            if torch.device(compiled_for).type != device.type:
+                raise Unavailable(
+                    f"the AOTInductor package was compiled for {compiled_for}; this job runs "
+                    f"on {device.type} (export with --aoti-device {device.type})"
+                )
             model = aoti_load_package(str(path))
             size = path.stat().st_size
         else:

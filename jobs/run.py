@@ -19,7 +19,9 @@ from jobs.spec import EXIT_USER_ERROR
 
 def _options(spec: dict[str, Any]) -> list[str]:
     """Command-line options of an export or infer job from a sweep's spec."""
-    args = ["--from", spec["init_from"], "--out", spec["out_dir"]]
+    sources = spec["init_from"]  # a winner's export has several candidates
+    args = ["--from", *([sources] if isinstance(sources, str) else sources)]
+    args += ["--out", spec["out_dir"]]
     args += ["--dataset", spec["dataset"], "--data-dir", spec.get("data_dir", "data")]
     args += ["--job-id", spec.get("job_id", ""), "--attempt", str(spec.get("attempt", 0))]
     if spec.get("gpu_type"):

@@ -179,3 +179,110 @@ def test_train_export_infer_chain_on_the_local_launcher_and_the_deployment_table
     assert report.returncode == 0, report.stderr
     assert (tmp_path / "report" / "latency.png").stat().st_size > 10_000
     assert 'src="latency.png"' in (tmp_path / "report" / "index.html").read_text()
+
+
+def _finished_run(folder: Path, job_id: str, model: str, accuracy: float) -> Path:
+    """A training job's outbox as the trainer writes it (start and final records)."""
+    from jobs.reporter import OutboxReporter
+
+    reporter = OutboxReporter(folder, job_id)
+    reporter.report("start", {"spec": {"stage": "train", "model": model}})
+    reporter.report("final", {"status": "succeeded", "final_test_acc": accuracy})
+    return folder
+
+
+def test_the_winner_is_the_best_final_accuracy_in_the_store(tmp_path, monkeypatch):
+    from harness.store import Store
+    from jobs.checkpoint import CheckpointError
+    from jobs.export import choose_winner
+
+    folders = [
+        _finished_run(tmp_path / "a", "job-a", "resnest_tiny_basic", 0.50),
+        _finished_run(tmp_path / "b", "job-b", "resnest_tiny_bottleneck", 0.70),
+        _finished_run(tmp_path / "c", "job-c", "resnest_tiny_basic", 0.60),
+    ]
+    # Without a store: the outboxes decide.
+    monkeypatch.delenv("RESNEST_BENCH_STORE", raising=False)
+    chosen, ranking = choose_winner(folders)
+    assert chosen == folders[1] and {c["from"] for c in ranking} == {"outbox"}
+    # The store has the newest word: attempt 1 of job a did better than anything.
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    Store(url).write_records(
+        [
+            {"kind": "final", "job_id": "job-a", "attempt": 0, "status": "succeeded",
+             "final_test_acc": 0.50},
+            {"kind": "final", "job_id": "job-a", "attempt": 1, "status": "succeeded",
+             "final_test_acc": 0.90},
+            {"kind": "final", "job_id": "job-b", "attempt": 0, "status": "succeeded",
+             "final_test_acc": 0.70},
+            {"kind": "final", "job_id": "job-c", "attempt": 2, "status": "failed",
+             "final_test_acc": 0.99},
+        ]
+    )  # fmt: skip
+    monkeypatch.setenv("RESNEST_BENCH_STORE", url)
+    chosen, ranking = choose_winner(folders)
+    assert chosen == folders[0]
+    assert [(c["job_id"], c["test_acc"], c["from"]) for c in ranking] == [
+        ("job-a", 0.90, "store"), ("job-b", 0.70, "store"), ("job-c", 0.60, "outbox"),
+    ]  # fmt: skip
+    # Equals: the first candidate in the sweep's order.
+    monkeypatch.delenv("RESNEST_BENCH_STORE")
+    tie = [_finished_run(tmp_path / n, f"job-{n}", "resnest_tiny_basic", 0.8) for n in "xy"]
+    assert choose_winner(tie[::-1])[0] == tie[1]
+    # An unreachable store (nothing listens on this loopback port): the outboxes decide.
+    monkeypatch.setenv("RESNEST_BENCH_STORE", "postgresql+psycopg://rb@127.0.0.1:9/none")
+    assert choose_winner(folders)[0] == folders[1]
+    # A candidate that never finished is a clear error.
+    (tmp_path / "unfinished").mkdir()
+    with pytest.raises(CheckpointError, match="no finished training run here"):
+        choose_winner([folders[0], tmp_path / "unfinished"])
+
+
+def test_deploy_winner_exports_and_runs_only_the_best_run(tmp_path):
+    path = write_cluster(
+        tmp_path,
+        "winner",
+        {"kind": "local", "local": {"max_parallel": 2}},
+        {"cpu": {"local": "cpu"}},
+        tiny_sweep(
+            gpu_types=["cpu"],
+            seeds=[0, 1],
+            stages=["train", "export", "infer"],
+            deploy="winner",
+            epochs=1,
+            export_options={"no_aoti": True, "parity_images": 16},
+            infer_options={"runtimes": ["eager"], "batches": [1], "iters": 2, "test_images": 64},
+        ),
+    )
+    result = subprocess.run(
+        [str(EXE), "submit", str(path), "-q"], capture_output=True, text=True, cwd=tmp_path,
+        timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "6 succeeded, 0 failed, 0 not run" in result.stderr
+    store = store_of(tmp_path)
+    rows = store.jobs("winner")
+    trains = [r for r in rows if r["stage"] == "train"]
+    (export,) = [r for r in rows if r["stage"] == "export"]
+    (infer,) = [r for r in rows if r["stage"] == "infer"]
+    assert len(trains) == 4 and set(export["depends_on"]) == {r["id"] for r in trains}
+    # The winner, worked out here from the store's results: best final accuracy, first of
+    # equals in the sweep's order.
+    accuracies = store.final_accuracies([r["id"] for r in trains])
+    order = export["depends_on"]
+    best = max(order, key=lambda job_id: accuracies[job_id])
+    winner = next(r for r in trains if r["id"] == best)
+    (start,) = [r for r in records(Path(export["job_dir"])) if r["kind"] == "start"]
+    assert start["spec"]["source"] == winner["job_dir"]
+    assert [(c["job_id"], c["test_acc"], c["from"]) for c in start["winner_of"]] == [
+        (job_id, accuracies[job_id], "store") for job_id in order
+    ]
+    # The deployment jobs now carry the winner's model, and so does the deployment table.
+    assert export["model"] == infer["model"] == winner["model"]
+    table = subprocess.run(
+        [str(EXE), "table", "--deploy", "-c", str(path), "--format", "json"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert [(r["model"], r["runtime"]) for r in json.loads(table.stdout)] == [
+        (winner["model"], "eager")
+    ]

@@ -73,6 +73,37 @@ def test_plan_expands_the_axes_with_dependencies(tmp_path):
     assert by_stage["train"][0].overrides == {"epochs": 3}
 
 
+def test_deploy_winner_plans_one_export_per_dataset_and_gpu_type_after_every_candidate(
+    tmp_path,
+):
+    data = base(tmp_path)
+    every = plan(cluster_config.load(write(tmp_path, data)))
+    data["sweep"]["deploy"] = "winner"
+    jobs = plan(cluster_config.load(write(tmp_path, data)))
+    by_id = {j.id: j for j in jobs}
+    exports = [j for j in jobs if j.stage == "export"]
+    # one per (stage, dataset) of the trained networks and per GPU type: 2 x 2
+    assert len(exports) == 4 and len([j for j in jobs if j.stage == "infer"]) == 4
+    assert {(by_id[j.depends_on[0]].stage, j.dataset, j.gpu_type) for j in exports} == {
+        (stage, dataset, gpu)
+        for stage, dataset in (("train", "cifar10"), ("transfer", "cifar100"))
+        for gpu in ("v100", "a100")
+    }
+    for export in exports:
+        assert export.model == "winner"
+        parents = [by_id[p] for p in export.depends_on]
+        # every run of both variants on every GPU type and seed of that dataset
+        assert len(parents) == 8 and {p.dataset for p in parents} == {export.dataset}
+        assert {(p.model, p.gpu_type, p.seed) for p in parents} == {
+            (m, g, s) for m in data["sweep"]["models"] for g in ("v100", "a100") for s in (0, 1)
+        }
+    position = {j.id: i for i, j in enumerate(jobs)}
+    assert all(position[p] < position[j.id] for j in jobs for p in j.depends_on)
+    # training and transfer jobs are the same jobs as with deploy: all
+    trained = {j.id for j in every if j.stage in ("train", "transfer")}
+    assert trained == {j.id for j in jobs if j.stage in ("train", "transfer")}
+
+
 def test_plan_ids_are_stable_and_change_only_with_their_spec(tmp_path):
     data = base(tmp_path)
     first = plan(cluster_config.load(write(tmp_path, data)))
