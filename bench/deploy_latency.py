@@ -5,18 +5,21 @@ Weights: each variant trained on Fashion-MNIST (Debian's dataset-fashion-mnist) 
 ``--train-steps`` steps of the study's recipe here, or taken from training job folders
 (``--weights-bottleneck DIR --weights-basic DIR``). Then for each variant: ONNX export (opset
 18), static INT8 quantization (QDQ, per-channel, calibrated on 256 training images), batch-1
-latency (warm-up excluded, median of ``--iters``) and accuracy over the whole test set in
-each runtime, top-1 agreement with eager, and the size on disk.
+latency with ``--threads`` threads (warm-up excluded, median of ``--iters``) and accuracy over
+the whole test set in each runtime (with ``--eval-threads``: only the latency is timed), top-1
+agreement with eager, and the size on disk.
 
 Targets: ONNX Runtime at least 2x faster than eager at batch 1 with 100% top-1 agreement;
 INT8 at least 3x smaller than the fp32 ONNX file with at most 0.5 points of accuracy lost.
 
     python bench/deploy_latency.py [--threads 2] [--train-steps 200] [--iters 50]
+        [--weights-bottleneck DIR --weights-basic DIR] [--data-dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -33,10 +36,10 @@ VARIANTS = ("resnest50_bottleneck", "resnest50_basic")
 FASHION = "/usr/share/datasets/fashion-mnist"
 
 
-def train(model: str, folder: Path, steps: int) -> Path:
+def train(model: str, folder: Path, steps: int, data_dir: str) -> Path:
     cmd = [
         sys.executable, "-m", "jobs.train", "--model", model, "--dataset", "fashion-mnist",
-        "--data-dir", FASHION, "--epochs", "1", "--max-steps", str(steps), "--batch-size", "64",
+        "--data-dir", data_dir, "--epochs", "1", "--max-steps", str(steps), "--batch-size", "64",
         "--telemetry-interval", "0", "--out", str(folder),
     ]  # fmt: skip
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -47,42 +50,53 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train-steps", type=int, default=200)
+    parser.add_argument("--eval-threads", type=int, default=os.cpu_count())
     parser.add_argument("--iters", type=int, default=50)
+    parser.add_argument("--data-dir", default=FASHION, help="Fashion-MNIST IDX files")
+    parser.add_argument("--models", nargs=2, default=VARIANTS, metavar=("BOTTLENECK", "BASIC"))
     parser.add_argument("--weights-bottleneck")
     parser.add_argument("--weights-basic")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="deploy-bench-"))
-    test = data.load("fashion-mnist", FASHION, train=False)
-    train_set = data.load("fashion-mnist", FASHION, train=True)
+    test = data.load("fashion-mnist", args.data_dir, train=False)
+    train_set = data.load("fashion-mnist", args.data_dir, train=True)
     images = normalise(test.images, test).numpy()
     labels = test.labels.numpy()
     calibration = normalise(train_set.images[:256], train_set).numpy()
-    print(f"threads {args.threads}; test set: Fashion-MNIST, {len(labels)} images; "
-          f"torch {torch.__version__}")  # fmt: skip
+    import onnxruntime
+
+    print(f"threads {args.threads} (accuracy passes: {args.eval_threads}); test set: "
+          f"Fashion-MNIST, {len(labels)} images; torch {torch.__version__}, onnxruntime "
+          f"{onnxruntime.__version__}")  # fmt: skip
     header = f"{'model':<22}{'runtime':<18}{'ms @1':>8}{'speedup':>9}{'acc %':>8}"
     header += f"{'agree %':>9}{'MB':>8}"
     print(header)
-    for variant in VARIANTS:
+    for variant in args.models:
         given = args.weights_bottleneck if "bottleneck" in variant else args.weights_basic
-        source = Path(given) if given else train(variant, work / variant, args.train_steps)
+        if given:
+            source = Path(given)
+        else:
+            source = train(variant, work / variant, args.train_steps, args.data_dir)
         model, _ = load_trained(source)
         paths = export_all(model, torch.from_numpy(images[:2]), work / f"{variant}-export",
-                           aoti=False)  # fmt: skip
+                           aoti=None)  # fmt: skip
         int8 = quantize_int8(paths["onnx"], calibration)
-        sessions = {
-            "onnxruntime": onnx_session(paths["onnx"], threads=args.threads),
-            "onnxruntime-int8": onnx_session(int8, threads=args.threads),
-        }
+        files = {"onnxruntime": paths["onnx"], "onnxruntime-int8": int8}
 
-        def eager(x: np.ndarray, model=model) -> np.ndarray:
-            with torch.no_grad():
-                return model(torch.from_numpy(x)).numpy()
+        def runner(name: str, threads: int, model=model, files=files):
+            """The runtime with ``threads`` threads: an fp32 NCHW batch -> logits."""
+            if name == "eager":
+                torch.set_num_threads(threads)
 
-        runners = {"eager": eager}
-        runners.update(
-            {name: (lambda x, s=s: s.run(None, {"images": x})[0]) for name, s in sessions.items()}
-        )
+                def eager(x: np.ndarray) -> np.ndarray:
+                    with torch.no_grad():
+                        return model(torch.from_numpy(x)).numpy()
+
+                return eager
+            session = onnx_session(files[name], threads=threads)
+            return lambda x: session.run(None, {"images": x})[0]
+
         sizes = {
             "eager": paths["state_dict"].stat().st_size,
             "onnxruntime": paths["onnx"].stat().st_size,
@@ -90,14 +104,16 @@ def main() -> None:
         }
         reference = None
         base_ms = None
-        for name, run in runners.items():
+        accuracies = {}
+        for name in ("eager", "onnxruntime", "onnxruntime-int8"):
             one = np.ascontiguousarray(images[:1])
-            timing = time_batches(run, one, warmup=5, iters=args.iters)
-            predicted = predictions(run, images, 256)
+            timing = time_batches(runner(name, args.threads), one, warmup=5, iters=args.iters)
+            predicted = predictions(runner(name, args.eval_threads), images, 256)
             if reference is None:
                 reference, base_ms = predicted, timing["latency_p50_ms"]
             accuracy = 100 * float((predicted == labels).mean())
             agreement = 100 * float((predicted == reference).mean())
+            accuracies[name] = accuracy
             print(
                 f"{variant:<22}{name:<18}{timing['latency_p50_ms']:8.2f}"
                 f"{base_ms / timing['latency_p50_ms']:8.2f}x{accuracy:8.2f}{agreement:9.2f}"
@@ -105,7 +121,8 @@ def main() -> None:
                 flush=True,
             )
         ratio = sizes["onnxruntime"] / sizes["onnxruntime-int8"]
-        print(f"{'':<22}INT8 / fp32 ONNX size: 1/{ratio:.2f}")
+        change = accuracies["onnxruntime-int8"] - accuracies["onnxruntime"]
+        print(f"{'':<22}INT8 / fp32 ONNX size: 1/{ratio:.2f}; INT8 accuracy {change:+.2f} pt")
 
 
 if __name__ == "__main__":
