@@ -16,7 +16,7 @@ EPOCHS=${EPOCHS:-2}
 PREFIX=${PREFIX:-resnest50}
 PY=${PYTHON:-python3}
 WORK=${WORK:-$(mktemp -d)}
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # run from the repo root
 mkdir -p "$OUT_DIR"
 steps=()
 [ -n "${MAX_STEPS:-}" ] && steps=(--max-steps "$MAX_STEPS")
@@ -31,6 +31,7 @@ print(f"torch {torch.__version__}, GPU {gpu}, onnxruntime {ort.__version__} "
       f"with {', '.join(ort.get_available_providers())}")
 PY
 for v in bottleneck basic; do
+  [ -d "$WORK/$v/checkpoints" ] && { log "${PREFIX}_$v trained already in $WORK"; continue; }
   log "train ${PREFIX}_$v"
   $PY -m jobs.train --model "${PREFIX}_$v" --dataset fashion-mnist --data-dir "$DATA" \
     --epochs "$EPOCHS" --telemetry-interval 0 "${steps[@]}" --out "$WORK/$v" \

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -89,6 +91,23 @@ def quantize_int8(onnx_path: Path, calibration: np.ndarray) -> Path:
     return out
 
 
+def isolated(code: str, what: str, timeout: float = 600) -> None:
+    """Run ``code`` in a child Python first, so that native code that crashes (AOTInductor
+    packages have died of SIGSEGV on some torch builds) costs its runtime's row, not the job."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        raise Unavailable(f"{what} did not run one batch within {timeout:.0f} s") from None
+    if done.returncode < 0:
+        name = signal.Signals(-done.returncode).name
+        raise Unavailable(f"{what} crashed the process that ran it ({name})")
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        raise Unavailable(f"{what} failed to run: {lines[-1] if lines else done.returncode}")
+
+
 def build_runtime(
     name: str, meta: dict[str, Any], device: torch.device, threads: int, calibration: np.ndarray
 ) -> tuple[Callable[[np.ndarray], np.ndarray], dict[str, Any]]:
@@ -107,6 +126,13 @@ def build_runtime(
                     f"the AOTInductor package was compiled for {compiled_for}; this job runs "
                     f"on {device.type} (export with --aoti-device {device.type})"
                 )
+            isolated(
+                f"import torch\nfrom torch._inductor import aoti_load_package\n"
+                f"model = aoti_load_package({str(path)!r})\n"
+                f"x = torch.zeros{(2, *calibration.shape[1:])!r}.to({str(device)!r})\n"
+                f"model(x)\ntorch.cuda.synchronize() if x.is_cuda else None\n",
+                what="the AOTInductor package",
+            )
             model = aoti_load_package(str(path))
             size = path.stat().st_size
         else:

@@ -123,6 +123,53 @@ def test_a_corrupt_onnx_file_is_refused(exports, tmp_path):
     assert result.stderr.count("\n") == 1
 
 
+def test_an_aoti_package_for_another_device_or_a_broken_one_is_a_row(exports, tmp_path):
+    """The export job compiles the AOTInductor package for its own device (CUDA on a GPU
+    node); an inference job elsewhere, or a package that cannot run, says so in a row."""
+    source = exports["resnest_tiny_basic"] / "export" / "artifacts"
+    results = {}
+    for case in ("cuda", "truncated"):
+        folder = tmp_path / case / "artifacts"
+        folder.mkdir(parents=True)
+        for path in source.iterdir():
+            (folder / path.name).write_bytes(path.read_bytes())
+        meta = json.loads((folder / "model.json").read_text())
+        assert meta["aoti_device"] == "cpu"  # exported here, where there is no GPU
+        if case == "cuda":
+            meta["aoti_device"] = "cuda"
+            (folder / "model.json").write_text(json.dumps(meta))
+        else:
+            package = (folder / "model.aoti.pt2").read_bytes()
+            (folder / "model.aoti.pt2").write_bytes(package[: len(package) // 2])
+        out = tmp_path / f"infer-{case}"
+        result = job(
+            "jobs.infer", "--from", str(folder.parent), "--out", str(out), "--runtimes",
+            "eager", "aoti", "--batches", "1", "--iters", "2", "--test-images", "32",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        rows = {r["runtime"]: r for r in records(out, "inference")}
+        assert rows["eager"]["available"] and not rows["aoti"]["available"]
+        results[case] = rows["aoti"]["reason"]
+    assert results["cuda"].startswith(
+        "the AOTInductor package was compiled for cuda; this job runs on cpu"
+    )
+    assert results["truncated"].startswith("the AOTInductor package failed to run: ")
+
+
+def test_a_runtime_that_crashes_costs_its_row_not_the_job():
+    from jobs.infer import Unavailable, isolated
+
+    isolated("print('fine')", what="a runtime")  # runs, nothing raised
+    with pytest.raises(
+        Unavailable, match=r"^a runtime crashed the process that ran it \(SIGSEGV\)$"
+    ):
+        isolated("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)", what="a runtime")
+    with pytest.raises(Unavailable, match=r"^a runtime failed to run: ValueError: bad package$"):
+        isolated("raise ValueError('bad package')", what="a runtime")
+    with pytest.raises(Unavailable, match=r"did not run one batch within 1 s"):
+        isolated("import time\ntime.sleep(30)", what="a runtime", timeout=1)
+
+
 def test_export_of_a_folder_without_checkpoints_is_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
     result = job("jobs.export", "--from", str(tmp_path / "empty"), "--out", str(tmp_path / "x"))
