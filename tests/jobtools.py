@@ -89,3 +89,24 @@ def store_of(tmp_path: Path):
     from harness.store import Store
 
     return Store(f"sqlite:///{tmp_path / 'results' / 'results.db'}")
+
+
+def check_winner_deployed(store, sweep: str) -> dict:
+    """Check that the sweep's one export job deployed the best of its training runs, as worked
+    out here from the store's results (best final accuracy, the first of equals in the sweep's
+    order), ranked from the store; return that run's row."""
+    rows = store.jobs(sweep)
+    trains = [r for r in rows if r["stage"] == "train"]
+    (export,) = [r for r in rows if r["stage"] == "export"]
+    order = export["depends_on"]
+    assert len(order) == len(trains) > 1 and set(order) == {r["id"] for r in trains}
+    accuracies = store.final_accuracies(order)
+    winner = next(r for r in trains if r["id"] == max(order, key=accuracies.get))
+    (start,) = records(Path(export["job_dir"]), "start")
+    assert start["spec"]["source"] == winner["job_dir"]
+    assert [(c["job_id"], c["test_acc"], c["from"]) for c in start["winner_of"]] == [
+        (job_id, accuracies[job_id], "store") for job_id in order
+    ]
+    # Planned as "winner", the deployment jobs now carry the winner's model.
+    assert {r["model"] for r in rows if r["stage"] in ("export", "infer")} == {winner["model"]}
+    return winner

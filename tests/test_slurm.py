@@ -19,7 +19,7 @@ from harness import config as cluster_config
 from harness.planner import plan
 from harness.store import epochs, events, results
 
-from .jobtools import store_of, tiny_sweep, write_cluster
+from .jobtools import check_winner_deployed, store_of, tiny_sweep, write_cluster
 from .test_sweep import EXE
 
 pytestmark = pytest.mark.slurm
@@ -220,6 +220,24 @@ def test_transfer_waits_on_training_with_afterok_and_a_failed_parent_cancels_it(
         (train.id, "succeeded"),
         (transfer.id, "succeeded"),
     }
+
+
+def test_deploy_winner_waits_on_every_candidate_and_chooses_from_the_store(tmp_path):
+    path = slurm_yaml(
+        tmp_path, "slurm-winner", gpu_types=["v100"], epochs=1, stages=["train", "export"],
+        deploy="winner", export_options={"no_aoti": True, "parity_images": 16},
+    )  # fmt: skip
+    result = cli("submit", str(path), "--wait", "-q", "--timeout", "400", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "3 succeeded, 0 failed, 0 not run" in result.stderr
+    store = store_of(tmp_path)
+    check_winner_deployed(store, "slurm-winner")  # ranked from the store, the best exported
+    rows = {r["stage"]: r for r in store.jobs("slurm-winner")}
+    slurm_ids = {r["id"]: r["launcher_job_id"].removeprefix("slurm:") for r in store.jobs()}
+    child = slurm_ids[rows["export"]["id"]]
+    script = next((tmp_path / "results" / "slurm-winner" / "slurm").glob(f"{child}_submission.sh"))
+    wanted = "afterok:" + ":".join(slurm_ids[job_id] for job_id in rows["export"]["depends_on"])
+    assert f"#SBATCH --dependency={wanted}" in script.read_text()
 
 
 def test_requeued_job_resumes_from_its_checkpoint_without_duplicate_epochs(tmp_path):
