@@ -69,7 +69,8 @@ def main() -> None:
     print(f"threads {args.threads} (accuracy passes: {args.eval_threads}); test set: "
           f"Fashion-MNIST, {len(labels)} images; torch {torch.__version__}, onnxruntime "
           f"{onnxruntime.__version__}")  # fmt: skip
-    header = f"{'model':<22}{'runtime':<18}{'ms @1':>8}{'speedup':>9}{'acc %':>8}"
+    w = max(len(name) for name in args.models) + 2
+    header = f"{'model':<{w}}{'runtime':<18}{'ms @1':>8}{'speedup':>9}{'acc %':>8}"
     header += f"{'agree %':>9}{'MB':>8}"
     print(header)
     for variant in args.models:
@@ -115,14 +116,14 @@ def main() -> None:
             agreement = 100 * float((predicted == reference).mean())
             accuracies[name] = accuracy
             print(
-                f"{variant:<22}{name:<18}{timing['latency_p50_ms']:8.2f}"
+                f"{variant:<{w}}{name:<18}{timing['latency_p50_ms']:8.2f}"
                 f"{base_ms / timing['latency_p50_ms']:8.2f}x{accuracy:8.2f}{agreement:9.2f}"
                 f"{sizes[name] / 1e6:8.2f}",
                 flush=True,
             )
         ratio = sizes["onnxruntime"] / sizes["onnxruntime-int8"]
         change = accuracies["onnxruntime-int8"] - accuracies["onnxruntime"]
-        print(f"{'':<22}INT8 / fp32 ONNX size: 1/{ratio:.2f}; INT8 accuracy {change:+.2f} pt")
+        print(f"{'':<{w}}INT8 / fp32 ONNX size: 1/{ratio:.2f}; INT8 accuracy {change:+.2f} pt")
 
 
 if __name__ == "__main__":
