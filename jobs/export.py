@@ -34,7 +34,7 @@ import resnest
 from jobs import data
 from jobs.checkpoint import CheckpointError, sha256_file
 from jobs.reporter import read_outbox, reporter_for
-from jobs.spec import EXIT_OK, EXIT_USER_ERROR, add_identity_arguments
+from jobs.spec import add_identity_arguments, run_cli
 from jobs.train import load_source
 
 EXIT_PARITY = 4
@@ -125,9 +125,8 @@ def export_all(
     paths["state_dict"] = _atomic(
         out / "model.state_dict.pt", lambda p: torch.save(model.state_dict(), p)
     )
-    program = torch.export.export(
-        model, (example,), dynamic_shapes={"x": {0: Dim("batch", min=1, max=MAX_BATCH)}}
-    )
+    dynamic = {"x": {0: Dim("batch", min=1, max=MAX_BATCH)}}
+    program = torch.export.export(model, (example,), dynamic_shapes=dynamic)
     paths["torch_export"] = _atomic(out / "model.pt2", lambda p: torch.export.save(program, p))
     onnx_program = torch.onnx.export(
         program,
@@ -144,9 +143,8 @@ def export_all(
 
         if aoti != "cpu":  # compiled code is for one device: trace it there
             program = torch.export.export(
-                copy.deepcopy(model).to(aoti), (example.to(aoti),),
-                dynamic_shapes={"x": {0: Dim("batch", min=1, max=MAX_BATCH)}},
-            )  # fmt: skip
+                copy.deepcopy(model).to(aoti), (example.to(aoti),), dynamic_shapes=dynamic
+            )
         paths["aoti"] = _atomic(
             out / "model.aoti.pt2",
             lambda p: aoti_compile_and_package(program, package_path=str(p)),
@@ -275,20 +273,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m jobs.export", description=__doc__.splitlines()[0]
-    )
-    add_arguments(parser)
-    args = parser.parse_args(argv)
     try:
-        run(args)
+        return run_cli(
+            "python -m jobs.export", __doc__.splitlines()[0], add_arguments, run, argv,
+            user_errors=(CheckpointError, data.DataError),
+        )  # fmt: skip
     except ParityError as exc:
         print(f"resnest-bench: parity check failed: {exc}", file=sys.stderr)
         return EXIT_PARITY
-    except (CheckpointError, data.DataError) as exc:
-        print(f"resnest-bench: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from jobs import data
 from jobs.checkpoint import CheckpointError
 from jobs.export import normalise, onnx_session
 from jobs.reporter import reporter_for
-from jobs.spec import EXIT_OK, EXIT_USER_ERROR, add_identity_arguments
+from jobs.spec import add_identity_arguments, run_cli
 
 RUNTIMES = ("eager", "compile", "aoti", "onnxruntime", "onnxruntime-int8", "caffe2")
 DEFAULT_BATCHES = (1, 8, 64, 256)
@@ -290,17 +290,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m jobs.infer", description=__doc__.splitlines()[0]
-    )
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        run_job(args)
-    except (CheckpointError, data.DataError) as exc:
-        print(f"resnest-bench: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    return EXIT_OK
+    return run_cli(
+        "python -m jobs.infer", __doc__.splitlines()[0], add_arguments, run_job, argv,
+        user_errors=(CheckpointError, data.DataError),
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

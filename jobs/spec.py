@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -158,6 +160,27 @@ def add_job_arguments(parser: argparse.ArgumentParser, stage: str) -> None:
             default="none",
             help="none (fine-tune all, the default), backbone, or N: stem and first N stages",
         )
+
+
+def run_cli(
+    prog: str,
+    description: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    job: Callable[[argparse.Namespace], object],
+    argv: Sequence[str] | None,
+    user_errors: tuple[type[Exception], ...],
+) -> int:
+    """The command line of an export or inference job: parse, run, and turn a user error
+    into one line and exit 2."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        job(args)
+    except user_errors as exc:
+        print(f"resnest-bench: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return EXIT_OK
 
 
 def add_identity_arguments(parser: argparse.ArgumentParser) -> None:
