@@ -16,8 +16,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from harness.errors import UserError
-from harness.report import comparison, per_model_blocks, prices_of, study_tables
+from harness.render import columns_of
+from harness.report import comparison, deployment, per_model_blocks, prices_of, study_tables
 from harness.store import Store, epochs, jobs, provenance, telemetry
 
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
@@ -72,13 +72,15 @@ def _grouped_bars(plt, path: Path, data, title: str, ylabel: str) -> None:
     plt.close(fig)
 
 
-def _plot_accuracy(plt, path: Path, rows: list[Any]) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+def _plot_accuracy(plt, path: Path, rows: list[Any]) -> bool:
     curves: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for r in rows:
         if r.stage == "train" and r.test_acc is not None:
             label = f"{r.model} on {r.gpu_type} (seed {r.seed}, repeat {r.repeat})"
             curves[label].append((r.epoch, 100 * r.test_acc))
+    if not curves:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     for i, (label, points) in enumerate(sorted(curves.items())):
         xs, ys = zip(*sorted(points), strict=True)
         ax.plot(xs, ys, marker="o", label=label, color=COLORS[i % len(COLORS)])
@@ -90,6 +92,7 @@ def _plot_accuracy(plt, path: Path, rows: list[Any]) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+    return True
 
 
 def _plot_utilisation(plt, path: Path, store: Store, sweep: str) -> str | None:
@@ -140,7 +143,9 @@ def _plot_latency(plt, path: Path, store: Store, sweep: str) -> bool:
         ).all()  # fmt: skip
     series: dict[str, dict[int, float]] = defaultdict(dict)
     for r in rows:
-        series[f"{r.model}, {r.runtime}"][r.batch_size] = r.measurement["latency_p50_ms"]
+        latency = r.measurement.get("latency_p50_ms")
+        if latency is not None:
+            series[f"{r.model}, {r.runtime}"][r.batch_size] = latency
     if not series:
         return False
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
@@ -165,7 +170,7 @@ def _plot_latency(plt, path: Path, store: Store, sweep: str) -> bool:
 def _table_html(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "<p>(none)</p>"
-    keys = list(rows[0])
+    keys = columns_of(rows)
     head = "".join(f"<th>{html.escape(str(k))}</th>" for k in keys)
     body = "".join(
         "<tr>"
@@ -193,8 +198,6 @@ figcaption { font-size: 0.85em; color: #555; max-width: 700px; }
 def build(store: Store, sweep: str, out: Path) -> Path:
     """Write ``out/index.html`` and its PNGs; return the page's path."""
     rows = _epoch_rows(store, sweep)
-    if not rows:
-        raise UserError(f"sweep {sweep!r} has no finished epochs yet: nothing to report")
     plt = _pyplot()
     out.mkdir(parents=True, exist_ok=True)
     table = comparison(store, sweep, prices=prices_of(store, sweep))
@@ -223,8 +226,10 @@ def build(store: Store, sweep: str, out: Path) -> Path:
         if any(data.values()):
             _grouped_bars(plt, out / name, data, title, ylabel)
             figures.append((name, f"{title}, by GPU type and network variant."))
-    _plot_accuracy(plt, out / "accuracy.png", rows)
-    figures.append(("accuracy.png", "Test accuracy after each epoch, one line per training job."))
+    if _plot_accuracy(plt, out / "accuracy.png", rows):
+        figures.append(
+            ("accuracy.png", "Test accuracy after each epoch, one line per training job.")
+        )
     what = _plot_utilisation(plt, out / "utilisation.png", store, sweep)
     if what:
         figures.append(("utilisation.png", f"{what} utilisation sampled during training."))
@@ -260,6 +265,7 @@ def build(store: Store, sweep: str, out: Path) -> Path:
     study = "".join(
         f"<h3>{html.escape(title)}</h3>{_table_html(t)}" for title, t in study_tables(table)
     )
+    deployed = deployment(store, sweep)
     images = "".join(
         f'<figure><img src="{name}" alt="{html.escape(caption)}" width="700" height="400">'
         f"<figcaption>{html.escape(caption)}</figcaption></figure>"
@@ -283,11 +289,13 @@ store. Epoch times, throughput and telemetry are medians over the epochs after t
 (warm-up) epoch, then over runs; CV is across runs and flagged (!) above 5%.</p>
 {flag}
 <h2>GPU comparison</h2>
-{blocks}
+{blocks or "<p>(no finished training epochs yet)</p>"}
 <h2>The study's layout</h2>
-{study}
+{study or "<p>(no finished training runs yet)</p>"}
+<h2>Deployment</h2>
+{_table_html(deployed) if deployed else "<p>(no inference results)</p>"}
 <h2>Plots</h2>
-{images}
+{images or "<p>(nothing measured yet)</p>"}
 <h2>Provenance</h2>
 {_table_html(prov_rows)}
 </body></html>

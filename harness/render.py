@@ -12,12 +12,19 @@ FORMATS = ("table", "csv", "json")
 TABLE_FORMATS = ("table", "md", "csv", "json", "html")
 
 
+def columns_of(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Every key of every row, in the order they first appear: rows of one table may differ
+    (an unavailable runtime, a run with no accuracy), and a missing key is an empty cell."""
+    return list(dict.fromkeys(key for row in rows for key in row))
+
+
 def render(rows: Sequence[Mapping[str, Any]], fmt: str = "table") -> str:
     if fmt == "json":
         return json.dumps(list(rows), indent=2)
     if not rows:
         return "(no rows)" if fmt == "table" else ""
-    columns = list(rows[0])
+    columns = columns_of(rows)
+    rows = [{c: row.get(c) for c in columns} for row in rows]
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
@@ -28,7 +35,10 @@ def render(rows: Sequence[Mapping[str, Any]], fmt: str = "table") -> str:
         return _text_table(rows, columns)
     if fmt == "md":
         lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-        lines += ["| " + " | ".join(_cell(row[c]) for c in columns) + " |" for row in rows]
+        lines += [
+            "| " + " | ".join(_cell(row[c]).replace("|", "\\|") for c in columns) + " |"
+            for row in rows
+        ]
         return "\n".join(lines)
     if fmt == "html":
         import html
@@ -54,7 +64,7 @@ def _cell(value: Any) -> str:
         return f"{value:,}"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(str(v) for v in value) + "]"
-    return str(value)
+    return " ".join(str(value).split())  # one line per row, whatever a reason holds
 
 
 def _text_table(rows: Sequence[Mapping[str, Any]], columns: list[str]) -> str:

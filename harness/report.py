@@ -90,7 +90,7 @@ def comparison(
             .join(jobs, jobs.c.id == epochs.c.job_id)
             .where(jobs.c.sweep == sweep, jobs.c.stage == "train")
             .order_by(epochs.c.attempt)
-        ).tuples()
+        )
         # Per job: its epochs, the newest attempt's row winning for each epoch number.
         per_job: dict[str, dict[int, tuple]] = defaultdict(dict)
         for row in epoch_rows:
@@ -264,6 +264,14 @@ def per_model_blocks(
 
 
 AGREEMENT_FLAG = 0.999  # top-1 agreement with PyTorch eager below this is flagged
+# Every row of the deployment table has these columns: an unavailable runtime has them empty
+# and says why in its note.
+DEPLOY_COLUMNS = ("test acc %", "ms/image @1", "p99 ms @1", "best img/s", "@batch", "size MB",
+                  "agreement %", "flag", "provider", "threads", "note")  # fmt: skip
+
+
+def _scaled(value: Any, factor: float, digits: int) -> float | None:
+    return None if value is None else round(float(value) * factor, digits)
 
 
 def deployment(store: Store, sweep: str) -> list[dict[str, Any]]:
@@ -293,26 +301,31 @@ def deployment(store: Store, sweep: str) -> list[dict[str, Any]]:
     for (model, dataset, gpu, runtime), items in sorted(
         by_runtime.items(), key=lambda kv: (*kv[0][:3], order.get(kv[0][3], 99))
     ):
-        base = {"model": model, "dataset": dataset, "gpu_type": gpu, "runtime": runtime}
-        if not items[0].get("available", True):
-            rows.append({**base, "available": "no: " + items[0].get("reason", "")})
+        row: dict[str, Any] = {"model": model, "dataset": dataset, "gpu_type": gpu,
+                               "runtime": runtime, **dict.fromkeys(DEPLOY_COLUMNS)}  # fmt: skip
+        rows.append(row)
+        timed = [m for m in items if m.get("available", True)]
+        if not timed:
+            row["note"] = "unavailable: " + str(items[0].get("reason") or "no reason given")
             continue
-        one = next((m for m in items if m["batch_size"] == 1), None)
-        best = max(items, key=lambda m: m["images_per_sec"])
-        agreement = items[0].get("top1_agreement_with_eager")
-        rows.append(
+        first = timed[0]
+        one = next((m for m in timed if m.get("batch_size") == 1), None)
+        rated = [m for m in timed if m.get("images_per_sec") is not None]
+        best = max(rated, key=lambda m: m["images_per_sec"]) if rated else None
+        agreement = first.get("top1_agreement_with_eager")
+        row.update(
             {
-                **base,
-                "test acc %": round(100 * items[0]["test_accuracy"], 2),
-                "ms/image @1": round(one["latency_p50_ms"], 3) if one else None,
-                "p99 ms @1": round(one["latency_p99_ms"], 3) if one else None,
-                "best img/s": round(best["images_per_sec"], 1),
-                "@batch": best["batch_size"],
-                "size MB": round(items[0]["bytes"] / 1e6, 3),
-                "agreement %": None if agreement is None else round(100 * agreement, 2),
+                "test acc %": _scaled(first.get("test_accuracy"), 100, 2),
+                "ms/image @1": _scaled(one and one.get("latency_p50_ms"), 1, 3),
+                "p99 ms @1": _scaled(one and one.get("latency_p99_ms"), 1, 3),
+                "best img/s": _scaled(best and best["images_per_sec"], 1, 1),
+                "@batch": best and best.get("batch_size"),
+                "size MB": _scaled(first.get("bytes"), 1e-6, 3),
+                "agreement %": _scaled(agreement, 100, 2),
                 "flag": "!" if agreement is not None and agreement < AGREEMENT_FLAG else "",
-                "provider": items[0].get("provider"),
-                "threads": items[0].get("threads"),
+                "provider": first.get("provider"),
+                "threads": first.get("threads"),
+                "note": "",
             }
         )
     return rows

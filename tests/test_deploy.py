@@ -249,7 +249,17 @@ def test_train_export_infer_chain_on_the_local_launcher_and_the_deployment_table
     assert ort["test acc %"] == eager["test acc %"]
     assert ort["ms/image @1"] > 0 and ort["@batch"] in (1, 8)
     assert ort["size MB"] > 0 and eager["size MB"] > 0
-    assert caffe2["available"].startswith("no: Caffe2 cannot be imported")
+    assert caffe2["note"].startswith("unavailable: Caffe2 cannot be imported")
+    assert caffe2["test acc %"] is None and caffe2["ms/image @1"] is None
+    # The same mixture (two runtimes measured, one unavailable) in the terminal and md formats.
+    for fmt, caffe2_line in (("table", "caffe2 "), ("md", "| caffe2 |")):
+        shown = subprocess.run(
+            [str(EXE), "table", "--deploy", "-c", str(path), "--format", fmt],
+            capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        )  # fmt: skip
+        assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr
+        (line,) = [x for x in shown.stdout.splitlines() if caffe2_line in x]
+        assert "unavailable: Caffe2 cannot be imported" in line
     report = subprocess.run(
         [str(EXE), "report", "-c", str(path), "--out", str(tmp_path / "report")],
         capture_output=True, text=True, cwd=tmp_path, timeout=300,
