@@ -7,6 +7,7 @@ again, never duplicates a row.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -34,7 +35,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from harness.errors import UserError
@@ -183,14 +184,34 @@ def redact(url: str) -> str:
         return "<unparsable store URL>"
 
 
+class StoreMissing(UserError):
+    """A read found no store where it looked: nothing was created there."""
+
+
 class Store:
-    def __init__(self, url: str, timeout: float = 30.0) -> None:
+    """The results store at ``url``. ``create=False`` (what every read command uses) never
+    makes one: a missing SQLite file or an empty database is an error, not a new store."""
+
+    def __init__(self, url: str, timeout: float = 30.0, create: bool = True) -> None:
         self.url = url
+        self.create = create
         kwargs: dict[str, Any] = {"future": True}
         if url.startswith("sqlite"):
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                if Path(path).is_dir():
+                    raise UserError(f"results store {path}: is a folder, not a SQLite file")
+                if not create and not Path(path).is_file():
+                    raise StoreMissing(f"no results store at {path}")
+                if Path(path).is_file():
+                    _check_sqlite_file(Path(path), create)
+                if create:
+                    try:
+                        Path(path).parent.mkdir(parents=True, exist_ok=True)
+                    except OSError as exc:
+                        raise UserError(
+                            f"results store {path}: cannot make its folder: {exc.strerror}"
+                        ) from None
             kwargs["connect_args"] = {"timeout": timeout}
         else:
             # The password comes from the environment (PGPASSWORD), never from the URL.
@@ -210,6 +231,11 @@ class Store:
         """Create or upgrade the schema once, even when many jobs open the store at once."""
         try:
             with self.engine.begin() as conn:
+                if not self.create and not inspect(conn).has_table("schema_version"):
+                    raise UserError(
+                        f"results store {redact(self.url)} holds no resnest-bench results "
+                        "(no schema_version table)"
+                    )
                 if self.engine.dialect.name == "postgresql":
                     conn.execute(text("SELECT pg_advisory_xact_lock(727274)"))
                 # IF NOT EXISTS: jobs starting together may both find a table missing.
@@ -229,9 +255,10 @@ class Store:
                         f"results store {redact(self.url)} has schema version {current}, newer "
                         f"than this resnest-bench ({SCHEMA_VERSION}): upgrade resnest-bench"
                     )
-        except OperationalError as exc:
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-            raise UserError(f"results store {redact(self.url)}: cannot open: {reason}") from None
+        except SQLAlchemyError as exc:
+            raise UserError(
+                f"results store {redact(self.url)}: cannot open: {store_problem(exc)}"
+            ) from None
 
     @contextmanager
     def begin(self) -> Iterator[Any]:
@@ -448,8 +475,51 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def open_store(url: str | None, results_dir: str | Path) -> Store:
-    return Store(url or os.environ.get("RESNEST_BENCH_STORE") or default_url(results_dir))
+DAMAGED = (
+    " (the file is damaged: restore it, or move it away and rebuild it with "
+    "`resnest-bench ingest RESULTS_DIR -c CLUSTER_YAML`)"
+)
 
 
-__all__ = ["STATES", "SQLAlchemyError", "Store", "default_url", "open_store", "redact"]
+def _check_sqlite_file(path: Path, create: bool) -> None:
+    """Look into an existing SQLite file read-only before SQLAlchemy opens it (which would
+    switch it to WAL mode): a damaged file, or another program's database, is refused
+    without a byte of it changed."""
+    import sqlite3
+
+    uri = path.resolve().as_uri() + "?mode=ro"
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+            found = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            tables = {name for (name,) in found}
+    except sqlite3.Error as exc:
+        raise UserError(f"results store {path}: cannot open: {exc}{DAMAGED}") from None
+    if tables and "schema_version" not in tables:
+        raise UserError(
+            f"results store {path} holds no resnest-bench results (it has tables "
+            f"{', '.join(sorted(tables)[:5])}): name another file"
+        )
+    if not tables and not create:
+        raise UserError(f"results store {path} holds no resnest-bench results (empty database)")
+
+
+def store_problem(exc: SQLAlchemyError) -> str:
+    """The database's own first line about what went wrong (no SQL, no traceback)."""
+    orig = getattr(exc, "orig", None)
+    text_ = str(orig if orig is not None else exc).strip()
+    line = text_.splitlines()[0] if text_ else type(exc).__name__
+    if "file is not a database" in line or "malformed" in line:
+        line += DAMAGED
+    return line
+
+
+def open_store(url: str | None, results_dir: str | Path, create: bool = True) -> Store:
+    return Store(
+        url or os.environ.get("RESNEST_BENCH_STORE") or default_url(results_dir), create=create
+    )
+
+
+__all__ = [
+    "STATES", "SQLAlchemyError", "Store", "StoreMissing", "default_url", "open_store", "redact",
+    "store_problem",
+]  # fmt: skip
