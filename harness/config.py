@@ -5,8 +5,9 @@ Every problem is reported as one line: the file, the field path and what was exp
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -24,10 +25,10 @@ from harness.errors import UserError
 
 STAGES = ("train", "transfer", "export", "infer")
 DATASETS = ("cifar10", "cifar100", "fashion-mnist", "synthetic")
-EXPORT_OPTIONS = ("no_aoti", "parity_images", "tolerance")
-INFER_OPTIONS = (
-    "runtimes", "batches", "warmup", "iters", "threads", "test_images", "calibration_images",
-)  # fmt: skip
+# SLURM's forms: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS.
+SLURM_TIME = r"^(\d+-\d+(:\d+){0,2}|\d+(:\d+){0,2})$"
+SLURM_MEMORY = r"^\d+[KMGT]?$"
+GRES = r"^[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?$"  # gpu or gpu:v100; the count is added per job
 
 
 class _Strict(BaseModel):
@@ -39,13 +40,13 @@ class GpuType(_Strict):
 
     local: str | None = None  # cpu, cuda, cuda:N
     partition: str | None = None
-    gres: str | None = None  # e.g. gpu:v100
+    gres: str | None = Field(default=None, pattern=GRES)  # e.g. gpu:v100
     constraint: str | None = None
     account: str | None = None
     qos: str | None = None
-    time: str | None = None  # SLURM time limit, e.g. "08:00:00"
+    time: str | None = Field(default=None, pattern=SLURM_TIME)  # SLURM time limit, "08:00:00"
     cpus_per_gpu: PositiveInt = 4
-    mem_per_gpu: str | None = None  # e.g. 32G
+    mem_per_gpu: str | None = Field(default=None, pattern=SLURM_MEMORY)  # e.g. 32G
     ray_accelerator: str | None = None  # Ray accelerator type, e.g. V100
     ray_resource: str | None = None  # or a custom Ray resource name
     price_per_gpu_hour: NonNegativeFloat | None = None
@@ -53,6 +54,16 @@ class GpuType(_Strict):
     # e.g. "V100"; default: the GPU type's own name, or "cpu" for local: cpu. Runs on another
     # GPU are flagged in the tables.
     gpu_name: str | None = None
+
+    @field_validator("local")
+    @classmethod
+    def _device(cls, local: str | None) -> str | None:
+        from jobs.spec import SpecError, check_device
+
+        try:
+            return None if local is None else check_device(local)  # the job's own rule
+        except SpecError as exc:
+            raise ValueError(str(exc).removeprefix("device: ")) from None
 
 
 class LocalSettings(_Strict):
@@ -65,7 +76,9 @@ class SlurmSettings(_Strict):
 
 
 class RaySettings(_Strict):
-    address: str = "auto"
+    # auto (RAY_ADDRESS, or the cluster this machine is in), local (a Ray for the sweep),
+    # HOST:PORT or ray://HOST:PORT
+    address: str = Field(default="auto", pattern=r"^(auto|local|(ray://)?[\w.\-\[\]:]+:\d+)$")
     max_retries: int = Field(default=2, ge=0)
 
 
@@ -84,7 +97,7 @@ class Sweep(_Strict):
     overrides: dict[str, Any] = {}
     epochs: PositiveInt | None = None
     transfer_epochs: PositiveInt | None = None
-    seeds: list[int] = Field(default=[0], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, lt=2**32)]] = Field(default=[0], min_length=1)
     gpus_per_job: PositiveInt = 1
     nodes: PositiveInt = 1
     gpu_types: list[str] = Field(min_length=1)
@@ -106,11 +119,10 @@ class Sweep(_Strict):
 
     @field_validator("export_options", "infer_options")
     @classmethod
-    def _known_options(cls, options: dict[str, Any], info: Any) -> dict[str, Any]:
-        known = EXPORT_OPTIONS if info.field_name == "export_options" else INFER_OPTIONS
-        for key in options:
-            if key not in known:
-                raise ValueError(f"unknown option {key!r}; expected one of {', '.join(known)}")
+    def _job_options(cls, options: dict[str, Any], info: Any) -> dict[str, Any]:
+        from jobs.options import check
+
+        check(info.field_name.removesuffix("_options"), options)  # the job's own parser
         return options
 
     @field_validator("models")
@@ -124,13 +136,21 @@ class Sweep(_Strict):
                 raise ValueError(f"unknown model {name!r}; expected one of {', '.join(known)}")
         return models
 
-    @field_validator("overrides")
-    @classmethod
-    def _known_overrides(cls, overrides: dict[str, Any]) -> dict[str, Any]:
-        from jobs.recipe import get_recipe
+    @model_validator(mode="after")
+    def _recipes_valid(self) -> Sweep:
+        """The recipes the jobs will run, built and checked as the jobs build them."""
+        from jobs.recipe import RecipeError, get_recipe
 
-        get_recipe("study", overrides=overrides)  # raises RecipeError (a ValueError)
-        return overrides
+        train = dict(self.overrides)
+        if self.epochs is not None:
+            train["epochs"] = self.epochs
+        try:
+            get_recipe(self.recipe, "train", train)
+        except RecipeError as exc:
+            raise ValueError(f"overrides: {exc}") from None
+        if self.transfer_epochs is not None:
+            get_recipe(self.recipe, "transfer", {"epochs": self.transfer_epochs})
+        return self
 
     @model_validator(mode="after")
     def _stages_in_order(self) -> Sweep:
@@ -196,6 +216,11 @@ def _describe(exc: ValidationError) -> str:
     error = exc.errors()[0]
     loc = ".".join(str(part) for part in error["loc"])
     message = error["msg"].removeprefix("Value error, ")
+    # A validator of a whole section names the field inside it: "stages: ..." in sweep.
+    inner = re.match(r"^([a-z_]+): ", message)
+    if error["type"] == "value_error" and inner:
+        loc = f"{loc}.{inner[1]}" if loc else inner[1]
+        message = message[inner.end() :]
     if error["type"] == "extra_forbidden":
         message = "unknown key"
     elif error["type"] == "missing":

@@ -33,8 +33,9 @@ import torch
 import resnest
 from jobs import data
 from jobs.checkpoint import CheckpointError, sha256_file
-from jobs.reporter import read_outbox, reporter_for
-from jobs.spec import add_identity_arguments, run_cli
+from jobs.options import add_export_arguments
+from jobs.reporter import OutboxError, read_outbox, reporter_for
+from jobs.spec import run_cli
 from jobs.train import load_source
 
 EXIT_PARITY = 4
@@ -62,7 +63,10 @@ def choose_winner(folders: list[Path]) -> tuple[Path, list[dict[str, Any]]]:
     ranking = []
     for folder in folders:
         outbox = folder / "outbox.jsonl"
-        records = read_outbox(outbox) if outbox.is_file() else []
+        try:
+            records = read_outbox(outbox) if outbox.is_file() else []
+        except OutboxError as exc:
+            raise CheckpointError(str(exc)) from None
         finals = [r for r in records if r["kind"] == "final" and r.get("status") == "succeeded"]
         starts = [r for r in records if r["kind"] == "start"]
         if not finals or not starts:
@@ -251,31 +255,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--from", dest="source", required=True, nargs="+", metavar="SOURCE",
-        help="a training or transfer job folder (its latest valid checkpoint) or a checkpoint; "
-        "several job folders: export the one with the best final test accuracy",
-    )  # fmt: skip
-    parser.add_argument("--out", required=True, help="job folder: artifacts/, outbox.jsonl")
-    parser.add_argument("--dataset", help="test images for the parity check (default: the "
-                        "checkpoint's dataset)")  # fmt: skip
-    parser.add_argument("--data-dir", default="data")
-    parser.add_argument("--parity-images", type=int, default=256)
-    parser.add_argument("--tolerance", type=float, default=1e-4, help="max |logit diff|")
-    parser.add_argument("--no-aoti", action="store_true", help="skip the AOTInductor package")
-    parser.add_argument(
-        "--aoti-device", default="auto",
-        help="device the AOTInductor package is compiled for: cpu, cuda (default: cuda if "
-        "there is one)",
-    )  # fmt: skip
-    add_identity_arguments(parser)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run_cli(
-            "python -m jobs.export", __doc__.splitlines()[0], add_arguments, run, argv,
+            "python -m jobs.export", __doc__.splitlines()[0], add_export_arguments, run, argv,
             user_errors=(CheckpointError, data.DataError),
         )  # fmt: skip
     except ParityError as exc:

@@ -31,11 +31,9 @@ import resnest
 from jobs import data
 from jobs.checkpoint import CheckpointError
 from jobs.export import normalise, onnx_session
+from jobs.options import add_infer_arguments
 from jobs.reporter import reporter_for
-from jobs.spec import add_identity_arguments, run_cli
-
-RUNTIMES = ("eager", "compile", "aoti", "onnxruntime", "onnxruntime-int8", "caffe2")
-DEFAULT_BATCHES = (1, 8, 64, 256)
+from jobs.spec import run_cli
 
 
 class Unavailable(Exception):
@@ -229,6 +227,8 @@ def run_job(args: argparse.Namespace) -> list[dict[str, Any]]:
     calibration = normalise(train.images[: args.calibration_images], train).numpy()
     device = torch.device(args.device if args.device != "auto" else
                           ("cuda" if torch.cuda.is_available() else "cpu"))  # fmt: skip
+    if args.threads is None:
+        args.threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     reporter = reporter_for(out, args.job_id or "", args.attempt)
     reporter.report(
@@ -273,25 +273,9 @@ def run_job(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--from", dest="source", required=True, help="an export job's folder")
-    parser.add_argument("--out", required=True, help="job folder (outbox.jsonl)")
-    parser.add_argument("--dataset", help="default: the exported network's dataset")
-    parser.add_argument("--data-dir", default="data")
-    parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES)
-    parser.add_argument("--batches", nargs="+", type=int, default=list(DEFAULT_BATCHES))
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--iters", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--test-images", type=int, default=0, help="0: the whole test set")
-    parser.add_argument("--calibration-images", type=int, default=256)
-    parser.add_argument("--device", default="auto")
-    add_identity_arguments(parser)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     return run_cli(
-        "python -m jobs.infer", __doc__.splitlines()[0], add_arguments, run_job, argv,
+        "python -m jobs.infer", __doc__.splitlines()[0], add_infer_arguments, run_job, argv,
         user_errors=(CheckpointError, data.DataError),
     )  # fmt: skip
 

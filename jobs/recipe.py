@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -109,13 +110,53 @@ def apply_overrides(recipe: Recipe, overrides: dict[str, Any]) -> Recipe:
             raise RecipeError(f"unknown recipe field {key!r}; known fields: {', '.join(known)}")
         changes[key] = _coerce(key, value, hints[key])
     result = replace(recipe, **changes)
-    if result.pipeline not in ("device", "torchvision"):
-        raise RecipeError(f"pipeline: expected device or torchvision, got {result.pipeline!r}")
-    if result.schedule not in ("multistep", "step", "cosine", "onecycle"):
-        raise RecipeError(
-            f"schedule: expected multistep, step, cosine or onecycle, got {result.schedule!r}"
-        )
+    check(result)
     return result
+
+
+CHOICES = {
+    "pipeline": ("device", "torchvision"),
+    "schedule": ("multistep", "step", "cosine", "onecycle"),
+    "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+}
+# Field -> (lowest, highest, whether the lowest itself is allowed); None: no bound.
+RANGES = {
+    "epochs": (1, None, True),
+    "batch_size": (1, None, True),
+    "lr": (0, None, False),
+    "accum_steps": (1, None, True),
+    "momentum": (0, 1, True),
+    "weight_decay": (0, None, True),
+    "step_size": (1, None, True),
+    "gamma": (0, None, False),
+    "warmup_epochs": (0, None, True),
+    "base_batch_size": (0, None, True),
+    "label_smoothing": (0, 1, True),
+}
+
+
+def check(recipe: Recipe) -> None:
+    """The recipe's schema: every value in its range. The harness runs the same check when a
+    sweep is planned, so a value a job would refuse never reaches a queue."""
+    for name, allowed in CHOICES.items():
+        value = getattr(recipe, name)
+        if value not in allowed:
+            raise RecipeError(f"{name}: expected one of {', '.join(allowed)}, got {value!r}")
+    for name, (low, high, low_ok) in RANGES.items():
+        value = getattr(recipe, name)
+        if not math.isfinite(value) or value < low or (value == low and not low_ok):
+            bound = f"at least {low}" if low_ok else f"more than {low}"
+            raise RecipeError(f"{name}: expected a number {bound}, got {value!r}")
+        if high is not None and value >= high:
+            raise RecipeError(f"{name}: expected a number below {high}, got {value!r}")
+    if recipe.batch_size % recipe.accum_steps:
+        raise RecipeError(
+            f"batch_size: {recipe.batch_size} is not a multiple of accum_steps "
+            f"({recipe.accum_steps})"
+        )
+    steps = list(recipe.milestones)
+    if any(m < 1 for m in steps) or steps != sorted(set(steps)):
+        raise RecipeError(f"milestones: expected increasing epochs of at least 1, got {steps}")
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from jobs.options import to_argv
 from jobs.spec import EXIT_USER_ERROR
 
 
@@ -29,15 +30,7 @@ def _options(spec: dict[str, Any]) -> list[str]:
     if spec["stage"] == "infer" and spec.get("device") not in (None, "auto"):
         args += ["--device", spec["device"]]
     # A sweep's export_options / infer_options travel as the job's overrides.
-    for key, value in (spec.get("overrides") or {}).items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            args.append(flag)
-        elif isinstance(value, list):
-            args += [flag, *map(str, value)]
-        elif value not in (None, False):
-            args += [flag, str(value)]
-    return args
+    return args + to_argv(spec.get("overrides") or {})
 
 
 def execute_spec(path: str | Path, attempt_offset: int = 0) -> tuple[int, int | None]:
