@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -19,11 +20,22 @@ EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: preempted or out of time, checkpointed; requeue me
 
+
+EXIT_ALREADY_RUNNING = 5  # another process holds the job folder: this one did nothing
+
 STAGES = ("train", "transfer")
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 class SpecError(ValueError):
     """A job spec that cannot run; the message names the field."""
+
+
+def check_device(device: str) -> str:
+    """The one rule for the device a job may ask for; the harness checks it at plan time."""
+    if not isinstance(device, str) or not DEVICE_PATTERN.match(device):
+        raise SpecError(f"device: expected auto, cpu, cuda or cuda:N, got {device!r}")
+    return device
 
 
 @dataclass
@@ -55,6 +67,7 @@ class TrainSpec:
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise SpecError(f"stage: expected one of {', '.join(STAGES)}, got {self.stage!r}")
+        check_device(self.device)
         if self.stage == "transfer" and not self.init_from:
             raise SpecError("a transfer job needs init_from: a training checkpoint or job folder")
         if self.freeze not in ("none", "backbone") and not str(self.freeze).isdigit():
@@ -172,22 +185,27 @@ def run_cli(
 ) -> int:
     """The command line of an export or inference job: parse, run, and turn a user error
     into one line and exit 2."""
+    from jobs.lock import AlreadyRunning, FolderError, JobLock
+
     parser = argparse.ArgumentParser(prog=prog, description=description)
     add_arguments(parser)
     args = parser.parse_args(argv)
+    try:
+        lock = JobLock(args.out).acquire()
+    except AlreadyRunning as exc:
+        print(f"resnest-bench: {exc}", file=sys.stderr)
+        return EXIT_ALREADY_RUNNING
+    except FolderError as exc:
+        print(f"resnest-bench: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
     try:
         job(args)
     except user_errors as exc:
         print(f"resnest-bench: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    finally:
+        lock.release()
     return EXIT_OK
-
-
-def add_identity_arguments(parser: argparse.ArgumentParser) -> None:
-    """Who a launched export or infer job is: the launcher passes these (jobs.run)."""
-    parser.add_argument("--job-id", default="", help="the sweep's id of this job")
-    parser.add_argument("--attempt", type=int, default=0, help="the attempt number")
-    parser.add_argument("--gpu-type", help="the sweep's name for the GPU type asked for")
 
 
 def spec_from_args(args: argparse.Namespace, stage: str) -> TrainSpec:

@@ -28,9 +28,11 @@ import resnest
 from jobs import checkpoint, data, distributed, telemetry
 from jobs.checkpoint import CheckpointError
 from jobs.loader import PIPELINES, DeviceLoader
+from jobs.lock import AlreadyRunning, FolderError, JobLock
 from jobs.recipe import Recipe, RecipeError, as_dict, get_recipe
 from jobs.reporter import NullReporter, Reporter, reporter_for
 from jobs.spec import (
+    EXIT_ALREADY_RUNNING,
     EXIT_DIVERGED,
     EXIT_FAILED,
     EXIT_OK,
@@ -784,7 +786,23 @@ def run_from_args(args: argparse.Namespace, stage: str) -> int:
 
 
 def execute(spec: TrainSpec) -> tuple[int, int | None]:
-    """Run a job and map its end to an exit code; also the signal that stopped it, if any."""
+    """Run a job and map its end to an exit code; also the signal that stopped it, if any.
+    One runner per job folder (and rank): a second one exits at once, having done nothing."""
+    try:
+        lock = JobLock(spec.out_dir, distributed.detect().rank).acquire()
+    except AlreadyRunning as exc:
+        print(f"resnest-bench: {exc}", file=sys.stderr)
+        return EXIT_ALREADY_RUNNING, None
+    except FolderError as exc:
+        print(f"resnest-bench: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR, None
+    try:
+        return _execute(spec)
+    finally:
+        lock.release()
+
+
+def _execute(spec: TrainSpec) -> tuple[int, int | None]:
     try:
         run(spec)
     except Requeue as exc:

@@ -22,10 +22,12 @@ def progress_bar(total: int, enabled: bool) -> Any:
 
 def exit_reason(code: int, last_line: str) -> str:
     """Why a job process ended badly, from its exit code and its last line on stderr."""
-    from jobs.spec import EXIT_DIVERGED, EXIT_USER_ERROR
+    from jobs.spec import EXIT_ALREADY_RUNNING, EXIT_DIVERGED, EXIT_USER_ERROR
 
     if code == EXIT_DIVERGED:
         return "diverged"
+    if code == EXIT_ALREADY_RUNNING:
+        return "not run: " + (last_line.removeprefix("resnest-bench: ") or "already running")
     if code == EXIT_USER_ERROR:
         return f"bad input: {last_line.removeprefix('resnest-bench: error: ')}"
     if code < 0:

@@ -14,7 +14,9 @@ from typing import Any
 
 from harness.launchers import exit_reason, last_line, mark_interrupted, progress_bar
 from harness.store import Store
-from jobs.spec import EXIT_REQUEUE
+from jobs.lock import holder_of, is_held
+from jobs.reporter import OutboxError, read_outbox
+from jobs.spec import EXIT_ALREADY_RUNNING, EXIT_REQUEUE
 
 POLL_S = 0.2
 MAX_REQUEUES = 3
@@ -46,6 +48,25 @@ def failure_reason(code: int, stderr_path: Path) -> str:
     return exit_reason(code, last_line(stderr_path))
 
 
+def outcome(job_dir: Path) -> tuple[str, str | None]:
+    """How a job that another runner ran has ended, from the final record of its outbox's
+    newest attempt."""
+    try:
+        records = read_outbox(job_dir / "outbox.jsonl")
+    except (OSError, OutboxError) as exc:
+        return "failed", f"ended; its outbox cannot be read: {exc}"
+    if not records:
+        return "failed", "ended without writing any record"
+    attempt = max(r.get("attempt", 0) for r in records)
+    finals = [r for r in records if r["kind"] == "final" and r.get("attempt", 0) == attempt]
+    if not finals:
+        return "failed", "ended without a final record (killed?)"
+    status = finals[-1].get("status")
+    if status == "succeeded":
+        return "succeeded", None
+    return "failed", str(finals[-1].get("reason") or status)
+
+
 def run(
     store: Store,
     jobs: list[dict[str, Any]],
@@ -56,6 +77,9 @@ def run(
     """Run ``jobs`` (store rows, in dependency order) to the end; return id -> final state."""
     waiting = {job["id"]: job for job in jobs}
     running: dict[str, Running] = {}
+    # Jobs found running already (a runner left by an earlier, killed submission holds the
+    # folder): followed through their lock until they end, then judged by their outbox.
+    followed: dict[str, dict[str, Any]] = {}
     final: dict[str, str] = {}
     counts: Counter[str] = Counter()
     outside: dict[str, str | None] = {}  # states of jobs outside this run: they stay put
@@ -72,7 +96,7 @@ def run(
     def state_of(job_id: str) -> str | None:
         if job_id in final:
             return final[job_id]
-        if job_id in waiting or job_id in running:
+        if job_id in waiting or job_id in running or job_id in followed:
             return "pending"
         if job_id not in outside:
             row = store.job(job_id)
@@ -94,7 +118,11 @@ def run(
         running[job["id"]] = Running(job, process, requeues)
 
     try:
-        while waiting or running:
+        while waiting or running or followed:
+            for job_id, job in list(followed.items()):
+                if not is_held(job["job_dir"]):
+                    del followed[job_id]
+                    finish(job_id, *outcome(Path(job["job_dir"])))
             for job_id, job in list(waiting.items()):
                 states = [state_of(parent) for parent in job["depends_on"] or []]
                 blocked = [
@@ -121,6 +149,14 @@ def run(
                     finish(job_id, "cancelled", record=False)  # by `cancel`: keep its reason
                 elif code == 0:
                     finish(job_id, "succeeded")
+                elif code == EXIT_ALREADY_RUNNING:
+                    holder = holder_of(Path(item.job["job_dir"]) / "lock")
+                    store.set_state(
+                        job_id, "running", launcher_job_id=f"pid:{holder.get('pid')}",
+                        reason=f"already running (host {holder.get('host')}, pid "
+                        f"{holder.get('pid')}): followed to its end",
+                    )  # fmt: skip
+                    followed[job_id] = item.job
                 elif code == EXIT_REQUEUE and item.requeues < MAX_REQUEUES:
                     item.job["attempt"] += 1
                     start(item.job, item.requeues + 1)
