@@ -49,7 +49,17 @@ def test_without_a_time_the_partition_default_applies(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("limit", "minutes"), [("90", 90), ("02:00", 120), ("00:10:01", 11), ("2-00:00:00", 2880)]
+    ("limit", "minutes"),
+    [
+        ("90", 90),
+        ("02:00", 2),
+        ("05:30", 6),
+        ("00:10:01", 11),
+        ("2-00:00:00", 2880),
+        ("2-05", 2 * 1440 + 300),
+        ("1-02:30", 1440 + 150),
+        ("08:00:00", 480),
+    ],  # SLURM's forms: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S
 )
 def test_slurm_time_limits_in_minutes(limit, minutes):
     assert _minutes(limit) == minutes
@@ -75,6 +85,8 @@ def test_slurm_time_limits_in_minutes(limit, minutes):
         ({"State": "FAILED", "ExitCode": "3:0"}, ("failed", "diverged")),
         ({"State": "FAILED", "ExitCode": "1:0"}, ("failed", "FAILED exit code 1")),
         ({"State": "FAILED", "ExitCode": "0:9"}, ("failed", "FAILED exit code 0 (signal 9)")),
+        # A second runner of a job another one holds (a rerun racing a requeue): not a failure.
+        ({"State": "FAILED", "ExitCode": "5:0"}, ("cancelled", "not run: already running")),
     ],
 )  # fmt: skip
 def test_sacct_states_map_onto_the_store(record, expected):
@@ -87,6 +99,15 @@ def test_bad_input_reason_comes_from_the_log(tmp_path):
     assert map_state({"State": "FAILED", "ExitCode": "2:0"}, err) == (
         "failed",
         "bad input: no such dataset folder x",
+    )
+
+
+def test_a_second_runner_names_the_holder_from_the_log(tmp_path):
+    err = tmp_path / "7_0_0_log.err"
+    err.write_text("resnest-bench: already running (node3, pid 4242): /results/jobs/abc\n")
+    assert map_state({"State": "FAILED", "ExitCode": "5:0"}, err) == (
+        "cancelled",
+        "not run: already running (node3, pid 4242): /results/jobs/abc",
     )
 
 

@@ -28,7 +28,7 @@ from harness.config import ClusterConfig, GpuType
 from harness.errors import UserError
 from harness.launchers import last_line, progress_bar
 from harness.store import Store
-from jobs.spec import EXIT_DIVERGED, EXIT_REQUEUE, EXIT_USER_ERROR
+from jobs.spec import EXIT_ALREADY_RUNNING, EXIT_DIVERGED, EXIT_REQUEUE, EXIT_USER_ERROR
 
 PREFIX = "slurm:"
 SACCT_FIELDS = ("JobID", "State", "ExitCode", "Reason", "Start", "End")
@@ -111,18 +111,19 @@ def check_gpu_types(config: ClusterConfig, used: set[str]) -> None:
 
 
 def _minutes(limit: str | None) -> int | None:
-    """SLURM time ``[D-]HH:MM:SS``, ``HH:MM`` or minutes -> minutes."""
+    """A SLURM time limit in whole minutes (seconds round up). SLURM's forms: ``M``,
+    ``M:S``, ``H:M:S``, ``D-H``, ``D-H:M``, ``D-H:M:S``."""
     if limit is None:
         return None
-    days, _, clock = limit.rpartition("-")
+    days, dash, clock = limit.rpartition("-")
     parts = [int(p) for p in clock.split(":")]
-    if len(parts) == 1:
-        minutes = parts[0]
-    elif len(parts) == 2:
-        minutes = parts[0] * 60 + parts[1]
+    if dash:
+        hours, minutes, seconds = (*parts, 0, 0)[:3]
+    elif len(parts) == 3:
+        hours, minutes, seconds = parts
     else:
-        minutes = parts[0] * 60 + parts[1] + (1 if parts[2] else 0)
-    return minutes + int(days or 0) * 24 * 60
+        hours, minutes, seconds = 0, parts[0], (parts[1] if len(parts) == 2 else 0)
+    return int(days or 0) * 24 * 60 + hours * 60 + minutes + (1 if seconds else 0)
 
 
 def sbatch_parameters(gpu: GpuType, gpus_per_node: int, nodes: int) -> dict[str, Any]:
@@ -255,16 +256,26 @@ def sacct_states(slurm_ids: list[str], since: float | None = None) -> dict[str, 
     cmd = ["sacct", "-X", "-n", "-P", "--format=" + ",".join(SACCT_FIELDS), "-j", ",".join(roots)]
     if since is not None:
         cmd += ["-S", time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since))]
-    out = _run(cmd)
-    found: dict[str, dict[str, str]] = {}
+    return parse_sacct(_run(cmd))
+
+
+def parse_sacct(out: str) -> dict[str, dict[str, str]]:
+    """``sacct -X -n -P`` lines -> SLURM id -> record. A concrete task's own line
+    (``2_0 RUNNING``) always wins over a range that sacct still lists it in
+    (``2_[0-1%2] PENDING``: the array's pending remainder); among a task's own lines the last
+    one is its current state (a requeued job)."""
+    concrete: dict[str, dict[str, str]] = {}
+    ranged: dict[str, dict[str, str]] = {}
     for line in out.splitlines():
         values = line.split("|")
         if len(values) != len(SACCT_FIELDS):
             continue
         record = dict(zip(SACCT_FIELDS, values, strict=True))
-        for job_id in _expand(record["JobID"]):
-            found[job_id] = record  # the last line of a requeued job is its current state
-    return found
+        ids = _expand(record["JobID"])
+        target = ranged if ids != [record["JobID"]] else concrete
+        for job_id in ids:
+            target[job_id] = record
+    return {**ranged, **concrete}
 
 
 def map_state(record: dict[str, str], log_err: Path | None = None) -> tuple[str, str | None]:
@@ -289,6 +300,9 @@ def map_state(record: dict[str, str], log_err: Path | None = None) -> tuple[str,
         return "failed", "diverged"
     if code == str(EXIT_USER_ERROR):
         return "failed", f"bad input: {last.removeprefix('resnest-bench: error: ')}"
+    if code == str(EXIT_ALREADY_RUNNING):  # a second runner of a job that another one holds
+        holder = last.removeprefix("resnest-bench: ") or "already running"
+        return "cancelled", f"not run: {holder}"
     if code == str(EXIT_REQUEUE):
         return "failed", "stopped for requeue, but SLURM did not requeue it"
     detail = f"FAILED exit code {code}" + (f" (signal {sig})" if sig not in ("", "0") else "")
