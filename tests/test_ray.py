@@ -8,8 +8,10 @@ machine does not have. The jobs run on the CPU.
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +30,12 @@ pytestmark = pytest.mark.ray
 
 RAY = EXE.parent / "ray"
 PORT = 6379
+# Every Ray here runs with token authentication set explicitly, and with a home of the test's
+# own: whatever ~/.ray holds on this machine (Ray writes ~/.ray/auth_token on any earlier
+# `ray start`, and then turns authentication on) plays no part.
+TOKEN = secrets.token_hex(16)
+HOME = Path(tempfile.mkdtemp(prefix="resnest-bench-ray-home-"))
+AUTH = {"HOME": str(HOME), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN}
 
 
 def _netns_possible() -> str | None:
@@ -39,7 +47,7 @@ def _netns_possible() -> str | None:
 
 
 def in_ns(ns: str, *cmd: str, timeout: int = 600, **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **kwargs.pop("env", {})}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **AUTH, **kwargs.pop("env", {})}
     return subprocess.run(
         ["ip", "netns", "exec", ns, *cmd],
         capture_output=True,
@@ -68,6 +76,9 @@ def ray_ns():
             pytest.fail(why)
         pytest.skip(why)
     ns = f"rb-ray-{os.getpid()}"
+    # A token left in the home by another Ray: the explicit settings must win over it.
+    (HOME / ".ray").mkdir(exist_ok=True)
+    (HOME / ".ray" / "auth_token").write_text(secrets.token_hex(16))
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
         subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
@@ -81,6 +92,7 @@ def ray_ns():
     finally:
         in_ns(ns, str(RAY), "stop", "--force", timeout=120)
         subprocess.run(["ip", "netns", "delete", ns], check=False)
+        shutil.rmtree(HOME, ignore_errors=True)
 
 
 def cli(ns: str, *args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -140,6 +152,21 @@ def test_sweep_on_ray_custom_resources_then_a_failed_job_rerun_alone(ray_ns, tmp
         assert after[job_id]["ended_at"] == rows[job_id]["ended_at"]
     table = cli(ray_ns, "table", "-c", str(path), "--format", "json", cwd=tmp_path)
     assert all(r["resnest_tiny_basic runs"] == 1 for r in json.loads(table.stdout))
+
+
+@pytest.mark.parametrize("token", ["wrong", None], ids=["wrong-token", "no-token"])
+def test_a_refused_token_is_one_line(ray_ns, tmp_path, token):
+    path = ray_yaml(tmp_path, "ray-auth", models=["resnest_tiny_basic"], gpu_types=["v100"])
+    env = {"RAY_AUTH_TOKEN": secrets.token_hex(16)} if token else {"RAY_AUTH_MODE": "disabled"}
+    if token is None:  # nothing set, and an empty home: no token at all
+        env |= {"HOME": str(tmp_path), "RAY_AUTH_TOKEN": ""}
+    result = cli(ray_ns, "submit", str(path), "-q", cwd=tmp_path, env=env, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "InvalidAuthToken" not in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "refused this machine's authentication token" in result.stderr
+    assert "RAY_AUTH_TOKEN" in result.stderr
+    assert {r["state"] for r in store_of(tmp_path).jobs("ray-auth")} == {"pending"}
 
 
 def test_two_worker_torch_trainer_job(ray_ns, tmp_path):
@@ -207,7 +234,7 @@ def test_unreachable_ray_address_is_one_line(tmp_path):
         text=True,
         cwd=tmp_path,
         timeout=300,
-        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **AUTH},
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "resnest-bench: error: launcher.ray.address: cannot connect to Ray at '127.0.0.1:1'" in (

@@ -24,7 +24,10 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +35,16 @@ from harness.config import ClusterConfig, GpuType
 from harness.errors import UserError
 from harness.launchers import exit_reason, last_line, mark_interrupted, progress_bar
 from harness.store import Store
-from jobs.spec import EXIT_DIVERGED, EXIT_OK, EXIT_REQUEUE, EXIT_USER_ERROR
+from jobs.spec import (
+    EXIT_ALREADY_RUNNING,
+    EXIT_DIVERGED,
+    EXIT_OK,
+    EXIT_REQUEUE,
+    EXIT_USER_ERROR,
+)
 
 PREFIX = "ray:"
-NO_RETRY = (EXIT_OK, EXIT_USER_ERROR, EXIT_DIVERGED)
+NO_RETRY = (EXIT_OK, EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_ALREADY_RUNNING)
 
 
 def connect(address: str) -> None:
@@ -54,22 +63,70 @@ def connect(address: str) -> None:
                 f"({exc.strerror or exc}); start one with `ray start --head`, or set "
                 "launcher.ray.address: local"
             ) from None
-    try:
-        options: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
-        if address == "local":
-            options["include_dashboard"] = False
+    options: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
+    if address == "local":
+        options["include_dashboard"] = False
+    else:
+        options["address"] = address
+    if address == "local" or host in ("127.0.0.1", "localhost"):
+        # A Ray on loopback: say so, rather than have Ray probe for a route outside.
+        options["_node_ip_address"] = "127.0.0.1"
+    # Ray's client retries a refused token for a while, a warning line each time, straight
+    # on the process's stderr: keep those lines, and say in one line what went wrong.
+    with _stderr_kept(enabled=address != "local") as kept:
+        try:
+            ray.init(**options)
+        except (ConnectionError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            failure = first
         else:
-            options["address"] = address
-        if address == "local" or host in ("127.0.0.1", "localhost"):
-            # A Ray on loopback: say so, rather than have Ray probe for a route outside.
-            options["_node_ip_address"] = "127.0.0.1"
-        ray.init(**options)
-    except (ConnectionError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            failure = None
+    if failure is None:
+        return
+    if "InvalidAuthToken" in kept.text() or "Unauthenticated" in kept.text():
+        mode = os.environ.get("RAY_AUTH_MODE", "unset")
         raise UserError(
-            f"launcher.ray.address: cannot connect to Ray at {address!r} ({first}); start one "
-            "with `ray start --head`, or set launcher.ray.address: local"
-        ) from None
+            f"launcher.ray.address: Ray at {address!r} refused this machine's authentication "
+            f"token (RAY_AUTH_MODE={mode}): set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or "
+            "RAY_AUTH_TOKEN_PATH) to the cluster's token, as `ray get-auth-token` prints it on "
+            "the head node"
+        )
+    raise UserError(
+        f"launcher.ray.address: cannot connect to Ray at {address!r} ({failure}); start one "
+        "with `ray start --head`, or set launcher.ray.address: local"
+    )
+
+
+class _Kept:
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+
+    def text(self) -> str:
+        if self.path is None or not self.path.is_file():
+            return ""
+        return self.path.read_text(errors="replace")
+
+
+@contextmanager
+def _stderr_kept(enabled: bool) -> Iterator[_Kept]:
+    """Point file descriptor 2 at a temporary file while connecting (Ray's native client
+    writes there directly); put it back after, whatever happened."""
+    if not enabled:
+        yield _Kept(None)
+        return
+    with tempfile.TemporaryDirectory(prefix="resnest-bench-ray-") as folder:
+        path = Path(folder) / "stderr"
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            with open(path, "wb") as sink:
+                os.dup2(sink.fileno(), 2)
+                try:
+                    yield _Kept(path)
+                finally:
+                    os.dup2(saved, 2)
+        finally:
+            os.close(saved)
 
 
 def resources_of(gpu: GpuType) -> dict[str, float]:
@@ -278,6 +335,8 @@ def run(
                     retries[job["id"]] = retries.get(job["id"], 0) + 1
                     job["attempt"] += 1
                     running[start(job)] = job
+                elif code == EXIT_ALREADY_RUNNING:  # another runner has it: not a failure
+                    finish(job["id"], "cancelled", exit_reason(code, last))
                 else:
                     if code == EXIT_REQUEUE:
                         last = "stopped for requeue too many times"
