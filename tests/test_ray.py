@@ -95,8 +95,10 @@ def ray_ns():
         shutil.rmtree(HOME, ignore_errors=True)
 
 
-def cli(ns: str, *args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    return in_ns(ns, str(EXE), *args, cwd=cwd, timeout=timeout)
+def cli(
+    ns: str, *args: str, cwd: Path, timeout: int = 600, **kwargs
+) -> subprocess.CompletedProcess:
+    return in_ns(ns, str(EXE), *args, cwd=cwd, timeout=timeout, **kwargs)
 
 
 def ray_yaml(tmp_path: Path, name: str, address: str = f"127.0.0.1:{PORT}", **sweep) -> Path:

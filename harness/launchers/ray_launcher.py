@@ -81,9 +81,10 @@ def connect(address: str) -> None:
             failure = first
         else:
             failure = None
+        said = kept.text()
     if failure is None:
         return
-    if "InvalidAuthToken" in kept.text() or "Unauthenticated" in kept.text():
+    if "InvalidAuthToken" in said or "Unauthenticated" in said:
         mode = os.environ.get("RAY_AUTH_MODE", "unset")
         raise UserError(
             f"launcher.ray.address: Ray at {address!r} refused this machine's authentication "
