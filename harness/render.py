@@ -29,7 +29,10 @@ def render(rows: Sequence[Mapping[str, Any]], fmt: str = "table") -> str:
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(
+            {c: " ".join(v.split()) if isinstance(v, str) else v for c, v in row.items()}
+            for row in rows
+        )  # a record per line, whatever a reason holds
         return out.getvalue().rstrip("\n")
     if fmt == "table":
         return _text_table(rows, columns)

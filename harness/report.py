@@ -153,7 +153,7 @@ def comparison(
 
     def cost(gpu: str, g: dict[str, list]) -> float | None:
         price = (prices or {}).get(gpu)
-        runs = g.get("train_time", [])
+        runs = [t for t in g.get("train_time", []) if t is not None]
         if price is None or not runs:
             return None
         gpus = g.get("gpus", [1])[0]

@@ -78,7 +78,8 @@ sweeps = st.lists(job, max_size=6)
 
 
 def fill(store: Store, jobs: list[dict]) -> None:
-    store.add_sweep("mix", {"gpu_types": {"v100": {"price_per_gpu_hour": 2.5}}})
+    # Priced GPU types: the cost column meets runs with and without a training time.
+    store.add_sweep("mix", {"gpu_types": {g: {"price_per_gpu_hour": 2.5} for g in GPUS}})
     rows, records = [], []
     for i, j in enumerate(jobs):
         job_id = f"job{i}"
