@@ -482,19 +482,21 @@ DAMAGED = (
 
 
 def _check_sqlite_file(path: Path, create: bool) -> None:
-    """Look into an existing SQLite file read-only before SQLAlchemy opens it (which would
-    switch it to WAL mode): a damaged file, or another program's database, is refused
+    """Look into an existing SQLite file, reading only, before SQLAlchemy opens it (which
+    would switch it to WAL mode): a damaged file, or another program's database, is refused
     without a byte of it changed."""
     import sqlite3
 
-    uri = path.resolve().as_uri() + "?mode=ro"
+    # A plain connection that only reads: read-only mode cannot open a WAL database whose
+    # shared-memory file is not there yet, as when many jobs open a new store at once.
     try:
-        with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+        with contextlib.closing(sqlite3.connect(path, timeout=30)) as conn:
             found = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
             tables = {name for (name,) in found}
     except sqlite3.Error as exc:
         raise UserError(f"results store {path}: cannot open: {exc}{DAMAGED}") from None
-    if tables and "schema_version" not in tables:
+    # Some of our tables and not yet the others: another job is creating the store now.
+    if tables and not tables & set(metadata.tables):
         raise UserError(
             f"results store {path} holds no resnest-bench results (it has tables "
             f"{', '.join(sorted(tables)[:5])}): name another file"

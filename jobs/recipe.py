@@ -123,7 +123,7 @@ CHOICES = {
 RANGES = {
     "epochs": (1, None, True),
     "batch_size": (1, None, True),
-    "lr": (0, None, False),
+    "lr": (0, None, True),  # 0: nothing changes, as a measurement may want
     "accum_steps": (1, None, True),
     "momentum": (0, 1, True),
     "weight_decay": (0, None, True),
