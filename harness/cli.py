@@ -16,6 +16,8 @@ from harness.errors import UserError
 from harness.render import FORMATS, TABLE_FORMATS, render
 from jobs.spec import add_job_arguments
 
+DEFAULT_CONFIG = "cluster.yaml"
+
 
 def _positive_int(text: str) -> int:
     try:
@@ -24,6 +26,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text}")
     return value
 
 
@@ -98,7 +110,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 def _queued(config, launched: list[str], args) -> int:
     print(
         f"sweep {config.name!r}: {len(launched)} job(s) queued on {config.launcher.kind}; "
-        f"follow with: resnest-bench status {config.name} -c {args.config}",
+        f"follow with: resnest-bench status {config.name} -c {_config_path(args)}",
         file=sys.stderr,
     )
     return 0
@@ -114,7 +126,7 @@ def _finish(store, sweep_name: str, final: dict[str, str], args, skipped: int = 
         file=sys.stderr,
     )
     if counts["failed"] or counts["cancelled"]:
-        print(f"see: resnest-bench status {sweep_name} -c {args.config}", file=sys.stderr)
+        print(f"see: resnest-bench status {sweep_name} -c {_config_path(args)}", file=sys.stderr)
     print_comparison(comparison(store, sweep_name, prices=prices_of(store, sweep_name)), "table")
     return 1 if counts["failed"] else 0
 
@@ -132,30 +144,47 @@ def print_comparison(rows: list[dict], fmt: str) -> None:
         print(render(block, "table"))
 
 
-def _open_store(args: argparse.Namespace):
-    """The store named by --store, or the one of the cluster.yaml given by -c."""
+def _config_path(args: argparse.Namespace) -> str:
+    return args.config or DEFAULT_CONFIG
+
+
+def _open_store(args: argparse.Namespace, create: bool = False):
+    """The store named by --store, or the one of the cluster.yaml given by -c. Only commands
+    that write (ingest) may create it; a read that finds nothing says where it looked."""
     from harness import config as cluster_config
-    from harness.store import Store, open_store
+    from harness.store import Store, StoreMissing, open_store
 
     if args.store:
-        return None, Store(args.store)
-    if not os.path.exists(args.config):
-        raise UserError(f"{args.config}: no such file (give -c CLUSTER_YAML or --store URL)")
-    config = cluster_config.load(args.config)
-    return config, open_store(config.store, config.results_dir)
+        return None, Store(args.store, create=create)
+    path = _config_path(args)
+    if not os.path.exists(path):
+        raise UserError(f"{path}: no such file (give -c CLUSTER_YAML or --store URL)")
+    config = cluster_config.load(path)
+    try:
+        return config, open_store(config.store, config.results_dir, create=create)
+    except StoreMissing as exc:
+        hint = "" if args.config else "; give -c with the sweep's cluster.yaml, or --store URL"
+        raise UserError(
+            f"{exc}: the store of {path} (results_dir {config.results_dir}) does not exist: "
+            f"nothing was submitted with it from here{hint}"
+        ) from None
 
 
-def _store_and_sweep(args: argparse.Namespace):
-    config, store = _open_store(args)
+def _store_and_sweep(args: argparse.Namespace, create: bool = False):
+    from harness.store import redact
+
+    config, store = _open_store(args, create)
     known = store.sweeps()
     sweep_name = getattr(args, "sweep", None) or (config.name if config else None)
     if sweep_name is None:
         if not known:
-            raise UserError(f"the store {store.url} holds no sweep yet")
+            raise UserError(f"the store {redact(store.url)} holds no sweep yet")
         sweep_name = known[-1]
     if sweep_name not in known:
+        where = f"the store of {_config_path(args)}" if config else "the store"
         raise UserError(
-            f"no sweep {sweep_name!r} in the store; known: {', '.join(known) or 'none'}"
+            f"no sweep {sweep_name!r} in {where} ({redact(store.url)}); it holds: "
+            f"{', '.join(known) or 'no sweep'}"
         )
     return config, store, sweep_name
 
@@ -204,6 +233,12 @@ def _cmd_table(args: argparse.Namespace) -> int:
             )
         return 0
     rows = comparison(store, sweep_name, args.reference, prices=prices_of(store, sweep_name))
+    measured = [row["gpu_type"] for row in rows]
+    if args.reference and args.reference not in measured:
+        raise UserError(
+            f"--reference {args.reference!r}: no finished run on that GPU type in sweep "
+            f"{sweep_name!r} (it has: {', '.join(measured) or 'none yet'})"
+        )
     if args.layout == "study":
         from harness.report import study_tables
 
@@ -261,6 +296,9 @@ def _cmd_rerun(args: argparse.Namespace) -> int:
         wait=args.wait,
         timeout=args.timeout,
     )
+    if not outcome["launched"]:
+        print(f"nothing to rerun: no failed or not-run job in sweep {sweep_name!r}")
+        return 0
     if outcome["final"] is None:
         return _queued(config, outcome["launched"], args)
     return _finish(outcome["store"], sweep_name, outcome["final"], args)
@@ -273,6 +311,11 @@ def _cmd_logs(args: argparse.Namespace) -> int:
     job = store.job(args.job_id)
     if job is None:
         raise UserError(f"no job {args.job_id!r} in the store")
+    if job["state"] != "pending" and not Path(job["job_dir"]).is_dir():
+        raise UserError(
+            f"job {job['id']}: its folder {job['job_dir']} does not exist (moved or deleted); "
+            f"run it again with: resnest-bench rerun {job['id']}"
+        )
     paths = [Path(job["job_dir"]) / name for name in ("stdout.log", "stderr.log")]
     if (job["launcher_job_id"] or "").startswith("slurm:"):
         from harness.launchers.slurm import log_paths
@@ -283,23 +326,58 @@ def _cmd_logs(args: argparse.Namespace) -> int:
         if path.is_file():
             lines = path.read_text(errors="replace").splitlines()
             print("\n".join(lines[-args.lines :]))
+        else:
+            print("(not written yet)")
     return 0
 
 
+UNFINISHED = ("pending", "submitted", "running")
+
+
 def _cmd_cancel(args: argparse.Namespace) -> int:
+    """Cancel the named jobs, or a whole sweep when asked for it by name (--sweep) or with
+    --all; a target that matches no job is an error and nothing is cancelled."""
+    if args.job_ids and (args.sweep or args.all):
+        raise UserError("name jobs, or a whole sweep with --sweep NAME / --all, not both")
+    if not args.job_ids and not (args.sweep or args.all):
+        raise UserError(
+            "name the jobs to cancel (JOB_ID ...), or cancel a whole sweep with --sweep NAME "
+            "or --all (the sweep of -c)"
+        )
+    _, store, sweep_name = _store_and_sweep(args)
+    if args.job_ids:
+        targets = []
+        for job_id in args.job_ids:
+            job = store.job(job_id)
+            if job is None:
+                raise UserError(f"no job {job_id!r} in the store: nothing cancelled")
+            targets.append(job)
+        what = f"{len(targets)} named job(s)"
+    else:
+        targets = store.jobs(sweep_name)
+        what = f"sweep {sweep_name!r}"
+    unfinished = [job for job in targets if job["state"] in UNFINISHED]
+    for job in targets:
+        if job["state"] not in UNFINISHED:
+            print(f"  {job['id']}  already {job['state']}: left as it is", file=sys.stderr)
+    if not unfinished:
+        print(f"nothing to cancel in {what}: no job is pending, queued or running")
+        return 0
+    for job in unfinished:
+        print(
+            f"cancelling {job['id']}  {job['stage']} {job['model']} on {job['gpu_type']} "
+            f"({job['state']})"
+        )
+    _cancel_jobs(store, unfinished)
+    print(f"cancelled {len(unfinished)} job(s) of {what}")
+    return 0
+
+
+def _cancel_jobs(store, jobs: list[dict]) -> None:
     import signal
 
-    _, store, sweep_name = _store_and_sweep(args)
-    targets = (
-        [store.job(args.target)]
-        if args.target and store.job(args.target)
-        else [row for row in store.jobs(sweep_name)]
-    )
-    cancelled = 0
     on_slurm = []
-    for job in targets:
-        if job["state"] not in ("pending", "submitted", "running"):
-            continue
+    for job in jobs:
         launcher_id = job["launcher_job_id"] or ""
         if job["state"] == "running" and launcher_id.startswith("pid:"):
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -307,36 +385,86 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
         if launcher_id.startswith("slurm:"):
             on_slurm.append(launcher_id.removeprefix("slurm:"))
         store.set_state(job["id"], "cancelled", reason="cancelled by the user")
-        cancelled += 1
     if on_slurm:
         from harness.launchers.slurm import cancel
 
         cancel(on_slurm)
-    print(f"cancelled {cancelled} job(s)")
-    return 0
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
+    """Replay outboxes into the store (creating it if it is gone). With the sweep's
+    cluster.yaml, the sweep is planned into the store again and every job takes the state its
+    outbox ended in, so that tables after a lost store are the tables from before."""
     from pathlib import Path
 
-    from jobs.reporter import read_outbox
+    from jobs.reporter import OutboxError, read_outbox
 
-    _, store = _open_store(args)
     path = Path(args.path)
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
+    if not args.store and not os.path.exists(_config_path(args)):
+        raise UserError(f"{_config_path(args)}: no such file (give -c CLUSTER_YAML or --store URL)")
+    config, store = _open_store(args, create=True)
     outboxes = [path] if path.is_file() else sorted(path.rglob("outbox.jsonl"))
-    total = 0
+    planned: set[str] = set()
+    sweep_name = args.sweep
+    if config is not None and not args.sweep:
+        from harness import sweep as sweeps
+
+        planned = sweeps.record_plan(config, store)
+        sweep_name = config.name
+    total = outside = 0
     for outbox in outboxes:
         try:
             records = read_outbox(outbox)
-            if args.sweep:
-                _adopt(store, args.sweep, outbox, records)
             total += store.write_records(records)
-        except (ValueError, KeyError) as exc:
-            raise UserError(f"{outbox}: not an outbox: {exc}") from None
-    print(f"ingested {total} records from {len(outboxes)} outbox file(s) into {store.url}")
+        except OutboxError as exc:
+            raise UserError(str(exc)) from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"{outbox}: not an outbox: a record lacks {exc}") from None
+        job_id = next((r.get("job_id") for r in records if r.get("kind") == "start"), None)
+        if job_id and job_id in planned:
+            _restore_state(store, job_id, records)
+        elif args.sweep:
+            _adopt(store, args.sweep, outbox, records)
+        elif config is not None:
+            outside += 1
+    into = f" (sweep {sweep_name!r})" if sweep_name else ""
+    print(
+        f"ingested {total} records from {len(outboxes)} outbox file(s) into "
+        f"{_redacted(store.url)}{into}"
+    )
+    if outside:
+        print(
+            f"{outside} outbox(es) belong to no job of sweep {sweep_name!r}: their records are "
+            "stored; to show them in a sweep's tables, ingest them with --sweep NAME",
+            file=sys.stderr,
+        )
     return 0
+
+
+def _redacted(url: str) -> str:
+    from harness.store import redact
+
+    return redact(url)
+
+
+def _restore_state(store, job_id: str, records: list[dict]) -> None:
+    """A planned job's state from its outbox: the last attempt's final record, if any."""
+    attempt = max(r.get("attempt", 0) for r in records)
+    final = next(
+        (r for r in reversed(records) if r["kind"] == "final" and r.get("attempt") == attempt),
+        None,
+    )
+    row = store.job(job_id)
+    if final is None:
+        if row["state"] in ("pending",):
+            store.set_state(job_id, "failed", attempt=attempt, reason="ended without a final "
+                            "record (found by ingest)")  # fmt: skip
+        return
+    status = final.get("status")
+    state = status if status in ("succeeded", "failed") else "failed"
+    store.set_state(job_id, state, attempt=attempt, reason=final.get("reason"))
 
 
 def _adopt(store, sweep: str, outbox, records: list[dict]) -> None:
@@ -350,7 +478,8 @@ def _adopt(store, sweep: str, outbox, records: list[dict]) -> None:
     if not job_id:
         raise UserError(f"{outbox}: the job has no id (run it again with a current version)")
     final = next((r for r in reversed(records) if r["kind"] == "final"), None)
-    store.add_sweep(sweep, {"adopted": True})
+    if sweep not in store.sweeps():
+        store.add_sweep(sweep, {"adopted": True})
     store.add_jobs(
         sweep,
         [
@@ -415,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument(
             "--timeout",
-            type=float,
+            type=_positive_seconds,
             metavar="S",
             help="with --wait: give up following after S seconds (the jobs stay queued)",
         )
@@ -451,7 +580,6 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "-c",
             "--config",
-            default="cluster.yaml",
             help="the sweep's cluster.yaml, to find its store (default: ./cluster.yaml)",
         )
         p.add_argument("--store", help="results store URL instead (password from PGPASSWORD)")
@@ -530,10 +658,21 @@ def build_parser() -> argparse.ArgumentParser:
     store_options(logs)
     logs.set_defaults(func=_cmd_logs, sweep=None)
 
-    cancel = sub.add_parser("cancel", help="cancel a sweep's unfinished jobs, or one job")
-    cancel.add_argument("target", nargs="?", metavar="SWEEP|JOB_ID")
+    cancel = sub.add_parser(
+        "cancel",
+        help="cancel named jobs, or a whole sweep with --sweep NAME / --all",
+        description="Cancel the named jobs (ids or unique prefixes; every one must exist, or "
+        "nothing is cancelled). A whole sweep is cancelled only when asked for explicitly: "
+        "--sweep NAME, or --all for the sweep of -c. Prints each job it cancels. Jobs that "
+        "already ended are left as they are; a cancelled job can be run again with rerun.",
+    )
+    cancel.add_argument("job_ids", nargs="*", metavar="JOB_ID")
+    cancel.add_argument("--sweep", help="cancel every unfinished job of this sweep")
+    cancel.add_argument(
+        "--all", action="store_true", help="cancel every unfinished job of the sweep of -c"
+    )
     store_options(cancel)
-    cancel.set_defaults(func=_cmd_cancel, sweep=None)
+    cancel.set_defaults(func=_cmd_cancel)
 
     ingest = sub.add_parser(
         "ingest",
@@ -588,6 +727,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into head and the like
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115
         return 0
+    except OSError as exc:  # a file or folder the user named or made: say which and why
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"resnest-bench: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if not any(c.__module__.startswith("sqlalchemy") for c in type(exc).__mro__):
+            raise
+        from harness.store import store_problem
+
+        print(f"resnest-bench: error: results store: {store_problem(exc)}", file=sys.stderr)
+        return 2
     return code or 0
 
 

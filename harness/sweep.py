@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,15 @@ def refresh(store: Store, rows: list[dict[str, Any]]) -> None:
         slurm.poll(store, queued)
 
 
+def record_plan(config: ClusterConfig, store: Store, jobs: list[JobPlan] | None = None) -> set[str]:
+    """Record the sweep and its planned jobs (all of them by default) in the store; jobs it
+    already holds keep their state. Return the planned ids."""
+    jobs = plan(config) if jobs is None else jobs
+    store.add_sweep(config.name, config.model_dump(mode="json"))
+    store.add_jobs(config.name, [_row(config, job) for job in jobs])
+    return {job.id for job in jobs}
+
+
 def submit(
     config: ClusterConfig,
     only: list[str],
@@ -141,8 +151,7 @@ def submit(
     cluster's queue from an earlier submission, are skipped."""
     jobs = select(plan(config), only)
     store = store_for(config)
-    store.add_sweep(config.name, config.model_dump(mode="json"))
-    store.add_jobs(config.name, [_row(config, job) for job in jobs])
+    record_plan(config, store, jobs)
     refresh(store, store.jobs(config.name))
     rows = {row["id"]: row for row in store.jobs(config.name)}
     in_flight = 0
@@ -176,7 +185,8 @@ def rerun(
     wait: bool = False,
     timeout: float | None = None,
 ) -> dict[str, Any]:
-    """Run exactly the chosen jobs again, as new attempts; nothing else is touched."""
+    """Run the chosen jobs again, as new attempts, with the jobs after them that did not run;
+    nothing else is touched."""
     store = store_for(config)
     rows = store.jobs(config.name)
     refresh(store, rows)
@@ -195,6 +205,9 @@ def rerun(
                     f"({row['launcher_job_id'] or 'no launcher id'}); cancel it first"
                 )
             chosen.append(row)
+        chosen = _with_dependants(rows, chosen)
+    if not chosen:
+        return {"final": {}, "store": store, "launched": []}
     for row in chosen:
         if row["state"] == "succeeded":
             # A finished job runs again from the start; a failed one resumes from its last
@@ -205,3 +218,39 @@ def rerun(
         row["attempt"] += 1
     final = _launch(config, store, chosen, progress, wait, timeout)
     return {"final": final, "store": store, "launched": [row["id"] for row in chosen]}
+
+
+def _with_dependants(rows: list[dict[str, Any]], chosen: list[dict[str, Any]]):
+    """The chosen jobs and every job downstream of them that has not succeeded (a transfer,
+    export or inference that was not run because its training failed), in plan order.
+    Downstream jobs that did succeed, on the old result, are named, not rerun."""
+    by_id = {row["id"]: row for row in rows}
+    depth: dict[str, int] = {}
+
+    def depth_of(job_id: str) -> int:  # parents before their dependants, whatever the order
+        if job_id not in depth:
+            parents = by_id[job_id]["depends_on"] or [] if job_id in by_id else []
+            depth[job_id] = 1 + max((depth_of(p) for p in parents), default=-1)
+        return depth[job_id]
+
+    rows = sorted(rows, key=lambda row: depth_of(row["id"]))
+    ids = {row["id"] for row in chosen}
+    stale = []
+    for row in rows:
+        if row["id"] in ids or not set(row["depends_on"] or []) & ids:
+            continue
+        if row["state"] == "succeeded":
+            stale.append(row["id"])
+        elif row["state"] not in IN_FLIGHT:
+            ids.add(row["id"])
+    added = len(ids) - len(chosen)
+    if added:
+        print(f"rerun: with {added} job(s) after them that had not run", file=sys.stderr)
+    if stale:
+        print(
+            f"rerun: {len(stale)} job(s) after them succeeded on the earlier result; to run "
+            f"them on the new one too: resnest-bench rerun {' '.join(stale)}",
+            file=sys.stderr,
+        )
+    picked = {row["id"]: row for row in chosen}
+    return [picked.get(row["id"], row) for row in rows if row["id"] in ids]

@@ -56,13 +56,31 @@ class OutboxReporter:
         return line
 
 
+class OutboxError(ValueError):
+    """An outbox that cannot be read; the message names the file and the line."""
+
+
 def read_outbox(path: Path) -> list[dict[str, Any]]:
-    """Records of an outbox; a torn last line (a write cut short by a kill) is skipped."""
+    """Records of an outbox; a torn last line (a write cut short by a kill) is skipped. Any
+    other line that is not a record is an error naming the file and line: an outbox is only
+    ever appended to, so damage inside it means the file is not what it should be."""
     records = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.endswith("\n"):
-                records.append(json.loads(line))
+    try:
+        with open(path, encoding="utf-8", errors="strict") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.endswith("\n"):
+                    break  # torn last line
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    record = None
+                if not isinstance(record, dict) or not isinstance(record.get("kind"), str):
+                    raise OutboxError(f"{path}:{number}: not an outbox record")
+                records.append(record)
+    except UnicodeDecodeError:
+        raise OutboxError(f"{path}: not an outbox (not UTF-8 text)") from None
+    except OSError as exc:
+        raise OutboxError(f"{path}: cannot read: {exc.strerror}") from None
     return records
 
 

@@ -350,8 +350,8 @@ def test_cancel_uses_scancel(tmp_path):
     assert result.returncode == 0, result.stderr
     store = store_of(tmp_path)
     ids = [r["launcher_job_id"].removeprefix("slurm:") for r in store.jobs("slurm-cancel")]
-    result = cli("cancel", "-c", str(path), cwd=tmp_path)
-    assert result.returncode == 0 and "cancelled 2 job(s)" in result.stdout
+    result = cli("cancel", "--all", "-c", str(path), cwd=tmp_path)
+    assert result.returncode == 0 and "cancelled 2 job(s) of sweep 'slurm-cancel'" in result.stdout
 
     def all_cancelled() -> bool:
         states = {r[1].split()[0] for r in sacct("-X", "--format=JobID,State", "-j", ",".join(

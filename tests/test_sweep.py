@@ -94,15 +94,21 @@ def test_status_lists_jobs(finished_sweep):
     assert result.stdout.splitlines()[0] == "sweep local-test: 8 succeeded"
 
 
-def test_a_failing_job_fails_alone_and_rerun_fixes_exactly_it(tmp_path):
-    path = sweep_yaml(tmp_path, models=["resnest_tiny_basic"])
+def doomed_training_job(tmp_path: Path, path: Path):
+    """The cpu-b training job of the sweep, made to fail when it saves (a file where its
+    checkpoint folder must go), with the transfer job that waits on it and its folder."""
     jobs = plan(cluster_config.load(path))
     doomed = next(j for j in jobs if j.stage == "train" and j.gpu_type == "cpu-b")
     dependant = next(j for j in jobs if doomed.id in j.depends_on)
-    # A broken job folder: a file where the job's checkpoint folder must go.
     folder = tmp_path / "results" / "local-test" / "jobs" / doomed.id
     folder.mkdir(parents=True)
     (folder / "checkpoints").write_text("not a folder")
+    return doomed, dependant, folder
+
+
+def test_a_failing_job_fails_alone_and_rerun_fixes_exactly_it(tmp_path):
+    path = sweep_yaml(tmp_path, models=["resnest_tiny_basic"])
+    doomed, dependant, folder = doomed_training_job(tmp_path, path)
 
     result = cli("submit", str(path), "-q", cwd=tmp_path)
     assert result.returncode == 1
@@ -250,8 +256,8 @@ def test_logs_and_cancel(finished_sweep):
     assert result.returncode == 0
     assert f"==> {job['job_dir']}/stdout.log <==" in result.stdout
     assert "epoch   1/" in result.stdout
-    result = cli("cancel", "-c", str(path), cwd=tmp_path)
-    assert result.returncode == 0 and "cancelled 0 job(s)" in result.stdout
+    result = cli("cancel", "--all", "-c", str(path), cwd=tmp_path)
+    assert result.returncode == 0 and "nothing to cancel in sweep 'local-test'" in result.stdout
 
 
 @pytest.mark.slow

@@ -1,0 +1,205 @@
+"""Recovering as a user does, through the command line: a submission killed half-way and
+repeated, the same job started twice, a store lost and rebuilt from the outboxes, a failed
+training job rerun with the jobs that waited on it, a running array task seen through sacct."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from harness import config as cluster_config
+from harness.launchers.slurm import parse_sacct
+from harness.planner import plan
+from harness.store import Store, epochs, events
+
+from .jobtools import job_env, records
+from .test_sweep import EXE, cli, doomed_training_job, sweep_yaml
+
+
+def store_at(tmp_path: Path) -> Store:
+    return Store(f"sqlite:///{tmp_path / 'results' / 'results.db'}")
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def count(store: Store, table, job_id: str, **where) -> int:
+    query = select(func.count()).select_from(table).where(table.c.job_id == job_id)
+    for key, value in where.items():
+        query = query.where(table.c[key] == value)
+    with store.begin() as conn:
+        return conn.execute(query).scalar()
+
+
+# -- one runner per job ---------------------------------------------------------------------------
+
+
+def test_the_same_job_started_twice_at_once_trains_once(tmp_path):
+    folder = tmp_path / "job"
+    folder.mkdir()
+    spec = folder / "spec.json"
+    spec.write_text(json.dumps({
+        "stage": "train", "model": "resnest_tiny_basic", "dataset": "synthetic",
+        "recipe": "fast", "overrides": {"batch_size": 32, "epochs": 3}, "max_steps": 4,
+        "device": "cpu", "out_dir": str(folder), "job_id": "twice", "attempt": 0,
+    }))  # fmt: skip
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    env = {**job_env(), "RESNEST_BENCH_STORE": url}
+    cmd = [sys.executable, "-m", "jobs.run", "--spec", str(spec)]
+    procs = [subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True) for _ in "ab"]
+    ends = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in ends)
+    assert codes == [0, 5], ends
+    refused = next(err for code, err in ends if code == 5)
+    winner = next(p for p, (code, _) in zip(procs, ends, strict=True) if code == 0)
+    assert f"already running ({os.uname().nodename}, pid {winner.pid})" in refused
+    assert refused.count("\n") == 1  # it said so, and did nothing else
+    store = Store(url)
+    assert count(store, epochs, "twice") == 3
+    assert count(store, events, "twice", kind="start") == 1
+    assert len(records(folder, "start")) == 1 and len(records(folder, "epoch")) == 3
+
+
+def test_a_killed_submission_submitted_again_follows_the_running_job(tmp_path):
+    path = sweep_yaml(
+        tmp_path, models=["resnest_tiny_basic"], gpu_types=["cpu-a"], stages=["train"],
+        transfer_to=[], epochs=4, max_steps=6,
+    )  # fmt: skip
+    (job,) = plan(cluster_config.load(path))
+    folder = tmp_path / "results" / "local-test" / "jobs" / job.id
+    first = subprocess.Popen(
+        [str(EXE), "submit", str(path), "-q"], cwd=tmp_path, stderr=subprocess.DEVNULL
+    )
+    wait_until(lambda: (folder / "outbox.jsonl").is_file(), 300, "the job to start")
+    first.send_signal(signal.SIGKILL)  # the submission dies; its job goes on
+    first.wait(timeout=60)
+    store = store_at(tmp_path)
+    assert store.job(job.id)["state"] == "running"
+
+    again = cli("submit", str(path), "-q", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "1 succeeded, 0 failed, 0 not run" in again.stderr
+    row = store.job(job.id)
+    assert row["state"] == "succeeded" and row["attempt"] == 0
+    # The second runner found the folder held and left at once: one start, no double epoch.
+    assert "already running" in (folder / "stderr.log").read_text()
+    assert len(records(folder, "start")) == 1
+    assert count(store, epochs, job.id) == 4
+    assert count(store, events, job.id, kind="start") == 1
+
+
+# -- a lost store, rebuilt ------------------------------------------------------------------------
+
+
+def _views(path: Path, cwd: Path) -> dict[str, object]:
+    views = {}
+    for name, args in {
+        "gpu": ["table", "--format", "json"],
+        "study": ["table", "--layout", "study", "--format", "json"],
+        "status": ["status", "--format", "json"],
+    }.items():
+        result = cli(*args, "-c", str(path), cwd=cwd)
+        assert result.returncode == 0, result.stderr
+        views[name] = json.loads(result.stdout.split("\n", 1)[1] if name == "status" else
+                                 result.stdout)  # fmt: skip
+    views["status"] = sorted((r["id"], r["stage"], r["state"], r["attempt"])
+                             for r in views["status"])  # fmt: skip
+    return views
+
+
+def test_the_tables_after_losing_the_store_and_ingesting_are_the_tables_before(tmp_path):
+    path = sweep_yaml(tmp_path, models=["resnest_tiny_basic"])
+    result = cli("submit", str(path), "-q", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    before = _views(path, tmp_path)
+    assert len(before["gpu"]) == 2 and before["gpu"][0]["resnest_tiny_basic transfer acc %"]
+    for leftover in (tmp_path / "results").glob("results.db*"):
+        leftover.unlink()
+
+    result = cli("ingest", str(tmp_path / "results"), "-c", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "(sweep 'local-test')" in result.stdout
+    assert _views(path, tmp_path) == before
+    again = cli("ingest", str(tmp_path / "results"), "-c", str(path), cwd=tmp_path)
+    assert again.returncode == 0 and _views(path, tmp_path) == before  # idempotent
+
+
+# -- rerun brings the jobs that waited on it ------------------------------------------------------
+
+
+def test_rerun_of_a_failed_training_job_runs_its_not_run_dependants_too(tmp_path):
+    path = sweep_yaml(tmp_path, models=["resnest_tiny_basic"])
+    doomed, dependant, folder = doomed_training_job(tmp_path, path)
+    result = cli("submit", str(path), "-q", cwd=tmp_path)
+    assert "2 succeeded, 1 failed, 1 not run" in result.stderr
+    store = store_at(tmp_path)
+    untouched = {r["id"]: r for r in store.jobs("local-test") if r["id"] not in
+                 (doomed.id, dependant.id)}  # fmt: skip
+
+    (folder / "checkpoints").unlink()
+    result = cli("rerun", doomed.id[:8], "-q", "-c", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "rerun: with 1 job(s) after them that had not run" in result.stderr
+    assert "2 succeeded, 0 failed, 0 not run" in result.stderr
+    rows = {r["id"]: r for r in store.jobs("local-test")}
+    assert rows[doomed.id]["state"] == rows[dependant.id]["state"] == "succeeded"
+    for job_id, row in untouched.items():
+        assert (rows[job_id]["attempt"], rows[job_id]["ended_at"]) == (0, row["ended_at"])
+
+    # A job whose dependants succeeded: they are named, not rerun behind the user's back.
+    result = cli("rerun", doomed.id[:8], "-q", "-c", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"to run them on the new one too: resnest-bench rerun {dependant.id}" in result.stderr
+    assert store.job(dependant.id)["attempt"] == rows[dependant.id]["attempt"]
+
+
+# -- SLURM: a running array task is shown as running -----------------------------------------------
+
+# Recorded `sacct -X -n -P --format=JobID,State,ExitCode,Reason,Start,End` while task 0 of
+# array 2 ran and the array's pending remainder was still listed as a range that includes it.
+SACCT = """\
+2_0|RUNNING|0:0|None|2026-11-28T10:00:05|Unknown
+2_[0-1%2]|PENDING|0:0|JobArrayTaskLimit|Unknown|Unknown
+"""
+
+
+def test_a_concrete_array_task_wins_over_a_pending_range():
+    for text in (SACCT, "".join(reversed(SACCT.splitlines(keepends=True)))):
+        states = parse_sacct(text)
+        assert states["2_0"]["State"] == "RUNNING"
+        assert states["2_1"]["State"] == "PENDING"
+
+
+def test_status_shows_the_running_array_task_as_running(tmp_path):
+    """Through the command line: `sacct` here is a script that prints the recorded output
+    above (a SLURM in that exact state cannot be arranged on demand); the rest is real."""
+    from harness.sweep import record_plan, store_for
+
+    path = sweep_yaml(tmp_path, models=["resnest_tiny_basic"], stages=["train"], transfer_to=[])
+    config = cluster_config.load(path)
+    store = store_for(config)
+    first, second = sorted(record_plan(config, store))
+    for job_id, task in ((first, "2_0"), (second, "2_1")):
+        store.set_state(job_id, "submitted", launcher_job_id=f"slurm:{task}")
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "recorded.txt").write_text(SACCT)
+    (tools / "sacct").write_text(f"#!/bin/sh\ncat {tools / 'recorded.txt'}\n")
+    (tools / "sacct").chmod(0o755)
+    result = subprocess.run(
+        [str(EXE), "status", "--format", "json", "-c", str(path)], capture_output=True,
+        text=True, cwd=tmp_path, timeout=120,
+        env={**os.environ, "PATH": f"{tools}:{os.environ['PATH']}"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = {r["id"]: r["state"] for r in json.loads(result.stdout.split("\n", 1)[1])}
+    assert rows == {first: "running", second: "submitted"}
