@@ -220,6 +220,65 @@ def test_a_job_folder_that_is_a_file_and_a_rerun_with_nothing_to_do(tmp_path):
     assert result.stdout.strip() == "nothing to rerun: no failed or not-run job in sweep 'done'"
 
 
+SEEN_IN_THE_QUEUE = {
+    "batch size": ({"overrides": {"batch_size": -5}},
+                   "sweep.overrides: batch_size: expected a number at least 1, got -5"),
+    "device": ({}, "gpu_types.cpu.local: expected auto, cpu, cuda or cuda:N, got 'tpu'"),
+    "runtime": ({"infer_options": {"runtimes": ["tensorflow"]}},
+                "sweep.infer_options.runtimes: invalid choice: 'tensorflow'"),
+    "batches": ({"infer_options": {"batches": [0]}},
+                "sweep.infer_options.batches: expected a whole number at least 1, got 0"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(SEEN_IN_THE_QUEUE))
+def test_values_that_failed_in_the_queue_stop_the_plan(tmp_path, case):
+    settings, says = SEEN_IN_THE_QUEUE[case]
+    path = write_cluster(
+        tmp_path, "queue", {"kind": "local"},
+        {"cpu": {"local": "tpu" if case == "device" else "cpu"}},
+        {"models": ["resnest_tiny_basic"], "datasets": ["synthetic"], "gpu_types": ["cpu"],
+         "stages": ["train", "export", "infer"], **settings},
+    )  # fmt: skip
+    for submit in (["submit", str(path), "--dry-run"], ["submit", str(path), "-q"]):
+        message = one_line_error(cli(*submit, cwd=tmp_path))
+        assert message.startswith(f"resnest-bench: error: {path}: {says}"), message
+    assert not (tmp_path / "results").exists()  # nothing planned, nothing stored
+
+
+def test_the_plan_and_the_job_refuse_an_option_in_the_same_words(tmp_path):
+    """One source of truth: the inference job's own parser says what the plan said."""
+    import sys
+
+    job = subprocess.run(
+        [sys.executable, "-m", "jobs.infer", "--from", "x", "--out", str(tmp_path / "o"),
+         "--batches", "0"], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert job.returncode == 2
+    assert "argument --batches: expected a whole number at least 1, got 0" in job.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_logs_of_a_job_whose_folder_is_gone(tmp_path):
+    from harness import config as cluster_config
+    from harness.sweep import record_plan, store_for
+
+    path = write_cluster(
+        tmp_path, "gone", {"kind": "local"}, {"cpu": {"local": "cpu"}},
+        {"models": ["resnest_tiny_basic"], "datasets": ["synthetic"], "gpu_types": ["cpu"]},
+    )  # fmt: skip
+    config = cluster_config.load(path)
+    store = store_for(config)
+    (job_id,) = record_plan(config, store)
+    store.set_state(job_id, "failed", reason="exit code 1")
+    message = one_line_error(cli("logs", job_id, "-c", str(path), cwd=tmp_path))
+    assert f"job {job_id}: its folder" in message and "does not exist" in message
+    assert f"resnest-bench rerun {job_id}" in message
+    store.set_state(job_id, "pending")  # not started yet: nothing to show, and it says so
+    result = cli("logs", job_id, "-c", str(path), cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.count("(not written yet)") == 2
+
+
 # -- reads look where the user means, and never create a store ----------------------------------
 
 
