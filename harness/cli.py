@@ -678,7 +678,10 @@ def build_parser() -> argparse.ArgumentParser:
         "ingest",
         help="replay job outboxes into the results store",
         description="Write the records of outbox.jsonl files (a file, or "
-        "every one under a folder) into the store; idempotent.",
+        "every one under a folder) into the store; idempotent. With the sweep's "
+        "cluster.yaml (-c) the sweep is planned into the store and each job takes the state "
+        "its outbox ended in: after a lost or damaged store, `ingest RESULTS_DIR -c "
+        "CLUSTER_YAML` brings back the tables it showed. A store that is gone is created.",
     )
     ingest.add_argument("path", help="an outbox.jsonl or a folder to search")
     ingest.add_argument(
