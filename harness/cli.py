@@ -397,13 +397,12 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     outbox ended in, so that tables after a lost store are the tables from before."""
     from pathlib import Path
 
+    from harness.store import redact
     from jobs.reporter import OutboxError, read_outbox
 
     path = Path(args.path)
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
-    if not args.store and not os.path.exists(_config_path(args)):
-        raise UserError(f"{_config_path(args)}: no such file (give -c CLUSTER_YAML or --store URL)")
     config, store = _open_store(args, create=True)
     outboxes = [path] if path.is_file() else sorted(path.rglob("outbox.jsonl"))
     planned: set[str] = set()
@@ -432,7 +431,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     into = f" (sweep {sweep_name!r})" if sweep_name else ""
     print(
         f"ingested {total} records from {len(outboxes)} outbox file(s) into "
-        f"{_redacted(store.url)}{into}"
+        f"{redact(store.url)}{into}"
     )
     if outside:
         print(
@@ -441,12 +440,6 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
-
-
-def _redacted(url: str) -> str:
-    from harness.store import redact
-
-    return redact(url)
 
 
 def _restore_state(store, job_id: str, records: list[dict]) -> None:

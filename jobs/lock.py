@@ -15,6 +15,7 @@ import fcntl
 import json
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,21 @@ class JobLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+def take(job_dir: str | Path, rank: int = 0) -> tuple[JobLock | None, int]:
+    """The job folder's lock, held; or None and the exit code, having said in one line why
+    the job cannot run here (another runner holds it, or the folder cannot be made)."""
+    from jobs.spec import EXIT_ALREADY_RUNNING, EXIT_OK, EXIT_USER_ERROR
+
+    try:
+        return JobLock(job_dir, rank).acquire(), EXIT_OK
+    except AlreadyRunning as exc:
+        print(f"resnest-bench: {exc}", file=sys.stderr)
+        return None, EXIT_ALREADY_RUNNING
+    except FolderError as exc:
+        print(f"resnest-bench: error: {exc}", file=sys.stderr)
+        return None, EXIT_USER_ERROR
 
 
 def holder_of(path: str | Path) -> dict[str, Any]:

@@ -185,19 +185,14 @@ def run_cli(
 ) -> int:
     """The command line of an export or inference job: parse, run, and turn a user error
     into one line and exit 2."""
-    from jobs.lock import AlreadyRunning, FolderError, JobLock
+    from jobs.lock import take
 
     parser = argparse.ArgumentParser(prog=prog, description=description)
     add_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        lock = JobLock(args.out).acquire()
-    except AlreadyRunning as exc:
-        print(f"resnest-bench: {exc}", file=sys.stderr)
-        return EXIT_ALREADY_RUNNING
-    except FolderError as exc:
-        print(f"resnest-bench: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+    lock, refused = take(args.out)
+    if lock is None:
+        return refused
     try:
         job(args)
     except user_errors as exc:

@@ -28,11 +28,10 @@ import resnest
 from jobs import checkpoint, data, distributed, telemetry
 from jobs.checkpoint import CheckpointError
 from jobs.loader import PIPELINES, DeviceLoader
-from jobs.lock import AlreadyRunning, FolderError, JobLock
+from jobs.lock import take
 from jobs.recipe import Recipe, RecipeError, as_dict, get_recipe
 from jobs.reporter import NullReporter, Reporter, reporter_for
 from jobs.spec import (
-    EXIT_ALREADY_RUNNING,
     EXIT_DIVERGED,
     EXIT_FAILED,
     EXIT_OK,
@@ -788,14 +787,9 @@ def run_from_args(args: argparse.Namespace, stage: str) -> int:
 def execute(spec: TrainSpec) -> tuple[int, int | None]:
     """Run a job and map its end to an exit code; also the signal that stopped it, if any.
     One runner per job folder (and rank): a second one exits at once, having done nothing."""
-    try:
-        lock = JobLock(spec.out_dir, distributed.detect().rank).acquire()
-    except AlreadyRunning as exc:
-        print(f"resnest-bench: {exc}", file=sys.stderr)
-        return EXIT_ALREADY_RUNNING, None
-    except FolderError as exc:
-        print(f"resnest-bench: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR, None
+    lock, refused = take(spec.out_dir, distributed.detect().rank)
+    if lock is None:
+        return refused, None
     try:
         return _execute(spec)
     finally:

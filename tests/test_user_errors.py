@@ -45,6 +45,24 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else "absent"
 
 
+def local_site(tmp_path: Path, name: str) -> Path:
+    """A cluster.yaml of one tiny network on this machine's CPU, its store under tmp_path."""
+    return write_cluster(
+        tmp_path, name, {"kind": "local"}, {"cpu": {"local": "cpu"}},
+        {"models": ["resnest_tiny_basic"], "datasets": ["synthetic"], "gpu_types": ["cpu"]},
+    )  # fmt: skip
+
+
+def planned(path: Path) -> tuple[Store, list[str]]:
+    """The sweep of ``path`` planned into its store, as submit records it; its job ids."""
+    from harness import config as cluster_config
+    from harness.sweep import record_plan, store_for
+
+    config = cluster_config.load(path)
+    store = store_for(config)
+    return store, sorted(record_plan(config, store))
+
+
 # -- every subcommand against each broken input ------------------------------------------------
 
 
@@ -89,10 +107,7 @@ COMMANDS = [
 
 @pytest.fixture
 def site(tmp_path):
-    path = write_cluster(
-        tmp_path, "broken", {"kind": "local"}, {"cpu": {"local": "cpu"}},
-        {"models": ["resnest_tiny_basic"], "datasets": ["synthetic"], "gpu_types": ["cpu"]},
-    )  # fmt: skip
+    path = local_site(tmp_path, "broken")
     return tmp_path, path, tmp_path / "results" / "results.db"
 
 
@@ -204,16 +219,9 @@ def test_a_job_folder_that_is_a_file_and_a_rerun_with_nothing_to_do(tmp_path):
                      "--out", "taken", cwd=tmp_path)  # fmt: skip
         message = one_line_error(result)
         assert "taken: cannot be the job's folder" in message
-    from harness import config as cluster_config
-    from harness.sweep import record_plan, store_for
-
-    path = write_cluster(
-        tmp_path, "done", {"kind": "local"}, {"cpu": {"local": "cpu"}},
-        {"models": ["resnest_tiny_basic"], "datasets": ["synthetic"], "gpu_types": ["cpu"]},
-    )  # fmt: skip
-    config = cluster_config.load(path)
-    store = store_for(config)
-    for job_id in record_plan(config, store):
+    path = local_site(tmp_path, "done")
+    store, ids = planned(path)
+    for job_id in ids:
         store.set_state(job_id, "succeeded")
     result = cli("rerun", "--failed", "-c", str(path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -260,16 +268,8 @@ def test_the_plan_and_the_job_refuse_an_option_in_the_same_words(tmp_path):
 
 
 def test_logs_of_a_job_whose_folder_is_gone(tmp_path):
-    from harness import config as cluster_config
-    from harness.sweep import record_plan, store_for
-
-    path = write_cluster(
-        tmp_path, "gone", {"kind": "local"}, {"cpu": {"local": "cpu"}},
-        {"models": ["resnest_tiny_basic"], "datasets": ["synthetic"], "gpu_types": ["cpu"]},
-    )  # fmt: skip
-    config = cluster_config.load(path)
-    store = store_for(config)
-    (job_id,) = record_plan(config, store)
+    path = local_site(tmp_path, "gone")
+    store, (job_id,) = planned(path)
     store.set_state(job_id, "failed", reason="exit code 1")
     message = one_line_error(cli("logs", job_id, "-c", str(path), cwd=tmp_path))
     assert f"job {job_id}: its folder" in message and "does not exist" in message
@@ -295,10 +295,7 @@ def test_a_read_never_creates_a_store_and_says_where_it_looked(tmp_path):
 
 
 def test_a_sweep_the_store_lacks_names_the_store_and_the_sweeps_it_holds(tmp_path):
-    path = write_cluster(
-        tmp_path, "wanted", {"kind": "local"}, {"cpu": {"local": "cpu"}},
-        {"models": ["resnest_tiny_basic"], "datasets": ["synthetic"], "gpu_types": ["cpu"]},
-    )  # fmt: skip
+    path = local_site(tmp_path, "wanted")
     store = Store(f"sqlite:///{tmp_path / 'results' / 'results.db'}")
     store.add_sweep("quickstart", {})
     store.add_sweep("other", {})
@@ -311,17 +308,12 @@ def test_a_sweep_the_store_lacks_names_the_store_and_the_sweeps_it_holds(tmp_pat
 
 
 def test_cancel_a_typo_cancels_nothing_and_a_sweep_only_when_asked(tmp_path):
-    from harness import config as cluster_config
-    from harness.sweep import record_plan, store_for
-
     path = write_cluster(
         tmp_path, "cancel-me", {"kind": "slurm"}, {"v100": {"gres": "gpu:v100"}},
         {"models": ["resnest_tiny_basic", "resnest_tiny_bottleneck"], "datasets": ["synthetic"],
          "gpu_types": ["v100"]},
     )  # fmt: skip
-    config = cluster_config.load(path)
-    store = store_for(config)
-    ids = sorted(record_plan(config, store))
+    store, ids = planned(path)
     store.set_state(ids[1], "succeeded")
 
     def states() -> dict:
