@@ -41,6 +41,25 @@ def _avd_pools(avd: bool, avd_first: bool, stride: int) -> tuple[nn.Module, nn.M
     return (pool, nn.Identity()) if avd_first else (nn.Identity(), pool)
 
 
+def mid_conv(
+    channels: int, stride: int, dilation: int, cardinality: int, radix: int
+) -> tuple[nn.Module, nn.Module]:
+    """The 3x3 convolution in the middle of a block and the norm after it: split attention
+    (``radix`` >= 1; it normalises inside, so no norm follows) or, with ``radix=0``, a plain
+    grouped conv and BN (the ResNet / ResNeXt baseline)."""
+    if radix >= 1:
+        conv = SplitAttention(
+            channels, channels, 3, stride=stride, dilation=dilation, cardinality=cardinality,
+            radix=radix,
+        )  # fmt: skip
+        return conv, nn.Identity()
+    conv = nn.Conv2d(
+        channels, channels, 3, stride=stride, padding=dilation, dilation=dilation,
+        groups=cardinality, bias=False,
+    )  # fmt: skip
+    return conv, nn.BatchNorm2d(channels)
+
+
 class Bottleneck(nn.Module):
     """1x1 reduce -> 3x3 (split attention) -> 1x1 expand, with the official ResNeSt options.
 
@@ -78,31 +97,8 @@ class Bottleneck(nn.Module):
         self.bn1 = nn.BatchNorm2d(group_width)
         self.act1 = nn.ReLU(inplace=True)
         self.avd_first, self.avd_last = _avd_pools(use_avd, avd_first, stride)
-        if radix >= 1:
-            self.conv2: nn.Module = SplitAttention(
-                group_width,
-                group_width,
-                3,
-                stride=conv_stride,
-                dilation=dilation,
-                cardinality=cardinality,
-                radix=radix,
-            )
-            self.bn2: nn.Module = nn.Identity()
-            self.act2: nn.Module = nn.Identity()
-        else:
-            self.conv2 = nn.Conv2d(
-                group_width,
-                group_width,
-                3,
-                stride=conv_stride,
-                padding=dilation,
-                dilation=dilation,
-                groups=cardinality,
-                bias=False,
-            )
-            self.bn2 = nn.BatchNorm2d(group_width)
-            self.act2 = nn.ReLU(inplace=True)
+        self.conv2, self.bn2 = mid_conv(group_width, conv_stride, dilation, cardinality, radix)
+        self.act2 = nn.ReLU(inplace=True) if radix < 1 else nn.Identity()
         self.conv3 = nn.Conv2d(group_width, out_channels, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
         self.downsample = downsample if downsample is not None else nn.Identity()
@@ -158,29 +154,7 @@ class BasicBlock(nn.Module):
         )
         self.bn1 = nn.BatchNorm2d(planes)
         self.act1 = nn.ReLU(inplace=True)
-        if radix >= 1:
-            self.conv2: nn.Module = SplitAttention(
-                planes,
-                planes,
-                3,
-                stride=conv_stride,
-                dilation=dilation,
-                cardinality=cardinality,
-                radix=radix,
-            )
-            self.bn2: nn.Module = nn.Identity()
-        else:
-            self.conv2 = nn.Conv2d(
-                planes,
-                planes,
-                3,
-                stride=conv_stride,
-                padding=dilation,
-                dilation=dilation,
-                groups=cardinality,
-                bias=False,
-            )
-            self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2, self.bn2 = mid_conv(planes, conv_stride, dilation, cardinality, radix)
         self.avd_last = nn.AvgPool2d(3, stride, padding=1) if use_avd else nn.Identity()
         self.downsample = downsample if downsample is not None else nn.Identity()
         self.act2 = nn.ReLU(inplace=True)
