@@ -29,8 +29,10 @@ import numpy as np
 import torch
 
 from jobs import data
-from jobs.export import export_all, load_trained, normalise, onnx_session
+from jobs.data import normalise
+from jobs.export import export_all, load_trained
 from jobs.infer import predictions, quantize_int8, time_batches
+from jobs.runtimes import onnx_session
 
 VARIANTS = ("resnest50_bottleneck", "resnest50_basic")
 FASHION = "/usr/share/datasets/fashion-mnist"

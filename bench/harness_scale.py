@@ -23,7 +23,7 @@ import yaml
 from harness import config as cluster_config
 from harness.planner import plan
 from harness.report import comparison
-from harness.store import Store, epochs, insert, results
+from records.store import Store, epochs, insert, results
 
 GPU_TYPES = ["k80", "p100", "v100", "a100", "h100"]
 JOBS_PER_TRAIN = 6  # train, transfer, 2 exports, 2 inferences

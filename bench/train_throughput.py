@@ -27,8 +27,10 @@ import torch
 
 from jobs import distributed
 from jobs.reporter import NullReporter
-from jobs.spec import TrainSpec
-from jobs.train import StopFlag, Trainer, synchronize
+from jobs.stopping import StopFlag
+from jobs.timing import synchronize
+from jobs.trainer import Trainer
+from records.spec import TrainSpec
 
 CIFAR10_TRAIN = 50_000
 

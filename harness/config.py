@@ -21,10 +21,10 @@ from pydantic import (
     model_validator,
 )
 
-from harness.errors import UserError
+from records.errors import SpecError, UserError
+from records.options import check as check_job_options
+from records.spec import DATASETS, STAGES, check_device
 
-STAGES = ("train", "transfer", "export", "infer")
-DATASETS = ("cifar10", "cifar100", "fashion-mnist", "synthetic")
 # SLURM's forms: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS.
 SLURM_TIME = r"^(\d+-\d+(:\d+){0,2}|\d+(:\d+){0,2})$"
 SLURM_MEMORY = r"^\d+[KMGT]?$"
@@ -58,8 +58,6 @@ class GpuType(_Strict):
     @field_validator("local")
     @classmethod
     def _device(cls, local: str | None) -> str | None:
-        from jobs.spec import SpecError, check_device
-
         try:
             return None if local is None else check_device(local)  # the job's own rule
         except SpecError as exc:
@@ -120,9 +118,7 @@ class Sweep(_Strict):
     @field_validator("export_options", "infer_options")
     @classmethod
     def _job_options(cls, options: dict[str, Any], info: Any) -> dict[str, Any]:
-        from jobs.options import check
-
-        check(info.field_name.removesuffix("_options"), options)  # the job's own parser
+        check_job_options(info.field_name.removesuffix("_options"), options)  # the job's own parser
         return options
 
     @field_validator("models")

@@ -1,6 +1,7 @@
-"""Expand a sweep's axes into job specs with dependencies: train -> transfer -> export -> infer.
+"""Expand a sweep's axes into jobs with dependencies: train -> transfer -> export -> infer.
 
-A job's id is a hash of its normalised spec (and of the ids it depends on), so the same sweep
+Each planned job carries its spec (``records.spec``), built here and nowhere else. A job's id
+is a hash of its normalised settings (and of the ids it depends on), so the same sweep
 planned twice gives the same ids, and changing one axis value changes only the jobs that
 value touches.
 """
@@ -11,11 +12,13 @@ import hashlib
 import itertools
 import json
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from harness.config import ClusterConfig, Sweep
-from harness.errors import UserError
+from records.errors import UserError
+from records.spec import ExportSpec, InferSpec, Spec, TrainSpec, TransferSpec
 
 ID_LENGTH = 12
 WINNER = "winner"  # the model of deployment jobs until the winner is known
@@ -36,6 +39,7 @@ class JobPlan:
     recipe: str
     overrides: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     depends_on: tuple[str, ...] = ()
+    spec: Spec | None = field(default=None, hash=False, compare=False)
 
     def row(self) -> dict[str, Any]:
         return {
@@ -49,6 +53,34 @@ class JobPlan:
             "repeat": self.repeat,
             "after": ",".join(self.depends_on) or "-",
         }
+
+
+def job_dir(config: ClusterConfig, job_id: str) -> Path:
+    """The folder of a job: checkpoints, outbox, logs, its spec."""
+    return Path(config.results_dir).resolve() / config.name / "jobs" / job_id
+
+
+def _spec(config: ClusterConfig, job: JobPlan) -> Spec:
+    """The spec of a planned job; its inputs are its parents' folders."""
+    sweep = config.sweep
+    gpu = config.gpu_types[job.gpu_type]
+    inputs = [str(job_dir(config, parent)) for parent in job.depends_on]
+    common: dict[str, Any] = {
+        "out_dir": str(job_dir(config, job.id)), "job_id": job.id, "gpu_type": job.gpu_type,
+        "dataset": job.dataset, "data_dir": str(Path(sweep.data_dir).resolve()),
+    }  # fmt: skip
+    if job.stage == "export":
+        return ExportSpec(sources=inputs, **common, **job.overrides)
+    if job.stage == "infer":
+        return InferSpec(source=inputs[0], device=gpu.local or "auto", **common, **job.overrides)
+    training: dict[str, Any] = {
+        "model": job.model, "recipe": job.recipe, "overrides": job.overrides, "seed": job.seed,
+        "download": sweep.download, "device": gpu.local or "auto", "max_steps": sweep.max_steps,
+        "expect_gpu": gpu.gpu_name or ("cpu" if gpu.local == "cpu" else job.gpu_type),
+    }  # fmt: skip
+    if job.stage == "transfer":
+        return TransferSpec(init_from=inputs[0], **common, **training)
+    return TrainSpec(**common, **training)
 
 
 def job_id(normalised: dict[str, Any]) -> str:
@@ -171,7 +203,7 @@ def plan(config: ClusterConfig) -> list[JobPlan]:
                 "nodes": sweep.nodes, "seed": sweep.seeds[0], "repeat": 0,
             }  # fmt: skip
             _deploy(jobs, common, dataset, tuple(ids), sweep, identity)
-    return jobs
+    return [replace(job, spec=_spec(config, job)) for job in jobs]
 
 
 def select(jobs: list[JobPlan], only: list[str]) -> list[JobPlan]:

@@ -14,11 +14,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
 from harness.render import columns_of
 from harness.report import comparison, deployment, per_model_blocks, prices_of, study_tables
-from harness.store import Store, epochs, jobs, provenance, telemetry
+from records import queries
+from records.store import Store
 
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
 
@@ -32,23 +31,16 @@ def _pyplot():
     return plt
 
 
-def _epoch_rows(store: Store, sweep: str) -> list[Any]:
-    with store.begin() as conn:
-        rows = conn.execute(
-            select(
-                jobs.c.id, jobs.c.stage, jobs.c.model, jobs.c.gpu_type, jobs.c.seed,
-                jobs.c.repeat, epochs.c.attempt, epochs.c.epoch, epochs.c.test_acc,
-                epochs.c.epoch_time, epochs.c.images_per_sec, epochs.c.energy_per_image_j,
-                epochs.c.warmup,
-            )
-            .join(epochs, epochs.c.job_id == jobs.c.id)
-            .where(jobs.c.sweep == sweep)
-            .order_by(epochs.c.attempt)
-        ).all()  # fmt: skip
-    latest: dict[tuple[str, int], Any] = {}
-    for row in rows:  # the newest attempt's row for each epoch
-        latest[(row.id, row.epoch)] = row
-    return sorted(latest.values(), key=lambda r: (r.id, r.epoch))
+def _finish(plt, fig, ax, path: Path, xlabel: str, ylabel: str, title: str, **grid) -> None:
+    """Label a line or bar chart, save it as a PNG and free it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, **grid)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def _grouped_bars(plt, path: Path, data, title: str, ylabel: str) -> None:
@@ -84,26 +76,14 @@ def _plot_accuracy(plt, path: Path, rows: list[Any]) -> bool:
     for i, (label, points) in enumerate(sorted(curves.items())):
         xs, ys = zip(*sorted(points), strict=True)
         ax.plot(xs, ys, marker="o", label=label, color=COLORS[i % len(COLORS)])
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Test accuracy per epoch (training jobs)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _finish(plt, fig, ax, path, "epoch", "test accuracy (%)",
+            "Test accuracy per epoch (training jobs)")  # fmt: skip
     return True
 
 
 def _plot_utilisation(plt, path: Path, store: Store, sweep: str) -> str | None:
     """GPU utilisation over time (CPU utilisation where the jobs had no NVML)."""
-    with store.begin() as conn:
-        samples = conn.execute(
-            select(jobs.c.model, jobs.c.gpu_type, telemetry.c.time, telemetry.c.sample)
-            .join(telemetry, telemetry.c.job_id == jobs.c.id)
-            .where(jobs.c.sweep == sweep, jobs.c.stage == "train")
-            .order_by(telemetry.c.time)
-        ).all()
+    samples = queries.telemetry_samples(store, sweep)
     if not samples:
         return None
     gpu = any(s.sample.get("gpu_util") is not None for s in samples)
@@ -118,34 +98,14 @@ def _plot_utilisation(plt, path: Path, store: Store, sweep: str) -> str | None:
         ax.plot([t - start for t, _ in points], [v for _, v in points], label=label,
                 color=COLORS[i % len(COLORS)], linewidth=1)  # fmt: skip
     what = "GPU" if gpu else "CPU (no GPU telemetry)"
-    ax.set_xlabel("time since the job's first sample (s)")
-    ax.set_ylabel(f"{what} utilisation (%)")
-    ax.set_title(f"{what} utilisation over time")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _finish(plt, fig, ax, path, "time since the job's first sample (s)",
+            f"{what} utilisation (%)", f"{what} utilisation over time")  # fmt: skip
     return what
 
 
 def _plot_latency(plt, path: Path, store: Store, sweep: str) -> bool:
     """Median latency against batch size, a line per network and runtime (log-log)."""
-    from harness.store import inference
-
-    with store.begin() as conn:
-        rows = conn.execute(
-            select(jobs.c.model, inference.c.runtime, inference.c.batch_size,
-                   inference.c.measurement)
-            .join(inference, inference.c.job_id == jobs.c.id)
-            .where(jobs.c.sweep == sweep, inference.c.batch_size > 0)
-            .order_by(inference.c.attempt)
-        ).all()  # fmt: skip
-    series: dict[str, dict[int, float]] = defaultdict(dict)
-    for r in rows:
-        latency = r.measurement.get("latency_p50_ms")
-        if latency is not None:
-            series[f"{r.model}, {r.runtime}"][r.batch_size] = latency
+    series = queries.latencies(store, sweep)
     if not series:
         return False
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
@@ -156,14 +116,8 @@ def _plot_latency(plt, path: Path, store: Store, sweep: str) -> bool:
                 color=COLORS[i % len(COLORS)])  # fmt: skip
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xlabel("batch size (images)")
-    ax.set_ylabel("median latency per batch (ms)")
-    ax.set_title("Inference latency against batch size, per runtime")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _finish(plt, fig, ax, path, "batch size (images)", "median latency per batch (ms)",
+            "Inference latency against batch size, per runtime", which="both")  # fmt: skip
     return True
 
 
@@ -195,38 +149,33 @@ figcaption { font-size: 0.85em; color: #555; max-width: 700px; }
 """
 
 
-def build(store: Store, sweep: str, out: Path) -> Path:
-    """Write ``out/index.html`` and its PNGs; return the page's path."""
-    rows = _epoch_rows(store, sweep)
-    plt = _pyplot()
-    out.mkdir(parents=True, exist_ok=True)
-    table = comparison(store, sweep, prices=prices_of(store, sweep))
-    figures: list[tuple[str, str]] = []
+CHARTS = (
+    ("epoch_time.png", "s/epoch", "Seconds per epoch (median, warm-up epoch excluded)",
+     "seconds per epoch"),
+    ("images_per_sec.png", "img/s", "Training throughput (median, warm-up excluded)",
+     "images per second"),
+    ("energy_per_image.png", "mJ/img", "Energy per training image (median)",
+     "energy per image (mJ)"),
+)  # fmt: skip
 
-    def column(name: str) -> dict[str, dict[str, Any]]:
-        return {
+
+def _figures(out: Path, store: Store, sweep: str, table: list[dict]) -> list[tuple[str, str]]:
+    """Draw every plot the sweep has data for; return (file name, caption) of each."""
+    plt = _pyplot()
+    figures: list[tuple[str, str]] = []
+    for name, key, title, ylabel in CHARTS:
+        data = {
             row["gpu_type"]: {
-                key.rsplit(f" {name}", 1)[0]: value
-                for key, value in row.items()
-                if key.endswith(f" {name}") and value is not None
+                k.rsplit(f" {key}", 1)[0]: value
+                for k, value in row.items()
+                if k.endswith(f" {key}") and value is not None
             }
             for row in table
         }
-
-    charts = (
-        ("epoch_time.png", "s/epoch", "Seconds per epoch (median, warm-up epoch excluded)",
-         "seconds per epoch"),
-        ("images_per_sec.png", "img/s", "Training throughput (median, warm-up excluded)",
-         "images per second"),
-        ("energy_per_image.png", "mJ/img", "Energy per training image (median)",
-         "energy per image (mJ)"),
-    )  # fmt: skip
-    for name, key, title, ylabel in charts:
-        data = column(key)
         if any(data.values()):
             _grouped_bars(plt, out / name, data, title, ylabel)
             figures.append((name, f"{title}, by GPU type and network variant."))
-    if _plot_accuracy(plt, out / "accuracy.png", rows):
+    if _plot_accuracy(plt, out / "accuracy.png", queries.epoch_curves(store, sweep)):
         figures.append(
             ("accuracy.png", "Test accuracy after each epoch, one line per training job.")
         )
@@ -235,15 +184,11 @@ def build(store: Store, sweep: str, out: Path) -> Path:
         figures.append(("utilisation.png", f"{what} utilisation sampled during training."))
     if _plot_latency(plt, out / "latency.png", store, sweep):
         figures.append(("latency.png", "Median inference latency per batch, per runtime."))
+    return figures
 
-    with store.begin() as conn:
-        prov = conn.execute(
-            select(provenance)
-            .join(jobs, jobs.c.id == provenance.c.job_id)
-            .where(jobs.c.sweep == sweep)
-            .order_by(provenance.c.job_id, provenance.c.attempt)
-        ).all()
-    prov_rows = [
+
+def _provenance_rows(prov: list[Any]) -> list[dict[str, Any]]:
+    return [
         {
             "job": p.job_id,
             "attempt": p.attempt,
@@ -258,6 +203,15 @@ def build(store: Store, sweep: str, out: Path) -> Path:
         }
         for p in prov
     ]
+
+
+def build(store: Store, sweep: str, out: Path) -> Path:
+    """Write ``out/index.html`` and its PNGs; return the page's path."""
+    out.mkdir(parents=True, exist_ok=True)
+    table = comparison(store, sweep, prices=prices_of(store, sweep))
+    figures = _figures(out, store, sweep, table)
+    prov = queries.provenance_rows(store, sweep)
+    prov_rows = _provenance_rows(prov)
     blocks = "".join(
         f"<h3>{html.escape(model)}</h3>{_table_html(block)}"
         for model, block in per_model_blocks(table)

@@ -6,13 +6,11 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import select
-
-from harness.store import STATES, Store, epochs, jobs, provenance, results
-
-# Telemetry columns of the epoch rows, read with the timing ones (see comparison).
-TELEMETRY = ("gpu_util_mean", "gpu_mem_peak_bytes", "power_mean_w", "energy_j",
-             "energy_per_image_j", "cpu_util_mean")  # fmt: skip
+from records import queries
+from records.queries import TELEMETRY
+from records.schema import STATES
+from records.spec import RUNTIMES
+from records.store import Store
 
 
 def status_rows(store: Store, sweep: str) -> tuple[dict[str, int], list[dict[str, Any]]]:
@@ -58,152 +56,105 @@ def comparison(
     run: its training time x its GPUs x the price. A run whose GPU was not the GPU type asked
     for is counted in ``gpu mismatch``.
     """
-    with store.begin() as conn:
-        job_rows = {
-            r.id: r
-            for r in conn.execute(
-                select(
-                    jobs.c.id, jobs.c.stage, jobs.c.model, jobs.c.gpu_type, jobs.c.attempt,
-                    jobs.c.gpus,
-                ).where(jobs.c.sweep == sweep)
-            )
-        }  # fmt: skip
-        mismatched = {
-            r.job_id
-            for r in conn.execute(
-                select(provenance.c.job_id)
-                .join(jobs, jobs.c.id == provenance.c.job_id)
-                .where(jobs.c.sweep == sweep, provenance.c.gpu_mismatch.is_(True))
-            )
-        }
-        # Plain tuples in attempt order: the table reads every epoch row, so it avoids
-        # per-row objects and sorting in Python.
-        epoch_rows = conn.execute(
-            select(
-                epochs.c.job_id,
-                epochs.c.epoch,
-                epochs.c.epoch_time,
-                epochs.c.images_per_sec,
-                epochs.c.warmup,
-                *(epochs.c[name] for name in TELEMETRY),
-            )
-            .join(jobs, jobs.c.id == epochs.c.job_id)
-            .where(jobs.c.sweep == sweep, jobs.c.stage == "train")
-            .order_by(epochs.c.attempt)
-        )
-        # Per job: its epochs, the newest attempt's row winning for each epoch number.
-        per_job: dict[str, dict[int, tuple]] = defaultdict(dict)
-        for row in epoch_rows:
-            per_job[row[0]][row[1]] = row
-        result_rows = conn.execute(
-            select(results)
-            .join(jobs, jobs.c.id == results.c.job_id)
-            .where(jobs.c.sweep == sweep, results.c.status == "succeeded")
-        ).all()
-
-    final = {}
-    for row in sorted(result_rows, key=lambda r: r.attempt):
-        final[row.job_id] = row
-
-    groups: dict[tuple[str, str], dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    for job_id, by_epoch in per_job.items():
-        job = job_rows[job_id]
-        if job.stage != "train":
-            continue
-        timed = [r for r in by_epoch.values() if not r[4]] or list(by_epoch.values())
-        g = groups[(job.gpu_type, job.model)]
-        g["gpus"].append(job.gpus or 1)
-        times = [r[2] for r in timed]
-        g["epoch_time"].append(statistics.median(times))
-        g["epoch_times"].extend(times)
-        g["images_per_sec"].append(statistics.median([r[3] for r in timed]))
-        for offset, name in enumerate(TELEMETRY, start=5):
-            values = [r[offset] for r in timed if r[offset] is not None]
-            if values:
-                g[name].append(statistics.median(values))
-        if job_id in mismatched:
-            g["mismatch"].append(job_id)
-        if job_id in final:
-            g["train_time"].append(final[job_id].train_time)
-            g["final_acc"].append(final[job_id].final_test_acc)
-            g["best_acc"].append(final[job_id].best_test_acc)
-            if final[job_id].time_to_target is not None:
-                g["time_to_target"].append(final[job_id].time_to_target)
-    for job_id, row in final.items():
-        job = job_rows[job_id]
-        if job.stage == "transfer":
-            groups[(job.gpu_type, job.model)]["transfer_acc"].append(row.final_test_acc)
-
-    gpu_types = sorted({gpu for gpu, _ in groups}, key=lambda g: g)
+    groups = _groups(store, sweep)
+    gpu_types = sorted({gpu for gpu, _ in groups})
     models = sorted({model for _, model in groups})
     reference = reference or (gpu_types[0] if gpu_types else None)
-
-    def med(values: list[float]) -> float | None:
-        values = [v for v in values if v is not None]
-        return round(statistics.median(values), 4) if values else None
-
-    def pct(value: float | None) -> float | None:
-        return None if value is None else round(100 * value, 2)
-
-    def rnd(value: float | None, digits: int) -> float | None:
-        return None if value is None else round(value, digits)
-
-    def scale(value: float | None, factor: float) -> float | None:
-        return None if value is None else round(value * factor, 3)
-
-    def cost(gpu: str, g: dict[str, list]) -> float | None:
-        price = (prices or {}).get(gpu)
-        runs = [t for t in g.get("train_time", []) if t is not None]
-        if price is None or not runs:
-            return None
-        gpus = g.get("gpus", [1])[0]
-        return round(statistics.median(runs) / 3600 * gpus * price, 4)
-
     rows = []
     for gpu in gpu_types:
         row: dict[str, Any] = {"gpu_type": gpu}
         for model in models:
             g = groups.get((gpu, model), {})
-            ref = groups.get((reference, model), {})
-            epoch_time = med(g.get("epoch_time", []))
-            ref_time = med(ref.get("epoch_time", []))
-            runs = len(g.get("epoch_time", []))
-            cv = _cv(g.get("epoch_time", [])) if runs > 1 else _cv(g.get("epoch_times", []))
-            row.update(
-                {
-                    f"{model} s/epoch": epoch_time,
-                    f"{model} img/s": med(g.get("images_per_sec", [])),
-                    f"{model} speedup": round(ref_time / epoch_time, 2)
-                    if epoch_time and ref_time
-                    else None,
-                    f"{model} final acc %": pct(med(g.get("final_acc", []))),
-                    f"{model} best acc %": pct(med(g.get("best_acc", []))),
-                    f"{model} s to target": med(g.get("time_to_target", [])),
-                    f"{model} transfer acc %": pct(med(g.get("transfer_acc", []))),
-                    f"{model} runs": runs,
-                    f"{model} CV": f"{100 * cv:.1f}%" + (" !" if cv > 0.05 else ""),
-                    f"{model} GPU util %": rnd(med(g.get("gpu_util_mean", [])), 1),
-                    f"{model} GPU mem GB": scale(med(g.get("gpu_mem_peak_bytes", [])), 1e-9),
-                    f"{model} power W": rnd(med(g.get("power_mean_w", [])), 1),
-                    f"{model} J/epoch": rnd(med(g.get("energy_j", [])), 1),
-                    f"{model} mJ/img": scale(med(g.get("energy_per_image_j", [])), 1e3),
-                    f"{model} CPU util %": rnd(med(g.get("cpu_util_mean", [])), 1),
-                    f"{model} $/run": cost(gpu, g),
-                    f"{model} gpu mismatch": len(g.get("mismatch", [])) or None,
-                }
-            )
+            ref_time = _median(groups.get((reference, model), {}).get("epoch_time", []))
+            price = (prices or {}).get(gpu)
+            row.update({f"{model} {name}": value for name, value in _columns(g, ref_time, price)})
         rows.append(row)
     return rows
 
 
+def _groups(store: Store, sweep: str) -> dict[tuple[str, str], dict[str, list]]:
+    """(GPU type, model) -> lists of per-run figures: each training run's median over its
+    timed epochs, its final result; each transfer run's final accuracy."""
+    job_rows = queries.sweep_jobs(store, sweep)
+    mismatched = queries.mismatched_jobs(store, sweep)
+    final = queries.final_results(store, sweep)
+    groups: dict[tuple[str, str], dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for job_id, job_epochs in queries.train_epochs(store, sweep).items():
+        job = job_rows[job_id]
+        timed = [r for r in job_epochs if not r.warmup] or job_epochs
+        g = groups[(job.gpu_type, job.model)]
+        g["gpus"].append(job.gpus or 1)
+        times = [r.epoch_time for r in timed]
+        g["epoch_time"].append(statistics.median(times))
+        g["epoch_times"].extend(times)
+        g["images_per_sec"].append(statistics.median([r.images_per_sec for r in timed]))
+        for name in TELEMETRY:
+            values = [getattr(r, name) for r in timed if getattr(r, name) is not None]
+            if values:
+                g[name].append(statistics.median(values))
+        if job_id in mismatched:
+            g["mismatch"].append(job_id)
+        if job_id in final:
+            result = final[job_id]
+            g["train_time"].append(result.train_time)
+            g["final_acc"].append(result.final_test_acc)
+            g["best_acc"].append(result.best_test_acc)
+            if result.time_to_target is not None:
+                g["time_to_target"].append(result.time_to_target)
+    for job_id, result in final.items():
+        job = job_rows[job_id]
+        if job.stage == "transfer":
+            groups[(job.gpu_type, job.model)]["transfer_acc"].append(result.final_test_acc)
+    return groups
+
+
+def _median(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(statistics.median(values), 4) if values else None
+
+
+def _pct(value: float | None) -> float | None:
+    return None if value is None else round(100 * value, 2)
+
+
+def _rounded(value: float | None, digits: int, factor: float = 1.0) -> float | None:
+    return None if value is None else round(value * factor, digits)
+
+
+def _columns(g: dict[str, list], ref_time: float | None, price: float | None):
+    """The columns of one model on one GPU type, from its group of runs."""
+    epoch_time = _median(g.get("epoch_time", []))
+    runs = len(g.get("epoch_time", []))
+    cv = _cv(g.get("epoch_time", [])) if runs > 1 else _cv(g.get("epoch_times", []))
+    train_times = [t for t in g.get("train_time", []) if t is not None]
+    cost = None
+    if price is not None and train_times:
+        cost = round(statistics.median(train_times) / 3600 * g.get("gpus", [1])[0] * price, 4)
+    med = {name: _median(g.get(name, [])) for name in (*TELEMETRY, "images_per_sec")}
+    return [
+        ("s/epoch", epoch_time),
+        ("img/s", med["images_per_sec"]),
+        ("speedup", round(ref_time / epoch_time, 2) if epoch_time and ref_time else None),
+        ("final acc %", _pct(_median(g.get("final_acc", [])))),
+        ("best acc %", _pct(_median(g.get("best_acc", [])))),
+        ("s to target", _median(g.get("time_to_target", []))),
+        ("transfer acc %", _pct(_median(g.get("transfer_acc", [])))),
+        ("runs", runs),
+        ("CV", f"{100 * cv:.1f}%" + (" !" if cv > 0.05 else "")),
+        ("GPU util %", _rounded(med["gpu_util_mean"], 1)),
+        ("GPU mem GB", _rounded(med["gpu_mem_peak_bytes"], 3, 1e-9)),
+        ("power W", _rounded(med["power_mean_w"], 1)),
+        ("J/epoch", _rounded(med["energy_j"], 1)),
+        ("mJ/img", _rounded(med["energy_per_image_j"], 3, 1e3)),
+        ("CPU util %", _rounded(med["cpu_util_mean"], 1)),
+        ("$/run", cost),
+        ("gpu mismatch", len(g.get("mismatch", [])) or None),
+    ]
+
+
 def prices_of(store: Store, sweep: str) -> dict[str, float]:
     """Price per GPU-hour of each GPU type, from the sweep's cluster.yaml as submitted."""
-    config = store.sweep_config(sweep) or {}
-    return {
-        name: gpu["price_per_gpu_hour"]
-        for name, gpu in (config.get("gpu_types") or {}).items()
-        if gpu.get("price_per_gpu_hour") is not None
-    }
+    return queries.prices(store, sweep)
 
 
 STUDY_TABLES = (
@@ -279,24 +230,8 @@ def deployment(store: Store, sweep: str) -> list[dict[str, Any]]:
     jobs. Time per image at batch 1 is the median latency; throughput is the best over the
     batch sizes measured; size is the runtime's artifact on disk. Top-1 agreement with
     PyTorch eager over the whole test set is flagged (!) below 99.9%."""
-    from harness.store import inference
-
-    with store.begin() as conn:
-        measured = conn.execute(
-            select(jobs.c.model, jobs.c.dataset, jobs.c.gpu_type, inference.c.attempt,
-                   inference.c.runtime, inference.c.batch_size, inference.c.measurement)
-            .join(inference, inference.c.job_id == jobs.c.id)
-            .where(jobs.c.sweep == sweep)
-            .order_by(inference.c.attempt)
-        ).all()  # fmt: skip
-    latest: dict[tuple, Any] = {}
-    for row in measured:  # the newest attempt wins
-        latest[(row.model, row.dataset, row.gpu_type, row.runtime, row.batch_size)] = row
-    by_runtime: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    for (model, dataset, gpu, runtime, _), row in latest.items():
-        by_runtime[(model, dataset, gpu, runtime)].append(row.measurement)
-    order = {name: i for i, name in enumerate(
-        ("eager", "compile", "aoti", "onnxruntime", "onnxruntime-int8", "caffe2"))}  # fmt: skip
+    by_runtime = queries.inference_measurements(store, sweep)
+    order = {name: i for i, name in enumerate(RUNTIMES)}
     rows = []
     for (model, dataset, gpu, runtime), items in sorted(
         by_runtime.items(), key=lambda kv: (*kv[0][:3], order.get(kv[0][3], 99))

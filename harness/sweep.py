@@ -2,43 +2,26 @@
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from harness import launchers
 from harness.config import ClusterConfig
-from harness.errors import UserError
-from harness.planner import JobPlan, plan, select
-from harness.store import Store, open_store
+from harness.launchers.base import Row, launcher_of
+from harness.planner import JobPlan, job_dir, plan, select
+from records.errors import UserError
+from records.store import Store, open_store, url_for_jobs
 
-
-def job_dir(config: ClusterConfig, job_id: str) -> Path:
-    return Path(config.results_dir).resolve() / config.name / "jobs" / job_id
+IN_FLIGHT = ("submitted", "running")
 
 
 def store_for(config: ClusterConfig) -> Store:
     return open_store(config.store, config.results_dir)
 
 
-def _row(config: ClusterConfig, job: JobPlan) -> dict[str, Any]:
-    gpu = config.gpu_types[job.gpu_type]
-    spec = {
-        "stage": job.stage,
-        "model": job.model,
-        "dataset": job.dataset,
-        "recipe": job.recipe,
-        "overrides": job.overrides,
-        "data_dir": str(Path(config.sweep.data_dir).resolve()),
-        "download": config.sweep.download,
-        "device": gpu.local or "auto",
-        "seed": job.seed,
-        "job_id": job.id,
-        "max_steps": config.sweep.max_steps,
-        "gpu_type": job.gpu_type,
-        "expect_gpu": gpu.gpu_name or ("cpu" if gpu.local == "cpu" else job.gpu_type),
-    }
+def _row(config: ClusterConfig, job: JobPlan) -> Row:
+    """The store's row of a planned job; its spec is the planned spec's dict."""
     return {
         "id": job.id,
         "stage": job.stage,
@@ -48,87 +31,40 @@ def _row(config: ClusterConfig, job: JobPlan) -> dict[str, Any]:
         "gpus": job.gpus_per_node * job.nodes,
         "seed": job.seed,
         "repeat": job.repeat,
-        "spec": spec,
+        "spec": job.spec.to_dict(),
         "depends_on": list(job.depends_on),
         "job_dir": str(job_dir(config, job.id)),
     }
 
 
-def spec_writer(store: Store):
-    """Write a job's spec file for its current attempt (transfer: from its parent's folder)."""
-
-    def write(job: dict[str, Any]) -> Path:
-        spec = {**job["spec"], "out_dir": job["job_dir"], "attempt": job["attempt"]}
-        if job["stage"] != "train":  # from its parent's folder: weights or artifacts
-            parents = store.jobs_by_ids(job["depends_on"])
-            folders = {row["id"]: row["job_dir"] for row in parents}
-            spec["init_from"] = folders[job["depends_on"][0]]
-            if len(job["depends_on"]) > 1:  # a winner's export: the candidates, in order
-                spec["init_from"] = [folders[parent] for parent in job["depends_on"]]
-        path = Path(job["job_dir"]) / "spec.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(spec, indent=2, sort_keys=True))
-        os.replace(tmp, path)
-        return path
-
-    return write
-
-
-def max_parallel(config: ClusterConfig) -> int:
-    from harness.launchers.local import visible_gpus
-
-    return config.launcher.local.max_parallel or max(visible_gpus(), 1)
-
-
-IN_FLIGHT = ("submitted", "running")
-
-
 def _launch(
     config: ClusterConfig,
     store: Store,
-    rows: list[dict[str, Any]],
+    rows: list[Row],
     progress: bool,
     wait: bool,
     timeout: float | None,
 ) -> dict[str, str] | None:
-    """Hand ``rows`` (already at their new attempt) to the configured launcher. The local
-    launcher runs them to the end; SLURM returns once they are queued, unless ``wait``."""
-    kind = config.launcher.kind
-    if kind == "local":
-        for row in rows:
-            store.set_state(row["id"], "submitted", attempt=row["attempt"], reason=None)
-        from harness.launchers import local
+    """Hand ``rows`` (already at their new attempt) to the configured launcher. The local and
+    Ray launchers run them to the end; SLURM returns once they are queued, unless ``wait``."""
+    url_for_jobs(store.url)  # a store the jobs could not be told of stops the launch here
+    launcher = launchers.get(config.launcher.kind, store, config)
+    final = launcher.submit(rows, progress)
+    if final is None and wait:
+        return launcher.wait([row["id"] for row in rows], progress, timeout)
+    return final
 
-        return local.run(store, rows, max_parallel(config), spec_writer(store), progress)
-    if kind == "slurm":
-        from harness.launchers import slurm
 
-        for row in rows:
-            store.set_state(row["id"], "pending", attempt=row["attempt"], reason=None)
-        slurm.submit(config, store, rows, spec_writer(store))
-        if not wait:
-            return None
-        return slurm.wait(store, [row["id"] for row in rows], progress, timeout)
-    from harness.launchers import ray_launcher
-
-    ray_launcher.prepare(config, rows)
+def refresh(store: Store, rows: list[Row]) -> None:
+    """Bring the states of unfinished jobs up to date from the launchers that hold them
+    (for SLURM, one sacct call)."""
+    held: dict[str, list[Row]] = {}
     for row in rows:
-        store.set_state(row["id"], "submitted", attempt=row["attempt"], reason=None)
-    return ray_launcher.run(config, store, rows, spec_writer(store), progress)
-
-
-def refresh(store: Store, rows: list[dict[str, Any]]) -> None:
-    """Bring the states of jobs in a cluster's queue up to date (one sacct call)."""
-    queued = [
-        row
-        for row in rows
-        if row["state"] in ("pending", *IN_FLIGHT)
-        and (row["launcher_job_id"] or "").startswith("slurm:")
-    ]
-    if queued:
-        from harness.launchers import slurm
-
-        slurm.poll(store, queued)
+        name = launcher_of(row)
+        if row["state"] in ("pending", *IN_FLIGHT) and name is not None:
+            held.setdefault(name, []).append(row)
+    for name, group in held.items():
+        launchers.get(name, store).poll(group)
 
 
 def record_plan(config: ClusterConfig, store: Store, jobs: list[JobPlan] | None = None) -> set[str]:
@@ -160,7 +96,7 @@ def submit(
         row = rows[job.id]
         if row["state"] == "succeeded":
             continue
-        if row["state"] in IN_FLIGHT and (row["launcher_job_id"] or "").startswith("slurm:"):
+        if row["state"] in IN_FLIGHT and launcher_of(row) == "slurm":
             in_flight += 1
             continue
         if row["state"] in ("failed", "cancelled"):
@@ -220,7 +156,7 @@ def rerun(
     return {"final": final, "store": store, "launched": [row["id"] for row in chosen]}
 
 
-def _with_dependants(rows: list[dict[str, Any]], chosen: list[dict[str, Any]]):
+def _with_dependants(rows: list[Row], chosen: list[Row]):
     """The chosen jobs and every job downstream of them that has not succeeded (a transfer,
     export or inference that was not run because its training failed), in plan order.
     Downstream jobs that did succeed, on the old result, are named, not rerun."""

@@ -113,3 +113,14 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def load_source(path: Path) -> dict[str, Any]:
+    """The state a job starts from: a checkpoint file, or a job folder's latest valid one."""
+    if path.is_dir():
+        _, state, refused = load_latest(path / "checkpoints")
+        if state is None:
+            why = f" ({'; '.join(refused)})" if refused else ""
+            raise CheckpointError(f"{path}: no valid checkpoint in {path / 'checkpoints'}{why}")
+        return state
+    return load(path)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-DATASETS = ("cifar10", "cifar100", "fashion-mnist", "synthetic")
+from records.spec import DATASETS
+
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -157,3 +158,16 @@ def synthetic(train: bool, size: int | None = None, num_classes: int = 10, seed:
     noise = torch.randn(n, 3, 32, 32, generator=split_gen) * 0.15
     images = ((templates[labels] + noise).clamp(0, 1) * 255).round().to(torch.uint8)
     return images, labels
+
+
+def normalise(images: torch.Tensor, image_set: ImageSet) -> torch.Tensor:
+    """uint8 NCHW images as the network sees them: fp32, normalised as in training."""
+    mean = torch.tensor(image_set.mean).view(1, 3, 1, 1)
+    std = torch.tensor(image_set.std).view(1, 3, 1, 1)
+    return (images.float() / 255 - mean) / std
+
+
+def test_batch(dataset: str, root: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``size`` real test images, normalised, and their labels."""
+    images = load(dataset, root, train=False)
+    return normalise(images.images[:size], images), images.labels[:size]

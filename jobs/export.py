@@ -2,7 +2,7 @@
 
 From a training or transfer job's folder (its latest valid checkpoint) or a checkpoint file;
 or, given several job folders, from the winner among them: the run with the best final test
-accuracy, read from the results store (``RESNEST_BENCH_STORE``) where the job has one, else
+accuracy, read from the results store where the job's spec names one, else
 from the folders' outboxes. The artifacts:
 
 - ``model.state_dict.pt``: the plain state dict;
@@ -18,7 +18,6 @@ is reported with its bytes and sha256; the sizes (parameters, fp32 weight bytes)
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
@@ -32,19 +31,23 @@ import torch
 
 import resnest
 from jobs import data
-from jobs.checkpoint import CheckpointError, sha256_file
-from jobs.options import add_export_arguments
-from jobs.reporter import OutboxError, read_outbox, reporter_for
-from jobs.spec import run_cli
-from jobs.train import load_source
+from jobs.checkpoint import CheckpointError, load_source, sha256_file
+from jobs.data import test_batch
+from jobs.reporter import reporter_for
+from jobs.run import Ended, guarded, main_for
+from jobs.runtimes import onnx_session
+from records.outbox import read_outbox
+from records.spec import EXIT_PARITY, ExportSpec
 
-EXIT_PARITY = 4
 OPSET = 18
 MAX_BATCH = 4096
 
 
-class ParityError(Exception):
-    pass
+class ParityError(Ended):
+    """ONNX Runtime and PyTorch disagree beyond the tolerance: exit 4 (``EXIT_PARITY``)."""
+
+    code = EXIT_PARITY
+    what = "parity check failed"
 
 
 def load_trained(source: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -57,16 +60,15 @@ def load_trained(source: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     return model.eval(), state
 
 
-def choose_winner(folders: list[Path]) -> tuple[Path, list[dict[str, Any]]]:
+def choose_winner(
+    folders: list[Path], store: str | None = None
+) -> tuple[Path, list[dict[str, Any]]]:
     """The finished run with the best final test accuracy (the first of equals), and the
     ranking it was chosen from: each candidate's job id, model, accuracy and its source."""
     ranking = []
     for folder in folders:
         outbox = folder / "outbox.jsonl"
-        try:
-            records = read_outbox(outbox) if outbox.is_file() else []
-        except OutboxError as exc:
-            raise CheckpointError(str(exc)) from None
+        records = read_outbox(outbox) if outbox.is_file() else []
         finals = [r for r in records if r["kind"] == "final" and r.get("status") == "succeeded"]
         starts = [r for r in records if r["kind"] == "start"]
         if not finals or not starts:
@@ -76,12 +78,11 @@ def choose_winner(folders: list[Path]) -> tuple[Path, list[dict[str, Any]]]:
             "model": starts[-1]["spec"]["model"], "test_acc": finals[-1].get("final_test_acc"),
             "from": "outbox",
         })  # fmt: skip
-    url = os.environ.get("RESNEST_BENCH_STORE")
-    if url:
-        from harness.store import Store
+    if store:
+        from records.store import Store
 
         try:
-            stored = Store(url, timeout=5).final_accuracies([c["job_id"] for c in ranking])
+            stored = Store(store, timeout=5).final_accuracies([c["job_id"] for c in ranking])
         except Exception as exc:  # the outboxes hold the same records
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             print(f"results store unreachable ({first}); ranking from the outboxes", flush=True)
@@ -94,18 +95,6 @@ def choose_winner(folders: list[Path]) -> tuple[Path, list[dict[str, Any]]]:
         raise CheckpointError(f"no candidate has a test accuracy: {', '.join(map(str, folders))}")
     best = max(scored, key=lambda c: c["test_acc"])  # max keeps the first of equals
     return Path(best["folder"]), ranking
-
-
-def test_batch(dataset: str, root: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Real test images, normalised as in training (fp32, NCHW)."""
-    images = data.load(dataset, root, train=False)
-    return normalise(images.images[:size], images), images.labels[:size]
-
-
-def normalise(images: torch.Tensor, image_set: data.ImageSet) -> torch.Tensor:
-    mean = torch.tensor(image_set.mean).view(1, 3, 1, 1)
-    std = torch.tensor(image_set.std).view(1, 3, 1, 1)
-    return (images.float() / 255 - mean) / std
 
 
 def _atomic(path: Path, write) -> Path:
@@ -156,24 +145,6 @@ def export_all(
     return paths
 
 
-def onnx_session(path: Path, providers: list[str] | None = None, threads: int | None = None):
-    """An ONNX Runtime session; a file that is not a valid ONNX model is a one-line error."""
-    import onnx
-    import onnxruntime as ort
-
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.checker.ValidationError) as e:
-        raise CheckpointError(f"{path}: not a valid ONNX model: {str(e).splitlines()[0]}") from None
-    except Exception as exc:  # unreadable protobuf and the like
-        raise CheckpointError(f"{path}: not a valid ONNX model: {exc}") from None
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
-
-
 def parity(model: torch.nn.Module, onnx_path: Path, images: torch.Tensor) -> dict[str, Any]:
     session = onnx_session(onnx_path)
     with torch.no_grad():
@@ -187,33 +158,36 @@ def parity(model: torch.nn.Module, onnx_path: Path, images: torch.Tensor) -> dic
     }
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    out = Path(args.out)
-    reporter = reporter_for(out, args.job_id or "", args.attempt)
-    source, ranking = Path(args.source[0]), None
-    if len(args.source) > 1:
-        source, ranking = choose_winner([Path(s) for s in args.source])
+def run(spec: ExportSpec) -> dict[str, Any]:
+    """Export the network of the spec's source (or the winner of its sources)."""
+    out = Path(spec.out_dir)
+    reporter = reporter_for(out, spec.job_id, spec.attempt, spec.store)
+    if not spec.sources:
+        raise CheckpointError("an export job needs a source: a job folder or a checkpoint")
+    source, ranking = Path(spec.sources[0]), None
+    if len(spec.sources) > 1:
+        source, ranking = choose_winner([Path(s) for s in spec.sources], spec.store)
         for c in ranking:
             acc = "-" if c["test_acc"] is None else f"{100 * c['test_acc']:.2f}%"
             mark = "  <- exported" if Path(c["folder"]) == source else ""
             print(f"{c['model']:<24} {c['job_id']:<14} {acc:>8} ({c['from']}){mark}", flush=True)
     model, state = load_trained(source)
-    dataset = args.dataset or state["dataset"]
-    images, _ = test_batch(dataset, args.data_dir, args.parity_images)
+    dataset = spec.dataset or state["dataset"]
+    images, _ = test_batch(dataset, spec.data_dir, spec.parity_images)
     start = time.perf_counter()
     reporter.report(
         "start",
         {
             "spec": {
                 "stage": "export", "model": state["model_name"], "dataset": dataset,
-                "source": str(source), "gpu_type": args.gpu_type,
+                "source": str(source), "gpu_type": spec.gpu_type,
             },
             "world_size": 1,
             "resumed_from": [0, 0],
             **({"winner_of": ranking} if ranking else {}),
         },
     )  # fmt: skip
-    aoti = None if args.no_aoti else args.aoti_device
+    aoti = None if spec.no_aoti else spec.aoti_device
     if aoti == "auto":
         aoti = "cuda" if torch.cuda.is_available() else "cpu"
     paths = export_all(model, images[:2], out / "artifacts", aoti=aoti)
@@ -235,7 +209,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "fp32_bytes": params * 4,
         "artifacts": {k: p.stat().st_size for k, p in paths.items()},
         "parity": check,
-        "tolerance": args.tolerance,
+        "tolerance": spec.tolerance,
         "export_time": time.perf_counter() - start,
     }
     print(
@@ -245,25 +219,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"{check['max_abs_diff']:.2e}, top-1 agreement {100 * check['top1_agreement']:.2f}%",
         flush=True,
     )
-    if check["max_abs_diff"] > args.tolerance:
+    if check["max_abs_diff"] > spec.tolerance:
         reporter.report("final", {"status": "failed", "reason": "parity", "detail": summary})
         raise ParityError(
             f"ONNX Runtime and PyTorch differ by {check['max_abs_diff']:.3g} > "
-            f"{args.tolerance:g} on the logits"
+            f"{spec.tolerance:g} on the logits"
         )
     reporter.report("final", {"status": "succeeded", **summary})
     return summary
 
 
+def execute(spec: ExportSpec) -> tuple[int, int | None]:
+    return guarded(spec, run, user_errors=(CheckpointError, data.DataError))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        return run_cli(
-            "python -m jobs.export", __doc__.splitlines()[0], add_export_arguments, run, argv,
-            user_errors=(CheckpointError, data.DataError),
-        )  # fmt: skip
-    except ParityError as exc:
-        print(f"resnest-bench: parity check failed: {exc}", file=sys.stderr)
-        return EXIT_PARITY
+    return main_for("export", __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ test set and top-1 agreement with PyTorch eager on it; threads and execution pro
 
 from __future__ import annotations
 
-import argparse
 import json
 import signal
 import statistics
@@ -30,10 +29,11 @@ import torch
 import resnest
 from jobs import data
 from jobs.checkpoint import CheckpointError
-from jobs.export import normalise, onnx_session
-from jobs.options import add_infer_arguments
+from jobs.data import normalise
 from jobs.reporter import reporter_for
-from jobs.spec import run_cli
+from jobs.run import guarded, main_for
+from jobs.runtimes import onnx_session
+from records.spec import InferSpec
 
 
 class Unavailable(Exception):
@@ -216,32 +216,32 @@ def predictions(run, images: np.ndarray, batch: int) -> np.ndarray:
     )
 
 
-def run_job(args: argparse.Namespace) -> list[dict[str, Any]]:
-    out = Path(args.out)
-    meta = load_artifacts(Path(args.source))
-    dataset = args.dataset or meta["dataset"]
-    test = data.load(dataset, args.data_dir, train=False)
-    train = data.load(dataset, args.data_dir, train=True)
-    images = normalise(test.images[: args.test_images or None], test).numpy()
-    labels = test.labels[: args.test_images or None].numpy()
-    calibration = normalise(train.images[: args.calibration_images], train).numpy()
-    device = torch.device(args.device if args.device != "auto" else
+def run_job(spec: InferSpec) -> list[dict[str, Any]]:
+    """Measure every runtime of the spec at every batch size; return the rows reported."""
+    out = Path(spec.out_dir)
+    meta = load_artifacts(Path(spec.source))
+    dataset = spec.dataset or meta["dataset"]
+    test = data.load(dataset, spec.data_dir, train=False)
+    train = data.load(dataset, spec.data_dir, train=True)
+    images = normalise(test.images[: spec.test_images or None], test).numpy()
+    labels = test.labels[: spec.test_images or None].numpy()
+    calibration = normalise(train.images[: spec.calibration_images], train).numpy()
+    device = torch.device(spec.device if spec.device != "auto" else
                           ("cuda" if torch.cuda.is_available() else "cpu"))  # fmt: skip
-    if args.threads is None:
-        args.threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    reporter = reporter_for(out, args.job_id or "", args.attempt)
+    threads = spec.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    reporter = reporter_for(out, spec.job_id, spec.attempt, spec.store)
     reporter.report(
         "start",
         {"spec": {"stage": "infer", "model": meta["model_name"], "dataset": dataset,
-                  "gpu_type": args.gpu_type}, "world_size": 1, "resumed_from": [0, 0]},
+                  "gpu_type": spec.gpu_type}, "world_size": 1, "resumed_from": [0, 0]},
     )  # fmt: skip
     rows: list[dict[str, Any]] = []
     reference: np.ndarray | None = None
-    eval_batch = max(b for b in args.batches)
-    for name in args.runtimes:
+    eval_batch = max(spec.batches)
+    for name in spec.runtimes:
         try:
-            run, info = build_runtime(name, meta, device, args.threads, calibration)
+            run, info = build_runtime(name, meta, device, threads, calibration)
         except Unavailable as exc:
             row = {"runtime": name, "batch_size": 0, "available": False, "reason": str(exc)}
             reporter.report("inference", row)
@@ -253,9 +253,9 @@ def run_job(args: argparse.Namespace) -> list[dict[str, Any]]:
             reference = predicted
         accuracy = float((predicted == labels).mean())
         agreement = None if reference is None else float((predicted == reference).mean())
-        for batch in args.batches:
+        for batch in spec.batches:
             x = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])))
-            timing = time_batches(run, x, args.warmup, args.iters)
+            timing = time_batches(run, x, spec.warmup, spec.iters)
             row = {
                 "runtime": name, "batch_size": batch, "available": True, **info, **timing,
                 "test_accuracy": accuracy, "test_images": len(labels),
@@ -273,11 +273,12 @@ def run_job(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def execute(spec: InferSpec) -> tuple[int, int | None]:
+    return guarded(spec, run_job, user_errors=(CheckpointError, data.DataError))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(
-        "python -m jobs.infer", __doc__.splitlines()[0], add_infer_arguments, run_job, argv,
-        user_errors=(CheckpointError, data.DataError),
-    )  # fmt: skip
+    return main_for("infer", __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ field can be overridden by name from a spec or the command line.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import math
 import typing
@@ -157,18 +156,6 @@ def check(recipe: Recipe) -> None:
     steps = list(recipe.milestones)
     if any(m < 1 for m in steps) or steps != sorted(set(steps)):
         raise RecipeError(f"milestones: expected increasing epochs of at least 1, got {steps}")
-
-
-def parse_assignment(text: str) -> tuple[str, Any]:
-    """``key=value`` from the command line; the value is a Python literal or a bare string."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise RecipeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        value = {"true": True, "false": False}.get(raw.lower(), raw)
-    return key.strip(), value
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:

@@ -1,19 +1,19 @@
 """A job's only way out: the reporter.
 
-Every record is a JSON object with a ``kind`` (``start``, ``epoch``, ``event``, ``final``).
-``OutboxReporter`` appends each one, flushed and fsynced, to ``outbox.jsonl`` in the job
-folder; the results store reads (and replays) these outboxes.
+Every record is a JSON object of one of the kinds ``records.kinds`` describes. The outbox
+writer (``records.outbox``) appends each one, flushed and fsynced, to ``outbox.jsonl`` in
+the job folder; ``StoreReporter`` also writes it to the results store named in the job's
+spec. The store reads (and replays) the outboxes.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Protocol
+
+from records.outbox import OutboxWriter
 
 log = logging.getLogger(__name__)
 
@@ -29,62 +29,7 @@ class NullReporter:
         pass
 
 
-class OutboxReporter:
-    def __init__(self, job_dir: Path, job_id: str = "", attempt: int = 0) -> None:
-        self.path = Path(job_dir) / "outbox.jsonl"
-        self.job_id = job_id
-        self.attempt = attempt
-
-    def report(self, kind: str, record: dict[str, Any]) -> dict[str, Any]:
-        line = {
-            "kind": kind,
-            "job_id": self.job_id,
-            "attempt": self.attempt,
-            "time": time.time(),
-            "uid": uuid.uuid4().hex,  # makes replays of this record idempotent in the store
-        }
-        line.update(record)
-        data = (json.dumps(line, allow_nan=True) + "\n").encode()
-        # The folder appears with the first record: a job refused at its start leaves nothing.
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return line
-
-
-class OutboxError(ValueError):
-    """An outbox that cannot be read; the message names the file and the line."""
-
-
-def read_outbox(path: Path) -> list[dict[str, Any]]:
-    """Records of an outbox; a torn last line (a write cut short by a kill) is skipped. Any
-    other line that is not a record is an error naming the file and line: an outbox is only
-    ever appended to, so damage inside it means the file is not what it should be."""
-    records = []
-    try:
-        with open(path, encoding="utf-8", errors="strict") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.endswith("\n"):
-                    break  # torn last line
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    record = None
-                if not isinstance(record, dict) or not isinstance(record.get("kind"), str):
-                    raise OutboxError(f"{path}:{number}: not an outbox record")
-                records.append(record)
-    except UnicodeDecodeError:
-        raise OutboxError(f"{path}: not an outbox (not UTF-8 text)") from None
-    except OSError as exc:
-        raise OutboxError(f"{path}: cannot read: {exc.strerror}") from None
-    return records
-
-
-class StoreReporter(OutboxReporter):
+class StoreReporter(OutboxWriter):
     """Outbox first (nothing is lost), then the results store, with retries and backoff.
 
     If the store stays unreachable, the job goes on: writes pause for ``cooldown`` seconds
@@ -118,7 +63,7 @@ class StoreReporter(OutboxReporter):
         for attempt in range(self.retries):
             try:
                 if self._store is None:
-                    from harness.store import Store
+                    from records.store import Store
 
                     self._store = Store(self.url, timeout=5)
                 self._store.write_records([line])
@@ -138,10 +83,8 @@ class StoreReporter(OutboxReporter):
         return line
 
 
-def reporter_for(job_dir: Path, job_id: str, attempt: int) -> OutboxReporter:
-    """The store reporter when the launcher named a store (RESNEST_BENCH_STORE), else the
-    outbox alone."""
-    url = os.environ.get("RESNEST_BENCH_STORE")
-    if url:
-        return StoreReporter(job_dir, url, job_id, attempt)
-    return OutboxReporter(job_dir, job_id, attempt)
+def reporter_for(job_dir: Path, job_id: str, attempt: int, store: str | None) -> OutboxWriter:
+    """The store reporter when the job's spec names a store, else the outbox alone."""
+    if store:
+        return StoreReporter(job_dir, store, job_id, attempt)
+    return OutboxWriter(job_dir, job_id, attempt)

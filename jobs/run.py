@@ -1,74 +1,120 @@
-"""Run any job from its spec file: ``python -m jobs.run --spec spec.json``.
+"""Every job starts here: one dispatch from a spec to the job of its stage.
 
-Launchers write one spec per job (``harness/sweep.py``) and start this; it hands the spec to
-the job of its stage: train and transfer (``jobs.train``), export (``jobs.export``), infer
-(``jobs.infer``). Exit codes as the jobs define them.
+Launchers write a spec file per job (``records.spec``) and run
+``python -m jobs.run --spec spec.json`` (SLURM tasks and Ray workers call ``execute_file``
+in-process); ``python -m jobs.train`` and its siblings, and ``resnest-bench train``, build
+the spec from a command line and come here too. A job takes its folder's lock, runs, and
+ends with one of the exit codes of ``records.spec``; bad input is one line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from jobs.options import to_argv
-from jobs.spec import EXIT_USER_ERROR
+from records.errors import UserError
+from records.lock import take
+from records.options import parser_for, spec_from_args
+from records.spec import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USER_ERROR,
+    Spec,
+    load,
+    store_from_environment,
+)
+
+# The module whose ``execute(spec) -> (exit code, stopping signal)`` runs each stage.
+STAGE_MODULES = {
+    "train": "jobs.train",
+    "transfer": "jobs.train",
+    "export": "jobs.export",
+    "infer": "jobs.infer",
+}
+Outcome = tuple[int, int | None]  # the exit code, and the signal that stopped the job
 
 
-def _options(spec: dict[str, Any]) -> list[str]:
-    """Command-line options of an export or infer job from a sweep's spec."""
-    sources = spec["init_from"]  # a winner's export has several candidates
-    args = ["--from", *([sources] if isinstance(sources, str) else sources)]
-    args += ["--out", spec["out_dir"]]
-    args += ["--dataset", spec["dataset"], "--data-dir", spec.get("data_dir", "data")]
-    args += ["--job-id", spec.get("job_id", ""), "--attempt", str(spec.get("attempt", 0))]
-    if spec.get("gpu_type"):
-        args += ["--gpu-type", spec["gpu_type"]]
-    if spec["stage"] == "infer" and spec.get("device") not in (None, "auto"):
-        args += ["--device", spec["device"]]
-    # A sweep's export_options / infer_options travel as the job's overrides.
-    return args + to_argv(spec.get("overrides") or {})
+class Ended(Exception):
+    """A job that ends on purpose with its own exit code (``records.spec``); the message,
+    after ``what``, is its one line on stderr."""
+
+    code = EXIT_FAILED
+    what = "error"
 
 
-def execute_spec(path: str | Path, attempt_offset: int = 0) -> tuple[int, int | None]:
-    """Run the job of a spec file; return its exit code and the signal that stopped it."""
+def execute(spec: Spec) -> Outcome:
+    """Run the job of ``spec`` to its end."""
+    return importlib.import_module(STAGE_MODULES[spec.stage]).execute(spec)
+
+
+def execute_file(path: str | Path, attempt_offset: int = 0) -> Outcome:
+    """Run the job of a spec file; ``attempt_offset`` counts the requeues SLURM has made. A
+    spec that names no store (one written by hand) reports where a job started by hand does:
+    to the store of the environment, if it names one."""
     try:
-        spec = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        print(f"resnest-bench: error: {path}: cannot read the spec: {exc}", file=sys.stderr)
+        spec = load(path)
+    except UserError as exc:
+        print(f"resnest-bench: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR, None
-    spec["attempt"] = spec.get("attempt", 0) + attempt_offset
-    stage = spec.get("stage", "train")
-    if stage in ("train", "transfer"):
-        from jobs.spec import SpecError, TrainSpec
-        from jobs.train import execute
+    if attempt_offset:
+        spec = spec.with_(attempt=spec.attempt + attempt_offset)
+    if spec.store is None:
+        spec = spec.with_(store=store_from_environment())
+    return execute(spec)
 
-        try:
-            train_spec = TrainSpec.from_dict(spec)
-        except SpecError as exc:
-            print(f"resnest-bench: error: {path}: {exc}", file=sys.stderr)
-            return EXIT_USER_ERROR, None
-        return execute(train_spec)
-    if stage == "export":
-        from jobs import export
 
-        return export.main(_options(spec)), None
-    if stage == "infer":
-        from jobs import infer
+def guarded(
+    spec: Spec,
+    body: Callable[[Spec], Any],
+    user_errors: tuple[type[Exception], ...],
+    rank: int = 0,
+) -> Outcome:
+    """Run ``body`` holding the job folder's lock (one runner per folder and rank: a second
+    one exits at once, having done nothing). A user error becomes one line and exit 2; an
+    ``Ended`` its own line and code; a body that returns no outcome succeeded."""
+    lock, refused = take(spec.out_dir, rank)
+    if lock is None:
+        return refused, None
+    try:
+        outcome = body(spec)
+    except (UserError, *user_errors) as exc:
+        print(f"resnest-bench: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR, None
+    except Ended as exc:
+        print(f"resnest-bench: {exc.what}: {exc}", file=sys.stderr)
+        return exc.code, None
+    finally:
+        lock.release()
+    return outcome if isinstance(outcome, tuple) else (EXIT_OK, None)
 
-        return infer.main(_options(spec)), None
-    print(f"resnest-bench: error: {path}: unknown stage {stage!r}", file=sys.stderr)
-    return EXIT_USER_ERROR, None
+
+def run_from_args(args: argparse.Namespace, stage: str) -> int:
+    """A job started by hand, from its parsed command line."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        spec = spec_from_args(args, stage)
+    except UserError as exc:
+        print(f"resnest-bench: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return execute(spec)[0]
+
+
+def main_for(stage: str, description: str, argv: Sequence[str] | None = None) -> int:
+    """``python -m jobs.STAGE``: the job's own command line."""
+    args = parser_for(stage, description=description).parse_args(argv)
+    return run_from_args(args, stage)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.run", description=__doc__.splitlines()[0])
     parser.add_argument("--spec", required=True, help="the job's spec file (JSON)")
     args = parser.parse_args(argv)
-    return execute_spec(args.spec)[0]
+    return execute_file(args.spec)[0]
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from jobs.spec import EXIT_REQUEUE
+from records.spec import EXIT_REQUEUE
 
 NOTICE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 
@@ -39,19 +39,16 @@ def slurm_job_id(environ: dict[str, str] | os._Environ = os.environ) -> str:
 class SlurmTask:
     """One job of a sweep, as a submitit callable (and submitit ``Checkpointable``)."""
 
-    def __init__(self, spec_path: str, store_url: str | None, requeue: bool = True) -> None:
+    def __init__(self, spec_path: str, requeue: bool = True) -> None:
         self.spec_path = str(spec_path)
-        self.store_url = store_url
         self.requeue = requeue
 
     def __call__(self) -> None:
-        from jobs.run import execute_spec
+        from jobs.run import execute_file
 
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", 0) or 0)
-        if self.store_url:
-            os.environ["RESNEST_BENCH_STORE"] = self.store_url
         os.environ.setdefault("PYTHONUNBUFFERED", "1")
-        code, stopped_by = execute_spec(self.spec_path, attempt_offset=restarts)
+        code, stopped_by = execute_file(self.spec_path, attempt_offset=restarts)
         rank = int(os.environ.get("SLURM_PROCID", 0))
         if code == EXIT_REQUEUE and stopped_by in NOTICE_SIGNALS and self.requeue and rank == 0:
             job = slurm_job_id()
@@ -65,7 +62,7 @@ class SlurmTask:
         taken the signals over: the state is already on disk, so run the same task again."""
         from submitit.helpers import DelayedSubmission
 
-        return DelayedSubmission(SlurmTask(self.spec_path, self.store_url, self.requeue))
+        return DelayedSubmission(SlurmTask(self.spec_path, self.requeue))
 
     def __repr__(self) -> str:
         return f"SlurmTask({Path(self.spec_path).parent.name})"

@@ -277,3 +277,37 @@ def gpu_matches(expected: str | None, gpu_name: str, device_type: str) -> bool |
         return False
     squash = lambda text: "".join(c for c in text.lower() if c.isalnum())  # noqa: E731
     return squash(expected) in squash(gpu_name)
+
+
+def fold_into(record: dict[str, Any], window: Any, env: Any, device: Any) -> list[dict[str, Any]]:
+    """Add the epoch's telemetry (``Sampler.end_epoch()``) to its record, all ranks' GPUs
+    together; return this rank's samples."""
+    import math
+
+    import torch
+    import torch.distributed as dist
+
+    if window is None:
+        record["telemetry_source"] = "off"
+        return []
+    figures, samples = window
+    keys_sum = ("energy_j", "power_mean_w", "gpu_util_mean", "cpu_util_mean")
+    keys_max = ("gpu_util_max", "gpu_mem_peak_bytes", "rss_peak_bytes")
+    nan = float("nan")
+    sums = torch.tensor([nan if figures.get(k) is None else figures[k] for k in keys_sum],
+                        dtype=torch.float64, device=device)  # fmt: skip
+    maxes = torch.tensor([nan if figures.get(k) is None else figures[k] for k in keys_max],
+                         dtype=torch.float64, device=device)  # fmt: skip
+    if env.distributed:
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+        dist.all_reduce(maxes, op=dist.ReduceOp.MAX)
+        sums[2:] /= env.world_size  # utilisations: the mean over the ranks' GPUs
+    combined = dict(zip(keys_sum + keys_max, sums.tolist() + maxes.tolist(), strict=True))
+    for key, value in combined.items():
+        if key in figures:  # the GPU figures from NVML, or the CPU ones from psutil
+            record[key] = None if math.isnan(value) else value
+    record["telemetry_source"] = figures["telemetry_source"]
+    record["energy_method"] = figures.get("energy_method")
+    energy = record.get("energy_j")
+    record["energy_per_image_j"] = energy / record["images"] if energy else None
+    return samples

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from jobs import checkpoint
-from jobs.reporter import read_outbox
+from records.outbox import read_outbox
 
 TINY = ["--model", "resnest_tiny_basic", "--dataset", "synthetic", "--batch-size", "32"]
 
@@ -86,7 +86,7 @@ def write_cluster(tmp_path: Path, name: str, launcher: dict, gpu_types: dict, sw
 
 
 def store_of(tmp_path: Path):
-    from harness.store import Store
+    from records.store import Store
 
     return Store(f"sqlite:///{tmp_path / 'results' / 'results.db'}")
 

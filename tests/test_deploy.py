@@ -271,18 +271,18 @@ def test_train_export_infer_chain_on_the_local_launcher_and_the_deployment_table
 
 def _finished_run(folder: Path, job_id: str, model: str, accuracy: float) -> Path:
     """A training job's outbox as the trainer writes it (start and final records)."""
-    from jobs.reporter import OutboxReporter
+    from records.outbox import OutboxWriter
 
-    reporter = OutboxReporter(folder, job_id)
+    reporter = OutboxWriter(folder, job_id)
     reporter.report("start", {"spec": {"stage": "train", "model": model}})
     reporter.report("final", {"status": "succeeded", "final_test_acc": accuracy})
     return folder
 
 
-def test_the_winner_is_the_best_final_accuracy_in_the_store(tmp_path, monkeypatch):
-    from harness.store import Store
+def test_the_winner_is_the_best_final_accuracy_in_the_store(tmp_path):
     from jobs.checkpoint import CheckpointError
     from jobs.export import choose_winner
+    from records.store import Store
 
     folders = [
         _finished_run(tmp_path / "a", "job-a", "resnest_tiny_basic", 0.50),
@@ -290,7 +290,6 @@ def test_the_winner_is_the_best_final_accuracy_in_the_store(tmp_path, monkeypatc
         _finished_run(tmp_path / "c", "job-c", "resnest_tiny_basic", 0.60),
     ]
     # Without a store: the outboxes decide.
-    monkeypatch.delenv("RESNEST_BENCH_STORE", raising=False)
     chosen, ranking = choose_winner(folders)
     assert chosen == folders[1] and {c["from"] for c in ranking} == {"outbox"}
     # The store has the newest word: attempt 1 of job a did better than anything.
@@ -307,19 +306,17 @@ def test_the_winner_is_the_best_final_accuracy_in_the_store(tmp_path, monkeypatc
              "final_test_acc": 0.99},
         ]
     )  # fmt: skip
-    monkeypatch.setenv("RESNEST_BENCH_STORE", url)
-    chosen, ranking = choose_winner(folders)
+    chosen, ranking = choose_winner(folders, store=url)
     assert chosen == folders[0]
     assert [(c["job_id"], c["test_acc"], c["from"]) for c in ranking] == [
         ("job-a", 0.90, "store"), ("job-b", 0.70, "store"), ("job-c", 0.60, "outbox"),
     ]  # fmt: skip
     # Equals: the first candidate in the sweep's order.
-    monkeypatch.delenv("RESNEST_BENCH_STORE")
     tie = [_finished_run(tmp_path / n, f"job-{n}", "resnest_tiny_basic", 0.8) for n in "xy"]
     assert choose_winner(tie[::-1])[0] == tie[1]
     # An unreachable store (nothing listens on this loopback port): the outboxes decide.
-    monkeypatch.setenv("RESNEST_BENCH_STORE", "postgresql+psycopg://rb@127.0.0.1:9/none")
-    assert choose_winner(folders)[0] == folders[1]
+    unreachable = "postgresql+psycopg://rb@127.0.0.1:9/none"
+    assert choose_winner(folders, store=unreachable)[0] == folders[1]
     # A candidate that never finished is a clear error.
     (tmp_path / "unfinished").mkdir()
     with pytest.raises(CheckpointError, match="no finished training run here"):
@@ -328,7 +325,7 @@ def test_the_winner_is_the_best_final_accuracy_in_the_store(tmp_path, monkeypatc
 
 def test_disagreement_with_eager_above_a_tenth_of_a_percent_is_flagged(tmp_path):
     from harness.report import deployment
-    from harness.store import Store
+    from records.store import Store
 
     store = Store(f"sqlite:///{tmp_path / 'results.db'}")
     store.add_sweep("flags", {})

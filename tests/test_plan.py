@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from harness import config as cluster_config
-from harness.errors import UserError
 from harness.planner import plan, select
+from records.errors import UserError
 
 EXE = Path(sysconfig.get_path("scripts")) / "resnest-bench"
 

@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from harness import config as cluster_config
 from harness.planner import plan
-from harness.store import epochs, events
+from records.store import epochs, events
 
 from .jobtools import store_of, tiny_sweep, write_cluster
 from .test_sweep import EXE

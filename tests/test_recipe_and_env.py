@@ -3,8 +3,10 @@
 import pytest
 
 from jobs import distributed
-from jobs.recipe import RecipeError, get_recipe, parse_assignment
-from jobs.train import frozen_modules, lr_factor
+from jobs.recipe import RecipeError, get_recipe
+from jobs.schedule import frozen_modules, lr_factor
+from records.errors import SpecError
+from records.options import parse_assignment
 
 
 def test_study_recipes_are_the_studys():
@@ -45,7 +47,7 @@ def test_overrides_are_typed_and_checked():
     assert parse_assignment("milestones=[10, 20]") == ("milestones", [10, 20])
     assert parse_assignment("bf16=true") == ("bf16", True)
     assert parse_assignment("schedule=cosine") == ("schedule", "cosine")
-    with pytest.raises(RecipeError, match="KEY=VALUE"):
+    with pytest.raises(SpecError, match="KEY=VALUE"):
         parse_assignment("epochs")
 
 

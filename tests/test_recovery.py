@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from harness import config as cluster_config
 from harness.launchers.slurm import parse_sacct
 from harness.planner import plan
-from harness.store import Store, epochs, events
+from records.store import Store, epochs, events
 
 from .jobtools import job_env, records
 from .test_sweep import EXE, cli, doomed_training_job, sweep_yaml
@@ -203,3 +203,36 @@ def test_status_shows_the_running_array_task_as_running(tmp_path):
     assert result.returncode == 0, result.stderr
     rows = {r["id"]: r["state"] for r in json.loads(result.stdout.split("\n", 1)[1])}
     assert rows == {first: "running", second: "submitted"}
+
+
+def test_jobs_run_by_hand_are_ingested_into_a_sweep_and_tabled(tmp_path):
+    """A training and its transfer run by hand (`resnest-bench train` / `transfer`), then
+    brought into a sweep with `ingest --sweep`: status and table show them as that sweep's."""
+    from .jobtools import TINY
+
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    trained, moved = tmp_path / "hand-train", tmp_path / "hand-transfer"
+    small = [*TINY, "--epochs", "2", "--max-steps", "2", "--device", "cpu"]
+    for out, extra in ((trained, ["train"]), (moved, ["transfer", "--from", str(trained)])):
+        result = subprocess.run(
+            [str(EXE), extra[0], *small, "--out", str(out), *extra[1:]],
+            capture_output=True, text=True, env=job_env(), timeout=600,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    start = records(moved, "start")[0]
+    assert start["spec"]["stage"] == "transfer" and start["spec"]["init_from"] == str(trained)
+    for _ in range(2):  # twice: the second adds nothing
+        result = cli("ingest", str(tmp_path), "--sweep", "by-hand", "--store", url, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "from 2 outbox file(s)" in result.stdout
+    status = cli("status", "by-hand", "--store", url, "--format", "json", cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    rows = json.loads(status.stdout.split("\n", 1)[1])
+    assert sorted((r["stage"], r["state"]) for r in rows) == [
+        ("train", "succeeded"), ("transfer", "succeeded"),
+    ]  # fmt: skip
+    table = cli("table", "by-hand", "--store", url, "--format", "json", cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    (row,) = json.loads(table.stdout)
+    assert row["resnest_tiny_basic runs"] == 1
+    assert row["resnest_tiny_basic transfer acc %"] is not None

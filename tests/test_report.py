@@ -14,7 +14,7 @@ import yaml
 from PIL import Image
 from sqlalchemy import select
 
-from harness.store import epochs, jobs, results
+from records.store import epochs, jobs, results
 
 from .jobtools import store_of, tiny_sweep, write_cluster
 from .test_sweep import EXE
@@ -145,7 +145,7 @@ def test_report_of_a_sweep_without_epochs_is_a_page_that_says_so(tmp_path):
         tmp_path, "empty", {"kind": "local"}, {"cpu": {"local": "cpu"}},
         tiny_sweep(gpu_types=["cpu"]),
     )  # fmt: skip
-    from harness.store import open_store
+    from records.store import open_store
 
     config = yaml.safe_load(path.read_text())
     store = open_store(None, config["results_dir"])

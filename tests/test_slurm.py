@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from harness import config as cluster_config
 from harness.planner import plan
-from harness.store import epochs, events, results
+from records.store import epochs, events, results
 
 from .jobtools import check_winner_deployed, store_of, tiny_sweep, write_cluster
 from .test_sweep import EXE

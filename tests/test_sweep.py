@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from harness import config as cluster_config
 from harness.planner import plan
-from harness.store import Store, epochs, events, results
+from records.store import Store, epochs, events, results
 
 from .jobtools import TINY, job_cmd, job_env, records
 
@@ -187,7 +187,7 @@ def test_unreachable_store_then_ingest_recovers_every_record(tmp_path):
 
 WRITER = """
 import sys
-from harness.store import Store
+from records.store import Store
 store = Store(sys.argv[1])
 worker = int(sys.argv[2])
 for epoch in range(1, 21):
@@ -208,7 +208,7 @@ def store_url(request, tmp_path):
         )
     from sqlalchemy import create_engine
 
-    from harness.store import metadata
+    from records.store import metadata
 
     engine = create_engine(url)  # a clean schema for this test
     metadata.drop_all(engine)
@@ -246,6 +246,29 @@ def test_store_url_that_cannot_be_opened_is_one_line(tmp_path):
     assert "secret" not in result.stderr and "***" in result.stderr
     assert result.stderr.count("\n") == 1
     assert not (tmp_path / "results").exists()
+
+
+def test_a_store_url_with_a_password_is_never_written_into_job_specs(tmp_path):
+    """Each job's spec (a file in its folder) names the store it reports to: a store URL
+    that carries a password stops the submission before any job starts, says where the
+    password belongs, and does not print it."""
+    url = os.environ.get("RESNEST_BENCH_TEST_PG")
+    if not url:
+        pytest.skip("no PostgreSQL: run scripts/pg-local.sh up and set RESNEST_BENCH_TEST_PG")
+    from sqlalchemy.engine import make_url
+
+    password = os.environ.get("PGPASSWORD") or "bench-local"
+    path = sweep_yaml(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    data["store"] = make_url(url).set(password=password).render_as_string(hide_password=False)
+    path.write_text(yaml.safe_dump(data))
+    result = cli("submit", str(path), "-q", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "carries a password" in result.stderr and "PGPASSWORD" in result.stderr
+    assert password not in result.stderr and result.stderr.count("\n") == 1
+    assert not list(tmp_path.rglob("spec.json"))
+    states = {row["state"] for row in Store(url).jobs(data["name"])}
+    assert states == {"pending"}  # planned, never launched
 
 
 def test_logs_and_cancel(finished_sweep):

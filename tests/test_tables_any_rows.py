@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from harness.cli import main
-from harness.store import STATES, Store
+from records.store import STATES, Store
 
 MODELS = ("resnest_tiny_basic", "resnest_tiny_bottleneck")
 GPUS = ("k80", "p100", "v100")

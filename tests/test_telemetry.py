@@ -13,7 +13,6 @@ from types import SimpleNamespace
 import pytest
 from sqlalchemy import select
 
-from harness.store import SCHEMA_VERSION, Store, epochs, provenance, telemetry
 from jobs.telemetry import (
     CpuSource,
     NvmlSource,
@@ -22,6 +21,7 @@ from jobs.telemetry import (
     gpu_matches,
     open_source,
 )
+from records.store import SCHEMA_VERSION, Store, epochs, provenance, telemetry
 
 from .jobtools import TINY, records, run_job
 

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from jobs.spec import EXIT_DIVERGED, EXIT_REQUEUE, EXIT_USER_ERROR
+from records.spec import EXIT_DIVERGED, EXIT_REQUEUE, EXIT_USER_ERROR
 
 from .formats import write_cifar100
 from .jobtools import TINY, events, final_weights, job_cmd, job_env, records, run_job

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.store import SCHEMA_VERSION, Store
+from records.store import SCHEMA_VERSION, Store
 
 from .jobtools import write_cluster
 from .test_sweep import EXE
@@ -166,10 +166,10 @@ def test_a_missing_cluster_yaml_and_a_config_that_is_a_folder(tmp_path):
 
 
 def test_outboxes_torn_damaged_and_unreadable(tmp_path):
-    from jobs.reporter import OutboxReporter
+    from records.outbox import OutboxWriter
 
     job = tmp_path / "runs" / "job-a"
-    reporter = OutboxReporter(job, "job-a")
+    reporter = OutboxWriter(job, "job-a")
     reporter.report("start", {"spec": {"stage": "train", "model": "resnest_tiny_basic",
                                        "dataset": "synthetic"}})  # fmt: skip
     reporter.report("epoch", {"epoch": 1, "epoch_time": 1.0, "images_per_sec": 10.0})

@@ -25,23 +25,16 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from harness.config import ClusterConfig, GpuType
-from harness.errors import UserError
-from harness.launchers import exit_reason, last_line, mark_interrupted, progress_bar
-from harness.store import Store
-from jobs.spec import (
-    EXIT_ALREADY_RUNNING,
-    EXIT_DIVERGED,
-    EXIT_OK,
-    EXIT_REQUEUE,
-    EXIT_USER_ERROR,
-)
+from harness.launchers.base import BaseLauncher, Driver, Row, last_line, write_spec
+from records.errors import UserError
+from records.spec import EXIT_ALREADY_RUNNING, EXIT_DIVERGED, EXIT_OK, EXIT_USER_ERROR
+from records.store import Store
 
 PREFIX = "ray:"
 NO_RETRY = (EXIT_OK, EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_ALREADY_RUNNING)
@@ -168,23 +161,16 @@ def check_gpu_types(config: ClusterConfig, used: set[str], workers: int) -> None
                 )
 
 
-def prepare(config: ClusterConfig, jobs: list[dict[str, Any]]) -> None:
-    """Connect, and check that the cluster can run the jobs; nothing runs yet."""
-    connect(config.launcher.ray.address)
-    workers = config.sweep.gpus_per_job * config.sweep.nodes
-    check_gpu_types(config, {job["gpu_type"] for job in jobs}, workers)
-
-
 def _uses_gpus() -> bool:
     import ray
 
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
-def run_job_process(spec_path: str, store_url: str) -> tuple[int, str]:
+def run_job_process(spec_path: str) -> tuple[int, str]:
     """A one-GPU job, inside a Ray task: the job as a subprocess, logs in its folder."""
     folder = Path(spec_path).parent
-    env = {**os.environ, "RESNEST_BENCH_STORE": store_url, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "jobs.run", "--spec", spec_path]
     with open(folder / "stdout.log", "ab") as out, open(folder / "stderr.log", "ab") as err:
         code = subprocess.run(cmd, stdout=out, stderr=err, env=env).returncode
@@ -195,20 +181,17 @@ def _train_worker(config: dict[str, Any]) -> None:
     """One Ray Train worker of a DDP job: the process group is already formed."""
     import ray.train
 
-    from jobs.spec import TrainSpec
-    from jobs.train import execute
+    from jobs.run import execute_file
 
     context = ray.train.get_context()
     os.environ["LOCAL_RANK"] = str(context.get_local_rank())
-    os.environ["RESNEST_BENCH_STORE"] = config["store_url"]
-    code, _ = execute(TrainSpec.from_file(config["spec_path"]))
+    code, _ = execute_file(config["spec_path"])
     if code != EXIT_OK:
         raise RuntimeError(f"rank {context.get_world_rank()} ended with exit code {code}")
 
 
 def run_job_trainer(
     spec_path: str,
-    store_url: str,
     workers: int,
     use_gpu: bool,
     per_worker: dict[str, float],
@@ -222,7 +205,7 @@ def run_job_trainer(
     folder = Path(spec_path).parent
     trainer = TorchTrainer(
         _train_worker,
-        train_loop_config={"spec_path": spec_path, "store_url": store_url},
+        train_loop_config={"spec_path": spec_path},
         scaling_config=ScalingConfig(
             num_workers=workers,
             use_gpu=use_gpu,
@@ -242,111 +225,89 @@ def run_job_trainer(
     return EXIT_OK, ""
 
 
-def run(
-    config: ClusterConfig,
-    store: Store,
-    jobs: list[dict[str, Any]],
-    write_spec: Any,
-    progress: bool = True,
-) -> dict[str, str]:
-    """Run ``jobs`` (store rows in dependency order) on Ray to the end; id -> final state.
-    Call ``prepare`` first."""
-    import ray
+class RayTasks:
+    """The Driver's backend on Ray: a task per job (a TorchTrainer's for DDP jobs)."""
 
-    settings = config.launcher.ray
-    workers = config.sweep.gpus_per_job * config.sweep.nodes
-    use_gpu = _uses_gpus()
-    single = ray.remote(run_job_process)
-    trainer = ray.remote(run_job_trainer)
+    def __init__(self, config: ClusterConfig, store: Store) -> None:
+        import ray
 
-    def start(job: dict[str, Any]) -> Any:
-        Path(job["job_dir"]).mkdir(parents=True, exist_ok=True)
-        spec_path = str(write_spec(job))
-        gpu = config.gpu_types[job["gpu_type"]]
+        self.ray = ray
+        self.config = config
+        self.store = store
+        self.settings = config.launcher.ray
+        self.workers = config.sweep.gpus_per_job * config.sweep.nodes
+        self.use_gpu = _uses_gpus()
+        self.single = ray.remote(run_job_process)
+        self.trainer = ray.remote(run_job_trainer)
+        self.running: dict[Any, Row] = {}
+        self.retries: dict[str, int] = {}
+
+    def room(self) -> bool:
+        return True  # Ray queues tasks until their resources are free
+
+    def start(self, job: Row) -> None:
+        spec_path = str(write_spec(self.store, job))
+        gpu = self.config.gpu_types[job["gpu_type"]]
         per_gpu = resources_of(gpu)
-        if workers == 1 or job["stage"] not in ("train", "transfer"):
-            options: dict[str, Any] = {
-                "num_cpus": gpu.cpus_per_gpu,
-                "num_gpus": 1 if use_gpu else 0,
-                "resources": per_gpu,
-                "max_retries": settings.max_retries,
-            }
-            ref = single.options(**options).remote(spec_path, store.url)
+        retries = self.settings.max_retries
+        if self.workers == 1 or job["stage"] not in ("train", "transfer"):
+            ref = self.single.options(
+                num_cpus=gpu.cpus_per_gpu, num_gpus=1 if self.use_gpu else 0, resources=per_gpu,
+                max_retries=retries,
+            ).remote(spec_path)  # fmt: skip
         else:  # the trainer task only coordinates: its workers hold the resources
-            ref = trainer.options(num_cpus=0, max_retries=settings.max_retries).remote(
-                spec_path, store.url, workers, use_gpu, per_gpu, gpu.cpus_per_gpu,
-                settings.max_retries,
-            )  # fmt: skip
-        store.set_state(
-            job["id"], "running", launcher_job_id=PREFIX + ref.task_id().hex(),
+            ref = self.trainer.options(num_cpus=0, max_retries=retries).remote(
+                spec_path, self.workers, self.use_gpu, per_gpu, gpu.cpus_per_gpu, retries
+            )
+        self.store.set_state(
+            job["id"], "running", launcher_job_id=RayLauncher.prefix + ref.task_id().hex(),
             attempt=job["attempt"],
         )  # fmt: skip
-        return ref
+        self.running[ref] = job
 
-    waiting = {job["id"]: job for job in jobs}
-    running: dict[Any, dict[str, Any]] = {}
-    retries: dict[str, int] = {}
-    final: dict[str, str] = {}
-    bar = progress_bar(len(jobs), progress)
+    def ended(self) -> list[tuple[Row, int, str]]:
+        if not self.running:
+            return []
+        ready, _ = self.ray.wait(list(self.running), num_returns=1, timeout=1.0)
+        done = []
+        for ref in ready:
+            job = self.running.pop(ref)
+            try:
+                code, last = self.ray.get(ref)
+            except self.ray.exceptions.RayError as exc:  # the task itself was lost
+                code, last = 1, str(exc).strip().splitlines()[0]
+            done.append((job, code, last))
+        return done
 
-    def state_of(job_id: str) -> str | None:
-        if job_id in final:
-            return final[job_id]
-        if job_id in waiting or any(j["id"] == job_id for j in running.values()):
-            return "pending"
-        row = store.job(job_id)
-        return row["state"] if row else None
+    def retry(self, job: Row, code: int) -> bool:
+        """Errors other than bad input, divergence or another runner holding the job run
+        again, up to ``launcher.ray.max_retries`` times, from their checkpoint."""
+        if code in NO_RETRY or self.retries.get(job["id"], 0) >= self.settings.max_retries:
+            return False
+        self.retries[job["id"]] = self.retries.get(job["id"], 0) + 1
+        return True
 
-    def finish(job_id: str, state: str, reason: str | None = None) -> None:
-        store.set_state(job_id, state, reason=reason)
-        final[job_id] = state
-        bar.update(1)
+    def stop(self) -> None:
+        for ref in self.running:
+            self.ray.cancel(ref, force=True)
 
-    try:
-        while waiting or running:
-            for job_id, job in list(waiting.items()):
-                parents = job["depends_on"] or []
-                states = [state_of(p) for p in parents]
-                bad = [
-                    p for p, s in zip(parents, states, strict=True) if s in ("failed", "cancelled")
-                ]
-                if bad:
-                    del waiting[job_id]
-                    finish(
-                        job_id,
-                        "cancelled",
-                        f"not run: depends on {bad[0]}, which {state_of(bad[0])}",
-                    )
-                elif all(s == "succeeded" for s in states):
-                    del waiting[job_id]
-                    running[start(job)] = job
-            if not running:
-                time.sleep(0.2)  # waiting on jobs outside this run
-                continue
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
-            for ref in ready:
-                job = running.pop(ref)
-                try:
-                    code, last = ray.get(ref)
-                except ray.exceptions.RayError as exc:  # the task itself was lost
-                    code, last = 1, str(exc).strip().splitlines()[0]
-                if code == EXIT_OK:
-                    finish(job["id"], "succeeded")
-                elif code not in NO_RETRY and retries.get(job["id"], 0) < settings.max_retries:
-                    retries[job["id"]] = retries.get(job["id"], 0) + 1
-                    job["attempt"] += 1
-                    running[start(job)] = job
-                elif code == EXIT_ALREADY_RUNNING:  # another runner has it: not a failure
-                    finish(job["id"], "cancelled", exit_reason(code, last))
-                else:
-                    if code == EXIT_REQUEUE:
-                        last = "stopped for requeue too many times"
-                    finish(job["id"], "failed", exit_reason(code, last))
-    except KeyboardInterrupt:
-        for ref in running:
-            ray.cancel(ref, force=True)
-        mark_interrupted(store, [*(job["id"] for job in running.values()), *waiting])
-        raise
-    finally:
-        bar.close()
-    return final
+
+class RayLauncher(BaseLauncher):
+    """Jobs as Ray tasks, driven from this process; ``submit`` runs them to the end.
+    ``cancel`` records the jobs as cancelled; the driving process stops its tasks at Ctrl-C."""
+
+    name = "ray"
+    prefix = PREFIX
+
+    def check(self, jobs: list[Row]) -> None:
+        """Connect, and check that the cluster can run the jobs; nothing runs yet."""
+        config = self.sweep_config()
+        connect(config.launcher.ray.address)
+        workers = config.sweep.gpus_per_job * config.sweep.nodes
+        check_gpu_types(config, {job["gpu_type"] for job in jobs}, workers)
+
+    def submit(self, jobs: list[Row], progress: bool = True) -> dict[str, str]:
+        self.check(jobs)
+        for job in jobs:
+            self.store.set_state(job["id"], "submitted", attempt=job["attempt"], reason=None)
+        return Driver(self.store, jobs, RayTasks(self.config, self.store), progress).run()

@@ -25,10 +25,24 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import ClusterConfig, GpuType
-from harness.errors import UserError
-from harness.launchers import last_line, progress_bar
-from harness.store import Store
-from jobs.spec import EXIT_ALREADY_RUNNING, EXIT_DIVERGED, EXIT_REQUEUE, EXIT_USER_ERROR
+from harness.launchers.base import (
+    BaseLauncher,
+    Row,
+    judge_exit,
+    last_line,
+    not_run,
+    progress_bar,
+    write_spec,
+)
+from records.errors import UserError
+from records.spec import (
+    EXIT_ALREADY_RUNNING,
+    EXIT_DIVERGED,
+    EXIT_PARITY,
+    EXIT_REQUEUE,
+    EXIT_USER_ERROR,
+)
+from records.store import Store
 
 PREFIX = "slurm:"
 SACCT_FIELDS = ("JobID", "State", "ExitCode", "Reason", "Start", "End")
@@ -44,6 +58,7 @@ FAILED_REASONS = {
     "DEADLINE": "DEADLINE: the job reached its deadline",
 }
 NOT_RUN = "not run: a job it depends on did not succeed"
+JOB_CODES = (EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_PARITY, EXIT_ALREADY_RUNNING)
 POLL_MIN_S = 1.0
 POLL_MAX_S = 30.0
 
@@ -160,16 +175,12 @@ def _executor(folder: Path, params: dict[str, Any], job_name: str):
     return executor
 
 
-def submit(
-    config: ClusterConfig,
-    store: Store,
-    jobs: list[dict[str, Any]],
-    write_spec: Any,
-) -> dict[str, str]:
+def submit(config: ClusterConfig, store: Store, jobs: list[Row]) -> dict[str, str]:
     """Submit ``jobs`` (store rows in dependency order); return id -> SLURM job id."""
     from jobs.slurm_task import SlurmTask
 
-    check_gpu_types(config, {job["gpu_type"] for job in jobs})
+    for job in jobs:
+        store.set_state(job["id"], "pending", attempt=job["attempt"], reason=None)
     folder = Path(config.results_dir).resolve() / config.name / "slurm"
     folder.mkdir(parents=True, exist_ok=True)
     sweep = config.sweep
@@ -177,17 +188,16 @@ def submit(
     ids = {job["id"] for job in jobs}
     submitted: dict[str, str] = {}
 
-    def task(job: dict[str, Any]) -> SlurmTask:
-        Path(job["job_dir"]).mkdir(parents=True, exist_ok=True)
-        return SlurmTask(str(write_spec(job)), store.url, requeue)
+    def task(job: Row) -> SlurmTask:
+        return SlurmTask(str(write_spec(store, job)), requeue)
 
-    def params(job: dict[str, Any]) -> dict[str, Any]:
+    def params(job: Row) -> dict[str, Any]:
         gpu = config.gpu_types[job["gpu_type"]]
         return sbatch_parameters(gpu, sweep.gpus_per_job, sweep.nodes)
 
     free = [job for job in jobs if not set(job["depends_on"] or []) & ids]
     waiting = [job for job in jobs if set(job["depends_on"] or []) & ids]
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    groups: dict[str, list[Row]] = defaultdict(list)
     for job in free:
         groups[job["gpu_type"]].append(job)
     try:
@@ -296,27 +306,22 @@ def map_state(record: dict[str, str], log_err: Path | None = None) -> tuple[str,
         return "failed", FAILED_REASONS[state]
     code, _, sig = record.get("ExitCode", "0:0").partition(":")
     last = last_line(log_err, prefer="resnest-bench:")
-    if code == str(EXIT_DIVERGED):
-        return "failed", "diverged"
-    if code == str(EXIT_USER_ERROR):
-        return "failed", f"bad input: {last.removeprefix('resnest-bench: error: ')}"
-    if code == str(EXIT_ALREADY_RUNNING):  # a second runner of a job that another one holds
-        holder = last.removeprefix("resnest-bench: ") or "already running"
-        return "cancelled", f"not run: {holder}"
     if code == str(EXIT_REQUEUE):
         return "failed", "stopped for requeue, but SLURM did not requeue it"
+    if code.isdigit() and int(code) in JOB_CODES:  # the job's own: they mean the same anywhere
+        return judge_exit(int(code), last)
     detail = f"FAILED exit code {code}" + (f" (signal {sig})" if sig not in ("", "0") else "")
     return "failed", detail + (f": {last}" if last else "")
 
 
-def log_paths(job: dict[str, Any]) -> list[Path]:
+def log_paths(job: Row) -> list[Path]:
     """submitit's stdout and stderr of rank 0 for a SLURM job of the store."""
     slurm_id = (job.get("launcher_job_id") or "").removeprefix(PREFIX)
     folder = Path(job["job_dir"]).parent.parent / "slurm"
     return [folder / f"{slurm_id}_0_log.out", folder / f"{slurm_id}_0_log.err"]
 
 
-def poll(store: Store, rows: list[dict[str, Any]]) -> dict[str, str]:
+def poll(store: Store, rows: list[Row]) -> dict[str, str]:
     """Update the store from one sacct call; return id -> store state for ``rows``."""
     followed = {
         row["id"]: row["launcher_job_id"].removeprefix(PREFIX)
@@ -341,7 +346,7 @@ def poll(store: Store, rows: list[dict[str, Any]]) -> dict[str, str]:
             for parent in row["depends_on"] or []:
                 parent_state = new[parent][0] if parent in new else store.job(parent)["state"]
                 if parent_state in ("failed", "cancelled"):
-                    reason = f"not run: depends on {parent}, which {parent_state}"
+                    reason = not_run(parent, parent_state)
                     break
         attempt = max(row["attempt"], attempts.get(row["id"], row["attempt"]))
         if (state, reason, attempt) != (row["state"], row["reason"], row["attempt"]):
@@ -388,3 +393,33 @@ def wait(
 def cancel(slurm_ids: list[str]) -> None:
     if slurm_ids:
         _run(["scancel", *slurm_ids])
+
+
+class SlurmLauncher(BaseLauncher):
+    """Jobs as SLURM jobs through submitit; ``submit`` returns once they are queued."""
+
+    name = "slurm"
+    prefix = PREFIX
+
+    def check(self, jobs: list[Row]) -> None:
+        check_gpu_types(self.sweep_config(), {job["gpu_type"] for job in jobs})
+
+    def submit(self, jobs: list[Row], progress: bool = True) -> None:
+        self.check(jobs)
+        submit(self.config, self.store, jobs)
+
+    def poll(self, jobs: list[Row]) -> dict[str, str]:
+        return poll(self.store, jobs)
+
+    def wait(self, job_ids: list[str], progress: bool = True, timeout: float | None = None):
+        return wait(self.store, job_ids, progress, timeout)
+
+    def cancel(self, jobs: list[Row]) -> None:
+        """All recorded as cancelled (so that sacct's CANCELLED keeps the user's reason),
+        then scancel for those in the queue."""
+        super().cancel(jobs)
+        cancel([(job["launcher_job_id"] or "").removeprefix(PREFIX) for job in jobs
+                if (job["launcher_job_id"] or "").startswith(PREFIX)])  # fmt: skip
+
+    def logs(self, job: Row) -> list[Path]:
+        return log_paths(job)

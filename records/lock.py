@@ -82,7 +82,7 @@ class JobLock:
 def take(job_dir: str | Path, rank: int = 0) -> tuple[JobLock | None, int]:
     """The job folder's lock, held; or None and the exit code, having said in one line why
     the job cannot run here (another runner holds it, or the folder cannot be made)."""
-    from jobs.spec import EXIT_ALREADY_RUNNING, EXIT_OK, EXIT_USER_ERROR
+    from records.spec import EXIT_ALREADY_RUNNING, EXIT_OK, EXIT_USER_ERROR
 
     try:
         return JobLock(job_dir, rank).acquire(), EXIT_OK

@@ -8,7 +8,6 @@ again, never duplicates a row.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -16,15 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
-    Boolean,
-    Column,
-    Float,
-    Integer,
-    MetaData,
-    String,
     Table,
-    Text,
     create_engine,
     event,
     func,
@@ -38,136 +29,24 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from harness.errors import UserError
-
-SCHEMA_VERSION = 2
-STATES = ("pending", "submitted", "running", "succeeded", "failed", "cancelled")
-
-metadata = MetaData()
-
-schema_version = Table("schema_version", metadata, Column("version", Integer, primary_key=True))
-sweeps = Table(
-    "sweeps",
+from records.errors import StoreError, StoreMissing
+from records.schema import (
+    EPOCH_FIELDS,
+    SCHEMA_VERSION,
+    STATES,
+    artifacts,
+    epochs,
+    events,
+    inference,
+    jobs,
     metadata,
-    Column("name", String(200), primary_key=True),
-    Column("config", JSON),
-    Column("created_at", Float),
+    provenance,
+    results,
+    schema_version,
+    sweeps,
+    telemetry,
 )
-jobs = Table(
-    "jobs",
-    metadata,
-    Column("id", String(32), primary_key=True),
-    Column("sweep", String(200), index=True),
-    Column("stage", String(20)),
-    Column("model", String(100)),
-    Column("dataset", String(50)),
-    Column("gpu_type", String(50)),
-    Column("gpus", Integer),
-    Column("seed", Integer),
-    Column("repeat", Integer),
-    Column("spec", JSON),
-    Column("depends_on", JSON),
-    Column("state", String(20), index=True),
-    Column("attempt", Integer, default=0),
-    Column("reason", Text),
-    Column("launcher_job_id", String(100)),
-    Column("job_dir", Text),
-    Column("submitted_at", Float),
-    Column("started_at", Float),
-    Column("ended_at", Float),
-)
-EPOCH_FIELDS = (
-    "train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_time", "data_time",
-    "compute_time", "eval_time", "images_per_sec", "peak_mem_bytes",
-    # telemetry (version 2): all the job's GPUs together; the CPU ones without NVML
-    "gpu_util_mean", "gpu_util_max", "gpu_mem_peak_bytes", "power_mean_w", "energy_j",
-    "energy_per_image_j", "cpu_util_mean", "rss_peak_bytes",
-)  # fmt: skip
-epochs = Table(
-    "epochs",
-    metadata,
-    Column("job_id", String(32), primary_key=True),
-    Column("attempt", Integer, primary_key=True),
-    Column("epoch", Integer, primary_key=True),
-    *(Column(name, Float) for name in EPOCH_FIELDS),
-    Column("images", Integer),
-    Column("steps", Integer),
-    Column("world_size", Integer),
-    Column("warmup", Boolean),
-    Column("telemetry_source", String(20)),  # nvml | cpu | off
-    Column("energy_method", String(40)),  # counter | power_integral | none
-)
-results = Table(
-    "results",
-    metadata,
-    Column("job_id", String(32), primary_key=True),
-    Column("attempt", Integer, primary_key=True),
-    Column("status", String(20)),
-    Column("reason", Text),
-    Column("best_test_acc", Float),
-    Column("final_test_acc", Float),
-    Column("train_time", Float),
-    Column("time_to_target", Float),
-    Column("target_accuracy", Float),
-    Column("params_sha256", String(64)),
-)
-events = Table(
-    "events",
-    metadata,
-    Column("uid", String(32), primary_key=True),
-    Column("job_id", String(32), index=True),
-    Column("attempt", Integer),
-    Column("kind", String(20)),
-    Column("time", Float),
-    Column("record", JSON),
-)
-telemetry = Table(
-    "telemetry",
-    metadata,
-    Column("job_id", String(32), primary_key=True),
-    Column("attempt", Integer, primary_key=True),
-    Column("time", Float, primary_key=True),
-    Column("gpu_index", Integer, primary_key=True),
-    Column("sample", JSON),
-)
-artifacts = Table(
-    "artifacts",
-    metadata,
-    Column("job_id", String(32), primary_key=True),
-    Column("path", Text, primary_key=True),
-    Column("kind", String(50)),
-    Column("bytes", Integer),
-    Column("sha256", String(64)),
-)
-inference = Table(
-    "inference",
-    metadata,
-    Column("job_id", String(32), primary_key=True),
-    Column("attempt", Integer, primary_key=True),
-    Column("runtime", String(50), primary_key=True),
-    Column("batch_size", Integer, primary_key=True),
-    Column("measurement", JSON),
-)
-provenance = Table(
-    "provenance",
-    metadata,
-    Column("job_id", String(32), primary_key=True),
-    Column("attempt", Integer, primary_key=True),
-    Column("host", String(200)),
-    Column("gpu_name", String(200)),
-    Column("gpu_uuid", String(100)),
-    Column("driver", String(50)),
-    Column("cuda", String(50)),
-    Column("torch", String(50)),
-    Column("code_version", String(100)),
-    # version 2
-    Column("cudnn", String(50)),
-    Column("gpu_memory_total", Float),
-    Column("telemetry", Text),  # nvml, or why GPU telemetry was unavailable
-    Column("gpu_type", String(50)),
-    Column("expected_gpu", String(100)),
-    Column("gpu_mismatch", Boolean),
-)
+from records.spec import store_from_environment
 
 
 def default_url(results_dir: str | Path) -> str:
@@ -184,10 +63,6 @@ def redact(url: str) -> str:
         return "<unparsable store URL>"
 
 
-class StoreMissing(UserError):
-    """A read found no store where it looked: nothing was created there."""
-
-
 class Store:
     """The results store at ``url``. ``create=False`` (what every read command uses) never
     makes one: a missing SQLite file or an empty database is an error, not a new store."""
@@ -200,7 +75,7 @@ class Store:
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":
                 if Path(path).is_dir():
-                    raise UserError(f"results store {path}: is a folder, not a SQLite file")
+                    raise StoreError(f"results store {path}: is a folder, not a SQLite file")
                 if not create and not Path(path).is_file():
                     raise StoreMissing(f"no results store at {path}")
                 if Path(path).is_file():
@@ -209,7 +84,7 @@ class Store:
                     try:
                         Path(path).parent.mkdir(parents=True, exist_ok=True)
                     except OSError as exc:
-                        raise UserError(
+                        raise StoreError(
                             f"results store {path}: cannot make its folder: {exc.strerror}"
                         ) from None
             kwargs["connect_args"] = {"timeout": timeout}
@@ -220,7 +95,7 @@ class Store:
         try:
             self.engine: Engine = create_engine(url, **kwargs)
         except Exception as exc:
-            raise UserError(f"results store {redact(url)}: cannot open: {exc}") from None
+            raise StoreError(f"results store {redact(url)}: cannot open: {exc}") from None
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._migrate()
@@ -232,7 +107,7 @@ class Store:
         try:
             with self.engine.begin() as conn:
                 if not self.create and not inspect(conn).has_table("schema_version"):
-                    raise UserError(
+                    raise StoreError(
                         f"results store {redact(self.url)} holds no resnest-bench results "
                         "(no schema_version table)"
                     )
@@ -251,12 +126,12 @@ class Store:
                     # SQLite has no advisory lock: two new stores may both get here.
                     _upsert(conn, schema_version, {"version": SCHEMA_VERSION}, ("version",))
                 elif current > SCHEMA_VERSION:
-                    raise UserError(
+                    raise StoreError(
                         f"results store {redact(self.url)} has schema version {current}, newer "
                         f"than this resnest-bench ({SCHEMA_VERSION}): upgrade resnest-bench"
                     )
         except SQLAlchemyError as exc:
-            raise UserError(
+            raise StoreError(
                 f"results store {redact(self.url)}: cannot open: {store_problem(exc)}"
             ) from None
 
@@ -302,7 +177,7 @@ class Store:
         with self.begin() as conn:
             matches = conn.execute(select(jobs).where(jobs.c.id.startswith(job_id))).all()
         if len(matches) > 1:
-            raise UserError(f"job id {job_id!r} is ambiguous: {len(matches)} jobs start with it")
+            raise StoreError(f"job id {job_id!r} is ambiguous: {len(matches)} jobs start with it")
         return dict(matches[0]._mapping) if matches else None
 
     def jobs_by_ids(self, job_ids: list[str]) -> list[dict[str, Any]]:
@@ -358,7 +233,7 @@ class Store:
     # -- records from jobs ------------------------------------------------------------------
 
     def write_records(self, records: Iterable[dict[str, Any]]) -> int:
-        """Store reporter records (see jobs.reporter); idempotent. Returns how many."""
+        """Store records as ``records.kinds`` describes them; idempotent. Returns how many."""
         count = 0
         with self.begin() as conn:
             for record in records:
@@ -494,15 +369,15 @@ def _check_sqlite_file(path: Path, create: bool) -> None:
             found = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
             tables = {name for (name,) in found}
     except sqlite3.Error as exc:
-        raise UserError(f"results store {path}: cannot open: {exc}{DAMAGED}") from None
+        raise StoreError(f"results store {path}: cannot open: {exc}{DAMAGED}") from None
     # Some of our tables and not yet the others: another job is creating the store now.
     if tables and not tables & set(metadata.tables):
-        raise UserError(
+        raise StoreError(
             f"results store {path} holds no resnest-bench results (it has tables "
             f"{', '.join(sorted(tables)[:5])}): name another file"
         )
     if not tables and not create:
-        raise UserError(f"results store {path} holds no resnest-bench results (empty database)")
+        raise StoreError(f"results store {path} holds no resnest-bench results (empty database)")
 
 
 def store_problem(exc: SQLAlchemyError) -> str:
@@ -515,10 +390,21 @@ def store_problem(exc: SQLAlchemyError) -> str:
     return line
 
 
+def url_for_jobs(url: str) -> str:
+    """The store's URL as a job's spec carries it: spec files are written to disk, so a URL
+    with a password in it is refused (the password belongs in PGPASSWORD)."""
+    from sqlalchemy.engine import make_url
+
+    if make_url(url).password:
+        raise StoreError(
+            f"results store {redact(url)}: the URL carries a password, which would be written "
+            "into every job's spec file: give it in PGPASSWORD instead"
+        )
+    return url
+
+
 def open_store(url: str | None, results_dir: str | Path, create: bool = True) -> Store:
-    return Store(
-        url or os.environ.get("RESNEST_BENCH_STORE") or default_url(results_dir), create=create
-    )
+    return Store(url or store_from_environment() or default_url(results_dir), create=create)
 
 
 __all__ = [

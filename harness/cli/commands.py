@@ -1,0 +1,308 @@
+"""The commands that plan, run and read a sweep: models, submit, status, table, report,
+rerun, logs, and the jobs run here and now (train, transfer). Each is a thin function of its
+parsed arguments; the work is done in ``harness.sweep``, ``harness.report`` and the launchers.
+Start-up stays light: commands import torch and the model zoo only when they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from harness.render import render
+from records.errors import UserError
+
+DEFAULT_CONFIG = "cluster.yaml"
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from resnest import list_models
+    from resnest.summary import summarize
+
+    rows = []
+    for name in list_models():
+        s = summarize(name, num_classes=args.num_classes)
+        rows.append(
+            {
+                "name": s.name,
+                "block": s.block,
+                "stages": list(s.stages),
+                "radix": s.radix,
+                "params": s.parameters,
+                "MFLOPs@32": round(s.mflops_32, 1),
+                "MFLOPs@224": round(s.mflops_224, 1),
+                "fp32 MB": round(s.fp32_mb, 1),
+            }
+        )
+    print(render(rows, args.format))
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    from jobs.run import run_from_args
+
+    return run_from_args(args, args.command)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from harness import config as cluster_config
+    from harness.planner import plan, select
+
+    config = cluster_config.load(args.config)
+    if args.launcher:
+        config = config.model_copy(
+            update={"launcher": config.launcher.model_copy(update={"kind": args.launcher})}
+        )
+    if args.dry_run:
+        jobs = select(plan(config), args.only)
+        print(render([job.row() for job in jobs], args.format))
+        stages: dict[str, int] = {}
+        for job in jobs:
+            stages[job.stage] = stages.get(job.stage, 0) + 1
+        summary = ", ".join(f"{n} {stage}" for stage, n in stages.items())
+        print(
+            f"{len(jobs)} jobs ({summary}) for sweep {config.name!r} on the "
+            f"{config.launcher.kind} launcher; dry run, nothing submitted",
+            file=sys.stderr,
+        )
+        return 0
+    from harness import sweep
+
+    outcome = sweep.submit(
+        config, args.only, progress=not args.quiet, wait=args.wait, timeout=args.timeout
+    )
+    if outcome["in_flight"]:
+        print(
+            f"{outcome['in_flight']} job(s) still queued or running from an earlier "
+            "submission: left as they are",
+            file=sys.stderr,
+        )
+    if outcome["final"] is None:
+        return _queued(config, outcome["launched"], args)
+    return _finish(
+        outcome["store"], config.name, outcome["final"], args, skipped=outcome["skipped"]
+    )
+
+
+def _queued(config, launched: list[str], args) -> int:
+    print(
+        f"sweep {config.name!r}: {len(launched)} job(s) queued on {config.launcher.kind}; "
+        f"follow with: resnest-bench status {config.name} -c {_config_path(args)}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _finish(store, sweep_name: str, final: dict[str, str], args, skipped: int = 0) -> int:
+    from harness.report import comparison, prices_of
+
+    counts = {s: list(final.values()).count(s) for s in ("succeeded", "failed", "cancelled")}
+    print(
+        f"sweep {sweep_name!r}: {counts['succeeded']} succeeded, {counts['failed']} failed, "
+        f"{counts['cancelled']} not run" + (f", {skipped} already done" if skipped else ""),
+        file=sys.stderr,
+    )
+    if counts["failed"] or counts["cancelled"]:
+        print(f"see: resnest-bench status {sweep_name} -c {_config_path(args)}", file=sys.stderr)
+    print_comparison(comparison(store, sweep_name, prices=prices_of(store, sweep_name)), "table")
+    return 1 if counts["failed"] else 0
+
+
+def print_comparison(rows: list[dict], fmt: str) -> None:
+    from harness.report import per_model_blocks
+
+    if fmt != "table":
+        print(render(rows, fmt))
+        return
+    if not rows:
+        print("(no finished training jobs yet)")
+    for model, block in per_model_blocks(rows):
+        print(f"\n{model}")
+        print(render(block, "table"))
+
+
+def _config_path(args: argparse.Namespace) -> str:
+    return args.config or DEFAULT_CONFIG
+
+
+def open_store_of(args: argparse.Namespace, create: bool = False):
+    """The store named by --store, or the one of the cluster.yaml given by -c. Only commands
+    that write (ingest) may create it; a read that finds nothing says where it looked."""
+    from harness import config as cluster_config
+    from records.store import Store, StoreMissing, open_store
+
+    if args.store:
+        return None, Store(args.store, create=create)
+    path = _config_path(args)
+    if not os.path.exists(path):
+        raise UserError(f"{path}: no such file (give -c CLUSTER_YAML or --store URL)")
+    config = cluster_config.load(path)
+    try:
+        return config, open_store(config.store, config.results_dir, create=create)
+    except StoreMissing as exc:
+        hint = "" if args.config else "; give -c with the sweep's cluster.yaml, or --store URL"
+        raise UserError(
+            f"{exc}: the store of {path} (results_dir {config.results_dir}) does not exist: "
+            f"nothing was submitted with it from here{hint}"
+        ) from None
+
+
+def store_and_sweep(args: argparse.Namespace, create: bool = False):
+    from records.store import redact
+
+    config, store = open_store_of(args, create)
+    known = store.sweeps()
+    sweep_name = getattr(args, "sweep", None) or (config.name if config else None)
+    if sweep_name is None:
+        if not known:
+            raise UserError(f"the store {redact(store.url)} holds no sweep yet")
+        sweep_name = known[-1]
+    if sweep_name not in known:
+        where = f"the store of {_config_path(args)}" if config else "the store"
+        raise UserError(
+            f"no sweep {sweep_name!r} in {where} ({redact(store.url)}); it holds: "
+            f"{', '.join(known) or 'no sweep'}"
+        )
+    return config, store, sweep_name
+
+
+def _refresh(store, sweep_name: str) -> None:
+    """Queue states from the cluster (sacct) before showing them; a machine without the
+    cluster's tools shows the states last recorded, and says so."""
+    from harness.sweep import refresh
+
+    try:
+        refresh(store, store.jobs(sweep_name))
+    except UserError as exc:
+        print(f"resnest-bench: states as last recorded ({exc})", file=sys.stderr)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from harness.report import status_rows
+
+    _, store, sweep_name = store_and_sweep(args)
+    _refresh(store, sweep_name)
+    counts, rows = status_rows(store, sweep_name)
+    print(f"sweep {sweep_name}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    print(render(rows, args.format))
+    return 0
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from harness.report import comparison, prices_of
+
+    _, store, sweep_name = store_and_sweep(args)
+    _refresh(store, sweep_name)
+    if args.deploy:
+        from harness.report import deployment
+
+        rows = deployment(store, sweep_name)
+        if not rows:
+            print("(no inference results yet)")
+        else:
+            print(render(rows, args.format))
+        if args.format == "table":
+            print(
+                "ms/image @1: median latency at batch 1; best img/s over the batch sizes; "
+                "agreement: top-1 agreement with PyTorch eager on the whole test set, ! below "
+                "99.9%",
+                file=sys.stderr,
+            )
+        return 0
+    rows = comparison(store, sweep_name, args.reference, prices=prices_of(store, sweep_name))
+    measured = [row["gpu_type"] for row in rows]
+    if args.reference and args.reference not in measured:
+        raise UserError(
+            f"--reference {args.reference!r}: no finished run on that GPU type in sweep "
+            f"{sweep_name!r} (it has: {', '.join(measured) or 'none yet'})"
+        )
+    if args.layout == "study":
+        from harness.report import study_tables
+
+        tables = study_tables(rows)
+        if args.format != "table":
+            print(
+                render([{"table": title, **row} for title, t in tables for row in t], args.format)
+            )
+        for title, table in tables if args.format == "table" else []:
+            print(f"\n{title}")
+            print(render(table, "table"))
+    else:
+        print_comparison(rows, args.format)
+    if args.format == "table":
+        print(
+            "epoch times, images/s and telemetry: medians over the epochs after the first "
+            "(warm-up) epoch, then over runs; CV across runs, ! above 5%; gpu mismatch: runs "
+            "whose GPU was not the GPU type asked for",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from harness.plots import build
+
+    config, store, sweep_name = store_and_sweep(args)
+    _refresh(store, sweep_name)
+    if args.out:
+        out = Path(args.out)
+    elif config is not None:
+        out = Path(config.results_dir) / sweep_name / "report"
+    else:
+        out = Path(f"report-{sweep_name}")
+    page = build(store, sweep_name, out)
+    print(f"report: {page} (open it in a browser; the folder works offline)")
+    return 0
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    from harness import sweep
+
+    config, _, sweep_name = store_and_sweep(args)
+    if config is None:
+        raise UserError("rerun needs the sweep's cluster.yaml (-c)")
+    if not args.job_ids and not args.failed:
+        raise UserError("name the jobs to rerun, or give --failed")
+    outcome = sweep.rerun(
+        config,
+        args.job_ids,
+        args.failed,
+        progress=not args.quiet,
+        wait=args.wait,
+        timeout=args.timeout,
+    )
+    if not outcome["launched"]:
+        print(f"nothing to rerun: no failed or not-run job in sweep {sweep_name!r}")
+        return 0
+    if outcome["final"] is None:
+        return _queued(config, outcome["launched"], args)
+    return _finish(outcome["store"], sweep_name, outcome["final"], args)
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    _, store, _ = store_and_sweep(args)
+    job = store.job(args.job_id)
+    if job is None:
+        raise UserError(f"no job {args.job_id!r} in the store")
+    if job["state"] != "pending" and not Path(job["job_dir"]).is_dir():
+        raise UserError(
+            f"job {job['id']}: its folder {job['job_dir']} does not exist (moved or deleted); "
+            f"run it again with: resnest-bench rerun {job['id']}"
+        )
+    from harness import launchers
+    from harness.launchers.base import folder_logs
+
+    name = launchers.launcher_of(job)
+    paths = launchers.get(name, store).logs(job) if name else folder_logs(job)
+    for path in paths:
+        print(f"==> {path} <==")
+        if path.is_file():
+            lines = path.read_text(errors="replace").splitlines()
+            print("\n".join(lines[-args.lines :]))
+        else:
+            print("(not written yet)")
+    return 0

@@ -1,0 +1,233 @@
+"""The ``resnest-bench`` parser, built from one table of commands (``COMMANDS``).
+
+Each command names its function (in ``harness.cli.commands`` or ``harness.cli.recovery``),
+its help, and its arguments; options several commands share (where the store is, waiting
+for a queue, output formats) are named groups. Nothing is imported here that a command
+needs only when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from harness import __version__
+from harness.render import FORMATS, TABLE_FORMATS
+from records.options import add_job_arguments
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text}")
+    return value
+
+
+def arg(*flags: str, **options: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
+    return flags, options
+
+
+# Options several commands share.
+GROUPS = {
+    "store": [
+        arg("-c", "--config",
+            help="the sweep's cluster.yaml, to find its store (default: ./cluster.yaml)"),
+        arg("--store", help="results store URL instead (password from PGPASSWORD)"),
+    ],
+    "wait": [
+        arg("--wait", action="store_true",
+            help="slurm: follow the jobs (sacct, polled with backoff) until they end and print "
+            "the table; without it the command returns once the jobs are queued. The local "
+            "launcher always waits."),
+        arg("--timeout", type=positive_seconds, metavar="S",
+            help="with --wait: give up following after S seconds (the jobs stay queued)"),
+    ],
+    "quiet": [arg("-q", "--quiet", action="store_true", help="no progress bar")],
+}  # fmt: skip
+
+JOB_HELP = (
+    "Run one {stage} job in this process: a progress bar while it runs, a line per epoch, "
+    "checkpoints and outbox.jsonl in the --out folder; rerunning the same command resumes "
+    "from the latest valid checkpoint. For DDP on N devices: torchrun --nproc_per_node=N -m "
+    "jobs.{stage} with the same options. Exit codes: 0 done, 2 bad input, 3 diverged, 75 "
+    "stopped by SIGTERM/SIGUSR1 after a checkpoint (requeue)."
+)
+
+# name, function, help, description, arguments, shared groups
+COMMANDS: list[dict[str, Any]] = [
+    dict(
+        name="models", func="commands:cmd_models",
+        help="list the named network configurations with their size and compute",
+        description="List the model zoo's named configurations: block style, stage depths, "
+        "radix, parameters, FLOPs (2 x multiply-adds, convolutions and linear layers) for one "
+        "image at 32x32 and 224x224, and the size of the fp32 weights.",
+        args=[
+            arg("--num-classes", type=positive_int, default=10,
+                help="classes of the classifier head (default: 10, as for CIFAR-10)"),
+            arg("--format", choices=FORMATS, default="table",
+                help="output format (default: table)"),
+        ],
+    ),
+    dict(
+        name="submit", func="commands:cmd_submit",
+        help="plan a sweep from cluster.yaml and submit it",
+        description="Validate cluster.yaml, expand the sweep's axes into jobs (train -> "
+        "transfer -> export -> infer, each with an id hashed from its spec) and submit them. "
+        "--dry-run prints the plan and submits nothing.",
+        args=[
+            arg("config", help="the sweep and site description (cluster.yaml)"),
+            arg("--launcher", choices=("local", "slurm", "ray"), help="override launcher.kind"),
+            arg("--dry-run", action="store_true", help="print the plan, submit nothing"),
+            arg("--only", action="append", default=[], metavar="KEY=VALUE",
+                help="only jobs matching (stage, model, dataset, gpu_type, seed, repeat or "
+                "id), with the jobs they depend on; repeatable"),
+            arg("--format", choices=FORMATS, default="table", help="plan output format"),
+        ],
+        groups=["quiet", "wait"],
+    ),
+    dict(
+        name="status", func="commands:cmd_status",
+        help="jobs of a sweep by state, failures with reasons",
+        description="Counts by state and a table of the sweep's jobs; failed jobs with their "
+        "reason and log path.",
+        args=[
+            arg("sweep", nargs="?",
+                help="sweep name (default: the config's, or the newest in the store)"),
+            arg("--format", choices=FORMATS, default="table"),
+        ],
+        groups=["store"],
+    ),
+    dict(
+        name="table", func="commands:cmd_table",
+        help="the GPU comparison table of a sweep",
+        description="Rows: GPU types; per model: median epoch time (warm-up excluded), "
+        "images/s, speedup against the reference GPU type, final and best test accuracy, time "
+        "to target, transfer accuracy, runs, CV.",
+        args=[
+            arg("sweep", nargs="?"),
+            arg("--format", choices=TABLE_FORMATS, default="table"),
+            arg("--reference", help="GPU type for the speedup column (default: first)"),
+            arg("--deploy", action="store_true",
+                help="the deployment table instead: per network and runtime, test accuracy, "
+                "time per image at batch 1, best throughput, size on disk, top-1 agreement "
+                "with PyTorch eager"),
+            arg("--layout", choices=("gpu", "study"), default="gpu",
+                help="gpu: a row per GPU type, a column group per model (default); study: "
+                "the study's tables, a row per variant and a column per GPU type with the "
+                "average (test accuracy, seconds per epoch, transfer accuracy)"),
+        ],
+        groups=["store"],
+    ),
+    dict(
+        name="report", func="commands:cmd_report",
+        help="a static HTML report with plots of a sweep",
+        description="Write an HTML page with PNG plots (seconds per epoch, throughput, energy "
+        "per image, accuracy curves, utilisation over time), the comparison tables and each "
+        "run's provenance. No scripts, relative links: the folder works offline.",
+        args=[
+            arg("sweep", nargs="?"),
+            arg("--out",
+                help="folder for index.html and the plots (default: RESULTS/SWEEP/report)"),
+        ],
+        groups=["store"],
+    ),
+    dict(
+        name="rerun", func="commands:cmd_rerun",
+        help="run chosen jobs again (new attempt), nothing else",
+        description="Resubmit exactly the named jobs, or every failed and not-run job with "
+        "--failed, as new attempts; other results stay.",
+        args=[
+            arg("job_ids", nargs="*", metavar="JOB_ID"),
+            arg("--failed", action="store_true", help="all failed and not-run jobs"),
+            arg("--sweep", help="sweep name (default: the config's)"),
+        ],
+        groups=["store", "quiet", "wait"],
+    ),
+    dict(
+        name="logs", func="commands:cmd_logs", help="a job's stdout and stderr",
+        args=[
+            arg("job_id", metavar="JOB_ID", help="job id (a unique prefix will do)"),
+            arg("-n", "--lines", type=positive_int, default=50),
+        ],
+        groups=["store"], defaults={"sweep": None},
+    ),
+    dict(
+        name="cancel", func="recovery:cmd_cancel",
+        help="cancel named jobs, or a whole sweep with --sweep NAME / --all",
+        description="Cancel the named jobs (ids or unique prefixes; every one must exist, or "
+        "nothing is cancelled). A whole sweep is cancelled only when asked for explicitly: "
+        "--sweep NAME, or --all for the sweep of -c. Prints each job it cancels. Jobs that "
+        "already ended are left as they are; a cancelled job can be run again with rerun.",
+        args=[
+            arg("job_ids", nargs="*", metavar="JOB_ID"),
+            arg("--sweep", help="cancel every unfinished job of this sweep"),
+            arg("--all", action="store_true",
+                help="cancel every unfinished job of the sweep of -c"),
+        ],
+        groups=["store"],
+    ),
+    dict(
+        name="ingest", func="recovery:cmd_ingest",
+        help="replay job outboxes into the results store",
+        description="Write the records of outbox.jsonl files (a file, or every one under a "
+        "folder) into the store; idempotent. With the sweep's cluster.yaml (-c) the sweep is "
+        "planned into the store and each job takes the state its outbox ended in: after a "
+        "lost or damaged store, `ingest RESULTS_DIR -c CLUSTER_YAML` brings back the tables "
+        "it showed. A store that is gone is created.",
+        args=[
+            arg("path", help="an outbox.jsonl or a folder to search"),
+            arg("--sweep",
+                help="also record each outbox's job (run by hand or elsewhere) as a job of "
+                "this sweep, so that table and report show it"),
+        ],
+        groups=["store"],
+    ),
+    dict(
+        name="train", func="commands:cmd_job", job=True,
+        help="train one network on one dataset, here and now",
+        description=JOB_HELP.format(stage="train"),
+    ),
+    dict(
+        name="transfer", func="commands:cmd_job", job=True,
+        help="fine-tune a trained network on another dataset, here and now",
+        description=JOB_HELP.format(stage="transfer"),
+    ),
+]  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="resnest-bench",
+        description=(
+            "Benchmark split-attention networks (ResNeSt) across GPU types: train each block "
+            "variant on each GPU type, export and deploy it, and compare the results."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        p = sub.add_parser(
+            command["name"], help=command["help"], description=command.get("description")
+        )
+        for flags, options in command.get("args", []):
+            p.add_argument(*flags, **options)
+        for group in command.get("groups", []):
+            for flags, options in GROUPS[group]:
+                p.add_argument(*flags, **options)
+        if command.get("job"):
+            add_job_arguments(p, command["name"])
+        p.set_defaults(func=command["func"], **command.get("defaults", {}))
+    return parser

@@ -1,0 +1,165 @@
+"""The reads behind status, the tables, the plots and the report.
+
+Each function takes a store and a sweep name and returns rows with named fields (SQLAlchemy
+rows: ``row.epoch_time``, never ``row[2]``). Where a job ran several attempts, the newest
+attempt's figures win: for an epoch, the newest attempt that reported it; for a result, the
+newest succeeded attempt. Aggregation (medians, CV, rounding) is the caller's.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import select
+
+from records.schema import epochs, inference, jobs, provenance, results, telemetry
+from records.store import Store
+
+# Telemetry columns of the epoch rows, read with the timing ones.
+TELEMETRY = ("gpu_util_mean", "gpu_mem_peak_bytes", "power_mean_w", "energy_j",
+             "energy_per_image_j", "cpu_util_mean")  # fmt: skip
+
+
+def sweep_jobs(store: Store, sweep: str) -> dict[str, Any]:
+    """Job id -> (id, stage, model, gpu_type, attempt, gpus) of every job of the sweep."""
+    with store.begin() as conn:
+        query = select(
+            jobs.c.id, jobs.c.stage, jobs.c.model, jobs.c.gpu_type, jobs.c.attempt, jobs.c.gpus
+        ).where(jobs.c.sweep == sweep)
+        return {row.id: row for row in conn.execute(query)}
+
+
+def mismatched_jobs(store: Store, sweep: str) -> set[str]:
+    """Jobs that ran on a GPU other than the GPU type they asked for."""
+    with store.begin() as conn:
+        query = (
+            select(provenance.c.job_id)
+            .join(jobs, jobs.c.id == provenance.c.job_id)
+            .where(jobs.c.sweep == sweep, provenance.c.gpu_mismatch.is_(True))
+        )
+        return set(conn.execute(query).scalars())
+
+
+def train_epochs(store: Store, sweep: str) -> dict[str, list[Any]]:
+    """Job id -> its epochs (epoch, epoch_time, images_per_sec, warmup and the telemetry
+    columns), for the training jobs of the sweep; per epoch number the newest attempt's."""
+    with store.begin() as conn:
+        rows = conn.execute(
+            select(
+                epochs.c.job_id, epochs.c.epoch, epochs.c.epoch_time, epochs.c.images_per_sec,
+                epochs.c.warmup, *(epochs.c[name] for name in TELEMETRY),
+            )
+            .join(jobs, jobs.c.id == epochs.c.job_id)
+            .where(jobs.c.sweep == sweep, jobs.c.stage == "train")
+            .order_by(epochs.c.attempt)
+        )  # fmt: skip
+        per_job: dict[str, dict[int, Any]] = defaultdict(dict)
+        for row in rows:
+            per_job[row.job_id][row.epoch] = row
+    return {job_id: list(by_epoch.values()) for job_id, by_epoch in per_job.items()}
+
+
+def final_results(store: Store, sweep: str) -> dict[str, Any]:
+    """Job id -> the result row (``records.schema.results``) of its newest succeeded attempt."""
+    with store.begin() as conn:
+        rows = conn.execute(
+            select(results)
+            .join(jobs, jobs.c.id == results.c.job_id)
+            .where(jobs.c.sweep == sweep, results.c.status == "succeeded")
+            .order_by(results.c.attempt)
+        )
+        return {row.job_id: row for row in rows}
+
+
+def prices(store: Store, sweep: str) -> dict[str, float]:
+    """Price per GPU-hour of each GPU type, from the sweep's cluster.yaml as submitted."""
+    config = store.sweep_config(sweep) or {}
+    return {
+        name: gpu["price_per_gpu_hour"]
+        for name, gpu in (config.get("gpu_types") or {}).items()
+        if gpu.get("price_per_gpu_hour") is not None
+    }
+
+
+def inference_measurements(store: Store, sweep: str) -> dict[tuple, list[dict[str, Any]]]:
+    """(model, dataset, gpu_type, runtime) -> the measurements of its newest attempt, one per
+    batch size (an unavailable runtime: one with ``available`` false and its ``reason``)."""
+    with store.begin() as conn:
+        measured = conn.execute(
+            select(jobs.c.model, jobs.c.dataset, jobs.c.gpu_type, inference.c.runtime,
+                   inference.c.batch_size, inference.c.measurement)
+            .join(inference, inference.c.job_id == jobs.c.id)
+            .where(jobs.c.sweep == sweep)
+            .order_by(inference.c.attempt)
+        ).all()  # fmt: skip
+    latest: dict[tuple, Any] = {}
+    for row in measured:
+        latest[(row.model, row.dataset, row.gpu_type, row.runtime, row.batch_size)] = row
+    by_runtime: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for (model, dataset, gpu, runtime, _), row in latest.items():
+        by_runtime[(model, dataset, gpu, runtime)].append(row.measurement)
+    return dict(by_runtime)
+
+
+def epoch_curves(store: Store, sweep: str) -> list[Any]:
+    """Every epoch of every job of the sweep with the job's axes (id, stage, model, gpu_type,
+    seed, repeat, attempt, epoch, test_acc, epoch_time, images_per_sec, energy_per_image_j,
+    warmup); per epoch number the newest attempt's, in job and epoch order."""
+    with store.begin() as conn:
+        rows = conn.execute(
+            select(
+                jobs.c.id, jobs.c.stage, jobs.c.model, jobs.c.gpu_type, jobs.c.seed,
+                jobs.c.repeat, epochs.c.attempt, epochs.c.epoch, epochs.c.test_acc,
+                epochs.c.epoch_time, epochs.c.images_per_sec, epochs.c.energy_per_image_j,
+                epochs.c.warmup,
+            )
+            .join(epochs, epochs.c.job_id == jobs.c.id)
+            .where(jobs.c.sweep == sweep)
+            .order_by(epochs.c.attempt)
+        ).all()  # fmt: skip
+    latest: dict[tuple[str, int], Any] = {}
+    for row in rows:
+        latest[(row.id, row.epoch)] = row
+    return sorted(latest.values(), key=lambda r: (r.id, r.epoch))
+
+
+def telemetry_samples(store: Store, sweep: str) -> list[Any]:
+    """The telemetry samples of the sweep's training jobs (model, gpu_type, time, sample),
+    in time order."""
+    with store.begin() as conn:
+        return conn.execute(
+            select(jobs.c.model, jobs.c.gpu_type, telemetry.c.time, telemetry.c.sample)
+            .join(telemetry, telemetry.c.job_id == jobs.c.id)
+            .where(jobs.c.sweep == sweep, jobs.c.stage == "train")
+            .order_by(telemetry.c.time)
+        ).all()
+
+
+def latencies(store: Store, sweep: str) -> dict[str, dict[int, float]]:
+    """ "model, runtime" -> batch size -> median latency (ms), newest attempt winning."""
+    with store.begin() as conn:
+        rows = conn.execute(
+            select(jobs.c.model, inference.c.runtime, inference.c.batch_size,
+                   inference.c.measurement)
+            .join(inference, inference.c.job_id == jobs.c.id)
+            .where(jobs.c.sweep == sweep, inference.c.batch_size > 0)
+            .order_by(inference.c.attempt)
+        ).all()  # fmt: skip
+    series: dict[str, dict[int, float]] = defaultdict(dict)
+    for r in rows:
+        latency = r.measurement.get("latency_p50_ms")
+        if latency is not None:
+            series[f"{r.model}, {r.runtime}"][r.batch_size] = latency
+    return dict(series)
+
+
+def provenance_rows(store: Store, sweep: str) -> list[Any]:
+    """Every attempt's provenance (``records.schema.provenance``), in job and attempt order."""
+    with store.begin() as conn:
+        return conn.execute(
+            select(provenance)
+            .join(jobs, jobs.c.id == provenance.c.job_id)
+            .where(jobs.c.sweep == sweep)
+            .order_by(provenance.c.job_id, provenance.c.attempt)
+        ).all()

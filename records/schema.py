@@ -1,0 +1,135 @@
+"""The results store's schema: one table per kind of result, keyed so that a replayed
+record updates its row instead of adding one (see ``records.store``)."""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, Boolean, Column, Float, Integer, MetaData, String, Table, Text
+
+SCHEMA_VERSION = 2
+STATES = ("pending", "submitted", "running", "succeeded", "failed", "cancelled")
+
+metadata = MetaData()
+
+schema_version = Table("schema_version", metadata, Column("version", Integer, primary_key=True))
+sweeps = Table(
+    "sweeps",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("config", JSON),
+    Column("created_at", Float),
+)
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("sweep", String(200), index=True),
+    Column("stage", String(20)),
+    Column("model", String(100)),
+    Column("dataset", String(50)),
+    Column("gpu_type", String(50)),
+    Column("gpus", Integer),
+    Column("seed", Integer),
+    Column("repeat", Integer),
+    Column("spec", JSON),
+    Column("depends_on", JSON),
+    Column("state", String(20), index=True),
+    Column("attempt", Integer, default=0),
+    Column("reason", Text),
+    Column("launcher_job_id", String(100)),
+    Column("job_dir", Text),
+    Column("submitted_at", Float),
+    Column("started_at", Float),
+    Column("ended_at", Float),
+)
+EPOCH_FIELDS = (
+    "train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_time", "data_time",
+    "compute_time", "eval_time", "images_per_sec", "peak_mem_bytes",
+    # telemetry (version 2): all the job's GPUs together; the CPU ones without NVML
+    "gpu_util_mean", "gpu_util_max", "gpu_mem_peak_bytes", "power_mean_w", "energy_j",
+    "energy_per_image_j", "cpu_util_mean", "rss_peak_bytes",
+)  # fmt: skip
+epochs = Table(
+    "epochs",
+    metadata,
+    Column("job_id", String(32), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("epoch", Integer, primary_key=True),
+    *(Column(name, Float) for name in EPOCH_FIELDS),
+    Column("images", Integer),
+    Column("steps", Integer),
+    Column("world_size", Integer),
+    Column("warmup", Boolean),
+    Column("telemetry_source", String(20)),  # nvml | cpu | off
+    Column("energy_method", String(40)),  # counter | power_integral | none
+)
+results = Table(
+    "results",
+    metadata,
+    Column("job_id", String(32), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("status", String(20)),
+    Column("reason", Text),
+    Column("best_test_acc", Float),
+    Column("final_test_acc", Float),
+    Column("train_time", Float),
+    Column("time_to_target", Float),
+    Column("target_accuracy", Float),
+    Column("params_sha256", String(64)),
+)
+events = Table(
+    "events",
+    metadata,
+    Column("uid", String(32), primary_key=True),
+    Column("job_id", String(32), index=True),
+    Column("attempt", Integer),
+    Column("kind", String(20)),
+    Column("time", Float),
+    Column("record", JSON),
+)
+telemetry = Table(
+    "telemetry",
+    metadata,
+    Column("job_id", String(32), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("time", Float, primary_key=True),
+    Column("gpu_index", Integer, primary_key=True),
+    Column("sample", JSON),
+)
+artifacts = Table(
+    "artifacts",
+    metadata,
+    Column("job_id", String(32), primary_key=True),
+    Column("path", Text, primary_key=True),
+    Column("kind", String(50)),
+    Column("bytes", Integer),
+    Column("sha256", String(64)),
+)
+inference = Table(
+    "inference",
+    metadata,
+    Column("job_id", String(32), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("runtime", String(50), primary_key=True),
+    Column("batch_size", Integer, primary_key=True),
+    Column("measurement", JSON),
+)
+provenance = Table(
+    "provenance",
+    metadata,
+    Column("job_id", String(32), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("host", String(200)),
+    Column("gpu_name", String(200)),
+    Column("gpu_uuid", String(100)),
+    Column("driver", String(50)),
+    Column("cuda", String(50)),
+    Column("torch", String(50)),
+    Column("code_version", String(100)),
+    # version 2
+    Column("cudnn", String(50)),
+    Column("gpu_memory_total", Float),
+    Column("telemetry", Text),  # nvml, or why GPU telemetry was unavailable
+    Column("gpu_type", String(50)),
+    Column("expected_gpu", String(100)),
+    Column("gpu_mismatch", Boolean),
+)

@@ -1,0 +1,205 @@
+"""A job's spec: one dataclass per stage, and every exit code a job ends with.
+
+The planner builds a spec, the store keeps its ``to_dict``, the launcher writes its
+``to_json`` into the job folder as ``spec.json``, and the job reads it back with ``load``.
+No torch here: the harness builds and checks specs on a login node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+from records.errors import SpecError, UserError
+
+# -- exit codes: how a job ends, and what a launcher does about it ------------------------
+EXIT_OK = 0
+EXIT_FAILED = 1  # an error in the job itself: a traceback in its stderr
+EXIT_USER_ERROR = 2  # bad input (spec, data, checkpoint): one line on stderr, not retried
+EXIT_DIVERGED = 3  # a non-finite loss: not retried
+EXIT_PARITY = 4  # export: ONNX Runtime and PyTorch disagree beyond the tolerance
+EXIT_ALREADY_RUNNING = 5  # another process holds the job folder: this one did nothing
+EXIT_REQUEUE = 75  # EX_TEMPFAIL: preempted or out of time, checkpointed; requeue me
+
+STAGES = ("train", "transfer", "export", "infer")
+DATASETS = ("cifar10", "cifar100", "fashion-mnist", "synthetic")
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+FREEZE_PATTERN = re.compile(r"^(none|backbone|\d+)$")
+# The results store named by the user's environment: the harness's default, and the store a
+# job started by hand reports to (a launched job finds its store in its spec instead).
+STORE_ENV = "RESNEST_BENCH_STORE"
+
+
+def check_device(device: str) -> str:
+    """The one rule for the device a job may ask for; the harness checks it at plan time."""
+    if not isinstance(device, str) or not DEVICE_PATTERN.match(device):
+        raise SpecError(f"device: expected auto, cpu, cuda or cuda:N, got {device!r}")
+    return device
+
+
+def store_from_environment() -> str | None:
+    """The store the user's environment names, if any (the only place it is read)."""
+    return os.environ.get(STORE_ENV) or None
+
+
+@dataclass
+class _Spec:
+    """What every job has: its folder, its identity and where it reports."""
+
+    stage: ClassVar[str]
+    out_dir: str = ""
+    job_id: str = ""
+    attempt: int = 0
+    gpu_type: str | None = None  # the sweep's name for the GPU type the job asked for
+    store: str | None = None  # the results store's URL (never with a password); None: outbox only
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, **asdict(self)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def with_(self, **changes: Any) -> Any:
+        return replace(self, **changes)
+
+    def with_inputs(self, folders: list[str]) -> Any:
+        """The spec reading from these job folders (its parents'), in the order planned."""
+        name = {"transfer": "init_from", "export": "sources", "infer": "source"}.get(self.stage)
+        if name is None:
+            raise SpecError(f"a {self.stage} job reads from no other job")
+        return replace(self, **{name: folders if name == "sources" else folders[0]})
+
+
+@dataclass
+class TrainSpec(_Spec):
+    stage: ClassVar[str] = "train"
+    model: str = ""
+    dataset: str = ""
+    recipe: str = "study"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    stem: str | None = None
+    data_dir: str = "data"
+    download: bool = False
+    device: str = "auto"
+    seed: int = 0
+    checkpoint_every: int = 1
+    check_every: int = 20  # steps between checks for a stop signal or a non-finite loss
+    keep_checkpoints: int = 3
+    target_accuracy: float | None = None
+    max_steps: int | None = None  # cap on steps per epoch, for smoke runs and benchmarks
+    expect_gpu: str | None = None  # a fragment of that GPU's name (e.g. v100), or cpu
+    telemetry_interval: float = 1.0  # seconds between samples; 0 turns telemetry off
+
+    def __post_init__(self) -> None:
+        for name in ("model", "dataset"):
+            if not getattr(self, name):
+                raise SpecError(f"{name}: required")
+        check_device(self.device)
+
+
+@dataclass
+class TransferSpec(TrainSpec):
+    stage: ClassVar[str] = "transfer"
+    init_from: str = ""  # a checkpoint file or a training job's folder
+    freeze: str = "none"  # none | backbone | N (stem and the first N stages)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.init_from:
+            raise SpecError("a transfer job needs init_from: a training checkpoint or job folder")
+        if not FREEZE_PATTERN.match(str(self.freeze)):
+            raise SpecError(
+                f"freeze: expected none, backbone or a number of stages, got {self.freeze!r}"
+            )
+
+
+@dataclass
+class _DeploySpec(_Spec):
+    """An export or inference job. Its options (``options()``) are the ones a sweep sets
+    through ``export_options`` / ``infer_options``; they are checked by the very parser the
+    job's command line uses (``records.options``), so a plan and a job refuse a value in the
+    same words."""
+
+    dataset: str | None = None  # default: the trained network's dataset
+    data_dir: str = "data"
+
+    def __post_init__(self) -> None:
+        from records.options import check
+
+        check(self.stage, self.options())
+
+    def options(self) -> dict[str, Any]:
+        """The options a sweep may set, as the job's parser names them."""
+        from records.options import settable
+
+        return {name: getattr(self, name) for name in settable(self.stage)}
+
+
+@dataclass
+class ExportSpec(_DeploySpec):
+    stage: ClassVar[str] = "export"
+    # Training or transfer job folders (their latest valid checkpoint) or checkpoint files;
+    # several: the one with the best final test accuracy is exported.
+    sources: list[str] = field(default_factory=list)
+    parity_images: int = 256
+    tolerance: float = 1e-4  # max |logit diff| between ONNX Runtime and PyTorch
+    no_aoti: bool = False
+    aoti_device: str = "auto"
+
+
+RUNTIMES = ("eager", "compile", "aoti", "onnxruntime", "onnxruntime-int8", "caffe2")
+DEFAULT_BATCHES = (1, 8, 64, 256)
+
+
+@dataclass
+class InferSpec(_DeploySpec):
+    stage: ClassVar[str] = "infer"
+    source: str = ""  # an export job's folder
+    device: str = "auto"
+    runtimes: list[str] = field(default_factory=lambda: list(RUNTIMES))
+    batches: list[int] = field(default_factory=lambda: list(DEFAULT_BATCHES))
+    warmup: int = 3
+    iters: int = 20
+    threads: int | None = None  # default: torch's own thread count
+    test_images: int = 0  # 0: the whole test set
+    calibration_images: int = 256
+
+
+Spec = TrainSpec | TransferSpec | ExportSpec | InferSpec
+SPECS: dict[str, type[Any]] = {
+    cls.stage: cls for cls in (TrainSpec, TransferSpec, ExportSpec, InferSpec)
+}
+
+
+def from_dict(data: dict[str, Any]) -> Spec:
+    """The spec a dict describes (as ``to_dict`` wrote it); its ``stage`` picks the class."""
+    data = dict(data)
+    stage = data.pop("stage", "train")
+    if stage not in SPECS:
+        raise SpecError(f"stage: expected one of {', '.join(STAGES)}, got {stage!r}")
+    cls = SPECS[stage]
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise SpecError(f"unknown {stage} spec fields: {', '.join(unknown)}")
+    return cls(**data)
+
+
+def load(path: str | Path) -> Spec:
+    """The spec of a ``spec.json``; a missing or unreadable file is a SpecError naming it."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such spec file") from None
+    except (OSError, ValueError) as exc:
+        raise SpecError(f"{path}: cannot read the spec: {exc}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: not a spec (a JSON object)")
+    try:
+        return from_dict(data)
+    except (UserError, TypeError) as exc:  # TypeError: a field of the wrong shape
+        raise SpecError(f"{path}: {exc}") from None
