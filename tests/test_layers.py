@@ -1,0 +1,276 @@
+"""The shape of the code: layers that import only downwards, one spec per stage, one launcher
+protocol, one record format, small modules and functions.
+
+Layers, bottom up: ``resnest`` (the model zoo) and ``records`` (the contracts: specs, exit
+codes, record kinds, outbox, store, queries), then ``jobs`` (the compute node), then
+``harness`` (the login node).
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("resnest", "records", "jobs", "harness")
+# What each layer may not import, anywhere in its modules (function-level imports included).
+FORBIDDEN = {
+    "resnest": {"records", "jobs", "harness"},
+    "records": {"resnest", "jobs", "harness", "torch"},
+    "jobs": {"harness"},
+    "harness": {"torch"},
+}
+MAX_MODULE_LINES = 450
+MAX_FUNCTION_LINES = 80
+
+
+def modules(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+def imported_packages(path: Path) -> set[str]:
+    """The top-level packages a module imports, at any depth of its code."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_no_import_runs_up_the_layers():
+    breaches = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for package, forbidden in FORBIDDEN.items()
+        for path in modules(package)
+        for name in sorted(imported_packages(path) & forbidden)
+    ]
+    assert breaches == []
+    # The walker sees imports inside functions too (what a lazy import would hide).
+    assert "jobs" in imported_packages(ROOT / "harness" / "cli" / "commands.py")
+    assert "torch" in imported_packages(ROOT / "jobs" / "train.py")
+
+
+def test_records_and_harness_load_no_torch_and_no_pandas():
+    """Every module of ``records`` and ``harness`` imported in a fresh interpreter: the CLI
+    starts on a login node without torch, and the pandas API's cost stays out of it."""
+    names = [
+        ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        for package in ("records", "harness")
+        for path in modules(package)
+        if path.name != "__main__.py"
+    ]
+    code = (
+        "import importlib, json, sys\n"
+        f"for name in {names!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'pandas', 'numpy', 'resnest', 'jobs'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr
+    loaded = json.loads(out.stdout)
+    assert len(names) > 20
+    assert [m for m in loaded if m.split(".")[0] in ("torch", "pandas", "resnest")] == []
+
+
+def test_modules_and_functions_stay_small():
+    """No module over 450 lines; no function over 80 lines unless its docstring says why
+    ("Long because ...")."""
+    too_long = []
+    for package in PACKAGES:
+        for path in modules(package):
+            text = path.read_text()
+            lines = len(text.splitlines())
+            if lines > MAX_MODULE_LINES:
+                too_long.append(f"{path.relative_to(ROOT)}: {lines} lines")
+            for node in ast.walk(ast.parse(text)):
+                if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    continue
+                length = node.end_lineno - node.lineno + 1
+                reason = "Long because" in (ast.get_docstring(node) or "")
+                if length > MAX_FUNCTION_LINES and not reason:
+                    too_long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {length}")
+    assert too_long == []
+
+
+def test_one_spec_class_per_stage_written_once_and_read_back(tmp_path):
+    """The planner builds each job's spec; the store keeps its dict; the launcher writes its
+    JSON; the job reads the same spec back. One class per stage, one dispatch for all."""
+    from harness import config as cluster_config
+    from harness.planner import plan
+    from jobs.run import STAGE_MODULES
+    from records import spec as specs
+
+    assert set(specs.SPECS) == set(specs.STAGES) == set(STAGE_MODULES)
+    assert len({cls for cls in specs.SPECS.values()}) == len(specs.STAGES)
+    data = tmp_path / "data"
+    data.mkdir()
+    path = tmp_path / "cluster.yaml"
+    path.write_text(
+        "name: layers\n"
+        f"results_dir: {tmp_path / 'results'}\n"
+        "gpu_types: {cpu: {local: cpu}}\n"
+        "sweep:\n"
+        "  models: [resnest_tiny_basic]\n"
+        "  datasets: [synthetic]\n"
+        "  transfer_to: [synthetic]\n"
+        "  gpu_types: [cpu]\n"
+        "  stages: [train, transfer, export, infer]\n"
+        f"  data_dir: {data}\n"
+        "  export_options: {no_aoti: true}\n"
+        "  infer_options: {runtimes: [eager, onnxruntime], batches: [1, 4]}\n"
+    )
+    jobs = plan(cluster_config.load(path))
+    assert {job.stage for job in jobs} == set(specs.STAGES)
+    by_id = {job.id: job for job in jobs}
+    for job in jobs:
+        spec = job.spec
+        assert type(spec) is specs.SPECS[job.stage] and spec.stage == job.stage
+        assert spec.job_id == job.id
+        file = tmp_path / f"{job.id}.json"
+        file.write_text(spec.to_json())
+        assert specs.load(file) == spec == specs.from_dict(json.loads(json.dumps(spec.to_dict())))
+        parents = [str(Path(by_id[p].spec.out_dir)) for p in job.depends_on]
+        if job.stage == "transfer":
+            assert spec.init_from == parents[0]
+        elif job.stage == "export":
+            assert spec.sources == parents and spec.no_aoti is True
+        elif job.stage == "infer":
+            assert spec.source == parents[0] and spec.batches == [1, 4]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"stage": "deploy"}', "stage: expected one of train, transfer, export, infer"),
+        ('{"stage": "train", "model": "m", "dataset": "d", "colour": 1}', "unknown train spec"),
+        ('{"stage": "transfer", "model": "m", "dataset": "d"}', "needs init_from"),
+        ('{"stage": "infer", "source": "x", "batches": [0]}', "batches: expected a whole"),
+        ('{"stage": "export", "sources": ["x"], "tolerance": -1}', "tolerance: expected a number"),
+        ("[1, 2]", "not a spec"),
+        ("{", "cannot read the spec"),
+    ],
+)
+def test_a_bad_spec_file_is_one_line_naming_it(tmp_path, text, message):
+    from records.errors import UserError
+    from records.spec import load
+
+    path = tmp_path / "spec.json"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message) as err:
+        load(path)
+    assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
+
+
+def test_every_exit_code_has_one_meaning_for_every_launcher():
+    from harness.launchers.base import judge_exit
+    from harness.launchers.slurm import map_state
+    from records import spec as specs
+
+    codes = {name: value for name, value in vars(specs).items() if name.startswith("EXIT_")}
+    assert len(set(codes.values())) == len(codes)  # no two names for one code
+    for name, code in codes.items():
+        state, reason = judge_exit(code, "resnest-bench: error: the last line")
+        if name == "EXIT_OK":
+            assert (state, reason) == ("succeeded", None)
+            continue
+        assert state in ("failed", "cancelled")
+        if name != "EXIT_FAILED":  # each of the job's own codes has its own reason
+            assert not reason.startswith("exit code"), name
+        if name not in ("EXIT_FAILED", "EXIT_REQUEUE"):  # SLURM reads them the same way
+            record = {"State": "FAILED", "ExitCode": f"{code}:0", "Reason": "None"}
+            assert map_state(record) == judge_exit(code, ""), name
+
+
+def test_the_outbox_format_is_described_once(tmp_path):
+    """Every kind a job emits is a kind ``records.kinds`` describes, and the store keeps
+    each of them; an unknown kind is refused when written and when read."""
+    from records import kinds
+    from records.errors import OutboxError
+    from records.outbox import OutboxWriter, read_outbox
+    from records.store import Store
+
+    emitted = set()
+    for path in modules("jobs"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "report"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+            ):
+                emitted.add(node.args[0].value)
+    assert emitted and emitted <= set(kinds.KINDS)
+    writer = OutboxWriter(tmp_path / "job", "job-1", 0)
+    examples = {
+        "start": {"spec": {"stage": "train", "model": "m"}},
+        "epoch": {"epoch": 1, "epoch_time": 2.0},
+        "event": {"event": "checkpoint", "path": "x", "epoch": 1, "step": 0},
+        "telemetry": {"epoch": 1, "samples": [{"time": 1.0, "gpu_index": 0, "gpu_util": 5}]},
+        "provenance": {"host": "h", "torch": "2"},
+        "artifact": {"artifact": "onnx", "path": "m.onnx", "bytes": 3, "sha256": "0"},
+        "inference": {"runtime": "eager", "batch_size": 1, "available": True},
+        "final": {"status": "succeeded", "final_test_acc": 0.5},
+    }
+    assert set(examples) == set(kinds.KINDS)
+    for kind, record in examples.items():
+        writer.report(kind, record)
+    with pytest.raises(ValueError, match="unknown record kind"):
+        writer.report("mystery", {})
+    records = read_outbox(writer.path)
+    store = Store(f"sqlite:///{tmp_path / 'results.db'}")
+    assert store.write_records(records) == len(examples)
+    with store.begin() as conn:
+        from sqlalchemy import func, select
+
+        from records import schema
+
+        for table in ("epochs", "events", "telemetry", "provenance", "artifacts", "inference",
+                      "results"):  # fmt: skip
+            count = conn.execute(select(func.count()).select_from(schema.metadata.tables[table]))
+            assert count.scalar() >= 1, table
+    with open(writer.path, "a") as f:
+        f.write('{"kind": "mystery", "job_id": "job-1"}\n{"kind": "epoch"}\n')
+    with pytest.raises(OutboxError, match=r"outbox.jsonl:9: unknown record kind 'mystery'"):
+        read_outbox(writer.path)
+
+
+def test_launchers_share_one_protocol(tmp_path):
+    from harness import launchers
+    from harness.launchers.base import LAUNCHERS, Launcher
+    from records.errors import UserError
+    from records.store import Store
+
+    operations = [
+        name for name, _ in inspect.getmembers(Launcher, inspect.isfunction) if name[0] != "_"
+    ]
+    assert sorted(operations) == ["cancel", "check", "logs", "poll", "submit"]
+    store = Store(f"sqlite:///{tmp_path / 'results.db'}")
+    for name in LAUNCHERS:
+        launcher = launchers.get(name, store)
+        assert launcher.name == name
+        for operation in operations:
+            assert callable(getattr(launcher, operation)), (name, operation)
+        row = {"id": "j", "launcher_job_id": launcher.prefix + "1", "job_dir": "/nowhere"}
+        assert launchers.launcher_of(row) == name
+    with pytest.raises(UserError, match="unknown launcher 'pbs'"):
+        launchers.get("pbs", store)
+    # The dependency rule is written once, in the Driver's module, for every launcher.
+    rule = [
+        str(path.relative_to(ROOT))
+        for package in PACKAGES
+        for path in modules(package)
+        if "not run: depends on" in path.read_text()
+    ]
+    assert rule == ["harness/launchers/base.py"]
