@@ -55,13 +55,20 @@ def _launch(
     return final
 
 
+# Ends a cluster may take back: SLURM requeues a job whose node failed, or that was
+# preempted, when its requeue policy says so; such a job is followed until it is seen again.
+REQUEUABLE = ("NODE_FAIL", "PREEMPTED")
+
+
 def refresh(store: Store, rows: list[Row]) -> None:
-    """Bring the states of unfinished jobs up to date from the launchers that hold them
-    (for SLURM, one sacct call)."""
+    """Bring the states of unfinished jobs (and of jobs whose end the cluster may take back)
+    up to date from the launchers that hold them (for SLURM, one sacct call)."""
     held: dict[str, list[Row]] = {}
     for row in rows:
         name = launcher_of(row)
-        if row["state"] in ("pending", *IN_FLIGHT) and name is not None:
+        unfinished = row["state"] in ("pending", *IN_FLIGHT)
+        taken_back = row["state"] == "failed" and (row["reason"] or "").startswith(REQUEUABLE)
+        if (unfinished or taken_back) and name is not None:
             held.setdefault(name, []).append(row)
     for name, group in held.items():
         launchers.get(name, store).poll(group)

@@ -7,13 +7,17 @@ SLURM_JOB_NODELIST) and Ray Train workers (which form the group before the job s
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from records.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -91,9 +95,44 @@ def select_device(env: DistEnv, requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
+# How long a rank waits in a collective (and at the rendezvous) for a peer that does not
+# come: a rank whose node hangs or dies ends the job after this, instead of never.
+TIMEOUT_ENV = "RESNEST_BENCH_COLLECTIVE_TIMEOUT"
+DEFAULT_TIMEOUT_S = 600.0
+
+
+class RendezvousError(UserError):
+    """The ranks cannot meet: the message says where they were told to."""
+
+
+def collective_timeout(environ: Mapping[str, str] | None = None) -> float:
+    env = os.environ if environ is None else environ
+    text = env.get(TIMEOUT_ENV, "")
+    try:
+        value = float(text) if text else DEFAULT_TIMEOUT_S
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise RendezvousError(f"{TIMEOUT_ENV}={text!r}: expected a number of seconds above 0")
+    return value
+
+
+def check_master(env: DistEnv) -> None:
+    """The master's address, resolved here as every rank resolves it; a name that does not
+    resolve is one line naming it, not a rendezvous that waits for ever."""
+    try:
+        socket.getaddrinfo(env.master_addr, env.master_port)
+    except (OSError, UnicodeError) as exc:
+        raise RendezvousError(
+            f"MASTER_ADDR {env.master_addr!r} (from {env.source}) does not resolve on "
+            f"{socket.gethostname()}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
+
+
 def init_process_group(env: DistEnv, device: torch.device) -> None:
     if not env.distributed or dist.is_initialized():
         return
+    check_master(env)
     os.environ.setdefault("MASTER_ADDR", env.master_addr)
     os.environ.setdefault("MASTER_PORT", str(env.master_port))
     backend = "nccl" if device.type == "cuda" else "gloo"
@@ -102,6 +141,7 @@ def init_process_group(env: DistEnv, device: torch.device) -> None:
         rank=env.rank,
         world_size=env.world_size,
         device_id=device if device.type == "cuda" else None,
+        timeout=datetime.timedelta(seconds=collective_timeout()),
     )
 
 
@@ -116,3 +156,13 @@ def all_sum(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
     if env.distributed:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
+
+
+def hosts(env: DistEnv) -> list[str]:
+    """The host name of every rank, in rank order (every rank must call this)."""
+    name = socket.gethostname()
+    if not env.distributed:
+        return [name]
+    names: list[str] = [""] * env.world_size
+    dist.all_gather_object(names, name)
+    return names

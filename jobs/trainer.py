@@ -269,6 +269,7 @@ class Trainer:
         steps = len(self.train_loader)
         if spec.max_steps:
             steps = min(steps, spec.max_steps)
+        hosts = distributed.hosts(env)
         if env.is_main:
             self.reporter.report(
                 "start",
@@ -276,6 +277,7 @@ class Trainer:
                     "spec": spec.to_dict(),
                     "recipe": as_dict(recipe),
                     "world_size": env.world_size,
+                    "hosts": hosts,
                     "device": str(self.device),
                     "steps_per_epoch": steps,
                     "resumed_from": [start_epoch, start_step],

@@ -26,6 +26,7 @@ class Start(TypedDict, total=False):
 
     spec: dict[str, Any]  # the spec's to_dict; export and infer name the network they run
     world_size: int
+    hosts: list[str]  # training: the host of each rank, in rank order
     resumed_from: list[int]  # [epoch, step]
     winner_of: list[dict[str, Any]]  # export of a sweep's winner: the ranking it chose from
 

@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# A real single-node SLURM on this machine, for tests and demos: scripts/slurm-local.sh up|down|status
+# A real single-node SLURM on this machine, for tests and demos:
+#   scripts/slurm-local.sh up [--nodes N]|down|status
+# With --nodes N (2 or more), a multi-node cluster on network namespaces instead, beside this
+# one (scripts/slurm-nodes.sh). `down` stops both.
 #
 # Debian's slurmctld, slurmd, slurmdbd, munge and mariadb-server, started as plain daemons
 # (no systemd), as root. Accounting through slurmdbd, so that sacct works. Two fake GPU
@@ -14,7 +17,15 @@ cpus=$(nproc)
 mem=$(($(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024))
 db_pass=slurm-local
 
+me=slurm-local
+# shellcheck source=scripts/slurm-shared.sh
+. "$(dirname "$0")/slurm-shared.sh"
+
 need_root() { [ "$(id -u)" = 0 ] || { echo "slurm-local: run as root" >&2; exit 1; }; }
+
+# This cluster's daemons, found by their pid files: a multi-node cluster's daemons of the
+# same names may run beside them.
+alive() { [ -s "$state/run/$1.pid" ] && kill -0 "$(cat "$state/run/$1.pid")" 2>/dev/null; }
 
 write_config() {
     mkdir -p "$conf" "$state"/{ctld,d,log,mysql,run}
@@ -75,17 +86,6 @@ EOF
     chmod 600 "$conf/slurmdbd.conf"
 }
 
-wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
-    local limit=$1 what=$2
-    shift 2
-    for _ in $(seq $((limit * 5))); do
-        "$@" >/dev/null 2>&1 && return 0
-        sleep 0.2
-    done
-    echo "slurm-local: $what did not come up; see $state/log" >&2
-    exit 1
-}
-
 up() {
     need_root
     if sinfo -h >/dev/null 2>&1 && sacct -n -X >/dev/null 2>&1; then
@@ -101,47 +101,32 @@ up() {
         return 0
     fi
     write_config
-    # munge
-    mkdir -p /etc/munge /run/munge /var/lib/munge /var/log/munge
-    [ -s /etc/munge/munge.key ] || mungekey -c -f -k /etc/munge/munge.key
-    chown -R munge:munge /etc/munge /run/munge /var/lib/munge /var/log/munge
-    chmod 400 /etc/munge/munge.key
-    pgrep -x munged >/dev/null || runuser -u munge -- /usr/sbin/munged
-    wait_for 10 munge munge -n
-    # MariaDB for accounting
-    if ! mysqladmin ping >/dev/null 2>&1; then
-        mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld
-        [ -d /var/lib/mysql/mysql ] || mariadb-install-db --user=mysql >/dev/null
-        (mysqld_safe --skip-networking=0 --bind-address=127.0.0.1 >"$state/log/mysql.log" 2>&1 &)
-        wait_for 30 mariadb mysqladmin ping
-    fi
-    # A cold start numbers jobs from 1 again: accounting starts afresh with it, or sacct
-    # would mix this cluster's jobs with an earlier one's of the same ids.
-    mysql -e "DROP DATABASE IF EXISTS slurm_acct_db"
-    mysql -e "CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY '$db_pass';
-              GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;"
+    fresh_accounting slurm_acct_db
     # SLURM
-    pgrep -x slurmdbd >/dev/null || slurmdbd
+    alive slurmdbd || slurmdbd
     wait_for 30 slurmdbd sacctmgr -n list cluster
     sacctmgr -i -Q add cluster local >/dev/null 2>&1 || true
-    pgrep -x slurmctld >/dev/null || slurmctld
-    pgrep -x slurmd >/dev/null || slurmd
+    alive slurmctld || slurmctld
+    alive slurmd || slurmd
     wait_for 30 "the node" sh -c "sinfo -h -o %t | grep -qE '^(idle|mix|alloc)'"
     echo "slurm-local: up ($host: $cpus CPUs, gres gpu:v100:1,gpu:a100:1; partitions gpu, debug)"
 }
 
 down() {
     need_root
+    "$(dirname "$0")/slurm-nodes.sh" down >/dev/null
     for daemon in slurmd slurmctld slurmdbd; do
-        pkill -x "$daemon" 2>/dev/null || true
+        alive "$daemon" && kill "$(cat "$state/run/$daemon.pid")" 2>/dev/null || true
     done
     mysqladmin shutdown >/dev/null 2>&1 || true
     pkill -x munged 2>/dev/null || true
     for _ in $(seq 50); do
         running=0
-        for daemon in slurmd slurmctld slurmdbd mariadbd munged; do
-            pgrep -x "$daemon" >/dev/null && running=1
+        for daemon in slurmd slurmctld slurmdbd; do
+            alive "$daemon" && running=1
         done
+        pgrep -x mariadbd >/dev/null && running=1
+        pgrep -x munged >/dev/null && running=1
         [ "$running" = 0 ] && break
         sleep 0.2
     done
@@ -150,13 +135,18 @@ down() {
 }
 
 case "${1:-}" in
-up) up ;;
+up)
+    if [ "${2:-}" = "--nodes" ] && [ "${3:-1}" != 1 ]; then
+        exec "$(dirname "$0")/slurm-nodes.sh" up "${3:-}"
+    fi
+    up
+    ;;
 down) down ;;
 status)
     sinfo && sacct -n -X -S now-1hour | tail -n 5
     ;;
 *)
-    echo "usage: $0 up|down|status" >&2
+    echo "usage: $0 up [--nodes N]|down|status" >&2
     exit 2
     ;;
 esac

@@ -62,3 +62,28 @@ def test_two_ranks_stay_identical_and_match_one_process_with_the_same_global_bat
     for e_ddp, e_single in zip(epochs, records(single, "epoch"), strict=True):
         assert e_ddp["train_loss"] == pytest.approx(e_single["train_loss"], rel=1e-6)
         assert e_ddp["train_acc"] == e_single["train_acc"]
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"MASTER_ADDR": "no-such-node.invalid"},
+         "MASTER_ADDR 'no-such-node.invalid' (from torchrun) does not resolve on "),
+        ({"MASTER_ADDR": "127.0.0.1", "RESNEST_BENCH_COLLECTIVE_TIMEOUT": "soon"},
+         "RESNEST_BENCH_COLLECTIVE_TIMEOUT='soon': expected a number of seconds above 0"),
+    ],
+)  # fmt: skip
+def test_a_rendezvous_that_cannot_happen_is_one_line(tmp_path, settings, message):
+    """A rank told to meet at a name its host cannot resolve, or given a timeout that is not
+    one, says so in one line and exits 2, rather than waiting for peers. (Run in a network
+    namespace of its own with nothing up: the failed lookup reaches no name server.)"""
+    if subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode != 0:
+        pytest.skip("cannot make a network namespace here (needs root and unshare)")
+    env = {**job_env(), "RANK": "0", "WORLD_SIZE": "2", "MASTER_PORT": "29511", **settings}
+    env.pop("GLOO_SOCKET_IFNAME", None)
+    cmd = ["unshare", "--net", *job_cmd(tmp_path / "job", *TINY, "--max-steps", "1")]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("resnest-bench: error: " + message), result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "job").exists()  # refused before it wrote anything

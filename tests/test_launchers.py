@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from harness.config import GpuType
-from harness.launchers.slurm import _expand, _minutes, map_state, sbatch_parameters
+from harness.launchers.sacct import _expand, map_state
+from harness.launchers.slurm import _minutes, sbatch_parameters
 
 
 def sbatch_text(params: dict, folder: Path) -> str:
@@ -40,11 +41,14 @@ def test_each_gpu_type_setting_becomes_its_sbatch_option(tmp_path):
         "#SBATCH --signal=USR2@90",  # the time-limit notice the job checkpoints on
     ):
         assert line in text.splitlines(), line
+    # One failed rank ends the whole step rather than leaving its peers waiting.
+    assert "--kill-on-bad-exit=1" in next(x for x in text.splitlines() if x.startswith("srun"))
 
 
 def test_without_a_time_the_partition_default_applies(tmp_path):
     text = sbatch_text(sbatch_parameters(GpuType(gres="gpu:a100"), 1, 1), tmp_path)
     assert not [line for line in text.splitlines() if line.startswith("#SBATCH --time")]
+    assert "--kill-on-bad-exit" not in text  # one task: nothing to take down
     assert "#SBATCH --partition" not in text
 
 

@@ -174,7 +174,7 @@ def test_a_bad_spec_file_is_one_line_naming_it(tmp_path, text, message):
 
 def test_every_exit_code_has_one_meaning_for_every_launcher():
     from harness.launchers.base import judge_exit
-    from harness.launchers.slurm import map_state
+    from harness.launchers.sacct import map_state
     from records import spec as specs
 
     codes = {name: value for name, value in vars(specs).items() if name.startswith("EXIT_")}

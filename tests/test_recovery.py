@@ -13,7 +13,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from harness import config as cluster_config
-from harness.launchers.slurm import parse_sacct
+from harness.launchers.sacct import parse_sacct
 from harness.planner import plan
 from records.store import Store, epochs, events
 

@@ -25,40 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import ClusterConfig, GpuType
-from harness.launchers.base import (
-    BaseLauncher,
-    Row,
-    judge_exit,
-    last_line,
-    not_run,
-    progress_bar,
-    write_spec,
-)
+from harness.launchers.base import BaseLauncher, Row, not_run, progress_bar, write_spec
+from harness.launchers.sacct import NOT_RUN, SACCT_FIELDS, map_state, parse_sacct
 from records.errors import UserError
-from records.spec import (
-    EXIT_ALREADY_RUNNING,
-    EXIT_DIVERGED,
-    EXIT_PARITY,
-    EXIT_REQUEUE,
-    EXIT_USER_ERROR,
-)
 from records.store import Store
 
 PREFIX = "slurm:"
-SACCT_FIELDS = ("JobID", "State", "ExitCode", "Reason", "Start", "End")
-# sacct state -> (store state, reason). Pending, requeued and suspended jobs wait in the queue.
-QUEUED = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "SUSPENDED"}
-ACTIVE = {"RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING"}
-FAILED_REASONS = {
-    "OUT_OF_MEMORY": "OOM: the job ran out of memory",
-    "TIMEOUT": "TIMEOUT: the job reached its time limit",
-    "NODE_FAIL": "NODE_FAIL: a node of the job failed",
-    "PREEMPTED": "PREEMPTED: the job was preempted and not requeued",
-    "BOOT_FAIL": "BOOT_FAIL: a node of the job failed to boot",
-    "DEADLINE": "DEADLINE: the job reached its deadline",
-}
-NOT_RUN = "not run: a job it depends on did not succeed"
-JOB_CODES = (EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_PARITY, EXIT_ALREADY_RUNNING)
 POLL_MIN_S = 1.0
 POLL_MAX_S = 30.0
 
@@ -163,6 +135,10 @@ def sbatch_parameters(gpu: GpuType, gpus_per_node: int, nodes: int) -> dict[str,
     params["time"] = _minutes(gpu.time)
     if gpu.mem_per_gpu:
         params["mem_per_gpu"] = gpu.mem_per_gpu
+    if gpus_per_node * nodes > 1:
+        # A rank that fails takes the step down: its peers would otherwise wait in a
+        # collective (up to the job's collective timeout) on a rank that is gone.
+        params["srun_args"] = ["--kill-on-bad-exit=1"]
     params["additional_parameters"] = extra
     return params
 
@@ -243,19 +219,6 @@ def submit(config: ClusterConfig, store: Store, jobs: list[Row]) -> dict[str, st
 # -- following the jobs ---------------------------------------------------------------------
 
 
-def _expand(job_id: str) -> list[str]:
-    """``123_[0-3,5%2]`` (pending array tasks, collapsed by sacct) -> ``123_0`` ... ``123_5``."""
-    match = re.fullmatch(r"(\d+)_\[([^\]]+)\]", job_id)
-    if not match:
-        return [job_id]
-    base, spec = match.groups()
-    out = []
-    for part in spec.split("%")[0].split(","):
-        lo, _, hi = part.partition("-")
-        out.extend(f"{base}_{i}" for i in range(int(lo), int(hi or lo) + 1))
-    return out
-
-
 def sacct_states(slurm_ids: list[str], since: float | None = None) -> dict[str, dict[str, str]]:
     """One sacct call for many jobs: SLURM id -> {State, ExitCode, Reason, ...}. ``since``
     (a Unix time before the jobs were submitted) keeps out older jobs that had the same ids
@@ -263,55 +226,11 @@ def sacct_states(slurm_ids: list[str], since: float | None = None) -> dict[str, 
     if not slurm_ids:
         return {}
     roots = sorted({i.split("_")[0] for i in slurm_ids})
-    cmd = ["sacct", "-X", "-n", "-P", "--format=" + ",".join(SACCT_FIELDS), "-j", ",".join(roots)]
+    cmd = ["sacct", "-X", "-n", "-P", "-D", "--format=" + ",".join(SACCT_FIELDS), "-j",
+           ",".join(roots)]  # fmt: skip
     if since is not None:
         cmd += ["-S", time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since))]
     return parse_sacct(_run(cmd))
-
-
-def parse_sacct(out: str) -> dict[str, dict[str, str]]:
-    """``sacct -X -n -P`` lines -> SLURM id -> record. A concrete task's own line
-    (``2_0 RUNNING``) always wins over a range that sacct still lists it in
-    (``2_[0-1%2] PENDING``: the array's pending remainder); among a task's own lines the last
-    one is its current state (a requeued job)."""
-    concrete: dict[str, dict[str, str]] = {}
-    ranged: dict[str, dict[str, str]] = {}
-    for line in out.splitlines():
-        values = line.split("|")
-        if len(values) != len(SACCT_FIELDS):
-            continue
-        record = dict(zip(SACCT_FIELDS, values, strict=True))
-        ids = _expand(record["JobID"])
-        target = ranged if ids != [record["JobID"]] else concrete
-        for job_id in ids:
-            target[job_id] = record
-    return {**ranged, **concrete}
-
-
-def map_state(record: dict[str, str], log_err: Path | None = None) -> tuple[str, str | None]:
-    """A sacct record -> (store state, reason)."""
-    state = record["State"].split()[0]  # "CANCELLED by 0" -> "CANCELLED"
-    reason = record.get("Reason", "")
-    if state in QUEUED:
-        return "submitted", (None if reason in ("", "None") else reason)
-    if state in ACTIVE:
-        return "running", None
-    if state == "COMPLETED":
-        return "succeeded", None
-    if state == "CANCELLED":
-        if reason in ("Dependency", "DependencyNeverSatisfied"):
-            return "cancelled", NOT_RUN
-        return "cancelled", record["State"]
-    if state in FAILED_REASONS:
-        return "failed", FAILED_REASONS[state]
-    code, _, sig = record.get("ExitCode", "0:0").partition(":")
-    last = last_line(log_err, prefer="resnest-bench:")
-    if code == str(EXIT_REQUEUE):
-        return "failed", "stopped for requeue, but SLURM did not requeue it"
-    if code.isdigit() and int(code) in JOB_CODES:  # the job's own: they mean the same anywhere
-        return judge_exit(int(code), last)
-    detail = f"FAILED exit code {code}" + (f" (signal {sig})" if sig not in ("", "0") else "")
-    return "failed", detail + (f": {last}" if last else "")
 
 
 def log_paths(job: Row) -> list[Path]:

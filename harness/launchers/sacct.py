@@ -1,0 +1,117 @@
+"""Reading SLURM's accounting: ``sacct`` lines to records, and a record to the store's state
+and reason (with the job's own last error line from its log)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from harness.launchers.base import judge_exit
+from records.spec import (
+    EXIT_ALREADY_RUNNING,
+    EXIT_DIVERGED,
+    EXIT_PARITY,
+    EXIT_REQUEUE,
+    EXIT_USER_ERROR,
+)
+
+SACCT_FIELDS = ("JobID", "State", "ExitCode", "Reason", "Start", "End")
+# sacct state -> (store state, reason). Pending, requeued and suspended jobs wait in the queue.
+QUEUED = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "SUSPENDED"}
+ACTIVE = {"RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING"}
+FAILED_REASONS = {
+    "OUT_OF_MEMORY": "OOM: the job ran out of memory",
+    "TIMEOUT": "TIMEOUT: the job reached its time limit",
+    "NODE_FAIL": "NODE_FAIL: a node of the job failed",
+    "PREEMPTED": "PREEMPTED: the job was preempted and not requeued",
+    "BOOT_FAIL": "BOOT_FAIL: a node of the job failed to boot",
+    "DEADLINE": "DEADLINE: the job reached its deadline",
+}
+NOT_RUN = "not run: a job it depends on did not succeed"
+JOB_CODES = (EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_PARITY, EXIT_ALREADY_RUNNING)
+
+
+def _expand(job_id: str) -> list[str]:
+    """``123_[0-3,5%2]`` (pending array tasks, collapsed by sacct) -> ``123_0`` ... ``123_5``."""
+    match = re.fullmatch(r"(\d+)_\[([^\]]+)\]", job_id)
+    if not match:
+        return [job_id]
+    base, spec = match.groups()
+    out = []
+    for part in spec.split("%")[0].split(","):
+        lo, _, hi = part.partition("-")
+        out.extend(f"{base}_{i}" for i in range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def parse_sacct(out: str) -> dict[str, dict[str, str]]:
+    """``sacct -X -n -P`` lines -> SLURM id -> record. A concrete task's own line
+    (``2_0 RUNNING``) always wins over a range that sacct still lists it in
+    (``2_[0-1%2] PENDING``: the array's pending remainder); among a task's own lines (``-D``:
+    one per run of a requeued job) the last one is its current state, and the run before it
+    is kept as ``Previous`` (a job SLURM requeued after its node failed)."""
+    concrete: dict[str, dict[str, str]] = {}
+    ranged: dict[str, dict[str, str]] = {}
+    for line in out.splitlines():
+        values = line.split("|")
+        if len(values) != len(SACCT_FIELDS):
+            continue
+        record = dict(zip(SACCT_FIELDS, values, strict=True))
+        ids = _expand(record["JobID"])
+        target = ranged if ids != [record["JobID"]] else concrete
+        for job_id in ids:
+            if job_id in target:
+                record = {**record, "Previous": target[job_id]["State"].split()[0]}
+            target[job_id] = record
+    return {**ranged, **concrete}
+
+
+def map_state(record: dict[str, str], log_err: Path | None = None) -> tuple[str, str | None]:
+    """A sacct record -> (store state, reason)."""
+    state = record["State"].split()[0]  # "CANCELLED by 0" -> "CANCELLED"
+    reason = record.get("Reason", "")
+    again = FAILED_REASONS.get(record.get("Previous", ""))
+    if state in QUEUED:
+        if again:  # SLURM requeued it, as it does after a node failure
+            return "submitted", f"requeued after {again}" + (
+                f"; waiting: {reason}" if reason not in ("", "None") else "")  # fmt: skip
+        return "submitted", (None if reason in ("", "None") else reason)
+    if state in ACTIVE:
+        return "running", (f"running again after {again}" if again else None)
+    if state == "COMPLETED":
+        return "succeeded", None
+    if state == "CANCELLED":
+        if reason in ("Dependency", "DependencyNeverSatisfied"):
+            return "cancelled", NOT_RUN
+        return "cancelled", record["State"]
+    if state in FAILED_REASONS:
+        return "failed", FAILED_REASONS[state]
+    code, _, sig = record.get("ExitCode", "0:0").partition(":")
+    last = _job_line(log_err)
+    if code == str(EXIT_REQUEUE):
+        return "failed", "stopped for requeue, but SLURM did not requeue it"
+    if code.isdigit() and int(code) in JOB_CODES:  # the job's own: they mean the same anywhere
+        return judge_exit(int(code), last)
+    detail = f"FAILED exit code {code}" + (f" (signal {sig})" if sig not in ("", "0") else "")
+    return "failed", detail + (f": {last}" if last else "")
+
+
+def _job_line(log_err: Path | None) -> str:
+    """What rank 0's stderr says of the end: the job's own one-line error if it wrote one,
+    else its last line (an exception), with srun's line naming the first task that ended
+    badly and its node (``srun: error: node2: task 1: Exited with exit code 1``)."""
+    if log_err is None or not Path(log_err).is_file():
+        return ""
+    lines = [
+        re.sub(r"^\[rank\d+\]:\s*", "", line).strip()
+        for line in Path(log_err).read_text(errors="replace").splitlines()
+        if line.strip()
+    ]
+    own = [line for line in lines if line.startswith("resnest-bench:")]
+    if own:
+        return own[-1]
+    tasks = [line.removeprefix("srun: error: ") for line in lines
+             if re.match(r"srun: error: \S+: tasks? [\d-]+: ", line)]  # fmt: skip
+    job = [line for line in lines if not line.startswith("srun:")]
+    text = job[-1] if job else (lines[-1] if lines else "")
+    return text + (f" (first to end: {tasks[0]})" if tasks and job else "")

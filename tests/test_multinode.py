@@ -1,0 +1,331 @@
+"""DDP across hosts: a two-node SLURM on this machine (scripts/slurm-local.sh up --nodes 2).
+
+Each node is a network, UTS, mount and process namespace of its own on a private bridge,
+with its own slurmd; gloo talks across the bridge as it would across a cluster's network.
+The nodes' GPU types are gres entries backed by /dev/null and /dev/zero, as on the
+single-node cluster: the jobs run on the CPU.
+"""
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from .jobtools import TINY, final_weights, job_cmd, job_env, records, store_of, write_cluster
+from .test_sweep import EXE
+
+pytestmark = pytest.mark.slurm
+CONF = "/etc/slurm-nodes/slurm.conf"
+
+
+def nodes_env() -> dict[str, str]:
+    """The submitting environment for the two-node cluster; jobs inherit it. No loopback
+    rendezvous here: the ranks find each other by the first node's name."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("MASTER_ADDR", "MASTER_PORT", "GLOO_SOCKET_IFNAME")
+    }
+    # One OpenMP thread per rank, as the one-process run below has: the same sums in the
+    # same order.
+    env.update(SLURM_CONF=CONF, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+@pytest.fixture(scope="module", autouse=True)
+def two_nodes():
+    try:
+        out = subprocess.run(
+            ["sinfo", "-h", "-N", "-o", "%n %t"], capture_output=True, text=True,
+            env=nodes_env(), timeout=20,
+        )  # fmt: skip
+        ready = out.returncode == 0 and sorted(set(out.stdout.split()[::2])) == ["node1", "node2"]
+    except (OSError, subprocess.TimeoutExpired):
+        ready = False
+    if not ready:
+        message = "no two-node SLURM here: run scripts/slurm-local.sh up --nodes 2"
+        if os.environ.get("RESNEST_BENCH_TEST_SLURM_NODES"):
+            pytest.fail(message)  # CI started it: a cluster that is down is a failure
+        pytest.skip(message)
+
+
+def test_a_two_node_job_trains_across_hosts_exactly_as_one_process(tmp_path):
+    path = write_cluster(
+        tmp_path, "two-nodes", {"kind": "slurm"},
+        {"v100": {"partition": "gpu", "gres": "gpu:v100", "cpus_per_gpu": 1}},
+        {"models": ["resnest_tiny_basic"], "datasets": ["synthetic"], "gpu_types": ["v100"],
+         "epochs": 2, "max_steps": 4, "overrides": {"batch_size": 32}, "nodes": 2,
+         "gpus_per_job": 1},
+    )  # fmt: skip
+    submitted = subprocess.run(
+        [str(EXE), "submit", str(path), "-q", "--wait", "--timeout", "500"],
+        capture_output=True, text=True, cwd=tmp_path, env=nodes_env(), timeout=600,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    (job,) = store_of(tmp_path).jobs("two-nodes")
+    assert job["state"] == "succeeded" and job["gpus"] == 2, job
+    folder = Path(job["job_dir"])
+    (start,) = records(folder, "start")
+    assert start["world_size"] == 2 and start["hosts"] == ["node1", "node2"]
+    epochs = records(folder, "epoch")
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert all(e["world_size"] == 2 and e["images"] == 4 * 32 for e in epochs)
+    (final,) = records(folder, "final")
+    assert final["ranks_consistent"] is True  # every rank ended with the same weights
+
+    assert_same_weights_as_one_process(folder, tmp_path, 2, 4)
+
+
+STATE = Path("/var/lib/resnest-bench-slurm-nodes")
+NODES = Path(__file__).resolve().parent.parent / "scripts" / "slurm-nodes.sh"
+
+
+def assert_same_weights_as_one_process(folder: Path, tmp_path: Path, epochs: int, steps: int):
+    """The final weights of a two-rank job equal those of one process here with the same
+    global batch of 32 in two strided micro-batches of 16 (BN running statistics are rank
+    0's alone in DDP, so they are not compared)."""
+    single = tmp_path / "single"
+    cmd = job_cmd(single, *TINY, "--epochs", str(epochs), "--max-steps", str(steps),
+                  "--set", "accum_steps=2")  # fmt: skip
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, env={**job_env(), "OMP_NUM_THREADS": "1"},
+        timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    a, b = final_weights(folder), final_weights(single)
+    params = [
+        k for k in a if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    ]
+    assert len(params) > 50
+    assert [k for k in params if not torch.equal(a[k], b[k])] == []
+
+
+def processes_on(node: str, fragment: str) -> list[int]:
+    """PIDs (as this machine sees them) of the processes of ``node`` whose command line holds
+    ``fragment``: those in the node's process namespace."""
+    holder = (STATE / "run" / f"holder-{node}.pid").read_text().strip()
+    namespace = os.readlink(f"/proc/{holder}/ns/pid")
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or entry.name == holder:
+            continue
+        try:
+            same = os.readlink(entry / "ns" / "pid") == namespace
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if same and fragment in command:
+            found.append(int(entry.name))
+    return found
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: not within {timeout:.0f} s")
+
+
+def test_a_hung_node_ends_the_job_within_the_collective_timeout_and_rerun_resumes_it(tmp_path):
+    """Node 2's rank freezes (SIGSTOP: a node that hangs, its sockets still open) after the
+    first epoch. Rank 0 waits in its next collective no longer than the collective timeout,
+    fails, and takes the step down; the job fails with the reason. `rerun` resumes it from its
+    last checkpoint to the very weights of an uninterrupted run."""
+    epochs, steps = 6, 4
+    path = write_cluster(
+        tmp_path, "hung-node", {"kind": "slurm"},
+        {"v100": {"partition": "gpu", "gres": "gpu:v100", "cpus_per_gpu": 1}},
+        {"models": ["resnest_tiny_basic"], "datasets": ["synthetic"], "gpu_types": ["v100"],
+         "epochs": epochs, "max_steps": steps, "overrides": {"batch_size": 32}, "nodes": 2,
+         "gpus_per_job": 1},
+    )  # fmt: skip
+    env = {**nodes_env(), "RESNEST_BENCH_COLLECTIVE_TIMEOUT": "15"}
+
+    def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(EXE), *args], capture_output=True, text=True, cwd=tmp_path, env=env,
+            timeout=timeout,
+        )  # fmt: skip
+
+    submitted = cli("submit", str(path), "-q")
+    assert submitted.returncode == 0, submitted.stderr
+    store = store_of(tmp_path)
+    (job,) = store.jobs("hung-node")
+    folder = Path(job["job_dir"])
+    wait_for(lambda: (folder / "outbox.jsonl").is_file() and records(folder, "epoch"), 300,
+             "the first epoch")  # fmt: skip
+    frozen = processes_on("node2", "submitit")
+    assert frozen, "no task of the job on node2"
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    stopped_at = time.monotonic()
+
+    def ended():
+        cli("status", "-c", str(path))  # one sacct refresh
+        row = store.job(job["id"])
+        return row if row["state"] in ("failed", "cancelled", "succeeded") else None
+
+    row = wait_for(ended, 240, "the job's end after its node hung")
+    waited = time.monotonic() - stopped_at
+    assert row["state"] == "failed", row
+    assert "timed out" in row["reason"].lower() or "timeout" in row["reason"].lower(), row
+    assert waited < 15 + 120  # the timeout, then SLURM taking the step down; never for ever
+    assert len(records(folder, "epoch")) < epochs
+
+    rerun = cli("rerun", job["id"], "-q", "--wait", "--timeout", "400", "-c", str(path))
+    assert rerun.returncode == 0, rerun.stderr
+    assert store.job(job["id"])["state"] == "succeeded"
+    starts = records(folder, "start")
+    assert starts[-1]["attempt"] == 1 and starts[-1]["resumed_from"][0] >= 1
+    assert starts[-1]["hosts"] == ["node1", "node2"]
+    final = records(folder, "final")[-1]
+    assert final["ranks_consistent"] is True
+
+    assert_same_weights_as_one_process(folder, tmp_path, epochs, steps)
+
+
+def two_node_sweep(tmp_path: Path, name: str, **sweep) -> Path:
+    return write_cluster(
+        tmp_path, name, {"kind": "slurm", "slurm": {"array_parallelism": 4}},
+        {"v100": {"partition": "gpu", "gres": "gpu:v100", "cpus_per_gpu": 1},
+         "a100": {"partition": "gpu", "gres": "gpu:a100", "cpus_per_gpu": 1}},
+        {"models": ["resnest_tiny_basic"], "datasets": ["synthetic"], "gpu_types": ["v100"],
+         "epochs": 2, "max_steps": 4, "overrides": {"batch_size": 32}, **sweep},
+    )  # fmt: skip
+
+
+def run_cli(tmp_path: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(EXE), *args], capture_output=True, text=True, cwd=tmp_path, env=nodes_env(),
+        timeout=timeout,
+    )  # fmt: skip
+
+
+def test_a_sweep_spreads_over_both_nodes_and_reads_as_on_one(tmp_path):
+    """Four one-GPU jobs (two variants on two GPU types, one of each type per node): the
+    arrays land on both nodes; status and table read as they do on one node."""
+    path = two_node_sweep(
+        tmp_path, "spread", models=["resnest_tiny_basic", "resnest_tiny_bottleneck"],
+        gpu_types=["v100", "a100"],
+    )  # fmt: skip
+    result = run_cli(tmp_path, "submit", str(path), "-q", "--wait", "--timeout", "500")
+    assert result.returncode == 0, result.stderr
+    assert "4 succeeded, 0 failed, 0 not run" in result.stderr
+    rows = store_of(tmp_path).jobs("spread")
+    hosts = {records(Path(row["job_dir"]), "start")[0]["hosts"][0] for row in rows}
+    assert hosts == {"node1", "node2"}
+    status = run_cli(tmp_path, "status", "-c", str(path))
+    assert status.returncode == 0 and "sweep spread: 4 succeeded" in status.stdout
+    table = run_cli(tmp_path, "table", "-c", str(path), "--format", "csv")
+    assert table.returncode == 0, table.stderr
+    assert sorted(line.split(",")[0] for line in table.stdout.splitlines()[1:]) == [
+        "a100", "v100",
+    ]  # fmt: skip
+
+
+def test_requeue_of_a_two_node_job_stops_every_rank_at_one_step_and_records_each_epoch_once(
+    tmp_path,
+):
+    path = two_node_sweep(tmp_path, "requeue-2n", epochs=6, max_steps=6, nodes=2)
+    submitted = run_cli(tmp_path, "submit", str(path), "-q")
+    assert submitted.returncode == 0, submitted.stderr
+    store = store_of(tmp_path)
+    (job,) = store.jobs("requeue-2n")
+    folder = Path(job["job_dir"])
+    slurm_id = job["launcher_job_id"].removeprefix("slurm:")
+    wait_for(lambda: (folder / "outbox.jsonl").is_file() and records(folder, "epoch"), 300,
+             "the first epoch")  # fmt: skip
+    requeue = subprocess.run(
+        ["scontrol", "requeue", slurm_id], capture_output=True, text=True, env=nodes_env(),
+        timeout=60,
+    )  # fmt: skip
+    assert requeue.returncode == 0, requeue.stderr
+    waited = run_cli(tmp_path, "status", "-c", str(path))
+    assert waited.returncode == 0
+
+    def done():
+        run_cli(tmp_path, "status", "-c", str(path))
+        return store.job(job["id"])["state"] in ("succeeded", "failed", "cancelled")
+
+    wait_for(done, 400, "the requeued job's end")
+    assert store.job(job["id"])["state"] == "succeeded"
+    epochs = records(folder, "epoch")
+    assert sorted(e["epoch"] for e in epochs) == [1, 2, 3, 4, 5, 6]  # each epoch once
+    starts = records(folder, "start")
+    assert [s["attempt"] for s in starts] == [0, 1] and starts[1]["resumed_from"] != [0, 0]
+    assert all(s["hosts"] == ["node1", "node2"] for s in starts)
+    logs = tmp_path / "results" / "requeue-2n" / "slurm"
+    stops = [
+        [line for line in (logs / f"{slurm_id}_{rank}_log.err").read_text().splitlines()
+         if "exiting for requeue" in line]
+        for rank in (0, 1)
+    ]  # fmt: skip
+    # Both ranks stopped at the same point, and said where; rank 0 wrote one checkpoint there.
+    assert len(stops[0]) == 1 and [s.split("] ", 1)[-1] for s in stops[1]] == [
+        s.split("] ", 1)[-1] for s in stops[0]
+    ]
+    epoch, step = starts[1]["resumed_from"]
+    saved = [e for e in records(folder, "event") if e["event"] == "checkpoint"]
+    assert [(e["epoch"], e["step"]) for e in saved if e["attempt"] == 0].count((epoch, step)) == 1
+
+
+def test_a_node_that_dies_mid_job_is_requeued_and_the_job_resumes_when_it_is_back(tmp_path):
+    """Node 2 crashes after the first epoch (its whole process namespace killed at once).
+    SLURM declares the node failed (NODE_FAIL) and requeues the job, as a cluster does;
+    `status` says so. When the node is back the job runs again as its next attempt, resumes
+    from its last checkpoint, and ends with the weights of an uninterrupted run."""
+    epochs, steps = 8, 4
+    path = two_node_sweep(tmp_path, "dead-node", epochs=epochs, max_steps=steps, nodes=2)
+    env = {**nodes_env(), "RESNEST_BENCH_COLLECTIVE_TIMEOUT": "15"}
+
+    def status() -> None:
+        subprocess.run([str(EXE), "status", "-c", str(path)], capture_output=True, cwd=tmp_path,
+                       env=env, timeout=120)  # fmt: skip
+
+    submitted = subprocess.run(
+        [str(EXE), "submit", str(path), "-q"], capture_output=True, text=True, cwd=tmp_path,
+        env=env, timeout=300,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    store = store_of(tmp_path)
+    (job,) = store.jobs("dead-node")
+    folder = Path(job["job_dir"])
+    wait_for(lambda: (folder / "outbox.jsonl").is_file() and records(folder, "epoch"), 300,
+             "the first epoch")  # fmt: skip
+    subprocess.run([str(NODES), "kill-node", "2"], check=True, capture_output=True, timeout=60)
+    try:
+
+        def requeued():
+            status()
+            row = store.job(job["id"])
+            return row if (row["reason"] or "").startswith("requeued after NODE_FAIL") else None
+
+        row = wait_for(requeued, 180, "SLURM's requeue after the node failure")
+        assert row["state"] == "submitted", row
+        # The node boots again once what is left of the first run on node 1 has gone (its
+        # srun would otherwise signal the requeued run's step, which has the same id).
+        wait_for(lambda: not processes_on("node1", "srun") and not processes_on(
+            "node1", "submitit"), 120, "the first run's end on node1")  # fmt: skip
+    finally:
+        subprocess.run([str(NODES), "start-node", "2"], check=True, capture_output=True,
+                       timeout=120)  # fmt: skip
+
+    def ended():
+        status()
+        return store.job(job["id"])["state"] in ("succeeded", "failed", "cancelled")
+
+    wait_for(ended, 400, "the job's end on the node that came back")
+    row = store.job(job["id"])
+    assert row["state"] == "succeeded" and row["attempt"] == 1, row
+    starts = records(folder, "start")
+    assert [s["attempt"] for s in starts] == [0, 1] and starts[1]["resumed_from"] != [0, 0]
+    assert starts[1]["hosts"] == ["node1", "node2"]
+    assert records(folder, "final")[-1]["ranks_consistent"] is True
+    assert_same_weights_as_one_process(folder, tmp_path, epochs, steps)
