@@ -116,7 +116,10 @@ class _Parser(argparse.ArgumentParser):
         raise OptionError(message)
 
 
+@functools.lru_cache(maxsize=8)
 def _settable_actions(stage: str) -> dict[str, argparse.Action]:
+    """The actions of the options a sweep may set (built once per stage: every export and
+    infer spec is checked against them)."""
     parser = _Parser(add_help=False)
     ADD_ARGUMENTS[stage](parser)
     return {a.dest: a for a in parser._actions if a.dest not in SET_BY_THE_HARNESS}

@@ -36,6 +36,26 @@ def nodes_env() -> dict[str, str]:
     return env
 
 
+def run_cli(tmp_path: Path, *args: str, env: dict | None = None, timeout: int = 600):
+    return subprocess.run(
+        [str(EXE), *args], capture_output=True, text=True, cwd=tmp_path,
+        env=env or nodes_env(), timeout=timeout,
+    )  # fmt: skip
+
+
+def submit_until_first_epoch(tmp_path: Path, path: Path, name: str, env: dict | None = None):
+    """Submit a sweep of one job; return the store, the job's row and folder once the job
+    has reported its first epoch."""
+    submitted = run_cli(tmp_path, "submit", str(path), "-q", env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    store = store_of(tmp_path)
+    (job,) = store.jobs(name)
+    folder = Path(job["job_dir"])
+    wait_for(lambda: (folder / "outbox.jsonl").is_file() and records(folder, "epoch"), 300,
+             "the first epoch")  # fmt: skip
+    return store, job, folder
+
+
 @pytest.fixture(scope="module", autouse=True)
 def two_nodes():
     try:
@@ -148,19 +168,10 @@ def test_a_hung_node_ends_the_job_within_the_collective_timeout_and_rerun_resume
     )  # fmt: skip
     env = {**nodes_env(), "RESNEST_BENCH_COLLECTIVE_TIMEOUT": "15"}
 
-    def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [str(EXE), *args], capture_output=True, text=True, cwd=tmp_path, env=env,
-            timeout=timeout,
-        )  # fmt: skip
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return run_cli(tmp_path, *args, env=env)
 
-    submitted = cli("submit", str(path), "-q")
-    assert submitted.returncode == 0, submitted.stderr
-    store = store_of(tmp_path)
-    (job,) = store.jobs("hung-node")
-    folder = Path(job["job_dir"])
-    wait_for(lambda: (folder / "outbox.jsonl").is_file() and records(folder, "epoch"), 300,
-             "the first epoch")  # fmt: skip
+    store, job, folder = submit_until_first_epoch(tmp_path, path, "hung-node", env)
     frozen = processes_on("node2", "submitit")
     assert frozen, "no task of the job on node2"
     for pid in frozen:
@@ -201,13 +212,6 @@ def two_node_sweep(tmp_path: Path, name: str, **sweep) -> Path:
     )  # fmt: skip
 
 
-def run_cli(tmp_path: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(EXE), *args], capture_output=True, text=True, cwd=tmp_path, env=nodes_env(),
-        timeout=timeout,
-    )  # fmt: skip
-
-
 def test_a_sweep_spreads_over_both_nodes_and_reads_as_on_one(tmp_path):
     """Four one-GPU jobs (two variants on two GPU types, one of each type per node): the
     arrays land on both nodes; status and table read as they do on one node."""
@@ -234,14 +238,8 @@ def test_requeue_of_a_two_node_job_stops_every_rank_at_one_step_and_records_each
     tmp_path,
 ):
     path = two_node_sweep(tmp_path, "requeue-2n", epochs=6, max_steps=6, nodes=2)
-    submitted = run_cli(tmp_path, "submit", str(path), "-q")
-    assert submitted.returncode == 0, submitted.stderr
-    store = store_of(tmp_path)
-    (job,) = store.jobs("requeue-2n")
-    folder = Path(job["job_dir"])
+    store, job, folder = submit_until_first_epoch(tmp_path, path, "requeue-2n")
     slurm_id = job["launcher_job_id"].removeprefix("slurm:")
-    wait_for(lambda: (folder / "outbox.jsonl").is_file() and records(folder, "epoch"), 300,
-             "the first epoch")  # fmt: skip
     requeue = subprocess.run(
         ["scontrol", "requeue", slurm_id], capture_output=True, text=True, env=nodes_env(),
         timeout=60,
@@ -286,19 +284,9 @@ def test_a_node_that_dies_mid_job_is_requeued_and_the_job_resumes_when_it_is_bac
     env = {**nodes_env(), "RESNEST_BENCH_COLLECTIVE_TIMEOUT": "15"}
 
     def status() -> None:
-        subprocess.run([str(EXE), "status", "-c", str(path)], capture_output=True, cwd=tmp_path,
-                       env=env, timeout=120)  # fmt: skip
+        run_cli(tmp_path, "status", "-c", str(path), env=env, timeout=120)
 
-    submitted = subprocess.run(
-        [str(EXE), "submit", str(path), "-q"], capture_output=True, text=True, cwd=tmp_path,
-        env=env, timeout=300,
-    )  # fmt: skip
-    assert submitted.returncode == 0, submitted.stderr
-    store = store_of(tmp_path)
-    (job,) = store.jobs("dead-node")
-    folder = Path(job["job_dir"])
-    wait_for(lambda: (folder / "outbox.jsonl").is_file() and records(folder, "epoch"), 300,
-             "the first epoch")  # fmt: skip
+    store, job, folder = submit_until_first_epoch(tmp_path, path, "dead-node", env)
     subprocess.run([str(NODES), "kill-node", "2"], check=True, capture_output=True, timeout=60)
     try:
 

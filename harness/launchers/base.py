@@ -89,6 +89,8 @@ class BaseLauncher:
         return folder_logs(job)
 
 
+# How each launcher's ids start in the store's launcher_job_id column.
+PREFIXES = {"local": "pid:", "slurm": "slurm:", "ray": "ray:"}
 LAUNCHERS = {
     "local": "harness.launchers.local:LocalLauncher",
     "slurm": "harness.launchers.slurm:SlurmLauncher",
@@ -110,7 +112,7 @@ def get(name: str, store: Store, config: Any = None) -> Launcher:
 def launcher_of(row: Row) -> str | None:
     """The name of the launcher that holds a job, from its launcher id; None if none does."""
     launcher_id = row.get("launcher_job_id") or ""
-    for name, prefix in (("local", "pid:"), ("slurm", "slurm:"), ("ray", "ray:")):
+    for name, prefix in PREFIXES.items():
         if launcher_id.startswith(prefix):
             return name
     return None

@@ -10,9 +10,10 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from harness.launchers.base import BaseLauncher, Driver, Row, last_line, write_spec
+from harness.launchers.base import PREFIXES, BaseLauncher, Driver, Row, last_line, write_spec
 from records.errors import OutboxError
 from records.lock import holder_of, is_held
 from records.outbox import NAME, final_state, read_outbox
@@ -80,8 +81,6 @@ class Processes:
                 del self.running[job_id]
                 done.append((job, code, last_line(Path(job["job_dir"]) / "stderr.log")))
         if not done:
-            import time
-
             time.sleep(Driver.POLL_S)
         return done
 
@@ -113,7 +112,7 @@ class LocalLauncher(BaseLauncher):
     """Jobs as processes of this machine; ``submit`` runs them to the end."""
 
     name = "local"
-    prefix = "pid:"
+    prefix = PREFIXES["local"]
 
     def submit(self, jobs: list[Row], progress: bool = True) -> dict[str, str]:
         config = self.sweep_config()

@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import ClusterConfig, GpuType
-from harness.launchers.base import BaseLauncher, Driver, Row, last_line, write_spec
+from harness.launchers.base import PREFIXES, BaseLauncher, Driver, Row, last_line, write_spec
 from records.errors import UserError
 from records.spec import EXIT_ALREADY_RUNNING, EXIT_DIVERGED, EXIT_OK, EXIT_USER_ERROR
 from records.store import Store
 
-PREFIX = "ray:"
+PREFIX = PREFIXES["ray"]
 NO_RETRY = (EXIT_OK, EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_ALREADY_RUNNING)
 
 

@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import ClusterConfig, GpuType
-from harness.launchers.base import BaseLauncher, Row, not_run, progress_bar, write_spec
+from harness.launchers.base import PREFIXES, BaseLauncher, Row, not_run, progress_bar, write_spec
 from harness.launchers.sacct import NOT_RUN, SACCT_FIELDS, map_state, parse_sacct
 from records.errors import UserError
 from records.store import Store
 
-PREFIX = "slurm:"
+PREFIX = PREFIXES["slurm"]
 POLL_MIN_S = 1.0
 POLL_MAX_S = 30.0
 
