@@ -205,6 +205,12 @@ kill_node() {  # kill_node I: the node crashes (everything on it dies at once)
 
 start_again() {  # start_again I: a killed node boots again and returns to service
     need_root
+    [ -d "$state/run" ] || { echo "slurm-nodes: not up: scripts/slurm-local.sh up --nodes N" >&2; exit 2; }
+    if alive "$state/run/holder-node$1.pid"; then
+        echo "slurm-nodes: node$1 is running" >&2
+        exit 2
+    fi
+    grep -q "^NodeName=node$1 " "$conf/slurm.conf" || { echo "slurm-nodes: no node$1 in $conf/slurm.conf" >&2; exit 2; }
     start_node "$1"
     wait_for 60 "node$1" sh -c "sinfo -h -N -p gpu -n node$1 -o %t | grep -qE '^(idle|mix|alloc)$'"
     echo "slurm-nodes: node$1 back"
@@ -213,8 +219,10 @@ start_again() {  # start_again I: a killed node boots again and returns to servi
 case "${1:-}" in
 up) up "${2:-2}" ;;
 down) down ;;
-kill-node) kill_node "${2:?which node: kill-node I}" ;;
-start-node) start_again "${2:?which node: start-node I}" ;;
+kill-node | start-node)
+    [[ "${2:-}" =~ ^[0-9]+$ ]] || { echo "slurm-nodes: $1 needs a node number, e.g. $1 2" >&2; exit 2; }
+    if [ "$1" = kill-node ]; then kill_node "$2"; else start_again "$2"; fi
+    ;;
 status)
     SLURM_CONF=$SLURM_CONF sinfo -N && sacct -n -X -S now-1hour | tail -n 5
     ;;
