@@ -261,7 +261,9 @@ def poll(store: Store, rows: list[Row]) -> dict[str, str]:
             new[row["id"]] = map_state(record, log_paths(row)[1])
     for row in rows:
         state, reason = new[row["id"]]
-        if reason == NOT_RUN:  # name the parent that did not succeed
+        # SLURM cancels a job whose parent failed (kill-on-invalid-dep); sacct does not always
+        # say it was for the dependency: name the parent that did not succeed either way.
+        if reason == NOT_RUN or (state == "cancelled" and reason in ("CANCELLED", "None", "")):
             for parent in row["depends_on"] or []:
                 parent_state = new[parent][0] if parent in new else store.job(parent)["state"]
                 if parent_state in ("failed", "cancelled"):
