@@ -143,6 +143,13 @@ def processes_on(node: str, fragment: str) -> list[int]:
     return found
 
 
+def logs_of(folder: Path) -> str:
+    """The tails of a job's SLURM logs, for an assertion's message."""
+    logs = sorted((folder.parent.parent / "slurm").glob("*_log.*"))
+    return "\n".join(f"== {p.name}\n" + "\n".join(p.read_text().splitlines()[-15:])
+                     for p in logs)  # fmt: skip
+
+
 def wait_for(predicate, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -297,10 +304,13 @@ def test_a_node_that_dies_mid_job_is_requeued_and_the_job_resumes_when_it_is_bac
 
         row = wait_for(requeued, 180, "SLURM's requeue after the node failure")
         assert row["state"] == "submitted", row
-        # The node boots again once what is left of the first run on node 1 has gone (its
-        # srun would otherwise signal the requeued run's step, which has the same id).
-        wait_for(lambda: not processes_on("node1", "srun") and not processes_on(
-            "node1", "submitit"), 120, "the first run's end on node1")  # fmt: skip
+        # The node boots again once what is left of the first run on node 1 has gone: its
+        # srun would otherwise signal the requeued run's step, which has the same id, and its
+        # batch step's late end (exit 143) would count as the requeued run's end. A real node
+        # takes minutes to boot; here it would take a second.
+        wait_for(lambda: not any(processes_on("node1", name)
+                                 for name in ("srun", "submitit", "slurmstepd")),
+                 120, "the first run's end on node1")  # fmt: skip
     finally:
         subprocess.run([str(NODES), "start-node", "2"], check=True, capture_output=True,
                        timeout=120)  # fmt: skip
@@ -311,7 +321,7 @@ def test_a_node_that_dies_mid_job_is_requeued_and_the_job_resumes_when_it_is_bac
 
     wait_for(ended, 400, "the job's end on the node that came back")
     row = store.job(job["id"])
-    assert row["state"] == "succeeded" and row["attempt"] == 1, row
+    assert row["state"] == "succeeded" and row["attempt"] == 1, (dict(row), logs_of(folder))
     starts = records(folder, "start")
     assert [s["attempt"] for s in starts] == [0, 1] and starts[1]["resumed_from"] != [0, 0]
     assert starts[1]["hosts"] == ["node1", "node2"]
