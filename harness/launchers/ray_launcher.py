@@ -197,8 +197,10 @@ def run_job_trainer(
     per_worker: dict[str, float],
     cpus: int,
     max_failures: int,
+    placement: str = "PACK",
 ) -> tuple[int, str]:
-    """A DDP job, inside a Ray task: a TorchTrainer with one worker per GPU."""
+    """A DDP job, inside a Ray task: a TorchTrainer with one worker per GPU, placed by
+    ``placement`` (``STRICT_SPREAD``: one worker per node; ``SPREAD``: over the nodes)."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -210,6 +212,7 @@ def run_job_trainer(
             num_workers=workers,
             use_gpu=use_gpu,
             resources_per_worker={**per_worker, "CPU": cpus},
+            placement_strategy=placement,
         ),
         run_config=RunConfig(
             name="ray-train",
@@ -225,6 +228,16 @@ def run_job_trainer(
     return EXIT_OK, ""
 
 
+def placement_for(nodes: int, gpus_per_node: int) -> str:
+    """Ray's placement strategy for a job's workers: as ``nodes`` asks, one worker per node
+    where a node holds one GPU of the job (``STRICT_SPREAD``: the job waits until that many
+    nodes have room), spread over the nodes where it holds several (``SPREAD``, best effort:
+    Ray has no "N per node"), and packed on as few nodes as possible for a one-node job."""
+    if nodes <= 1:
+        return "PACK"
+    return "STRICT_SPREAD" if gpus_per_node == 1 else "SPREAD"
+
+
 class RayTasks:
     """The Driver's backend on Ray: a task per job (a TorchTrainer's for DDP jobs)."""
 
@@ -236,6 +249,7 @@ class RayTasks:
         self.store = store
         self.settings = config.launcher.ray
         self.workers = config.sweep.gpus_per_job * config.sweep.nodes
+        self.placement = placement_for(config.sweep.nodes, config.sweep.gpus_per_job)
         self.use_gpu = _uses_gpus()
         self.single = ray.remote(run_job_process)
         self.trainer = ray.remote(run_job_trainer)
@@ -257,8 +271,9 @@ class RayTasks:
             ).remote(spec_path)  # fmt: skip
         else:  # the trainer task only coordinates: its workers hold the resources
             ref = self.trainer.options(num_cpus=0, max_retries=retries).remote(
-                spec_path, self.workers, self.use_gpu, per_gpu, gpu.cpus_per_gpu, retries
-            )
+                spec_path, self.workers, self.use_gpu, per_gpu, gpu.cpus_per_gpu, retries,
+                self.placement,
+            )  # fmt: skip
         self.store.set_state(
             job["id"], "running", launcher_job_id=RayLauncher.prefix + ref.task_id().hex(),
             attempt=job["attempt"],
