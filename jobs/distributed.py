@@ -11,6 +11,7 @@ import datetime
 import os
 import re
 import socket
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -129,9 +130,12 @@ def check_master(env: DistEnv) -> None:
         ) from None
 
 
-def init_process_group(env: DistEnv, device: torch.device) -> None:
+def init_process_group(env: DistEnv, device: torch.device) -> float | None:
+    """Form the process group; return the seconds the rendezvous took (None where there is
+    none to form: one process, or a group Ray Train formed before the job began)."""
     if not env.distributed or dist.is_initialized():
-        return
+        return None
+    started = time.monotonic()
     check_master(env)
     os.environ.setdefault("MASTER_ADDR", env.master_addr)
     os.environ.setdefault("MASTER_PORT", str(env.master_port))
@@ -143,6 +147,7 @@ def init_process_group(env: DistEnv, device: torch.device) -> None:
         device_id=device if device.type == "cuda" else None,
         timeout=datetime.timedelta(seconds=collective_timeout()),
     )
+    return time.monotonic() - started
 
 
 def shutdown(env: DistEnv) -> None:

@@ -29,7 +29,7 @@ def run(spec: TrainSpec, reporter: Reporter | None = None) -> dict[str, Any]:
     """Run one job to the end. Raises Diverged, Requeue, or a user error."""
     env = distributed.detect()
     device = distributed.select_device(env, spec.device)
-    distributed.init_process_group(env, device)
+    rendezvous_s = distributed.init_process_group(env, device)
     if reporter is None:
         reporter = (
             reporter_for(Path(spec.out_dir), spec.job_id, spec.attempt, spec.store)
@@ -43,7 +43,7 @@ def run(spec: TrainSpec, reporter: Reporter | None = None) -> dict[str, Any]:
     agreed = False
     try:
         try:
-            summary = Trainer(spec, env, device, reporter, stop).run()
+            summary = Trainer(spec, env, device, reporter, stop, rendezvous_s).run()
         except Diverged as exc:
             agreed = True
             if env.is_main:

@@ -51,12 +51,10 @@ class Trainer:
         device: torch.device,
         reporter: Reporter,
         stop: StopFlag,
+        rendezvous_s: float | None = None,
     ) -> None:
-        self.spec = spec
-        self.env = env
-        self.device = device
-        self.reporter = reporter
-        self.stop = stop
+        self.spec, self.env, self.device = spec, env, device
+        self.reporter, self.stop, self.rendezvous_s = reporter, stop, rendezvous_s
         self.recipe = get_recipe(spec.recipe, spec.stage, spec.overrides)
         try:
             resnest.get_config(spec.model)
@@ -278,6 +276,7 @@ class Trainer:
                     "recipe": as_dict(recipe),
                     "world_size": env.world_size,
                     "hosts": hosts,
+                    "rendezvous_s": self.rendezvous_s,
                     "device": str(self.device),
                     "steps_per_epoch": steps,
                     "resumed_from": [start_epoch, start_step],

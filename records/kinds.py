@@ -27,6 +27,8 @@ class Start(TypedDict, total=False):
     spec: dict[str, Any]  # the spec's to_dict; export and infer name the network they run
     world_size: int
     hosts: list[str]  # training: the host of each rank, in rank order
+    rendezvous_s: float | None  # training: seconds to form the process group (None: no group
+    # to form, or Ray Train formed it)
     resumed_from: list[int]  # [epoch, step]
     winner_of: list[dict[str, Any]]  # export of a sweep's winner: the ranking it chose from
 

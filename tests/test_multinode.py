@@ -91,6 +91,7 @@ def test_a_two_node_job_trains_across_hosts_exactly_as_one_process(tmp_path):
     folder = Path(job["job_dir"])
     (start,) = records(folder, "start")
     assert start["world_size"] == 2 and start["hosts"] == ["node1", "node2"]
+    assert 0 < start["rendezvous_s"] < 60, start  # both ranks met over the bridge
     epochs = records(folder, "epoch")
     assert [e["epoch"] for e in epochs] == [1, 2]
     assert all(e["world_size"] == 2 and e["images"] == 4 * 32 for e in epochs)
