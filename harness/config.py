@@ -96,8 +96,10 @@ class Sweep(_Strict):
     epochs: PositiveInt | None = None
     transfer_epochs: PositiveInt | None = None
     seeds: list[Annotated[int, Field(ge=0, lt=2**32)]] = Field(default=[0], min_length=1)
-    gpus_per_job: PositiveInt = 1
-    nodes: PositiveInt = 1
+    gpus_per_job: PositiveInt = 1  # per node: a job of N nodes has N x gpus_per_job GPUs
+    # Nodes per training job, or a list of node counts (an axis: each run on each count, and
+    # the table's scaling column compares them).
+    nodes: PositiveInt | list[PositiveInt] = 1
     gpu_types: list[str] = Field(min_length=1)
     repeats: PositiveInt = 1
     stages: list[Literal[STAGES]] = ["train"]  # type: ignore[valid-type]
@@ -114,6 +116,17 @@ class Sweep(_Strict):
     # the best final test accuracy, chosen from the store when those runs have ended. The
     # winner is exported and run once per GPU type of the sweep.
     deploy: Literal["all", "winner"] = "all"
+
+    @field_validator("nodes")
+    @classmethod
+    def _node_counts(cls, nodes: int | list[int]) -> int | list[int]:
+        if isinstance(nodes, list) and (not nodes or len(set(nodes)) != len(nodes)):
+            raise ValueError("expected a node count, or a list of different node counts")
+        return nodes
+
+    @property
+    def node_counts(self) -> list[int]:
+        return self.nodes if isinstance(self.nodes, list) else [self.nodes]
 
     @field_validator("export_options", "infer_options")
     @classmethod

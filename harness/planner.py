@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import json
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,16 @@ class JobPlan:
             "repeat": self.repeat,
             "after": ",".join(self.depends_on) or "-",
         }
+
+
+def layout(config: ClusterConfig, job: Mapping[str, Any]) -> tuple[int, int]:
+    """(GPUs per node, nodes) of a job's row: a training or transfer job runs the sweep's
+    ``gpus_per_job`` on each of its nodes (its ``gpus`` over that many); an export or
+    inference job is one process on one GPU."""
+    if job["stage"] in ("export", "infer"):
+        return 1, 1
+    per_node = config.sweep.gpus_per_job
+    return per_node, max(1, (job["gpus"] or per_node) // per_node)
 
 
 def job_dir(config: ClusterConfig, job_id: str) -> Path:
@@ -126,7 +137,8 @@ def _deploy(
     identity: dict[str, Any],
 ) -> None:
     """An export job from ``sources`` (one trained network, or the winner's candidates) and,
-    if the sweep infers, an inference job after it."""
+    if the sweep infers, an inference job after it: each one process on one GPU."""
+    common = {**common, "gpus_per_node": 1, "nodes": 1}
     export = _make(
         "export", common, dataset, sweep.recipe, dict(sweep.export_options), sources,
         identity=identity,
@@ -156,15 +168,14 @@ def plan(config: ClusterConfig) -> list[JobPlan]:
         identity["max_steps"] = sweep.max_steps
     jobs: list[JobPlan] = []
     candidates: dict[tuple[str, str], list[str]] = defaultdict(list)
-    axes = itertools.product(
-        sweep.models, sweep.datasets, sweep.gpu_types, sweep.seeds, range(sweep.repeats)
-    )
-    for model, dataset, gpu_type, seed, repeat in axes:
+    axes = itertools.product(sweep.models, sweep.datasets, sweep.gpu_types, sweep.node_counts,
+                             sweep.seeds, range(sweep.repeats))  # fmt: skip
+    for model, dataset, gpu_type, nodes, seed, repeat in axes:
         common = {
             "model": model,
             "gpu_type": gpu_type,
             "gpus_per_node": sweep.gpus_per_job,
-            "nodes": sweep.nodes,
+            "nodes": nodes,
             "seed": seed,
             "repeat": repeat,
         }
@@ -199,8 +210,8 @@ def plan(config: ClusterConfig) -> list[JobPlan]:
     for (_, dataset), ids in candidates.items():
         for gpu_type in sweep.gpu_types:
             common = {
-                "model": WINNER, "gpu_type": gpu_type, "gpus_per_node": sweep.gpus_per_job,
-                "nodes": sweep.nodes, "seed": sweep.seeds[0], "repeat": 0,
+                "model": WINNER, "gpu_type": gpu_type, "gpus_per_node": 1, "nodes": 1,
+                "seed": sweep.seeds[0], "repeat": 0,
             }  # fmt: skip
             _deploy(jobs, common, dataset, tuple(ids), sweep, identity)
     return [replace(job, spec=_spec(config, job)) for job in jobs]

@@ -56,33 +56,71 @@ def comparison(
     run: its training time x its GPUs x the price. A run whose GPU was not the GPU type asked
     for is counted in ``gpu mismatch``.
     """
-    groups = _groups(store, sweep)
-    gpu_types = sorted({gpu for gpu, _ in groups})
+    groups, shapes = _groups(store, sweep)
+    labels = sorted(shapes, key=lambda label: shapes[label])
     models = sorted({model for _, model in groups})
-    reference = reference or (gpu_types[0] if gpu_types else None)
+    if reference in {gpu for gpu, _ in shapes.values()}:  # a GPU type: its fewest nodes
+        reference = next(label for label in labels if shapes[label][0] == reference)
+    reference = reference or (labels[0] if labels else None)
+    several = len({nodes for _, nodes in shapes.values()}) > 1
     rows = []
-    for gpu in gpu_types:
-        row: dict[str, Any] = {"gpu_type": gpu}
+    for label in labels:
+        row: dict[str, Any] = {"gpu_type": label}
         for model in models:
-            g = groups.get((gpu, model), {})
+            g = groups.get((label, model), {})
             ref_time = _median(groups.get((reference, model), {}).get("epoch_time", []))
-            price = (prices or {}).get(gpu)
-            row.update({f"{model} {name}": value for name, value in _columns(g, ref_time, price)})
+            price = (prices or {}).get(shapes[label][0])
+            columns = _columns(g, ref_time, price)
+            if several:
+                columns.insert(3, ("scaling", _scaling(groups, shapes, label, model)))
+            row.update({f"{model} {name}": value for name, value in columns})
         rows.append(row)
     return rows
 
 
-def _groups(store: Store, sweep: str) -> dict[tuple[str, str], dict[str, list]]:
-    """(GPU type, model) -> lists of per-run figures: each training run's median over its
-    timed epochs, its final result; each transfer run's final accuracy."""
+def _scaling(groups: dict, shapes: dict[str, tuple[str, int]], label: str, model: str):
+    """Scaling efficiency on N nodes: images/s on N nodes over N/M times images/s on M, the
+    fewest nodes the sweep ran this GPU type and model on (M = 1: over N times one node)."""
+    by_shape = {shape: name for name, shape in shapes.items()}
+    gpu, nodes = shapes[label]
+    measured = sorted(
+        shape for shape, name in by_shape.items()
+        if shape[0] == gpu and groups.get((name, model), {}).get("images_per_sec")
+    )  # fmt: skip
+    ips = _median(groups.get((label, model), {}).get("images_per_sec", []))
+    if not measured or ips is None:
+        return None
+    base = measured[0]
+    base_ips = _median(groups[(by_shape[base], model)]["images_per_sec"])
+    return round(ips / (nodes / base[1] * base_ips), 3) if base_ips else None
+
+
+def _groups(store: Store, sweep: str):
+    """(row label, model) -> lists of per-run figures: each training run's median over its
+    timed epochs, its final result; each transfer run's final accuracy. Also row label ->
+    (GPU type, nodes): the label is the GPU type, with the node count where the sweep ran
+    several (``v100 (2 nodes)``)."""
     job_rows = queries.sweep_jobs(store, sweep)
     mismatched = queries.mismatched_jobs(store, sweep)
     final = queries.final_results(store, sweep)
+    per_node = ((store.sweep_config(sweep) or {}).get("sweep") or {}).get("gpus_per_job") or 1
+    nodes_of = {job_id: max(1, (job.gpus or 1) // per_node) for job_id, job in job_rows.items()}
+    several = len({nodes_of[i] for i, job in job_rows.items()
+                   if job.stage in ("train", "transfer")}) > 1  # fmt: skip
+    shapes: dict[str, tuple[str, int]] = {}
+
+    def label(job_id: str) -> str:
+        job, nodes = job_rows[job_id], nodes_of[job_id]
+        text = f"{job.gpu_type} ({nodes} node{'s' if nodes > 1 else ''})"
+        text = text if several else job.gpu_type
+        shapes[text] = (job.gpu_type, nodes)
+        return text
+
     groups: dict[tuple[str, str], dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for job_id, job_epochs in queries.train_epochs(store, sweep).items():
         job = job_rows[job_id]
         timed = [r for r in job_epochs if not r.warmup] or job_epochs
-        g = groups[(job.gpu_type, job.model)]
+        g = groups[(label(job_id), job.model)]
         g["gpus"].append(job.gpus or 1)
         times = [r.epoch_time for r in timed]
         g["epoch_time"].append(statistics.median(times))
@@ -104,8 +142,8 @@ def _groups(store: Store, sweep: str) -> dict[tuple[str, str], dict[str, list]]:
     for job_id, result in final.items():
         job = job_rows[job_id]
         if job.stage == "transfer":
-            groups[(job.gpu_type, job.model)]["transfer_acc"].append(result.final_test_acc)
-    return groups
+            groups[(label(job_id), job.model)]["transfer_acc"].append(result.final_test_acc)
+    return groups, shapes
 
 
 def _median(values: list[float]) -> float | None:

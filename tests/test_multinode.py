@@ -6,6 +6,7 @@ The nodes' GPU types are gres entries backed by /dev/null and /dev/zero, as on t
 single-node cluster: the jobs run on the CPU.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -240,6 +241,27 @@ def test_a_sweep_spreads_over_both_nodes_and_reads_as_on_one(tmp_path):
     assert sorted(line.split(",")[0] for line in table.stdout.splitlines()[1:]) == [
         "a100", "v100",
     ]  # fmt: skip
+
+
+def test_a_sweep_over_node_counts_runs_each_shape_and_the_table_gives_its_scaling(tmp_path):
+    """``nodes: [1, 2]``: one job on one node, one across both (two arrays, one per shape);
+    the table has a row per node count with its scaling efficiency (images/s on two nodes
+    over twice one node's)."""
+    path = two_node_sweep(tmp_path, "counts", nodes=[1, 2])
+    result = run_cli(tmp_path, "submit", str(path), "-q", "--wait", "--timeout", "500")
+    assert result.returncode == 0, result.stderr
+    assert "2 succeeded, 0 failed, 0 not run" in result.stderr
+    hosts = sorted(len(records(Path(r["job_dir"]), "start")[0]["hosts"])
+                   for r in store_of(tmp_path).jobs("counts"))  # fmt: skip
+    assert hosts == [1, 2]
+    table = run_cli(tmp_path, "table", "-c", str(path), "--format", "json")
+    assert table.returncode == 0, table.stderr
+    rows = {r["gpu_type"]: r for r in json.loads(table.stdout)}
+    assert sorted(rows) == ["v100 (1 node)", "v100 (2 nodes)"]
+    one, two = (rows[k]["resnest_tiny_basic img/s"] for k in sorted(rows))
+    scaling = rows["v100 (2 nodes)"]["resnest_tiny_basic scaling"]
+    assert scaling == pytest.approx(two / (2 * one), abs=2e-3) and scaling > 0
+    assert rows["v100 (1 node)"]["resnest_tiny_basic scaling"] == 1.0
 
 
 def test_requeue_of_a_two_node_job_stops_every_rank_at_one_step_and_records_each_epoch_once(

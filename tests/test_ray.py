@@ -213,6 +213,13 @@ def test_gpu_type_the_ray_cluster_lacks_fails_at_submission(ray_ns, tmp_path):
         result.stderr
     )
     assert {r["state"] for r in store_of(tmp_path).jobs("ray-k80")} == {"pending"}
+    data["gpu_types"]["k80"]["ray_resource"] = "v100"  # two of them: room for two workers
+    data["sweep"].update(gpus_per_job=1, nodes=[1, 2])  # one worker per node: needs two nodes
+    path.write_text(yaml.safe_dump(data))
+    result = cli(ray_ns, "submit", str(path), "-q", cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "sweep.nodes: a job of 2 nodes, the Ray cluster has 1 alive node(s)" in result.stderr
+    assert {r["state"] for r in store_of(tmp_path).jobs("ray-k80")} == {"pending"}
 
 
 def test_local_ray_started_for_the_sweep(ray_ns, tmp_path):

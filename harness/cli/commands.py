@@ -211,7 +211,8 @@ def cmd_table(args: argparse.Namespace) -> int:
         return 0
     rows = comparison(store, sweep_name, args.reference, prices=prices_of(store, sweep_name))
     measured = [row["gpu_type"] for row in rows]
-    if args.reference and args.reference not in measured:
+    types = {label.split(" (", 1)[0] for label in measured}  # "v100 (2 nodes)": a v100 row
+    if args.reference and args.reference not in {*measured, *types}:
         raise UserError(
             f"--reference {args.reference!r}: no finished run on that GPU type in sweep "
             f"{sweep_name!r} (it has: {', '.join(measured) or 'none yet'})"

@@ -113,13 +113,15 @@ COMMANDS: list[dict[str, Any]] = [
     dict(
         name="table", func="commands:cmd_table",
         help="the GPU comparison table of a sweep",
-        description="Rows: GPU types; per model: median epoch time (warm-up excluded), "
-        "images/s, speedup against the reference GPU type, final and best test accuracy, time "
-        "to target, transfer accuracy, runs, CV.",
+        description="Rows: GPU types (per node count, where the sweep ran several); per "
+        "model: median epoch time (warm-up excluded), images/s, speedup against the reference "
+        "GPU type, scaling efficiency (several node counts: images/s on N nodes over N times "
+        "one node), final and best test accuracy, time to target, transfer accuracy, runs, CV.",
         args=[
             arg("sweep", nargs="?"),
             arg("--format", choices=TABLE_FORMATS, default="table"),
-            arg("--reference", help="GPU type for the speedup column (default: first)"),
+            arg("--reference", help="GPU type (or row, such as 'v100 (2 nodes)') for the "
+                "speedup column (default: the first row)"),
             arg("--deploy", action="store_true",
                 help="the deployment table instead: per network and runtime, test accuracy, "
                 "time per image at batch 1, best throughput, size on disk, top-1 agreement "

@@ -32,6 +32,7 @@ from typing import Any
 
 from harness.config import ClusterConfig, GpuType
 from harness.launchers.base import PREFIXES, BaseLauncher, Driver, Row, last_line, write_spec
+from harness.planner import layout
 from records.errors import UserError
 from records.spec import EXIT_ALREADY_RUNNING, EXIT_DIVERGED, EXIT_OK, EXIT_USER_ERROR
 from records.store import Store
@@ -161,6 +162,18 @@ def check_gpu_types(config: ClusterConfig, used: set[str], workers: int) -> None
                 )
 
 
+def check_nodes(nodes: int) -> None:
+    """A job of N nodes places one worker per node at least N nodes apart: refuse it where
+    the cluster has fewer alive nodes, or Ray would wait for them for ever."""
+    import ray
+
+    alive = sum(1 for node in ray.nodes() if node["Alive"])
+    if nodes > alive:
+        raise UserError(
+            f"sweep.nodes: a job of {nodes} nodes, the Ray cluster has {alive} alive node(s)"
+        )
+
+
 def _uses_gpus() -> bool:
     import ray
 
@@ -248,8 +261,6 @@ class RayTasks:
         self.config = config
         self.store = store
         self.settings = config.launcher.ray
-        self.workers = config.sweep.gpus_per_job * config.sweep.nodes
-        self.placement = placement_for(config.sweep.nodes, config.sweep.gpus_per_job)
         self.use_gpu = _uses_gpus()
         self.single = ray.remote(run_job_process)
         self.trainer = ray.remote(run_job_trainer)
@@ -264,15 +275,16 @@ class RayTasks:
         gpu = self.config.gpu_types[job["gpu_type"]]
         per_gpu = resources_of(gpu)
         retries = self.settings.max_retries
-        if self.workers == 1 or job["stage"] not in ("train", "transfer"):
+        per_node, nodes = layout(self.config, job)
+        if per_node * nodes == 1:
             ref = self.single.options(
                 num_cpus=gpu.cpus_per_gpu, num_gpus=1 if self.use_gpu else 0, resources=per_gpu,
                 max_retries=retries,
             ).remote(spec_path)  # fmt: skip
         else:  # the trainer task only coordinates: its workers hold the resources
             ref = self.trainer.options(num_cpus=0, max_retries=retries).remote(
-                spec_path, self.workers, self.use_gpu, per_gpu, gpu.cpus_per_gpu, retries,
-                self.placement,
+                spec_path, per_node * nodes, self.use_gpu, per_gpu, gpu.cpus_per_gpu, retries,
+                placement_for(nodes, per_node),
             )  # fmt: skip
         self.store.set_state(
             job["id"], "running", launcher_job_id=RayLauncher.prefix + ref.task_id().hex(),
@@ -318,8 +330,10 @@ class RayLauncher(BaseLauncher):
         """Connect, and check that the cluster can run the jobs; nothing runs yet."""
         config = self.sweep_config()
         connect(config.launcher.ray.address)
-        workers = config.sweep.gpus_per_job * config.sweep.nodes
+        shapes = [layout(config, job) for job in jobs]
+        workers = max((per_node * nodes for per_node, nodes in shapes), default=1)
         check_gpu_types(config, {job["gpu_type"] for job in jobs}, workers)
+        check_nodes(max((nodes for _, nodes in shapes), default=1))
 
     def submit(self, jobs: list[Row], progress: bool = True) -> dict[str, str]:
         self.check(jobs)

@@ -27,6 +27,7 @@ from typing import Any
 from harness.config import ClusterConfig, GpuType
 from harness.launchers.base import PREFIXES, BaseLauncher, Row, not_run, progress_bar, write_spec
 from harness.launchers.sacct import NOT_RUN, SACCT_FIELDS, map_state, parse_sacct
+from harness.planner import layout
 from records.errors import UserError
 from records.store import Store
 
@@ -159,7 +160,6 @@ def submit(config: ClusterConfig, store: Store, jobs: list[Row]) -> dict[str, st
         store.set_state(job["id"], "pending", attempt=job["attempt"], reason=None)
     folder = Path(config.results_dir).resolve() / config.name / "slurm"
     folder.mkdir(parents=True, exist_ok=True)
-    sweep = config.sweep
     requeue = config.launcher.slurm.requeue_on_preemption
     ids = {job["id"] for job in jobs}
     submitted: dict[str, str] = {}
@@ -168,16 +168,16 @@ def submit(config: ClusterConfig, store: Store, jobs: list[Row]) -> dict[str, st
         return SlurmTask(str(write_spec(store, job)), requeue)
 
     def params(job: Row) -> dict[str, Any]:
-        gpu = config.gpu_types[job["gpu_type"]]
-        return sbatch_parameters(gpu, sweep.gpus_per_job, sweep.nodes)
+        return sbatch_parameters(config.gpu_types[job["gpu_type"]], *layout(config, job))
 
     free = [job for job in jobs if not set(job["depends_on"] or []) & ids]
     waiting = [job for job in jobs if set(job["depends_on"] or []) & ids]
-    groups: dict[str, list[Row]] = defaultdict(list)
+    # One array per GPU type and job shape (the tasks of an array share their sbatch options).
+    groups: dict[tuple[str, tuple[int, int]], list[Row]] = defaultdict(list)
     for job in free:
-        groups[job["gpu_type"]].append(job)
+        groups[(job["gpu_type"], layout(config, job))].append(job)
     try:
-        for gpu_type, group in groups.items():
+        for (gpu_type, _), group in groups.items():
             executor = _executor(
                 folder,
                 {
