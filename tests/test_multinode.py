@@ -46,14 +46,16 @@ def run_cli(tmp_path: Path, *args: str, env: dict | None = None, timeout: int = 
 
 def submit_until_first_epoch(tmp_path: Path, path: Path, name: str, env: dict | None = None):
     """Submit a sweep of one job; return the store, the job's row and folder once the job
-    has reported its first epoch."""
+    has checkpointed its first epoch."""
     submitted = run_cli(tmp_path, "submit", str(path), "-q", env=env)
     assert submitted.returncode == 0, submitted.stderr
     store = store_of(tmp_path)
     (job,) = store.jobs(name)
     folder = Path(job["job_dir"])
-    wait_for(lambda: (folder / "outbox.jsonl").is_file() and records(folder, "epoch"), 300,
-             "the first epoch")  # fmt: skip
+    # The first epoch's checkpoint record follows its epoch record by a moment.
+    wait_for(lambda: (folder / "outbox.jsonl").is_file() and any(
+        e["event"] == "checkpoint" for e in records(folder, "event")), 300,
+        "the first epoch's checkpoint")  # fmt: skip
     return store, job, folder
 
 
