@@ -43,8 +43,8 @@ CONF = "/etc/slurm-nodes/slurm.conf"
 
 
 def environment() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}
-    env.pop("GLOO_SOCKET_IFNAME", None)
+    loopback_only = ("MASTER_ADDR", "MASTER_PORT", "GLOO_SOCKET_IFNAME")
+    env = {k: v for k, v in os.environ.items() if k not in loopback_only}
     return {**env, "SLURM_CONF": CONF, "OMP_NUM_THREADS": "1"}
 
 

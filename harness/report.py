@@ -81,18 +81,17 @@ def comparison(
 def _scaling(groups: dict, shapes: dict[str, tuple[str, int]], label: str, model: str):
     """Scaling efficiency on N nodes: images/s on N nodes over N/M times images/s on M, the
     fewest nodes the sweep ran this GPU type and model on (M = 1: over N times one node)."""
-    by_shape = {shape: name for name, shape in shapes.items()}
     gpu, nodes = shapes[label]
     measured = sorted(
-        shape for shape, name in by_shape.items()
+        (shape[1], _median(groups[(name, model)]["images_per_sec"]))
+        for name, shape in shapes.items()
         if shape[0] == gpu and groups.get((name, model), {}).get("images_per_sec")
-    )  # fmt: skip
+    )
     ips = _median(groups.get((label, model), {}).get("images_per_sec", []))
-    if not measured or ips is None:
+    if not measured or ips is None or not measured[0][1]:
         return None
-    base = measured[0]
-    base_ips = _median(groups[(by_shape[base], model)]["images_per_sec"])
-    return round(ips / (nodes / base[1] * base_ips), 3) if base_ips else None
+    base_nodes, base_ips = measured[0]
+    return round(ips / (nodes / base_nodes * base_ips), 3)
 
 
 def _groups(store: Store, sweep: str):

@@ -52,11 +52,16 @@ def submit_until_first_epoch(tmp_path: Path, path: Path, name: str, env: dict | 
     store = store_of(tmp_path)
     (job,) = store.jobs(name)
     folder = Path(job["job_dir"])
-    # The first epoch's checkpoint record follows its epoch record by a moment.
-    wait_for(lambda: (folder / "outbox.jsonl").is_file() and any(
-        e["event"] == "checkpoint" for e in records(folder, "event")), 300,
-        "the first epoch's checkpoint")  # fmt: skip
+    wait_for(lambda: checkpointed(folder), 300, "the first epoch's checkpoint")
     return store, job, folder
+
+
+def checkpointed(folder: Path) -> bool:
+    """Whether the job has recorded a checkpoint (the first epoch's follows its epoch
+    record by a moment: a node lost between the two resumes from the start)."""
+    return (folder / "outbox.jsonl").is_file() and any(
+        e["event"] == "checkpoint" for e in records(folder, "event")
+    )
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -23,6 +23,7 @@ from .jobtools import records, store_of, write_cluster
 from .test_multinode import (
     STATE,
     assert_same_weights_as_one_process,
+    checkpointed,
     nodes_env,
     processes_on,
     wait_for,
@@ -160,10 +161,7 @@ def test_a_killed_ray_worker_is_restarted_and_resumes_from_its_checkpoint(ray_no
                          and store_of(tmp_path), 120, "the store")  # fmt: skip
         job = wait_for(lambda: store.jobs("ray-kill"), 60, "the job's row")[0]
         folder = Path(job["job_dir"])
-        # After the first epoch's checkpoint (its record follows the epoch's by a moment).
-        wait_for(lambda: (folder / "outbox.jsonl").is_file() and any(
-            e["event"] == "checkpoint" for e in records(folder, "event")), 300,
-            "the first checkpoint")  # fmt: skip
+        wait_for(lambda: checkpointed(folder), 300, "the first epoch's checkpoint")
         (worker,) = processes_on("node2", "RayTrainWorker")
         os.kill(worker, signal.SIGKILL)
         _, err = process.communicate(timeout=600)
