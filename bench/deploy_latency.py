@@ -1,19 +1,22 @@
-"""The study's CPU deployment comparison: PyTorch eager against ONNX Runtime and INT8 ONNX
-Runtime, batch 1, both ResNeSt-50 variants, threads fixed, in one run.
+"""The study's CPU deployment comparison: PyTorch eager against ONNX Runtime, INT8 ONNX Runtime
+and Caffe2, batch 1, both ResNeSt-50 variants, threads fixed, in one run.
 
 Weights: each variant trained on Fashion-MNIST (Debian's dataset-fashion-mnist) for
 ``--train-steps`` steps of the study's recipe here, or taken from training job folders
 (``--weights-bottleneck DIR --weights-basic DIR``). Then for each variant: ONNX export (opset
-18), static INT8 quantization (QDQ, per-channel, calibrated on 256 training images), batch-1
-latency with ``--threads`` threads (warm-up excluded, median of ``--iters``) and accuracy over
-the whole test set in each runtime (with ``--eval-threads``: only the latency is timed), top-1
-agreement with eager, and the size on disk.
+18; opset 11 for Caffe2), static INT8 quantization (QDQ, per-channel, calibrated on 256
+training images), batch-1 latency with ``--threads`` threads (warm-up excluded, median of
+``--iters``) and accuracy over the whole test set in each runtime (with ``--eval-threads``:
+only the latency is timed), top-1 agreement with eager, the largest logit difference from
+eager, and the size on disk. Caffe2 runs in its own interpreter (``scripts/caffe2-env.sh up``;
+``--caffe2-python``), timed inside it; without one its rows say why.
 
 Targets: ONNX Runtime at least 2x faster than eager at batch 1 with 100% top-1 agreement;
-INT8 at least 3x smaller than the fp32 ONNX file with at most 0.5 points of accuracy lost.
+INT8 at least 3x smaller than the fp32 ONNX file with at most 0.5 points of accuracy lost;
+Caffe2 with 100% top-1 agreement (its opset-11 file within 1e-4 of eager).
 
     python bench/deploy_latency.py [--threads 2] [--train-steps 200] [--iters 50]
-        [--weights-bottleneck DIR --weights-basic DIR] [--data-dir DIR]
+        [--weights-bottleneck DIR --weights-basic DIR] [--data-dir DIR] [--caffe2-python PATH]
 """
 
 from __future__ import annotations
@@ -29,9 +32,10 @@ import numpy as np
 import torch
 
 from jobs import data
+from jobs.caffe2_runtime import Caffe2Error, Caffe2Runtime
 from jobs.data import normalise
 from jobs.export import export_all, load_trained
-from jobs.infer import predictions, quantize_int8, time_batches
+from jobs.infer import logits_of, quantize_int8, time_batches
 from jobs.runtimes import onnx_session
 
 VARIANTS = ("resnest50_bottleneck", "resnest50_basic")
@@ -58,6 +62,7 @@ def main() -> None:
     parser.add_argument("--models", nargs=2, default=VARIANTS, metavar=("BOTTLENECK", "BASIC"))
     parser.add_argument("--weights-bottleneck")
     parser.add_argument("--weights-basic")
+    parser.add_argument("--caffe2-python", type=Path, help="default: scripts/caffe2-env.sh's")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="deploy-bench-"))
@@ -73,7 +78,7 @@ def main() -> None:
           f"{onnxruntime.__version__}")  # fmt: skip
     w = max(len(name) for name in args.models) + 2
     header = f"{'model':<{w}}{'runtime':<18}{'ms @1':>8}{'speedup':>9}{'acc %':>8}"
-    header += f"{'agree %':>9}{'MB':>8}"
+    header += f"{'agree %':>9}{'max diff':>10}{'MB':>8}"
     print(header)
     for variant in args.models:
         given = args.weights_bottleneck if "bottleneck" in variant else args.weights_basic
@@ -86,9 +91,12 @@ def main() -> None:
                            aoti=None)  # fmt: skip
         int8 = quantize_int8(paths["onnx"], calibration)
         files = {"onnxruntime": paths["onnx"], "onnxruntime-int8": int8}
+        log = work / f"{variant}-caffe2.log"
 
-        def runner(name: str, threads: int, model=model, files=files):
+        def runner(name: str, threads: int, model=model, files=files, log=log, paths=paths):
             """The runtime with ``threads`` threads: an fp32 NCHW batch -> logits."""
+            if name == "caffe2":
+                return Caffe2Runtime(paths["onnx_opset11"], log, args.caffe2_python, threads)
             if name == "eager":
                 torch.set_num_threads(threads)
 
@@ -104,25 +112,37 @@ def main() -> None:
             "eager": paths["state_dict"].stat().st_size,
             "onnxruntime": paths["onnx"].stat().st_size,
             "onnxruntime-int8": int8.stat().st_size,
+            "caffe2": paths["onnx_opset11"].stat().st_size,
         }
         reference = None
         base_ms = None
         accuracies = {}
-        for name in ("eager", "onnxruntime", "onnxruntime-int8"):
+        for name in ("eager", "onnxruntime", "onnxruntime-int8", "caffe2"):
             one = np.ascontiguousarray(images[:1])
-            timing = time_batches(runner(name, args.threads), one, warmup=5, iters=args.iters)
-            predicted = predictions(runner(name, args.eval_threads), images, 256)
+            try:
+                timed, evaluated = runner(name, args.threads), runner(name, args.eval_threads)
+            except Caffe2Error as exc:
+                print(f"{variant:<{w}}{name:<18}unavailable: {exc}", flush=True)
+                continue
+            timing = time_batches(timed, one, warmup=5, iters=args.iters)
+            logits = logits_of(evaluated, images, 256)
+            for run in (timed, evaluated):
+                getattr(run, "close", lambda: None)()
             if reference is None:
-                reference, base_ms = predicted, timing["latency_p50_ms"]
+                reference, base_ms = logits, timing["latency_p50_ms"]
+            predicted = logits.argmax(1)
             accuracy = 100 * float((predicted == labels).mean())
-            agreement = 100 * float((predicted == reference).mean())
+            agreement = 100 * float((predicted == reference.argmax(1)).mean())
+            diff = float(np.abs(logits - reference).max())
             accuracies[name] = accuracy
             print(
                 f"{variant:<{w}}{name:<18}{timing['latency_p50_ms']:8.2f}"
                 f"{base_ms / timing['latency_p50_ms']:8.2f}x{accuracy:8.2f}{agreement:9.2f}"
-                f"{sizes[name] / 1e6:8.2f}",
+                f"{diff:10.1e}{sizes[name] / 1e6:8.2f}",
                 flush=True,
             )
+            if name == "caffe2":
+                print(f"{'':<{w}}Caffe2: {timed.versions}", flush=True)
         ratio = sizes["onnxruntime"] / sizes["onnxruntime-int8"]
         change = accuracies["onnxruntime-int8"] - accuracies["onnxruntime"]
         print(f"{'':<{w}}INT8 / fp32 ONNX size: 1/{ratio:.2f}; INT8 accuracy {change:+.2f} pt")

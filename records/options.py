@@ -105,6 +105,11 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-images", type=non_negative, default=0, help="0: the whole test set")
     parser.add_argument("--calibration-images", type=positive, default=256)
     parser.add_argument("--device", default="auto", type=_device)
+    parser.add_argument(
+        "--caffe2-python", default="",
+        help="the Caffe2 runtime's interpreter (default: $RESNEST_BENCH_CAFFE2_PYTHON, else "
+        "where scripts/caffe2-env.sh up puts it)",
+    )  # fmt: skip
     add_identity_arguments(parser)
 
 

@@ -167,6 +167,7 @@ class InferSpec(_DeploySpec):
     threads: int | None = None  # default: torch's own thread count
     test_images: int = 0  # 0: the whole test set
     calibration_images: int = 256
+    caffe2_python: str = ""  # the Caffe2 interpreter; "": jobs.caffe2_runtime.default_python()
 
 
 Spec = TrainSpec | TransferSpec | ExportSpec | InferSpec

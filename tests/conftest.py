@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -24,3 +26,15 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             elif isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)) and module.bias is not None:
                 module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.1)
     return model
+
+
+# The Caffe2 runtime's interpreter (Python 3.9, torch 1.10.2) when .ci/run built one
+# (scripts/caffe2-env.sh up), else none: never whatever this user's home holds.
+CAFFE2_PYTHON = os.environ.get("RESNEST_BENCH_TEST_CAFFE2", "")
+needs_caffe2 = pytest.mark.skipif(
+    not CAFFE2_PYTHON, reason="set RESNEST_BENCH_TEST_CAFFE2 to a Caffe2 interpreter"
+)
+
+
+def pytest_configure(config):
+    os.environ["RESNEST_BENCH_CAFFE2_PYTHON"] = CAFFE2_PYTHON or "/nonexistent/caffe2/python"
