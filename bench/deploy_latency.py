@@ -2,7 +2,7 @@
 and Caffe2, batch 1, both ResNeSt-50 variants, threads fixed, in one run.
 
 Weights: each variant trained on Fashion-MNIST (Debian's dataset-fashion-mnist) for
-``--train-steps`` steps of the study's recipe here, or taken from training job folders
+``--train-steps`` steps here (``--lr``, cosine), or taken from training job folders
 (``--weights-bottleneck DIR --weights-basic DIR``). Then for each variant: ONNX export (opset
 18; opset 11 for Caffe2), static INT8 quantization (QDQ, per-channel, calibrated on 256
 training images), batch-1 latency with ``--threads`` threads (warm-up excluded, median of
@@ -42,10 +42,13 @@ VARIANTS = ("resnest50_bottleneck", "resnest50_basic")
 FASHION = "/usr/share/datasets/fashion-mnist"
 
 
-def train(model: str, folder: Path, steps: int, data_dir: str) -> Path:
+def train(model: str, folder: Path, steps: int, data_dir: str, lr: float) -> Path:
+    """A few hundred steps, enough for weights whose logits mean something: the study's
+    lr of 0.1 without its warm-up epochs diverges this early, so a lower lr, cosine."""
     cmd = [
         sys.executable, "-m", "jobs.train", "--model", model, "--dataset", "fashion-mnist",
         "--data-dir", data_dir, "--epochs", "1", "--max-steps", str(steps), "--batch-size", "64",
+        "--lr", str(lr), "--set", "schedule=cosine", "--set", "augment=false",
         "--telemetry-interval", "0", "--out", str(folder),
     ]  # fmt: skip
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -56,6 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train-steps", type=int, default=200)
+    parser.add_argument("--lr", type=float, default=0.02, help="for the training steps")
     parser.add_argument("--eval-threads", type=int, default=os.cpu_count())
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--data-dir", default=FASHION, help="Fashion-MNIST IDX files")
@@ -85,7 +89,7 @@ def main() -> None:
         if given:
             source = Path(given)
         else:
-            source = train(variant, work / variant, args.train_steps, args.data_dir)
+            source = train(variant, work / variant, args.train_steps, args.data_dir, args.lr)
         model, _ = load_trained(source)
         paths = export_all(model, torch.from_numpy(images[:2]), work / f"{variant}-export",
                            aoti=None)  # fmt: skip

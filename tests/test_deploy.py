@@ -148,18 +148,31 @@ def test_inference_in_every_runtime_available_here(exports):
     assert int8["bytes"] < by[("onnxruntime", 1)]["bytes"]
 
 
-@needs_caffe2
-def test_caffe2_runs_each_variant_with_parity_over_real_images(exported):
+@pytest.fixture(scope="module")
+def caffe2_inferences(exports):
+    """Each variant's export in eager and Caffe2 over 2,000 real test images: variant -> the
+    inference job's folder."""
+    if not CAFFE2_PYTHON:
+        pytest.skip("set RESNEST_BENCH_TEST_CAFFE2 to a Caffe2 interpreter")
+    folders = {}
+    for variant, folder in exports.items():
+        out = folder / "infer-caffe2"
+        result = job(
+            "jobs.infer", "--from", str(folder / "export"), "--out", str(out), *DATA,
+            "--runtimes", "eager", "caffe2", "--batches", "1", "64", "--iters", "5",
+            "--threads", "2", "--test-images", "2000", "--job-id", f"caffe2-{variant}",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        folders[variant] = out
+    return folders
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_caffe2_runs_each_variant_with_parity_over_real_images(caffe2_inferences, exports, variant):
     """The study's second runtime for real: the opset-11 file in Caffe2 (torch 1.10.2, Python
     3.9, a child process of its own) gives eager's logits and accuracy on real images."""
-    out = exported / "infer-caffe2"
-    result = job(
-        "jobs.infer", "--from", str(exported / "export"), "--out", str(out), *DATA,
-        "--runtimes", "eager", "caffe2", "--batches", "1", "64", "--iters", "5",
-        "--threads", "2", "--test-images", "2000",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    rows = {(r["runtime"], r["batch_size"]): r for r in records(out, "inference")}
+    measured = records(caffe2_inferences[variant], "inference")
+    rows = {(r["runtime"], r["batch_size"]): r for r in measured}
     assert set(rows) == {(name, b) for name in ("eager", "caffe2") for b in (1, 64)}
     eager, caffe2 = rows[("eager", 1)], rows[("caffe2", 1)]
     assert caffe2["available"] and caffe2["device"] == "cpu" and caffe2["test_images"] == 2000
@@ -168,12 +181,37 @@ def test_caffe2_runs_each_variant_with_parity_over_real_images(exported):
     assert caffe2["test_accuracy"] == eager["test_accuracy"]
     assert caffe2["versions"]["torch"].startswith("1.10.2")
     assert caffe2["versions"]["python"].startswith("3.9.")
-    opset11 = exported / "export" / "artifacts" / "model.caffe2.onnx"
+    opset11 = exports[variant] / "export" / "artifacts" / "model.caffe2.onnx"
     assert caffe2["bytes"] == opset11.stat().st_size
     for b in (1, 64):  # timed in the child, around Caffe2's run alone
         row = rows[("caffe2", b)]
         assert 0 < row["latency_p50_ms"] <= row["latency_p95_ms"] <= row["latency_p99_ms"]
         assert row["iterations"] == 5 and row["images_per_sec"] > 0
+
+
+def test_the_deployment_table_shows_caffe2_for_both_variants(caffe2_inferences, tmp_path):
+    """Jobs run by hand, ingested as a sweep: ``table --deploy`` has a Caffe2 row per variant
+    with accuracy, agreement, latency and size, next to eager."""
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    for folder in caffe2_inferences.values():
+        done = subprocess.run(
+            [str(EXE), "ingest", str(folder), "--store", url, "--sweep", "by-hand"],
+            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    table = subprocess.run(
+        [str(EXE), "table", "by-hand", "--deploy", "--store", url, "--format", "json"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert table.returncode == 0, table.stderr
+    rows = {(r["model"], r["runtime"]): r for r in json.loads(table.stdout)}
+    assert set(rows) == {(v, name) for v in VARIANTS for name in ("eager", "caffe2")}
+    for variant in VARIANTS:
+        eager, caffe2 = rows[(variant, "eager")], rows[(variant, "caffe2")]
+        assert caffe2["test acc %"] == eager["test acc %"] is not None
+        assert caffe2["agreement %"] == 100.0 and caffe2["flag"] == ""
+        assert caffe2["ms/image @1"] > 0 and caffe2["@batch"] in (1, 64)
+        assert caffe2["size MB"] > 0 and caffe2["provider"] == "caffe2 CPU"
 
 
 def test_without_a_caffe2_interpreter_its_row_says_how_to_get_one(exports, tmp_path):
