@@ -36,6 +36,20 @@ def slurm_job_id(environ: dict[str, str] | os._Environ = os.environ) -> str:
     return environ["SLURM_JOB_ID"]
 
 
+def use_allotted_cpus(environ: dict[str, str] | os._Environ = os.environ) -> int | None:
+    """Intra-op threads = the CPUs SLURM gave the task (``--cpus-per-task``), unless the job's
+    environment sets ``OMP_NUM_THREADS``: without task binding, torch would start one thread
+    per CPU of the node in every task, and tasks sharing a node slow each other down many
+    times over. Returns the thread count set, or None."""
+    cpus = environ.get("SLURM_CPUS_PER_TASK", "")
+    if environ.get("OMP_NUM_THREADS") or not cpus.isdigit() or int(cpus) < 1:
+        return None
+    import torch
+
+    torch.set_num_threads(int(cpus))
+    return int(cpus)
+
+
 class SlurmTask:
     """One job of a sweep, as a submitit callable (and submitit ``Checkpointable``)."""
 
@@ -48,6 +62,7 @@ class SlurmTask:
 
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", 0) or 0)
         os.environ.setdefault("PYTHONUNBUFFERED", "1")
+        use_allotted_cpus()
         code, stopped_by = execute_file(self.spec_path, attempt_offset=restarts)
         rank = int(os.environ.get("SLURM_PROCID", 0))
         if code == EXIT_REQUEUE and stopped_by in NOTICE_SIGNALS and self.requeue and rank == 0:

@@ -278,6 +278,7 @@ class Trainer:
                     "hosts": hosts,
                     "rendezvous_s": self.rendezvous_s,
                     "device": str(self.device),
+                    "cpu_threads": torch.get_num_threads(),
                     "steps_per_epoch": steps,
                     "resumed_from": [start_epoch, start_step],
                 },

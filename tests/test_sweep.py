@@ -71,6 +71,10 @@ def test_sweep_runs_end_to_end_and_prints_the_comparison(finished_sweep):
         folder = Path(row["job_dir"])
         assert (folder / "spec.json").is_file() and (folder / "stderr.log").is_file()
         assert json.loads((folder / "spec.json").read_text())["job_id"] == row["id"]
+        # Two jobs at a time: each on its share of the CPUs (or what the user set).
+        (start,) = records(folder, "start")
+        share = max(1, len(os.sched_getaffinity(0)) // 2)
+        assert start["cpu_threads"] == int(os.environ.get("OMP_NUM_THREADS") or share)
     table = cli("table", "local-test", "-c", str(path), "--format", "json", cwd=tmp_path)
     rows = json.loads(table.stdout)
     assert [r["gpu_type"] for r in rows] == ["cpu-a", "cpu-b"]
