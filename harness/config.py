@@ -87,6 +87,9 @@ class Launcher(_Strict):
     ray: RaySettings = RaySettings()
 
 
+Fraction = Annotated[float, Field(gt=0, le=1)]
+
+
 class Sweep(_Strict):
     models: list[str] = Field(min_length=1)
     datasets: list[Literal[DATASETS]] = Field(min_length=1)  # type: ignore[valid-type]
@@ -102,6 +105,10 @@ class Sweep(_Strict):
     nodes: PositiveInt | list[PositiveInt] = 1
     gpu_types: list[str] = Field(min_length=1)
     repeats: PositiveInt = 1
+    # Test accuracies (fractions) to report the time to: one, or a list. The table gives, per
+    # target, the training time the runs took to reach it and how many did; each training
+    # job is also given the first as its --target-accuracy.
+    target_accuracy: Fraction | list[Fraction] | None = None
     stages: list[Literal[STAGES]] = ["train"]  # type: ignore[valid-type]
     data_dir: str = "data"
     download: bool = False
@@ -123,6 +130,18 @@ class Sweep(_Strict):
         if isinstance(nodes, list) and (not nodes or len(set(nodes)) != len(nodes)):
             raise ValueError("expected a node count, or a list of different node counts")
         return nodes
+
+    @field_validator("target_accuracy")
+    @classmethod
+    def _targets(cls, targets: float | list[float] | None) -> float | list[float] | None:
+        if isinstance(targets, list) and (not targets or len(set(targets)) != len(targets)):
+            raise ValueError("expected a fraction, or a list of different fractions")
+        return targets
+
+    @property
+    def targets(self) -> list[float]:
+        targets = self.target_accuracy
+        return [] if targets is None else targets if isinstance(targets, list) else [targets]
 
     @property
     def node_counts(self) -> list[int]:

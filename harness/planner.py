@@ -88,6 +88,7 @@ def _spec(config: ClusterConfig, job: JobPlan) -> Spec:
         "model": job.model, "recipe": job.recipe, "overrides": job.overrides, "seed": job.seed,
         "download": sweep.download, "device": gpu.local or "auto", "max_steps": sweep.max_steps,
         "expect_gpu": gpu.gpu_name or ("cpu" if gpu.local == "cpu" else job.gpu_type),
+        "target_accuracy": (sweep.targets or [None])[0],
     }  # fmt: skip
     if job.stage == "transfer":
         return TransferSpec(init_from=inputs[0], **common, **training)

@@ -55,8 +55,14 @@ def comparison(
     when there is one run). ``prices`` (GPU type -> price per GPU-hour) adds the cost of a
     run: its training time x its GPUs x the price. A run whose GPU was not the GPU type asked
     for is counted in ``gpu mismatch``.
+
+    Time to each target accuracy (the sweep's ``target_accuracy``, else the targets the runs
+    were given): a run's training time up to the end of its first epoch at or above the
+    target. The figure is the headline of the runs (``headline``: MLPerf's rule from five
+    runs on, the median below), with how many reached it and the rule used.
     """
-    groups, shapes = _groups(store, sweep)
+    targets = targets_of(store, sweep)
+    groups, shapes = _groups(store, sweep, targets)
     labels = sorted(shapes, key=lambda label: shapes[label])
     models = sorted({model for _, model in groups})
     if reference in {gpu for gpu, _ in shapes.values()}:  # a GPU type: its fewest nodes
@@ -70,7 +76,7 @@ def comparison(
             g = groups.get((label, model), {})
             ref_time = _median(groups.get((reference, model), {}).get("epoch_time", []))
             price = (prices or {}).get(shapes[label][0])
-            columns = _columns(g, ref_time, price)
+            columns = _columns(g, ref_time, price, targets)
             if several:
                 columns.insert(3, ("scaling", _scaling(groups, shapes, label, model)))
             row.update({f"{model} {name}": value for name, value in columns})
@@ -94,7 +100,48 @@ def _scaling(groups: dict, shapes: dict[str, tuple[str, int]], label: str, model
     return round(ips / (nodes / base_nodes * base_ips), 3)
 
 
-def _groups(store: Store, sweep: str):
+def targets_of(store: Store, sweep: str) -> list[float]:
+    """The target accuracies the table reports time to: the sweep's ``target_accuracy``, else
+    those its runs were given (``--target-accuracy``)."""
+    configured = ((store.sweep_config(sweep) or {}).get("sweep") or {}).get("target_accuracy")
+    if configured is not None:
+        return list(configured) if isinstance(configured, list) else [configured]
+    given = {r.target_accuracy for r in queries.final_results(store, sweep).values()}
+    return sorted(t for t in given if t is not None)
+
+
+def times_to(job_epochs: list[Any], targets: list[float]) -> dict[float, float | None]:
+    """Training time until the end of the first epoch at or above each target; None where
+    the run never got there."""
+    reached: dict[float, float | None] = dict.fromkeys(targets)
+    elapsed = 0.0
+    for r in job_epochs:
+        elapsed += r.epoch_time or 0.0
+        for target in targets:
+            if reached[target] is None and r.test_acc is not None and r.test_acc >= target:
+                reached[target] = elapsed
+    return reached
+
+
+def headline(values: list[float | None]) -> tuple[float | None, str]:
+    """The headline figure of several runs' times, and the rule that made it. From five runs
+    on, MLPerf's: drop the fastest and the slowest, the mean of the rest; a run that never
+    got there counts as the slowest, and a second one leaves no figure. Below five, the median
+    of those that got there."""
+    n = len(values)
+    if n >= 5:
+        ordered = sorted(values, key=lambda v: (v is None, v))[1:-1]
+        if any(v is None for v in ordered):
+            return None, f"MLPerf (mean of {n - 2} of {n})"
+        return round(statistics.fmean(ordered), 4), f"MLPerf (mean of {n - 2} of {n})"
+    return _median([v for v in values if v is not None]), "median"
+
+
+def _target_label(target: float) -> str:
+    return f"{round(100 * target, 2):g}%"
+
+
+def _groups(store: Store, sweep: str, targets: list[float] | None = None):
     """(row label, model) -> lists of per-run figures: each training run's median over its
     timed epochs, its final result; each transfer run's final accuracy. Also row label ->
     (GPU type, nodes): the label is the GPU type, with the node count where the sweep ran
@@ -123,6 +170,8 @@ def _groups(store: Store, sweep: str):
         g["gpus"].append(job.gpus or 1)
         times = [r.epoch_time for r in timed]
         g["epoch_time"].append(statistics.median(times))
+        for target, seconds in times_to(job_epochs, targets or []).items():
+            g[f"to {target}"].append(seconds)
         g["epoch_times"].extend(times)
         g["images_per_sec"].append(statistics.median([r.images_per_sec for r in timed]))
         for name in TELEMETRY:
@@ -136,8 +185,6 @@ def _groups(store: Store, sweep: str):
             g["train_time"].append(result.train_time)
             g["final_acc"].append(result.final_test_acc)
             g["best_acc"].append(result.best_test_acc)
-            if result.time_to_target is not None:
-                g["time_to_target"].append(result.time_to_target)
     for job_id, result in final.items():
         job = job_rows[job_id]
         if job.stage == "transfer":
@@ -158,7 +205,9 @@ def _rounded(value: float | None, digits: int, factor: float = 1.0) -> float | N
     return None if value is None else round(value * factor, digits)
 
 
-def _columns(g: dict[str, list], ref_time: float | None, price: float | None):
+def _columns(
+    g: dict[str, list], ref_time: float | None, price: float | None, targets: list[float] = ()
+):
     """The columns of one model on one GPU type, from its group of runs."""
     epoch_time = _median(g.get("epoch_time", []))
     runs = len(g.get("epoch_time", []))
@@ -174,7 +223,7 @@ def _columns(g: dict[str, list], ref_time: float | None, price: float | None):
         ("speedup", round(ref_time / epoch_time, 2) if epoch_time and ref_time else None),
         ("final acc %", _pct(_median(g.get("final_acc", [])))),
         ("best acc %", _pct(_median(g.get("best_acc", [])))),
-        ("s to target", _median(g.get("time_to_target", []))),
+        *_target_columns(g, targets),
         ("transfer acc %", _pct(_median(g.get("transfer_acc", [])))),
         ("runs", runs),
         ("CV", f"{100 * cv:.1f}%" + (" !" if cv > 0.05 else "")),
@@ -187,6 +236,23 @@ def _columns(g: dict[str, list], ref_time: float | None, price: float | None):
         ("$/run", cost),
         ("gpu mismatch", len(g.get("mismatch", [])) or None),
     ]
+
+
+def _target_columns(g: dict[str, list], targets: list[float]) -> list[tuple[str, Any]]:
+    """Per target: the headline time to it and how many runs reached it ("2/3"; "0/3" says
+    plainly that none did); then the rule behind the headlines (every target has the same
+    runs)."""
+    columns: list[tuple[str, Any]] = []
+    rule = None
+    for target in targets:
+        times = g.get(f"to {target}", [])
+        figure, rule = headline(times)
+        reached = f"{sum(t is not None for t in times)}/{len(times)}" if times else None
+        label = _target_label(target)
+        columns += [(f"s to {label}", figure), (f"reached {label}", reached)]
+    if targets:
+        columns.append(("target rule", rule if g.get(f"to {targets[0]}") else None))
+    return columns
 
 
 def prices_of(store: Store, sweep: str) -> dict[str, float]:
@@ -204,8 +270,12 @@ STUDY_TABLES = (
 def study_tables(rows: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
     """The study's layout: a row per network variant, a column per GPU type and the average."""
     models = [model for model, _ in per_model_blocks(rows, keep_empty=True)]
+    targets = dict.fromkeys(
+        key.split(" s to ", 1)[1] for row in rows for key in row if " s to " in key
+    )
     tables = []
-    for title, column in STUDY_TABLES:
+    for title, column in (*STUDY_TABLES, *((f"seconds to {t} test accuracy", f"s to {t}")
+                                            for t in targets)):  # fmt: skip
         table = []
         for model in models:
             values = {row["gpu_type"]: row.get(f"{model} {column}") for row in rows}

@@ -30,6 +30,7 @@ class Recipe:
     step_size: int = 30
     gamma: float = 0.1
     warmup_epochs: int = 0
+    warmup_steps: int = 0  # the warm-up lasts at least this many steps (up to half the run)
     base_batch_size: int = 0  # > 0: lr is scaled linearly by batch_size / base_batch_size
     label_smoothing: float = 0.0
     augment: bool = True
@@ -76,6 +77,7 @@ FAST_TRAIN = Recipe(
     no_decay_norm_bias=True,
     schedule="onecycle",
     warmup_epochs=2,
+    warmup_steps=100,
     label_smoothing=0.1,
     bf16=True,
     channels_last=True,
@@ -129,6 +131,7 @@ RANGES = {
     "step_size": (1, None, True),
     "gamma": (0, None, False),
     "warmup_epochs": (0, None, True),
+    "warmup_steps": (0, None, True),
     "base_batch_size": (0, None, True),
     "label_smoothing": (0, 1, True),
 }

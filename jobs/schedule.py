@@ -13,8 +13,19 @@ import resnest
 from jobs.recipe import Recipe
 
 
-def lr_factor(recipe: Recipe, epoch: float) -> float:
+def warmup_epochs(recipe: Recipe, steps_per_epoch: int | None = None) -> float:
+    """How long the warm-up lasts, in epochs: the recipe's ``warmup_epochs``, but at least
+    ``warmup_steps`` optimizer steps where an epoch has few of them (a small data set at a
+    large batch: two epochs of five steps warm nothing up), and never past half the run."""
+    warm = float(recipe.warmup_epochs)
+    if recipe.warmup_steps and steps_per_epoch:
+        warm = max(warm, recipe.warmup_steps / steps_per_epoch)
+    return min(warm, recipe.epochs / 2) if warm > recipe.warmup_epochs else warm
+
+
+def lr_factor(recipe: Recipe, epoch: float, steps_per_epoch: int | None = None) -> float:
     """Multiplier of the base lr at fractional ``epoch`` (``epoch + step / steps``)."""
+    warmup = warmup_epochs(recipe, steps_per_epoch)
     if recipe.schedule == "multistep":
         factor = recipe.gamma ** sum(1 for m in recipe.milestones if int(epoch) >= m)
     elif recipe.schedule == "step":
@@ -22,13 +33,12 @@ def lr_factor(recipe: Recipe, epoch: float) -> float:
     elif recipe.schedule == "cosine":
         factor = 0.5 * (1 + math.cos(math.pi * min(epoch / recipe.epochs, 1.0)))
     else:  # onecycle: linear warm-up to the peak, then linear decay to zero
-        warm = max(recipe.warmup_epochs, 1e-9)
-        if epoch < recipe.warmup_epochs:
-            return max(epoch / warm, 0.01)
-        rest = max(recipe.epochs - recipe.warmup_epochs, 1e-9)
-        return max(1.0 - (epoch - recipe.warmup_epochs) / rest, 0.0)
-    if recipe.warmup_epochs > 0 and epoch < recipe.warmup_epochs:
-        factor *= max(epoch / recipe.warmup_epochs, 0.01)
+        if epoch < warmup:
+            return max(epoch / max(warmup, 1e-9), 0.01)
+        rest = max(recipe.epochs - warmup, 1e-9)
+        return max(1.0 - (epoch - warmup) / rest, 0.0)
+    if warmup > 0 and epoch < warmup:
+        factor *= max(epoch / warmup, 0.01)
     return factor
 
 

@@ -365,7 +365,7 @@ class Trainer:
             images, labels = next(batches)
             host_wait = time.perf_counter() - host_start
             mid = timer.mark()
-            lr = base_lr * lr_factor(recipe, epoch + step / steps)
+            lr = base_lr * lr_factor(recipe, epoch + step / steps, steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             loss_sum, correct = self.train_step(images, labels)

@@ -42,13 +42,14 @@ def mismatched_jobs(store: Store, sweep: str) -> set[str]:
 
 
 def train_epochs(store: Store, sweep: str) -> dict[str, list[Any]]:
-    """Job id -> its epochs (epoch, epoch_time, images_per_sec, warmup and the telemetry
-    columns), for the training jobs of the sweep; per epoch number the newest attempt's."""
+    """Job id -> its epochs in order (epoch, epoch_time, images_per_sec, test_acc, warmup and
+    the telemetry columns), for the training jobs of the sweep; per epoch number the newest
+    attempt's."""
     with store.begin() as conn:
         rows = conn.execute(
             select(
                 epochs.c.job_id, epochs.c.epoch, epochs.c.epoch_time, epochs.c.images_per_sec,
-                epochs.c.warmup, *(epochs.c[name] for name in TELEMETRY),
+                epochs.c.test_acc, epochs.c.warmup, *(epochs.c[name] for name in TELEMETRY),
             )
             .join(jobs, jobs.c.id == epochs.c.job_id)
             .where(jobs.c.sweep == sweep, jobs.c.stage == "train")
@@ -57,7 +58,7 @@ def train_epochs(store: Store, sweep: str) -> dict[str, list[Any]]:
         per_job: dict[str, dict[int, Any]] = defaultdict(dict)
         for row in rows:
             per_job[row.job_id][row.epoch] = row
-    return {job_id: list(by_epoch.values()) for job_id, by_epoch in per_job.items()}
+    return {job_id: [by_epoch[e] for e in sorted(by_epoch)] for job_id, by_epoch in per_job.items()}
 
 
 def final_results(store: Store, sweep: str) -> dict[str, Any]:

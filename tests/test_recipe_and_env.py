@@ -1,10 +1,12 @@
 """Recipes, overrides, the lr schedule, and reading the rank layout of each launcher."""
 
+import math
+
 import pytest
 
 from jobs import distributed
 from jobs.recipe import RecipeError, get_recipe
-from jobs.schedule import frozen_modules, lr_factor
+from jobs.schedule import frozen_modules, lr_factor, warmup_epochs
 from records.errors import SpecError
 from records.options import parse_assignment
 
@@ -66,6 +68,24 @@ def test_lr_schedules():
     assert lr_factor(fast, 6.0) == pytest.approx(0.5)
     cosine = get_recipe("study", overrides={"schedule": "cosine", "epochs": 10})
     assert lr_factor(cosine, 5.0) == pytest.approx(0.5)
+
+
+def test_a_warm_up_in_steps_where_an_epoch_has_few():
+    fast = get_recipe("fast", overrides={"epochs": 40, "warmup_epochs": 2, "warmup_steps": 100})
+    # 49 steps an epoch (CIFAR-10 at batch 1024): the 2 epochs are 98 steps; 100 steps win.
+    assert warmup_epochs(fast, 49) == pytest.approx(100 / 49)
+    # 5 steps an epoch: 2 epochs would be 10 steps; 100 steps are 20 epochs, half the run.
+    assert warmup_epochs(fast, 5) == pytest.approx(20.0)
+    assert lr_factor(fast, 10.0, 5) == pytest.approx(0.5)  # half way up
+    assert lr_factor(fast, 20.0, 5) == pytest.approx(1.0)  # the peak
+    assert lr_factor(fast, 30.0, 5) == pytest.approx(0.5)  # half way down
+    # 500 steps an epoch: the epochs are longer than the steps, and stay.
+    assert warmup_epochs(fast, 500) == 2.0
+    assert lr_factor(fast, 1.0, 500) == pytest.approx(0.5)
+    cosine = get_recipe("study", overrides={"schedule": "cosine", "epochs": 10,
+                                            "warmup_steps": 20})  # fmt: skip
+    # 2 epochs of warm-up: at 0.5 a quarter of the way up, times the cosine at 0.5 of 10.
+    assert lr_factor(cosine, 0.5, 10) == pytest.approx(0.25 * 0.5 * (1 + math.cos(math.pi * 0.05)))
 
 
 def test_rank_layout_from_torchrun():

@@ -79,7 +79,10 @@ sweeps = st.lists(job, max_size=6)
 
 def fill(store: Store, jobs: list[dict]) -> None:
     # Priced GPU types: the cost column meets runs with and without a training time.
-    store.add_sweep("mix", {"gpu_types": {g: {"price_per_gpu_hour": 2.5} for g in GPUS}})
+    # Targets too: the time-to-target columns meet runs that reach them, miss them, or have
+    # no accuracy at all.
+    store.add_sweep("mix", {"gpu_types": {g: {"price_per_gpu_hour": 2.5} for g in GPUS},
+                            "sweep": {"target_accuracy": [0.5, 0.9]}})  # fmt: skip
     rows, records = [], []
     for i, j in enumerate(jobs):
         job_id = f"job{i}"

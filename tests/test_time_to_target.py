@@ -1,0 +1,153 @@
+"""Time to a target accuracy as the tables show it: per target of the sweep, the training time
+the runs took to reach it (MLPerf's rule from five runs on, the median below), how many did,
+and the rule used; a target no run reached is shown as such, not as a blank."""
+
+import contextlib
+import io
+import json
+import statistics
+
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from harness import config as cluster_config
+from harness.cli import main
+from harness.planner import plan
+from harness.report import headline, times_to
+from records.store import Store
+
+
+class Epoch:
+    def __init__(self, epoch_time, test_acc):
+        self.epoch_time, self.test_acc = epoch_time, test_acc
+
+
+def test_time_to_a_target_is_the_training_time_to_the_first_epoch_at_it():
+    epochs = [Epoch(10.0, 0.5), Epoch(12.0, 0.91), Epoch(11.0, 0.89), Epoch(9.0, 0.95)]
+    assert times_to(epochs, [0.5, 0.9, 0.93, 0.99]) == {
+        0.5: 10.0, 0.9: 22.0, 0.93: 42.0, 0.99: None
+    }  # fmt: skip
+    assert times_to([Epoch(5.0, None), Epoch(5.0, 0.9)], [0.9]) == {0.9: 10.0}
+    assert times_to([], [0.9]) == {0.9: None}
+
+
+def test_the_headline_rule():
+    assert headline([30.0, 10.0, 20.0]) == (20.0, "median")
+    assert headline([30.0, None, 10.0]) == (20.0, "median")  # of those that got there
+    assert headline([None, None]) == (None, "median")
+    # Five runs: drop the fastest (10) and the slowest (100), the mean of 20, 30, 40.
+    assert headline([40.0, 10.0, 100.0, 20.0, 30.0]) == (30.0, "MLPerf (mean of 3 of 5)")
+    # A run that never got there is the slowest, and is dropped; a second one leaves none.
+    assert headline([40.0, 10.0, None, 20.0, 30.0]) == (30.0, "MLPerf (mean of 3 of 5)")
+    assert headline([40.0, None, None, 20.0, 30.0]) == (None, "MLPerf (mean of 3 of 5)")
+
+
+@given(st.lists(st.floats(0.1, 1e5), min_size=5, max_size=12))
+def test_from_five_runs_the_headline_is_the_mean_without_the_extremes(times):
+    figure, rule = headline(times)
+    assert rule == f"MLPerf (mean of {len(times) - 2} of {len(times)})"
+    assert figure == pytest.approx(statistics.fmean(sorted(times)[1:-1]), rel=1e-3)
+    assert min(times) - 1e-4 <= figure <= max(times) + 1e-4  # rounded to 4 places
+
+
+def sweep_config(targets) -> dict:
+    return {
+        "name": "ttt",
+        "results_dir": "results",
+        "gpu_types": {"v100": {"local": "cpu"}},
+        "sweep": {
+            "models": ["resnest_tiny_basic"], "datasets": ["synthetic"],
+            "gpu_types": ["v100"], "target_accuracy": targets,
+        },
+    }  # fmt: skip
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue(), err.getvalue()
+
+
+def fill(url: str, targets, runs: list[list[tuple[float, float]]]) -> None:
+    """A sweep whose runs (one per list of (epoch time, test accuracy)) trained one model on
+    one GPU type, as jobs leave it in the store."""
+    store = Store(url)
+    store.add_sweep("ttt", sweep_config(targets))
+    rows = [
+        {"id": f"run{i}", "stage": "train", "model": "resnest_tiny_basic",
+         "dataset": "synthetic", "gpu_type": "v100", "gpus": 1, "seed": i, "repeat": 0,
+         "spec": {}, "depends_on": [], "job_dir": f"/nowhere/run{i}"}
+        for i in range(len(runs))
+    ]  # fmt: skip
+    store.add_jobs("ttt", rows)
+    records = []
+    for i, epochs in enumerate(runs):
+        for n, (seconds, acc) in enumerate(epochs, start=1):
+            records.append({"kind": "epoch", "job_id": f"run{i}", "attempt": 0, "epoch": n,
+                            "epoch_time": seconds, "images_per_sec": 100.0,
+                            "warmup": n == 1, "test_acc": acc})  # fmt: skip
+        store.set_state(f"run{i}", "succeeded")
+    store.write_records(records)
+
+
+def test_five_seeds_in_the_table_and_the_study_layout(tmp_path):
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    # Five seeds; seconds to 80%: 20, 25, 30, 35 and never; none reaches 99%.
+    runs = [[(10.0, 0.7), (10.0, 0.85)], [(10.0, 0.7), (15.0, 0.81)], [(10.0, 0.8), (20.0, 0.9)],
+            [(20.0, 0.6), (15.0, 0.8)], [(10.0, 0.5), (10.0, 0.6)]]  # fmt: skip
+    runs[2][0] = (30.0, 0.8)  # reaches it at the end of its first epoch: 30 s
+    fill(url, [0.8, 0.99], runs)
+    code, out, err = run("table", "ttt", "--store", url, "--format", "json")
+    assert code == 0, err
+    (row,) = json.loads(out)
+    m = "resnest_tiny_basic"
+    # MLPerf: drop the fastest (20) and the never (slowest), mean of 25, 30 and 35.
+    assert row[f"{m} s to 80%"] == 30.0
+    assert row[f"{m} reached 80%"] == "4/5"
+    assert row[f"{m} s to 99%"] is None and row[f"{m} reached 99%"] == "0/5"
+    assert row[f"{m} target rule"] == "MLPerf (mean of 3 of 5)"
+    # In the terminal the unreached target reads as such, not as a blank.
+    code, out, _ = run("table", "ttt", "--store", url)
+    (header,) = [line for line in out.splitlines() if line.startswith("gpu_type")]
+    (values,) = [line for line in out.splitlines() if line.startswith("v100")]
+    assert "s to 80%" in header and "reached 99%" in header
+    assert values.split()[4:7] == ["30", "4/5", "0/5"]
+    code, out, _ = run("table", "ttt", "--store", url, "--layout", "study", "--format", "json")
+    assert code == 0
+    tables = json.loads(out)
+    assert "seconds to 80% test accuracy" in json.dumps(tables)
+
+
+def test_fewer_runs_take_the_median_of_those_that_got_there(tmp_path):
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    fill(url, 0.8, [[(10.0, 0.9)], [(10.0, 0.5), (30.0, 0.8)], [(10.0, 0.1)]])
+    code, out, err = run("table", "ttt", "--store", url, "--format", "json")
+    assert code == 0, err
+    (row,) = json.loads(out)
+    m = "resnest_tiny_basic"
+    assert row[f"{m} s to 80%"] == 25.0  # median of 10 and 40
+    assert row[f"{m} reached 80%"] == "2/3" and row[f"{m} target rule"] == "median"
+
+
+def test_the_sweep_gives_its_first_target_to_each_training_job(tmp_path):
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(sweep_config([0.9, 0.93])))
+    config = cluster_config.load(path)
+    (job,) = plan(config)
+    assert job.spec.target_accuracy == 0.9
+
+
+@pytest.mark.parametrize(
+    "targets, says",
+    [(1.5, "less than or equal to 1"), (0, "greater than 0"), ([0.9, 0.9], "different"),
+     ([], "different"), ("high", "valid number")],
+)  # fmt: skip
+def test_a_target_out_of_range_is_one_line(tmp_path, targets, says):
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(sweep_config(targets)))
+    code, _, err = run("submit", str(path), "--dry-run")
+    assert code == 2 and "Traceback" not in err
+    assert err.count("\n") == 1 and "sweep.target_accuracy" in err and says in err, err
