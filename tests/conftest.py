@@ -38,3 +38,27 @@ needs_caffe2 = pytest.mark.skipif(
 
 def pytest_configure(config):
     os.environ["RESNEST_BENCH_CAFFE2_PYTHON"] = CAFFE2_PYTHON or "/nonexistent/caffe2/python"
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # Several workers share the cores: one torch thread each, passed on to the jobs they
+        # start (the launchers honour a user's OMP_NUM_THREADS). Two processes that each start
+        # a thread per core spin against each other and run many times slower.
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
+CLUSTER_MARKERS = ("slurm", "ray")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``--dist loadgroup``): a test module runs whole on one worker, so its
+    module fixtures are built once; the tests of the shared SLURM and Ray clusters run one at a
+    time on one worker, and they come first, being the longest group."""
+
+    def group(item) -> str:
+        if any(item.get_closest_marker(m) for m in CLUSTER_MARKERS):
+            return "clusters"
+        return item.path.name
+
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group(item)))
+    items.sort(key=lambda item: group(item) != "clusters")  # stable: file order otherwise

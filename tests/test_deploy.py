@@ -117,7 +117,7 @@ def test_inference_in_every_runtime_available_here(exports):
     out = tmp_path / "infer"
     result = job(
         "jobs.infer", "--from", str(tmp_path / "export"), "--out", str(out), *DATA,
-        "--batches", "1", "8", "--iters", "5", "--threads", "2", "--calibration-images", "64",
+        "--batches", "1", "8", "--iters", "5", "--threads", "1", "--calibration-images", "64",
         "--test-images", "400",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -134,7 +134,7 @@ def test_inference_in_every_runtime_available_here(exports):
     for (name, _), row in by.items():
         assert row["test_images"] == 400 and 0 <= row["test_accuracy"] <= 1
         assert row["latency_p50_ms"] <= row["latency_p95_ms"] <= row["latency_p99_ms"]
-        assert row["images_per_sec"] > 0 and row["threads"] == 2
+        assert row["images_per_sec"] > 0 and row["threads"] == 1
         provider = {"onnx": "CPUExecutionProvider", "caffe2": "caffe2 CPU"}
         assert row["provider"] == next(
             (v for k, v in provider.items() if name.startswith(k)), "torch cpu"
@@ -160,7 +160,7 @@ def caffe2_inferences(exports):
         result = job(
             "jobs.infer", "--from", str(folder / "export"), "--out", str(out), *DATA,
             "--runtimes", "eager", "caffe2", "--batches", "1", "64", "--iters", "5",
-            "--threads", "2", "--test-images", "2000", "--job-id", f"caffe2-{variant}",
+            "--threads", "1", "--test-images", "2000", "--job-id", f"caffe2-{variant}",
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
         folders[variant] = out
@@ -338,7 +338,7 @@ def test_train_export_infer_chain_on_the_local_launcher_and_the_deployment_table
                 "runtimes": ["eager", "onnxruntime", "aoti", "caffe2"],
                 "batches": [1, 8],
                 "iters": 5,
-                "threads": 2,
+                "threads": 1,
             },
         ),
     )
