@@ -6,7 +6,8 @@ device synchronised at their ends, and prints images per second and the projecte
 one CIFAR-10 epoch (50,000 images). Data: the synthetic 32x32 set (throughput does not
 depend on the pixels).
 
-    python bench/train_throughput.py                # both variants, both pipelines
+    python bench/train_throughput.py                # both variants, both pipelines, the
+                                                    # fast one in NCHW and NHWC, fp32 and bf16
     python bench/train_throughput.py --pipelines fast --fast-batch 2048 --compile \\
         --compile-mode max-autotune-no-cudagraphs
 """
@@ -36,27 +37,35 @@ CIFAR10_TRAIN = 50_000
 
 
 def configurations(args: argparse.Namespace, device: torch.device) -> dict[str, dict]:
-    cuda = device.type == "cuda"
-    return {
+    """The study's pipeline, and the fast path once per memory format and precision asked for
+    (the A/B behind the fast recipe's ``memory_format=auto``)."""
+    configs = {
         # The study: torchvision DataLoader with PIL transforms, fp32, batch 128.
         "study": {
             "pipeline": "torchvision",
             "batch_size": 128,
             "bf16": False,
-            "channels_last": False,
+            "memory_format": "contiguous",
             "compile": False,
         },
-        # The fast path: whole set on the device, augmentation as tensor ops, bf16 on CUDA,
-        # channels_last, a large batch, optionally compiled.
-        "fast": {
-            "pipeline": "device",
-            "compile_mode": args.compile_mode,
-            "batch_size": args.fast_batch,
-            "bf16": cuda,
-            "channels_last": True,
-            "compile": args.compile,
-        },
     }
+    # The fast path: whole set on the device, augmentation as tensor ops, a large batch,
+    # optionally compiled; bf16 is autocast on CUDA only.
+    precisions = [p for p in args.precisions if p == "fp32" or device.type == "cuda"]
+    for fmt in args.formats:
+        for precision in precisions:
+            configs[f"fast {FORMAT_LABEL[fmt]} {precision}"] = {
+                "pipeline": "device",
+                "compile_mode": args.compile_mode,
+                "batch_size": args.fast_batch,
+                "bf16": precision == "bf16",
+                "memory_format": fmt,
+                "compile": args.compile,
+            }
+    return configs
+
+
+FORMAT_LABEL = {"contiguous": "NCHW", "channels_last": "NHWC"}
 
 
 def measure(model: str, overrides: dict, args: argparse.Namespace) -> dict:
@@ -100,6 +109,27 @@ def measure(model: str, overrides: dict, args: argparse.Namespace) -> dict:
     }
 
 
+def format_verdicts(rows: list[dict]) -> list[str]:
+    """Per model and precision, the faster memory format of the fast path and by how much."""
+    lines = []
+    fast = [r for r in rows if r["configuration"].startswith("fast")]
+    for model in dict.fromkeys(r["model"] for r in fast):
+        for bf16 in (False, True):
+            pair = {
+                r["memory_format"]: r for r in fast if r["model"] == model and r["bf16"] == bf16
+            }
+            if len(pair) < 2:
+                continue
+            a, b = pair["channels_last"], pair["contiguous"]
+            win, lose = (a, b) if a["images_per_sec"] > b["images_per_sec"] else (b, a)
+            lines.append(
+                f"{model} {'bf16' if bf16 else 'fp32'}: {FORMAT_LABEL[win['memory_format']]} "
+                f"wins, {win['images_per_sec'] / lose['images_per_sec']:.2f}x the images/s of "
+                f"{FORMAT_LABEL[lose['memory_format']]}"
+            )
+    return lines
+
+
 def _cycle(loader):
     epoch = 0
     while True:
@@ -110,7 +140,23 @@ def _cycle(loader):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["resnest50_bottleneck", "resnest50_basic"])
-    parser.add_argument("--pipelines", nargs="+", default=["study", "fast"])
+    parser.add_argument(
+        "--pipelines", nargs="+", default=["study", "fast"], choices=["study", "fast"]
+    )
+    parser.add_argument(
+        "--formats",
+        nargs="+",
+        default=["contiguous", "channels_last"],
+        choices=list(FORMAT_LABEL),
+        help="memory formats of the fast path (default both: the A/B)",
+    )
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        default=["fp32", "bf16"],
+        choices=["fp32", "bf16"],
+        help="precisions of the fast path (bf16 only on CUDA; default both)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument(
         "--steps",
@@ -150,7 +196,7 @@ def main() -> None:
         f"{args.blocks} timed blocks of {args.steps} steps, median block reported"
     )
     header = (
-        f"{'model':<22}{'pipeline':<10}{'batch':>6}{'img/s':>10}{'step ms':>10}{'CV':>7}"
+        f"{'model':<24}{'configuration':<19}{'batch':>6}{'img/s':>10}{'step ms':>10}{'CV':>7}"
         f"{'epoch s':>9}{'peak GB':>9}"
     )
     print(header)
@@ -158,13 +204,14 @@ def main() -> None:
     rows = []
     for model in args.models:
         for pipeline, overrides in configurations(args, device).items():
-            if pipeline not in args.pipelines:
+            if pipeline.split()[0] not in args.pipelines:
                 continue
             r = measure(model, overrides, args)
-            rows.append({"model": model, "pipeline": pipeline, **overrides, **r, "device": name})
+            row = {"model": model, "configuration": pipeline, **overrides, **r, "device": name}
+            rows.append(row)
             flag = " !" if r["cv"] > 0.05 else ""
             print(
-                f"{model:<22}{pipeline:<10}{overrides['batch_size']:>6}"
+                f"{model:<24}{pipeline:<19}{overrides['batch_size']:>6}"
                 f"{r['images_per_sec']:>10,.0f}{r['step_ms']:>10.1f}{100 * r['cv']:>6.1f}%"
                 f"{r['epoch_s']:>9.1f}{r['peak_mem_gb']:>9.2f}{flag}",
                 flush=True,
@@ -173,6 +220,8 @@ def main() -> None:
         "epoch s: projected time of one CIFAR-10 epoch (50,000 images); "
         "CV across blocks, ! marks CV above 5%"
     )
+    for line in format_verdicts(rows):
+        print(line)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

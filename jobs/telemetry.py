@@ -15,11 +15,14 @@ process's resident memory instead: never a crash, never a silent gap.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+log = logging.getLogger("jobs.telemetry")
 
 DEFAULT_INTERVAL_S = 1.0
 
@@ -311,3 +314,23 @@ def fold_into(record: dict[str, Any], window: Any, env: Any, device: Any) -> lis
     energy = record.get("energy_j")
     record["energy_per_image_j"] = energy / record["images"] if energy else None
     return samples
+
+
+def sampler_for(device: Any, interval: float) -> tuple[Sampler | None, str | None]:
+    """This rank's running sampler (its own GPU) and a note on its source, or None when the
+    interval is 0 (telemetry off) or no source can be opened (the note says why)."""
+    import torch
+
+    if not interval:
+        return None, "off"
+    uuids = []
+    if device.type == "cuda":
+        uuid = str(getattr(torch.cuda.get_device_properties(device), "uuid", ""))
+        uuids = [uuid] if uuid else []
+    source, note = open_source(device.type, uuids)
+    if source is None:
+        log.warning("telemetry: %s", note)
+        return None, note
+    if note:
+        log.info("telemetry: %s", note)
+    return Sampler(source, interval).start(), note

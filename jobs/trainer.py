@@ -10,7 +10,6 @@ around it (process group, reporter, exit codes) is ``jobs.train``.
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 import resnest
-from jobs import checkpoint, data, distributed, telemetry
+from jobs import checkpoint, data, distributed, memory_format, telemetry
 from jobs.checkpoint import load_source
 from jobs.loader import PIPELINES, DeviceLoader
 from jobs.provenance import params_digest, provenance
@@ -39,8 +38,6 @@ from jobs.timing import (
 )
 from records.errors import SpecError
 from records.spec import TrainSpec, TransferSpec
-
-log = logging.getLogger("jobs.trainer")
 
 
 class Trainer:
@@ -81,7 +78,17 @@ class Trainer:
         self.frozen = frozen_modules(self.model, freeze)
         for module in self.frozen:
             module.requires_grad_(False)
-        if recipe.channels_last:
+        self.autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if recipe.bf16 and device.type == "cuda"
+            else contextlib.nullcontext()
+        )
+        sample = (self.local_batch // recipe.accum_steps, *self.train_set.images.shape[1:])
+        self.layout = memory_format.choose(
+            recipe.memory_format, self.model, sample, self.train_set.num_classes, device, env,
+            self.autocast,
+        )  # fmt: skip
+        if self.layout.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = optimizer_for(self.model, recipe)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
@@ -94,7 +101,7 @@ class Trainer:
             rank=env.rank,
             world_size=env.world_size,
             seed=spec.seed,
-            channels_last=recipe.channels_last,
+            channels_last=self.layout.channels_last,
         )
         self.test_loader = DeviceLoader(
             self.test_set,
@@ -103,7 +110,7 @@ class Trainer:
             train=False,
             rank=env.rank,
             world_size=env.world_size,
-            channels_last=recipe.channels_last,
+            channels_last=self.layout.channels_last,
         )
         net: nn.Module = self.model
         if env.distributed:
@@ -111,11 +118,6 @@ class Trainer:
                 net, device_ids=[device] if device.type == "cuda" else None
             )
         self.net = torch.compile(net, mode=recipe.compile_mode) if recipe.compile else net
-        self.autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16)
-            if recipe.bf16 and device.type == "cuda"
-            else contextlib.nullcontext()
-        )
 
     def _load(self, train: bool) -> data.ImageSet:
         # Rank 0 downloads; the others wait, then read what it wrote.
@@ -279,11 +281,12 @@ class Trainer:
                     "rendezvous_s": self.rendezvous_s,
                     "device": str(self.device),
                     "cpu_threads": torch.get_num_threads(),
+                    **self.layout.record(),
                     "steps_per_epoch": steps,
                     "resumed_from": [start_epoch, start_step],
                 },
             )
-        sampler, note = self.open_telemetry()
+        sampler, note = telemetry.sampler_for(self.device, self.spec.telemetry_interval)
         if env.is_main:
             devices = sampler.source.devices() if sampler else []
             self.reporter.report("provenance", provenance(self.device, spec, devices, note))
@@ -292,22 +295,6 @@ class Trainer:
         finally:
             if sampler is not None:
                 sampler.stop()
-
-    def open_telemetry(self) -> tuple[telemetry.Sampler | None, str | None]:
-        """This rank's sampler (its own GPU), or None when the spec turns telemetry off."""
-        if not self.spec.telemetry_interval:
-            return None, "off"
-        uuids = []
-        if self.device.type == "cuda":
-            uuid = str(getattr(torch.cuda.get_device_properties(self.device), "uuid", ""))
-            uuids = [uuid] if uuid else []
-        source, note = telemetry.open_source(self.device.type, uuids)
-        if source is None:
-            log.warning("telemetry: %s", note)
-            return None, note
-        if note:
-            log.info("telemetry: %s", note)
-        return telemetry.Sampler(source, self.spec.telemetry_interval).start(), note
 
     def _train(self, start_epoch, start_step, totals, history, steps, sampler) -> dict[str, Any]:
         spec, recipe = self.spec, self.recipe

@@ -30,6 +30,9 @@ class Start(TypedDict, total=False):
     rendezvous_s: float | None  # training: seconds to form the process group (None: no group
     # to form, or Ray Train formed it)
     resumed_from: list[int]  # [epoch, step]
+    memory_format: str  # training: contiguous | channels_last, as trained
+    memory_format_by: str  # recipe (as asked) | measured (the recipe said auto)
+    memory_format_step_ms: dict[str, float]  # measured: one step's median ms in each format
     winner_of: list[dict[str, Any]]  # export of a sweep's winner: the ranking it chose from
 
 

@@ -64,6 +64,27 @@ def test_two_ranks_stay_identical_and_match_one_process_with_the_same_global_bat
         assert e_ddp["train_acc"] == e_single["train_acc"]
 
 
+def test_memory_format_auto_is_measured_once_and_taken_by_every_rank(tmp_path):
+    """The fast recipe's ``memory_format=auto`` under DDP: rank 0 times both formats and
+    broadcasts its choice; a rank that chose differently would train a different layout."""
+    out = tmp_path / "auto"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2",
+        "--master-addr=127.0.0.1", f"--master-port={_free_port()}", "-m", "jobs.train",
+        "--out", str(out), *TINY, "--epochs", "1", "--max-steps", "2",
+        "--set", "memory_format=auto",
+    ]  # fmt: skip
+    env = {**job_env(), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (start,) = records(out, "start")
+    assert start["world_size"] == 2 and start["memory_format_by"] == "measured"
+    timed = start["memory_format_step_ms"]
+    assert set(timed) == {"contiguous", "channels_last"} and all(v > 0 for v in timed.values())
+    assert start["memory_format"] == min(timed, key=timed.get)
+    assert records(out, "final")[-1]["ranks_consistent"] is True
+
+
 @pytest.mark.parametrize(
     "settings, message",
     [

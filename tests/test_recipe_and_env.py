@@ -3,8 +3,10 @@
 import math
 
 import pytest
+import torch
 
-from jobs import distributed
+import resnest
+from jobs import distributed, memory_format
 from jobs.recipe import RecipeError, get_recipe
 from jobs.schedule import frozen_modules, lr_factor, warmup_epochs
 from records.errors import SpecError
@@ -30,7 +32,7 @@ def test_study_recipes_are_the_studys():
 
 def test_fast_recipe_uses_modern_practice():
     fast = get_recipe("fast")
-    assert fast.bf16 and fast.channels_last and fast.nesterov and fast.no_decay_norm_bias
+    assert fast.bf16 and fast.memory_format == "auto" and fast.nesterov and fast.no_decay_norm_bias
     assert fast.label_smoothing > 0 and fast.warmup_epochs > 0
     assert fast.scaled_lr() == pytest.approx(fast.lr * fast.batch_size / fast.base_batch_size)
 
@@ -74,14 +76,21 @@ def test_a_warm_up_in_steps_where_an_epoch_has_few():
     fast = get_recipe("fast", overrides={"epochs": 40, "warmup_epochs": 2, "warmup_steps": 100})
     # 49 steps an epoch (CIFAR-10 at batch 1024): the 2 epochs are 98 steps; 100 steps win.
     assert warmup_epochs(fast, 49) == pytest.approx(100 / 49)
-    # 5 steps an epoch: 2 epochs would be 10 steps; 100 steps are 20 epochs, half the run.
-    assert warmup_epochs(fast, 5) == pytest.approx(20.0)
-    assert lr_factor(fast, 10.0, 5) == pytest.approx(0.5)  # half way up
-    assert lr_factor(fast, 20.0, 5) == pytest.approx(1.0)  # the peak
-    assert lr_factor(fast, 30.0, 5) == pytest.approx(0.5)  # half way down
+    # 5 steps an epoch: 2 epochs would be 10 steps; 100 steps would be 20 epochs, but the
+    # warm-up stops at a quarter of the run.
+    assert warmup_epochs(fast, 5) == pytest.approx(10.0)
+    assert lr_factor(fast, 5.0, 5) == pytest.approx(0.5)  # half way up
+    assert lr_factor(fast, 10.0, 5) == pytest.approx(1.0)  # the peak
+    assert lr_factor(fast, 25.0, 5) == pytest.approx(0.5)  # half way down
     # 500 steps an epoch: the epochs are longer than the steps, and stay.
     assert warmup_epochs(fast, 500) == 2.0
     assert lr_factor(fast, 1.0, 500) == pytest.approx(0.5)
+    # A two-epoch run of the forty-epoch recipe: up for half an epoch, then down, not a run
+    # that ends at its peak lr still warming up.
+    short = get_recipe("fast", overrides={"epochs": 2})
+    assert warmup_epochs(short, 500) == 0.5 and warmup_epochs(short, 30) == 0.5
+    assert lr_factor(short, 0.5, 30) == pytest.approx(1.0)
+    assert lr_factor(short, 1.25, 30) == pytest.approx(0.5)
     cosine = get_recipe("study", overrides={"schedule": "cosine", "epochs": 10,
                                             "warmup_steps": 20})  # fmt: skip
     # 2 epochs of warm-up: at 0.5 a quarter of the way up, times the cosine at 0.5 of 10.
@@ -136,3 +145,19 @@ def test_freeze_policies():
     assert two == [model.conv1, model.bn1, model.layer1, model.layer2]
     backbone = frozen_modules(model, "backbone")
     assert model.layer4 in backbone and model.fc not in backbone
+
+
+def test_the_memory_format_probe_leaves_the_network_as_it_was():
+    model = resnest.create("resnest_tiny_basic", num_classes=10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    env = distributed.detect({})
+    cpu = torch.device("cpu")
+    asked = memory_format.choose("channels_last", model, (4, 3, 32, 32), 10, cpu, env)
+    assert (asked.memory_format, asked.how, asked.step_ms) == ("channels_last", "recipe", None)
+    chosen = memory_format.choose("auto", model, (4, 3, 32, 32), 10, cpu, env)
+    assert chosen.how == "measured" and chosen.memory_format in memory_format.FORMATS
+    assert chosen.memory_format == min(chosen.step_ms, key=chosen.step_ms.get)
+    after = model.state_dict()  # BN statistics included: the probe trained a copy
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.grad is None for p in model.parameters())
+    assert model.conv1.weight.is_contiguous()
