@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from jobs import gpu_arch
 from records.errors import UserError
 
 
@@ -91,6 +92,7 @@ def select_device(env: DistEnv, requested: str = "auto") -> torch.device:
         if not torch.cuda.is_available():
             raise RuntimeError("device 'cuda' was asked for, but no CUDA device is visible")
         device = torch.device("cuda", env.local_rank % torch.cuda.device_count())
+        gpu_arch.check(device)  # before anything runs: one line, not a kernel-image crash
         torch.cuda.set_device(device)
         return device
     return torch.device(requested)

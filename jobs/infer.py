@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 import resnest
-from jobs import data
+from jobs import data, gpu_arch
 from jobs.checkpoint import CheckpointError
 from jobs.data import normalise
 from jobs.reporter import reporter_for
@@ -278,6 +278,9 @@ def measure(
 def run_job(spec: InferSpec) -> list[dict[str, Any]]:
     """Measure every runtime of the spec at every batch size; return the rows reported."""
     out = Path(spec.out_dir)
+    device = torch.device(spec.device if spec.device != "auto" else
+                          ("cuda" if torch.cuda.is_available() else "cpu"))  # fmt: skip
+    gpu_arch.check(device)  # first: a GPU this torch cannot run on is one line, at once
     meta = load_artifacts(Path(spec.source))
     dataset = spec.dataset or meta["dataset"]
     test = data.load(dataset, spec.data_dir, train=False)
@@ -285,8 +288,6 @@ def run_job(spec: InferSpec) -> list[dict[str, Any]]:
     images = normalise(test.images[: spec.test_images or None], test).numpy()
     labels = test.labels[: spec.test_images or None].numpy()
     calibration = normalise(train.images[: spec.calibration_images], train).numpy()
-    device = torch.device(spec.device if spec.device != "auto" else
-                          ("cuda" if torch.cuda.is_available() else "cpu"))  # fmt: skip
     threads = spec.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     reporter = reporter_for(out, spec.job_id, spec.attempt, spec.store)
