@@ -86,8 +86,38 @@ EOF
     chmod 600 "$conf/slurmdbd.conf"
 }
 
+# SLURM daemons on this machine that neither this script nor slurm-nodes.sh started: their
+# pids are in neither cluster's pid files, and their SLURM_CONF is not the nodes' one.
+foreign_daemons() {
+    local ours=" " f pid
+    for f in "$state"/run/*.pid; do
+        [ -s "$f" ] && ours="$ours$(cat "$f") "
+    done
+    for pid in $(pgrep -x 'slurmctld|slurmd|slurmdbd'); do
+        case "$ours" in *" $pid "*) continue ;; esac
+        tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null \
+            | grep -qx 'SLURM_CONF=/etc/slurm-nodes/slurm.conf' && continue
+        echo "$(cat "/proc/$pid/comm" 2>/dev/null) (pid $pid)"
+    done
+}
+
+refuse_foreign() {
+    local others
+    others=$(foreign_daemons | paste -sd, -)
+    if [ -n "$others" ]; then
+        echo "slurm-local: a SLURM this script did not start is running here ($others):" \
+            "left alone, and so is $conf" >&2
+        exit 1
+    fi
+    if [ -f "$conf/slurm.conf" ] && ! grep -qx "StateSaveLocation=$state/ctld" "$conf/slurm.conf"; then
+        echo "slurm-local: $conf/slurm.conf was not written by this script; move it away to use it" >&2
+        exit 1
+    fi
+}
+
 up() {
     need_root
+    refuse_foreign
     if sinfo -h >/dev/null 2>&1 && sacct -n -X >/dev/null 2>&1; then
         # Running: make sure it runs this script's configuration.
         before=$(cat "$conf/slurm.conf" "$conf/gres.conf" 2>/dev/null | sha256sum)
@@ -145,8 +175,28 @@ down) down ;;
 status)
     sinfo && sacct -n -X -S now-1hour | tail -n 5
     ;;
+-h | --help | help)
+    cat <<EOF
+usage: $0 up [--nodes N]|down|status
+
+A real single-node SLURM on this machine for the tests and demos, as root, without systemd.
+What it does to the machine:
+  up      writes /etc/slurm (slurm.conf, gres.conf, slurmdbd.conf), keeps its
+          state and logs in $state, starts munged and MariaDB if they are not running,
+          DROPS and recreates the MariaDB database slurm_acct_db (SLURM's accounting: a cold
+          start numbers jobs from 1 again), and starts slurmdbd, slurmctld and slurmd.
+          Refuses, changing nothing, where a SLURM it did not start is running or
+          /etc/slurm/slurm.conf is another one's.
+  up --nodes N
+          a cluster of N nodes in network namespaces beside it (scripts/slurm-nodes.sh:
+          /etc/slurm-nodes, its own ports and database).
+  down    stops both clusters' SLURM daemons, MariaDB and munged (whoever started those two),
+          and removes $state; /etc/slurm stays.
+  status  sinfo and the last jobs.
+EOF
+    ;;
 *)
-    echo "usage: $0 up [--nodes N]|down|status" >&2
+    echo "usage: $0 up [--nodes N]|down|status|--help" >&2
     exit 2
     ;;
 esac

@@ -46,19 +46,36 @@ def pytest_configure(config):
         torch.set_num_threads(1)
 
 
+# The modules of the shared SLURM clusters and of Ray: under pytest-xdist they run one test at
+# a time, all on one worker (two node-failure tests at once would kill each other's nodes).
+CLUSTER_MODULES = ("test_slurm.py", "test_multinode.py", "test_ray.py", "test_multinode_ray.py")
 CLUSTER_MARKERS = ("slurm", "ray")
 
 
+def _scope(nodeid: str) -> str:
+    module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+    return "clusters" if module in CLUSTER_MODULES else module
+
+
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (``--dist loadgroup``): a test module runs whole on one worker, so its
-    module fixtures are built once; the tests of the shared SLURM and Ray clusters run one at a
-    time on one worker, and they come first, being the longest group."""
-
-    def group(item) -> str:
-        if any(item.get_closest_marker(m) for m in CLUSTER_MARKERS):
-            return "clusters"
-        return item.path.name
-
+    """The cluster tests first (the longest unit of work), and a check that every test that
+    needs a cluster lives in one of the cluster modules."""
     for item in items:
-        item.add_marker(pytest.mark.xdist_group(group(item)))
-    items.sort(key=lambda item: group(item) != "clusters")  # stable: file order otherwise
+        if any(item.get_closest_marker(m) for m in CLUSTER_MARKERS):
+            assert _scope(item.nodeid) == "clusters", (
+                f"{item.nodeid} needs a cluster: put it in one of {', '.join(CLUSTER_MODULES)}"
+            )
+    items.sort(key=lambda item: _scope(item.nodeid) != "clusters")  # stable otherwise
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's scheduling by module, except that the cluster modules are one unit: a
+    module's tests run on one worker (its module fixtures are built once), and the cluster
+    tests run one at a time."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesWithClustersTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _scope(nodeid)
+
+    return ModulesWithClustersTogether(config, log)

@@ -362,3 +362,27 @@ def test_cancel_uses_scancel(tmp_path):
     status = cli("status", "-c", str(path), cwd=tmp_path)
     assert "sweep slurm-cancel: 2 cancelled" in status.stdout
     assert {r["reason"] for r in store.jobs("slurm-cancel")} == {"cancelled by the user"}
+
+
+def test_slurm_local_refuses_a_slurm_it_did_not_start(tmp_path):
+    """scripts/slurm-local.sh rewrites /etc/slurm and drops its accounting database: where a
+    SLURM it did not start runs, it must change nothing. Seen from a state folder of its own
+    (SLURM_LOCAL_DIR), the cluster of this suite is exactly such a SLURM."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "slurm-local.sh"
+    conf = Path("/etc/slurm/slurm.conf")
+    before = conf.read_bytes()
+    state = tmp_path / "state"
+    result = subprocess.run(
+        [str(script), "up"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SLURM_LOCAL_DIR": str(state)},
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("slurm-local: a SLURM this script did not start is running here (")
+    assert "slurmctld (pid " in line and "left alone" in line
+    assert conf.read_bytes() == before and not state.exists()
+    usage = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=10)
+    assert usage.returncode == 0 and "DROPS and recreates" in usage.stdout
