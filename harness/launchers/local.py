@@ -6,6 +6,7 @@ times; a job another runner already holds is followed until that runner ends."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 
 from harness.launchers.base import PREFIXES, BaseLauncher, Driver, Row, last_line, write_spec
-from records.errors import OutboxError
+from records.errors import OutboxError, UserError
 from records.lock import holder_of, is_held
 from records.outbox import NAME, final_state, read_outbox
 from records.spec import EXIT_REQUEUE
@@ -119,13 +120,52 @@ class Processes:
         return outcome(Path(job["job_dir"]))
 
 
+# What each stage's job imports beyond the harness, and the extra that installs it.
+STAGE_MODULES = {
+    "train": ("torch", "torchvision"),
+    "transfer": ("torch", "torchvision"),
+    "export": ("torch", "torchvision", "onnx", "onnxscript"),
+    "infer": ("torch", "torchvision", "onnxruntime"),
+}
+EXTRA_OF = {"torch": "jobs", "torchvision": "jobs", "onnx": "deploy", "onnxscript": "deploy",
+            "onnxruntime": "deploy"}  # fmt: skip
+
+
+def missing_modules(stages: set[str]) -> list[str]:
+    """The modules the jobs of ``stages`` need that this interpreter cannot import (looked up,
+    not imported: the check costs no start-up time)."""
+    needed = dict.fromkeys(m for stage in sorted(stages) for m in STAGE_MODULES.get(stage, ()))
+    missing = []
+    for module in needed:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(module)
+    return missing
+
+
 class LocalLauncher(BaseLauncher):
     """Jobs as processes of this machine; ``submit`` runs them to the end."""
 
     name = "local"
     prefix = PREFIXES["local"]
 
+    def check(self, jobs: list[Row]) -> None:
+        """The jobs run here, so this machine needs what they import: torch for every stage,
+        ONNX for export and ONNX Runtime for inference (the package's extras)."""
+        super().check(jobs)
+        missing = missing_modules({job["stage"] for job in jobs})
+        if missing:
+            extras = ",".join(dict.fromkeys(EXTRA_OF[m] for m in missing))
+            raise UserError(
+                f"the local launcher runs the jobs on this machine, which lacks "
+                f"{', '.join(missing)}: pip install 'resnest-bench[{extras}]'"
+            )
+
     def submit(self, jobs: list[Row], progress: bool = True) -> dict[str, str]:
+        self.check(jobs)
         config = self.sweep_config()
         for job in jobs:
             self.store.set_state(job["id"], "submitted", attempt=job["attempt"], reason=None)
