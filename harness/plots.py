@@ -14,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from harness.render import columns_of
+from harness.render import cell, columns_of
 from harness.report import comparison, deployment, per_model_blocks, prices_of, study_tables
 from records import queries
 from records.store import Store
@@ -81,22 +81,38 @@ def _plot_accuracy(plt, path: Path, rows: list[Any]) -> bool:
     return True
 
 
+def utilisation_series(samples: list[Any], key: str) -> dict[tuple, list[tuple[float, float]]]:
+    """(model, gpu_type, job, attempt, GPU index) -> [(seconds since the job's first sample,
+    utilisation)]: a line per attempt and GPU, so that no line bridges the gap between an
+    attempt and its rerun, nor mixes the GPUs of a DDP job."""
+    first: dict[str, float] = {}
+    series: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
+    for s in samples:
+        first.setdefault(s.job_id, s.time)
+        if s.sample.get(key) is not None:
+            line = (s.model, s.gpu_type, s.job_id, s.attempt, s.gpu_index)
+            series[line].append((s.time - first[s.job_id], s.sample[key]))
+    return dict(series)
+
+
 def _plot_utilisation(plt, path: Path, store: Store, sweep: str) -> str | None:
-    """GPU utilisation over time (CPU utilisation where the jobs had no NVML)."""
+    """GPU utilisation over time (CPU utilisation where the jobs had no NVML): a colour per
+    network and GPU type, a line per attempt (dashed after the first) and GPU."""
     samples = queries.telemetry_samples(store, sweep)
     if not samples:
         return None
     gpu = any(s.sample.get("gpu_util") is not None for s in samples)
-    key = "gpu_util" if gpu else "cpu_util"
-    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for s in samples:
-        if s.sample.get(key) is not None:
-            series[f"{s.model} on {s.gpu_type}"].append((s.time, s.sample[key]))
+    series = utilisation_series(samples, "gpu_util" if gpu else "cpu_util")
+    groups = sorted({(model, gpu_type) for model, gpu_type, *_ in series})
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    for i, (label, points) in enumerate(sorted(series.items())):
-        start = points[0][0]
-        ax.plot([t - start for t, _ in points], [v for _, v in points], label=label,
-                color=COLORS[i % len(COLORS)], linewidth=1)  # fmt: skip
+    labelled = set()
+    for (model, gpu_type, _, attempt, _), points in sorted(series.items()):
+        group = groups.index((model, gpu_type))
+        label = f"{model} on {gpu_type}" + (f", attempt {attempt + 1}" if attempt else "")
+        ax.plot([t for t, _ in points], [v for _, v in points], "--" if attempt else "-",
+                label=None if label in labelled else label,
+                color=COLORS[group % len(COLORS)], linewidth=1)  # fmt: skip
+        labelled.add(label)
     what = "GPU" if gpu else "CPU (no GPU telemetry)"
     _finish(plt, fig, ax, path, "time since the job's first sample (s)",
             f"{what} utilisation (%)", f"{what} utilisation over time")  # fmt: skip
@@ -127,23 +143,24 @@ def _table_html(rows: list[dict[str, Any]]) -> str:
     keys = columns_of(rows)
     head = "".join(f"<th>{html.escape(str(k))}</th>" for k in keys)
     body = "".join(
-        "<tr>"
-        + "".join(
-            f"<td>{'-' if row.get(k) is None else html.escape(str(row.get(k)))}</td>" for k in keys
-        )
-        + "</tr>"
+        "<tr>" + "".join(f"<td>{html.escape(cell(row.get(k)))}</td>" for k in keys) + "</tr>"
         for row in rows
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    # A wide table scrolls inside its box on a narrow screen instead of widening the page.
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="scroll">{table}</div>'
 
 
 STYLE = """
-body { font-family: sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+body { font-family: sans-serif; margin: 2em auto; padding: 0 1em; max-width: 1100px;
+       color: #222; }
+.scroll { overflow-x: auto; max-width: 100%; }
+img { max-width: 100%; height: auto; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th { background: #f3f3f3; }
 td:first-child, th:first-child { text-align: left; }
-figure { display: inline-block; margin: 0.5em; }
+figure { display: inline-block; margin: 0.5em 0; max-width: 100%; }
 figcaption { font-size: 0.85em; color: #555; max-width: 700px; }
 .flag { color: #b00; }
 """
@@ -234,6 +251,7 @@ def build(store: Store, sweep: str, out: Path) -> Path:
     )
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
 <title>resnest-bench: {html.escape(sweep)}</title>
 <style>{STYLE}</style></head>
 <body>

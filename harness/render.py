@@ -39,7 +39,7 @@ def render(rows: Sequence[Mapping[str, Any]], fmt: str = "table") -> str:
     if fmt == "md":
         lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
         lines += [
-            "| " + " | ".join(_cell(row[c]).replace("|", "\\|") for c in columns) + " |"
+            "| " + " | ".join(cell(row[c]).replace("|", "\\|") for c in columns) + " |"
             for row in rows
         ]
         return "\n".join(lines)
@@ -48,14 +48,14 @@ def render(rows: Sequence[Mapping[str, Any]], fmt: str = "table") -> str:
 
         head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
         body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(_cell(row[c]))}</td>" for c in columns) + "</tr>"
+            "<tr>" + "".join(f"<td>{html.escape(cell(row[c]))}</td>" for c in columns) + "</tr>"
             for row in rows
         )
         return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>{body}</tbody>\n</table>"
     raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -71,7 +71,7 @@ def _cell(value: Any) -> str:
 
 
 def _text_table(rows: Sequence[Mapping[str, Any]], columns: list[str]) -> str:
-    cells = [[_cell(row[c]) for c in columns] for row in rows]
+    cells = [[cell(row[c]) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     numeric = [all(isinstance(row[c], (int, float, type(None))) for row in rows) for c in columns]
 

@@ -126,11 +126,19 @@ def epoch_curves(store: Store, sweep: str) -> list[Any]:
 
 
 def telemetry_samples(store: Store, sweep: str) -> list[Any]:
-    """The telemetry samples of the sweep's training jobs (model, gpu_type, time, sample),
-    in time order."""
+    """The telemetry samples of the sweep's training jobs (model, gpu_type, job_id, attempt,
+    gpu_index, time, sample), in time order."""
     with store.begin() as conn:
         return conn.execute(
-            select(jobs.c.model, jobs.c.gpu_type, telemetry.c.time, telemetry.c.sample)
+            select(
+                jobs.c.model,
+                jobs.c.gpu_type,
+                telemetry.c.job_id,
+                telemetry.c.attempt,
+                telemetry.c.gpu_index,
+                telemetry.c.time,
+                telemetry.c.sample,
+            )
             .join(telemetry, telemetry.c.job_id == jobs.c.id)
             .where(jobs.c.sweep == sweep, jobs.c.stage == "train")
             .order_by(telemetry.c.time)

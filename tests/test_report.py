@@ -4,6 +4,7 @@ real headless Chromium (Debian's chromium and chromium-driver, through selenium)
 import io
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -62,6 +63,9 @@ def test_report_files_and_tables(report):
     assert "CPU (no GPU telemetry) utilisation" in page
     assert "no GPU: the job ran on the CPU" in page  # provenance says why
     assert "$/run" in page  # cpu-a has a price per GPU-hour
+    # Figures as the terminal shows them (2.53, 1,012), not as floats print (2.5299).
+    cells = re.findall(r"<td>([^<]*)</td>", page)
+    assert cells and not [c for c in cells if re.fullmatch(r"-?\d+\.\d{4,}", c)]
 
 
 def test_table_telemetry_cost_mismatch_and_the_study_layout(report):
@@ -119,6 +123,8 @@ def test_report_opens_in_headless_chromium_with_every_image_loaded(report):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    fits = "return [document.documentElement.scrollWidth, window.innerWidth]"
+    widest_image = "return Math.max(...Array.from(document.images).map(i => i.width))"
     try:
         driver.get((out / "index.html").as_uri())
         images = driver.execute_script(
@@ -128,8 +134,21 @@ def test_report_opens_in_headless_chromium_with_every_image_loaded(report):
         shot = driver.get_screenshot_as_png()
         logs = driver.get_log("browser")
         title = driver.title
+        desktop = driver.execute_script(fits), driver.execute_script(widest_image)
+        driver.set_window_size(390, 844)  # a phone
+        driver.get((out / "index.html").as_uri())
+        phone = driver.execute_script(fits), driver.execute_script(widest_image)
+        phone_shot = driver.get_screenshot_as_png()
     finally:
         driver.quit()
+    # At both widths the page is no wider than the window (wide tables scroll in their own
+    # box) and the plots are shrunk to fit; at the desktop width they are at full size.
+    (page_width, window), image = desktop
+    assert page_width <= window and image == 700
+    (page_width, window), image = phone
+    assert window < 500 and page_width <= window and image <= window
+    narrow = Image.open(io.BytesIO(phone_shot)).convert("L")
+    assert narrow.size[0] < 1000 and len(narrow.getcolors(maxcolors=1 << 16) or []) > 20
     assert title == "resnest-bench: report-test"
     assert len(images) == 4
     for src, complete, width, height in images:
@@ -155,3 +174,26 @@ def test_report_of_a_sweep_without_epochs_is_a_page_that_says_so(tmp_path):
     page = (tmp_path / "results" / "empty" / "report" / "index.html").read_text()
     assert "(no finished training epochs yet)" in page and "(no inference results)" in page
     assert "<img" not in page
+
+
+def test_each_attempt_and_gpu_of_a_job_is_its_own_utilisation_line():
+    from collections import namedtuple
+
+    from harness.plots import utilisation_series
+
+    Sample = namedtuple("Sample", "model gpu_type job_id attempt gpu_index time sample")
+    samples = [
+        # job a: attempt 0 on two GPUs, then after a 600 s gap its rerun (attempt 1)
+        *(Sample("m", "v100", "a", 0, g, 100.0 + t, {"gpu_util": 50 + g}) for t in (0, 1)
+          for g in (0, 1)),
+        *(Sample("m", "v100", "a", 1, 0, 700.0 + t, {"gpu_util": 90}) for t in (0, 1, 2)),
+        Sample("m", "v100", "b", 0, 0, 50.0, {"gpu_util": None}),  # no reading: no point
+        Sample("m", "v100", "b", 0, 0, 51.0, {"gpu_util": 10}),
+    ]  # fmt: skip
+    series = utilisation_series(sorted(samples, key=lambda s: s.time), "gpu_util")
+    assert series == {
+        ("m", "v100", "a", 0, 0): [(0.0, 50), (1.0, 50)],
+        ("m", "v100", "a", 0, 1): [(0.0, 51), (1.0, 51)],
+        ("m", "v100", "a", 1, 0): [(600.0, 90), (601.0, 90), (602.0, 90)],
+        ("m", "v100", "b", 0, 0): [(1.0, 10)],
+    }
