@@ -6,6 +6,7 @@ Every problem is reported as one line: the file, the field path and what was exp
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -35,8 +36,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class GpuType(_Strict):
-    """How to get one GPU of a type: SLURM, Ray, or the machine at hand (``local``)."""
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class _JobEnvironment(_Strict):
+    """How a job's process is set up on its node: shell lines first (``module load``, an
+    environment's activation), then the variables, then the interpreter that runs the job."""
+
+    setup: list[str] = []  # shell lines, run in order before the job; one failing fails it
+    python: str | None = None  # the interpreter on the node (default: the one submitting)
+    env: dict[Annotated[str, Field(pattern=ENV_NAME)], str] = {}
+
+
+class GpuType(_JobEnvironment):
+    """How to get one GPU of a type: SLURM, Ray, or the machine at hand (``local``). Its
+    ``setup``, ``python`` and ``env`` add to the launcher's (see ``environment_for``)."""
 
     local: str | None = None  # cpu, cuda, cuda:N
     partition: str | None = None
@@ -80,7 +94,10 @@ class RaySettings(_Strict):
     max_retries: int = Field(default=2, ge=0)
 
 
-class Launcher(_Strict):
+class Launcher(_JobEnvironment):
+    """Which launcher runs the jobs, its settings, and the job environment every GPU type
+    starts from."""
+
     kind: Literal["local", "slurm", "ray"] = "local"
     local: LocalSettings = LocalSettings()
     slurm: SlurmSettings = SlurmSettings()
@@ -206,6 +223,28 @@ class ClusterConfig(_Strict):
                     f"sweep.gpu_types: {name!r} is not defined in gpu_types ({defined})"
                 )
         return self
+
+
+@dataclass(frozen=True)
+class JobEnvironment:
+    setup: tuple[str, ...] = ()
+    python: str | None = None
+    env: tuple[tuple[str, str], ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"setup": list(self.setup), "python": self.python, "env": dict(self.env)}
+
+
+def environment_for(config: ClusterConfig, gpu_type: str) -> JobEnvironment:
+    """The environment of a job on ``gpu_type``: the launcher's setup lines then the GPU
+    type's, the GPU type's python if it names one, and both sets of variables (the GPU
+    type's win)."""
+    base, gpu = config.launcher, config.gpu_types[gpu_type]
+    return JobEnvironment(
+        setup=(*base.setup, *gpu.setup),
+        python=gpu.python or base.python,
+        env=tuple({**base.env, **gpu.env}.items()),
+    )
 
 
 def load(path: str | Path) -> ClusterConfig:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from harness.config import ClusterConfig, Sweep
+from harness.config import ClusterConfig, JobEnvironment, Sweep, environment_for
 from records.errors import UserError
 from records.spec import ExportSpec, InferSpec, Spec, TrainSpec, TransferSpec
 
@@ -80,6 +80,9 @@ def _spec(config: ClusterConfig, job: JobPlan) -> Spec:
         "out_dir": str(job_dir(config, job.id)), "job_id": job.id, "gpu_type": job.gpu_type,
         "dataset": job.dataset, "data_dir": str(Path(sweep.data_dir).resolve()),
     }  # fmt: skip
+    environment = environment_for(config, job.gpu_type)
+    if environment != JobEnvironment():
+        common["environment"] = environment.as_dict()  # for the job's provenance
     if job.stage == "export":
         return ExportSpec(sources=inputs, **common, **job.overrides)
     if job.stage == "infer":

@@ -371,3 +371,31 @@ def deployment(store: Store, sweep: str) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def side_by_side(
+    rows: list[dict[str, Any]], other: list[dict[str, Any]], name: str, other_name: str
+) -> list[dict[str, Any]]:
+    """Two sweeps' comparison rows joined on the GPU type: a row per GPU type and numeric
+    figure measured in both, with both values, ``name`` / ``other_name`` and the change in
+    percent from the other sweep to this one."""
+    theirs = {row["gpu_type"]: row for row in other}
+    table = []
+    for row in rows:
+        match = theirs.get(row["gpu_type"])
+        if match is None:
+            continue
+        for figure, value in row.items():
+            then = match.get(figure)
+            numbers = all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in (value, then)
+            )
+            if figure == "gpu_type" or not numbers:
+                continue
+            ratio = value / then if then else None
+            table.append({
+                "gpu_type": row["gpu_type"], "figure": figure, name: value, other_name: then,
+                "ratio": None if ratio is None else round(ratio, 3),
+                "change %": None if ratio is None else round(100 * (ratio - 1), 1),
+            })  # fmt: skip
+    return table

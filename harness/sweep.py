@@ -20,6 +20,51 @@ def store_for(config: ClusterConfig) -> Store:
     return open_store(config.store, config.results_dir)
 
 
+def placement(config: ClusterConfig, jobs: list[JobPlan]) -> list[str]:
+    """What the launcher will ask for, per GPU type and job shape: the sbatch options (and
+    the python SLURM starts), the Ray resources and placement, or the local device; and the
+    job environment's setup lines and variables. For ``submit --dry-run``."""
+    import shlex
+
+    from harness.config import environment_for
+    from harness.launchers.base import setup_lines
+
+    kind = config.launcher.kind
+    lines = []
+    shapes = dict.fromkeys((j.gpu_type, j.gpus_per_node, j.nodes) for j in jobs)
+    for gpu_type, per_node, nodes in shapes:
+        gpu = config.gpu_types[gpu_type]
+        environment = environment_for(config, gpu_type)
+        head = f"{gpu_type} ({per_node * nodes} GPU{'s' if per_node * nodes > 1 else ''}):"
+        if kind == "slurm":
+            from harness.launchers.slurm import sbatch_parameters
+
+            params = sbatch_parameters(gpu, per_node, nodes)
+            flags = [
+                f"--{key.replace('_', '-')}={value}"
+                for key, value in params.items()
+                if value not in (None, {}, []) and key != "srun_args"
+            ]
+            flags += [f"(srun {' '.join(params['srun_args'])})"] if "srun_args" in params else []
+            what = "sbatch " + " ".join(flags)
+        elif kind == "ray":
+            from harness.launchers.ray_launcher import placement_for, resources_of
+
+            resources = {"CPU": gpu.cpus_per_gpu, "GPU": 1, **resources_of(gpu)}
+            workers = per_node * nodes
+            task = "a Ray task" if workers == 1 else f"{workers} Ray Train workers"
+            what = f"{task}, each {resources}"
+            what += f", {placement_for(nodes, per_node)}" if workers > 1 else ""
+        else:
+            what = f"a process here on {gpu.local or 'auto'}"
+        lines.append(f"{head} {what}")
+        for line in setup_lines(environment):
+            lines.append(f"    {line}")
+        if environment.python:
+            lines.append(f"    python: {shlex.quote(environment.python)}")
+    return lines
+
+
 def _row(config: ClusterConfig, job: JobPlan) -> Row:
     """The store's row of a planned job; its spec is the planned spec's dict."""
     return {

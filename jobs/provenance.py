@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import re
+import sys
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -60,6 +64,66 @@ def provenance(
             gpu_memory_total=gpus[0]["memory_total"] or info["gpu_memory_total"],
             driver=gpus[0]["driver"],
         )
+    info["python"] = sys.executable
+    info["code_commit"] = code_commit()
+    info["packages_sha256"] = packages_digest()
+    info["environment"] = environment_record(spec.environment, os.environ)
     match = telemetry.gpu_matches(spec.expect_gpu, info["gpu_name"], device.type)
     info["gpu_mismatch"] = None if match is None else not match
     return info
+
+
+_EXPORT = re.compile(r"(?:^|[;&|\s])export\s+([A-Za-z_][A-Za-z0-9_]*)=")
+
+
+def environment_record(
+    asked: dict[str, Any] | None, environ: Mapping[str, str]
+) -> dict[str, Any] | None:
+    """The GPU type's job environment as this process got it: the setup lines and python
+    asked for, and the value here of every variable it sets (its ``env`` and each
+    ``export NAME=`` of its setup lines)."""
+    if not asked:
+        return None
+    names = dict.fromkeys(
+        [*(m for line in asked.get("setup", []) for m in _EXPORT.findall(line)),
+         *asked.get("env", {})]
+    )  # fmt: skip
+    return {
+        "setup": list(asked.get("setup", [])),
+        "python": asked.get("python"),
+        "variables": {name: environ.get(name) for name in names},
+    }
+
+
+def code_commit() -> str | None:
+    """The git commit of the code this job runs, with ``+dirty`` where its files differ from
+    it; None where the code is not a git checkout (an installed release: see code_version)."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+            timeout=10,
+        )  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def packages_digest() -> str:
+    """A sha256 over the installed distributions (name==version, sorted): two jobs with the
+    same digest ran on the same package set."""
+    from importlib.metadata import distributions
+
+    names = sorted({f"{(d.metadata['Name'] or '').lower()}=={d.version}" for d in distributions()})
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()

@@ -73,6 +73,10 @@ class Provenance(TypedDict, total=False):
     gpu_uuid: str
     torch: str
     code_version: str
+    python: str  # the interpreter that ran the job (sys.executable)
+    environment: dict[str, Any] | None  # setup lines, python asked for, variables' values
+    code_commit: str | None  # git commit (+dirty) where the code is a checkout
+    packages_sha256: str  # sha256 of the installed distributions' name==version list
 
 
 class Artifact(TypedDict):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import JSON, Boolean, Column, Float, Integer, MetaData, String, Table, Text
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STATES = ("pending", "submitted", "running", "succeeded", "failed", "cancelled")
 
 metadata = MetaData()
@@ -132,4 +132,9 @@ provenance = Table(
     Column("gpu_type", String(50)),
     Column("expected_gpu", String(100)),
     Column("gpu_mismatch", Boolean),
+    # version 3
+    Column("python", Text),  # the interpreter that ran the job
+    Column("environment", JSON),  # the GPU type's setup, python and variables as the job saw them
+    Column("code_commit", String(60)),  # git commit of the code (+dirty), where a checkout
+    Column("packages_sha256", String(64)),  # of the installed name==version list
 )

@@ -56,6 +56,8 @@ class _Spec:
     attempt: int = 0
     gpu_type: str | None = None  # the sweep's name for the GPU type the job asked for
     store: str | None = None  # the results store's URL (never with a password); None: outbox only
+    # The GPU type's job environment (setup lines, python, env), as the launcher applied it
+    environment: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"stage": self.stage, **asdict(self)}

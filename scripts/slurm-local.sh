@@ -93,7 +93,7 @@ foreign_daemons() {
     for f in "$state"/run/*.pid; do
         [ -s "$f" ] && ours="$ours$(cat "$f") "
     done
-    for pid in $(pgrep -x 'slurmctld|slurmd|slurmdbd'); do
+    for pid in $(pgrep -x slurmctld; pgrep -x slurmd; pgrep -x slurmdbd); do
         case "$ours" in *" $pid "*) continue ;; esac
         tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null \
             | grep -qx 'SLURM_CONF=/etc/slurm-nodes/slurm.conf' && continue

@@ -110,3 +110,23 @@ def check_winner_deployed(store, sweep: str) -> dict:
     # Planned as "winner", the deployment jobs now carry the winner's model.
     assert {r["model"] for r in rows if r["stage"] in ("export", "infer")} == {winner["model"]}
     return winner
+
+
+def second_python(folder: Path) -> Path:
+    """A second virtual environment's interpreter, as a site's other Python would be: its
+    own ``sys.executable``, seeing this environment's packages through a ``.pth`` file."""
+    import site
+    import sysconfig
+
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
+    python = folder / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    ours = sysconfig.get_paths()["purelib"]
+    assert ours in site.getsitepackages() or ours in sys.path
+    Path(purelib, "resnest_bench_parent.pth").write_text(
+        f"import site; site.addsitedir({ours!r})\n"
+    )
+    return python

@@ -17,9 +17,9 @@ from sqlalchemy import func, select
 
 from harness import config as cluster_config
 from harness.planner import plan
-from records.store import epochs, events, results
+from records.store import epochs, events, provenance, results
 
-from .jobtools import check_winner_deployed, store_of, tiny_sweep, write_cluster
+from .jobtools import check_winner_deployed, second_python, store_of, tiny_sweep, write_cluster
 from .test_sweep import EXE
 
 pytestmark = pytest.mark.slurm
@@ -386,3 +386,32 @@ def test_slurm_local_refuses_a_slurm_it_did_not_start(tmp_path):
     assert conf.read_bytes() == before and not state.exists()
     usage = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=10)
     assert usage.returncode == 0 and "DROPS and recreates" in usage.stdout
+
+
+def test_a_gpu_types_setup_python_and_env_reach_its_slurm_job(tmp_path):
+    """cluster.yaml's per-GPU-type job environment on a real SLURM: the setup line and the
+    variables go into the batch script before the job's srun, and the job runs in a second
+    virtual environment's python; the job's provenance records both."""
+    python = second_python(tmp_path / "venv2")
+    gpu = {
+        "partition": "gpu", "gres": "gpu:v100", "cpus_per_gpu": 1,
+        "setup": ["export RB_SETUP_MARK=from-sbatch-setup"], "python": str(python),
+        "env": {"RB_ENV_MARK": "from env"},
+    }  # fmt: skip
+    path = slurm_yaml(
+        tmp_path, "slurm-env", {"v100": gpu}, models=["resnest_tiny_basic"], gpu_types=["v100"],
+        epochs=1,
+    )  # fmt: skip
+    result = cli("submit", str(path), "-q", "--wait", cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    (script,) = (tmp_path / "results" / "slurm-env" / "slurm").glob("*_submission.sh")
+    text = script.read_text()
+    setup = text.index("export RB_SETUP_MARK=from-sbatch-setup")
+    assert setup < text.index("export RB_ENV_MARK='from env'") < text.index("srun")
+    assert f"{python} -u -m submitit.core._submit" in text
+    with store_of(tmp_path).begin() as conn:
+        (row,) = conn.execute(select(provenance)).mappings().all()
+    assert row["python"] == str(python)
+    assert row["environment"]["variables"] == {
+        "RB_SETUP_MARK": "from-sbatch-setup", "RB_ENV_MARK": "from env",
+    }  # fmt: skip

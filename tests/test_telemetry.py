@@ -258,15 +258,18 @@ def test_a_version_1_store_gains_the_telemetry_columns(tmp_path):
     db = sqlite3.connect(path)  # make it look like a store written by version 1
     db.execute("ALTER TABLE epochs DROP COLUMN energy_j")
     db.execute("ALTER TABLE provenance DROP COLUMN gpu_mismatch")
+    db.execute("ALTER TABLE provenance DROP COLUMN environment")  # and of version 2
     db.execute("UPDATE schema_version SET version = 1")
     db.commit()
     db.close()
     store = Store(f"sqlite:///{path}")
     store.write_records(
-        [{"kind": "epoch", "job_id": "j", "attempt": 0, "epoch": 1, "energy_j": 5.0}]
-    )
+        [{"kind": "epoch", "job_id": "j", "attempt": 0, "epoch": 1, "energy_j": 5.0},
+         {"kind": "provenance", "job_id": "j", "attempt": 0, "environment": {"setup": ["x"]}}]
+    )  # fmt: skip
     with store.begin() as conn:
         assert conn.execute(select(epochs.c.energy_j)).scalar() == 5.0
+        assert conn.execute(select(provenance.c.environment)).scalar() == {"setup": ["x"]}
     assert sqlite3.connect(path).execute("SELECT version FROM schema_version").fetchone() == (
         SCHEMA_VERSION,
     )

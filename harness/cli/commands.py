@@ -60,6 +60,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
         for job in jobs:
             stages[job.stage] = stages.get(job.stage, 0) + 1
         summary = ", ".join(f"{n} {stage}" for stage, n in stages.items())
+        from harness.sweep import placement
+
+        for line in placement(config, jobs):
+            print(line, file=sys.stderr)
         print(
             f"{len(jobs)} jobs ({summary}) for sweep {config.name!r} on the "
             f"{config.launcher.kind} launcher; dry run, nothing submitted",
@@ -210,6 +214,15 @@ def cmd_table(args: argparse.Namespace) -> int:
             )
         return 0
     rows = comparison(store, sweep_name, args.reference, prices=prices_of(store, sweep_name))
+    if args.compare:
+        from harness.report import side_by_side
+
+        if args.compare not in store.sweeps():
+            raise UserError(f"--compare {args.compare!r}: no such sweep in {store.url}")
+        other = comparison(store, args.compare, prices=prices_of(store, args.compare))
+        table = side_by_side(rows, other, sweep_name, args.compare)
+        print(render(table, args.format) if table else "(no figure measured in both sweeps)")
+        return 0
     measured = [row["gpu_type"] for row in rows]
     types = {label.split(" (", 1)[0] for label in measured}  # "v100 (2 nodes)": a v100 row
     if args.reference and args.reference not in {*measured, *types}:

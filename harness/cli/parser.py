@@ -13,7 +13,7 @@ from typing import Any
 
 from harness import __version__
 from harness.render import FORMATS, TABLE_FORMATS
-from records.options import add_job_arguments
+from records.options import ADD_ARGUMENTS
 
 
 def positive_int(text: str) -> int:
@@ -130,6 +130,10 @@ COMMANDS: list[dict[str, Any]] = [
                 help="gpu: a row per GPU type, a column group per model (default); study: "
                 "the study's tables, a row per variant and a column per GPU type with the "
                 "average (test accuracy, seconds per epoch, transfer accuracy)"),
+            arg("--compare", metavar="OTHER_SWEEP",
+                help="this sweep beside another of the same store (a new driver, torch or "
+                "recipe against the last sweep): a row per GPU type and figure, both values, "
+                "their ratio and the change in percent"),
         ],
         groups=["store"],
     ),
@@ -207,6 +211,24 @@ COMMANDS: list[dict[str, Any]] = [
         help="fine-tune a trained network on another dataset, here and now",
         description=JOB_HELP.format(stage="transfer"),
     ),
+    dict(
+        name="export", func="commands:cmd_job", job=True,
+        help="export a trained network (ONNX, AOTInductor, Caffe2's ONNX), here and now",
+        description="Run one export job in this process: from a training or transfer job's "
+        "folder (or the best of several), write the state dict, ONNX (opset 18), the opset-11 "
+        "file Caffe2 reads and an AOTInductor package into --out/artifacts, each checked "
+        "against eager PyTorch on real test images. Exit codes: 0 done, 2 bad input, 4 an "
+        "artifact off by more than --tolerance.",
+    ),
+    dict(
+        name="infer", func="commands:cmd_job", job=True,
+        help="measure an exported network in every runtime, here and now",
+        description="Run one inference job in this process: the export's network in PyTorch "
+        "eager, torch.compile, AOTInductor, ONNX Runtime (and its INT8) and Caffe2, at each "
+        "batch size: latency percentiles, throughput, accuracy over the test set and "
+        "agreement with eager. A runtime that cannot run here is a row with the reason. Exit "
+        "codes: 0 done, 2 bad input.",
+    ),
 ]  # fmt: skip
 
 
@@ -230,6 +252,6 @@ def build_parser() -> argparse.ArgumentParser:
             for flags, options in GROUPS[group]:
                 p.add_argument(*flags, **options)
         if command.get("job"):
-            add_job_arguments(p, command["name"])
+            ADD_ARGUMENTS[command["name"]](p)
         p.set_defaults(func=command["func"], **command.get("defaults", {}))
     return parser

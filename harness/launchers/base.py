@@ -13,12 +13,14 @@ one of them did not, retries what the backend says to retry, and keeps the progr
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Protocol
 
+from harness.config import JobEnvironment, environment_for
 from records.errors import UserError
 from records.spec import (
     EXIT_ALREADY_RUNNING,
@@ -166,6 +168,33 @@ def progress_bar(total: int, enabled: bool) -> Any:
         file=sys.stderr,
         dynamic_ncols=True,
     )
+
+
+def environment_of(config: Any, job: Row) -> JobEnvironment:
+    """The job environment of ``job`` (none without the sweep's config, as for a rerun from
+    the store alone)."""
+    if config is None or job["gpu_type"] not in config.gpu_types:
+        return JobEnvironment()
+    return environment_for(config, job["gpu_type"])
+
+
+def setup_lines(environment: JobEnvironment) -> list[str]:
+    """The shell lines that prepare a job's process: the setup lines, then the variables (so
+    that they win over what the setup sets)."""
+    exports = [f"export {name}={shlex.quote(value)}" for name, value in environment.env]
+    return [*environment.setup, *exports]
+
+
+def job_command(environment: JobEnvironment, spec_path: str | Path) -> list[str]:
+    """The command that runs a job's spec on this machine: its python with ``-m jobs.run``,
+    behind a ``bash`` that runs the setup lines first where there are any (``set -e``: a
+    failing line fails the job; the python is looked up after them, on their PATH)."""
+    command = [environment.python or sys.executable, "-m", "jobs.run", "--spec", str(spec_path)]
+    lines = setup_lines(environment)
+    if not lines:
+        return command
+    script = "\n".join(["set -e", *lines, 'exec "$@"'])
+    return ["bash", "-c", script, "resnest-bench-job", *command]
 
 
 def folder_logs(job: Row) -> list[Path]:

@@ -10,11 +10,20 @@ import importlib.util
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from harness.launchers.base import PREFIXES, BaseLauncher, Driver, Row, last_line, write_spec
+from harness.launchers.base import (
+    PREFIXES,
+    BaseLauncher,
+    Driver,
+    Row,
+    environment_of,
+    job_command,
+    last_line,
+    write_spec,
+)
 from records.errors import OutboxError, UserError
 from records.lock import holder_of, is_held
 from records.outbox import NAME, final_state, read_outbox
@@ -43,10 +52,6 @@ def threads_per_job(max_parallel: int) -> int:
     return max(1, (cpus or 1) // max(1, max_parallel))
 
 
-def job_command(spec_path: Path) -> list[str]:
-    return [sys.executable, "-m", "jobs.run", "--spec", str(spec_path)]
-
-
 def outcome(job_dir: Path) -> tuple[str, str | None]:
     """How a job that another runner ran has ended, from its outbox's newest attempt."""
     try:
@@ -60,8 +65,9 @@ def outcome(job_dir: Path) -> tuple[str, str | None]:
 class Processes:
     """The Driver's backend here: one subprocess per job, at most ``max_parallel`` at once."""
 
-    def __init__(self, store: Store, max_parallel: int) -> None:
+    def __init__(self, store: Store, max_parallel: int, config: Any = None) -> None:
         self.store = store
+        self.config = config
         self.max_parallel = max_parallel
         self.threads = threads_per_job(max_parallel)
         self.running: dict[str, tuple[Row, subprocess.Popen]] = {}
@@ -76,9 +82,10 @@ class Processes:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if not os.environ.get("OMP_NUM_THREADS"):  # the user's setting wins
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.threads)
+        command = job_command(environment_of(self.config, job), spec_path)
         with open(job_dir / "stdout.log", "ab") as out, open(job_dir / "stderr.log", "ab") as err:
             process = subprocess.Popen(
-                job_command(spec_path), stdout=out, stderr=err, env=env, start_new_session=True
+                command, stdout=out, stderr=err, env=env, start_new_session=True
             )
         self.store.set_state(
             job["id"], "running", launcher_job_id=f"pid:{process.pid}", attempt=job["attempt"]
@@ -170,7 +177,8 @@ class LocalLauncher(BaseLauncher):
         for job in jobs:
             self.store.set_state(job["id"], "submitted", attempt=job["attempt"], reason=None)
         max_parallel = config.launcher.local.max_parallel or max(visible_gpus(), 1)
-        return Driver(self.store, jobs, Processes(self.store, max_parallel), progress).run()
+        processes = Processes(self.store, max_parallel, config)
+        return Driver(self.store, jobs, processes, progress).run()
 
     def cancel(self, jobs: list[Row]) -> None:
         """Stop the running ones (their whole process group); all recorded as cancelled."""

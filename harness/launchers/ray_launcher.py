@@ -30,8 +30,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from harness.config import ClusterConfig, GpuType
-from harness.launchers.base import PREFIXES, BaseLauncher, Driver, Row, last_line, write_spec
+from harness.config import ClusterConfig, GpuType, JobEnvironment
+from harness.launchers.base import (
+    PREFIXES,
+    BaseLauncher,
+    Driver,
+    Row,
+    environment_of,
+    job_command,
+    last_line,
+    write_spec,
+)
 from harness.planner import layout
 from records.errors import UserError
 from records.spec import EXIT_ALREADY_RUNNING, EXIT_DIVERGED, EXIT_OK, EXIT_USER_ERROR
@@ -162,6 +171,20 @@ def check_gpu_types(config: ClusterConfig, used: set[str], workers: int) -> None
                 )
 
 
+def check_environments(config: ClusterConfig, jobs: list[Row]) -> None:
+    """A DDP job runs in Ray Train's own worker processes, which no setup line or other
+    python reaches: only ``env`` does (the task's runtime environment)."""
+    for job in jobs:
+        per_node, nodes = layout(config, job)
+        environment = environment_of(config, job)
+        if per_node * nodes > 1 and (environment.setup or environment.python):
+            raise UserError(
+                f"gpu_types.{job['gpu_type']}: setup and python reach one-GPU Ray jobs only; "
+                f"a job of {per_node * nodes} GPUs runs in Ray Train's workers (give it env, "
+                f"or use the SLURM launcher)"
+            )
+
+
 def check_nodes(nodes: int) -> None:
     """A job of N nodes places one worker per node at least N nodes apart: refuse it where
     the cluster has fewer alive nodes, or Ray would wait for them for ever."""
@@ -180,11 +203,12 @@ def _uses_gpus() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
-def run_job_process(spec_path: str) -> tuple[int, str]:
-    """A one-GPU job, inside a Ray task: the job as a subprocess, logs in its folder."""
+def run_job_process(spec_path: str, environment: JobEnvironment | None = None) -> tuple[int, str]:
+    """A one-GPU job, inside a Ray task: the job as a subprocess (after its GPU type's setup
+    lines, in its python), logs in its folder."""
     folder = Path(spec_path).parent
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "jobs.run", "--spec", spec_path]
+    cmd = job_command(environment or JobEnvironment(), spec_path)
     with open(folder / "stdout.log", "ab") as out, open(folder / "stderr.log", "ab") as err:
         code = subprocess.run(cmd, stdout=out, stderr=err, env=env).returncode
     return code, last_line(folder / "stderr.log")
@@ -280,9 +304,12 @@ class RayTasks:
             ref = self.single.options(
                 num_cpus=gpu.cpus_per_gpu, num_gpus=1 if self.use_gpu else 0, resources=per_gpu,
                 max_retries=retries,
-            ).remote(spec_path)  # fmt: skip
+            ).remote(spec_path, environment_of(self.config, job))  # fmt: skip
         else:  # the trainer task only coordinates: its workers hold the resources
-            ref = self.trainer.options(num_cpus=0, max_retries=retries).remote(
+            # Its workers inherit the task's runtime environment: the GPU type's variables.
+            env_vars = dict(environment_of(self.config, job).env)
+            options = {"runtime_env": {"env_vars": env_vars}} if env_vars else {}
+            ref = self.trainer.options(num_cpus=0, max_retries=retries, **options).remote(
                 spec_path, per_node * nodes, self.use_gpu, per_gpu, gpu.cpus_per_gpu, retries,
                 placement_for(nodes, per_node),
             )  # fmt: skip
@@ -329,6 +356,7 @@ class RayLauncher(BaseLauncher):
     def check(self, jobs: list[Row]) -> None:
         """Connect, and check that the cluster can run the jobs; nothing runs yet."""
         config = self.sweep_config()
+        check_environments(config, jobs)
         connect(config.launcher.ray.address)
         shapes = [layout(config, job) for job in jobs]
         workers = max((per_node * nodes for per_node, nodes in shapes), default=1)

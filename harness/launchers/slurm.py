@@ -25,7 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import ClusterConfig, GpuType
-from harness.launchers.base import PREFIXES, BaseLauncher, Row, not_run, progress_bar, write_spec
+from harness.launchers.base import (
+    PREFIXES,
+    BaseLauncher,
+    Row,
+    environment_of,
+    not_run,
+    progress_bar,
+    setup_lines,
+    write_spec,
+)
 from harness.launchers.sacct import NOT_RUN, SACCT_FIELDS, map_state, parse_sacct
 from harness.planner import layout
 from records.errors import UserError
@@ -144,10 +153,12 @@ def sbatch_parameters(gpu: GpuType, gpus_per_node: int, nodes: int) -> dict[str,
     return params
 
 
-def _executor(folder: Path, params: dict[str, Any], job_name: str):
+def _executor(folder: Path, params: dict[str, Any], job_name: str, python: str | None = None):
+    """A submitit executor; ``python`` is the interpreter the batch script starts on the node
+    (after the ``setup`` lines in ``params``, so it may come from them)."""
     import submitit
 
-    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=3)
+    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=3, python=python)
     executor.update_parameters(job_name=job_name, **params)
     return executor
 
@@ -168,7 +179,12 @@ def submit(config: ClusterConfig, store: Store, jobs: list[Row]) -> dict[str, st
         return SlurmTask(str(write_spec(store, job)), requeue)
 
     def params(job: Row) -> dict[str, Any]:
-        return sbatch_parameters(config.gpu_types[job["gpu_type"]], *layout(config, job))
+        result = sbatch_parameters(config.gpu_types[job["gpu_type"]], *layout(config, job))
+        lines = setup_lines(environment_of(config, job))
+        return {**result, "setup": lines} if lines else result
+
+    def python(job: Row) -> str | None:
+        return environment_of(config, job).python
 
     free = [job for job in jobs if not set(job["depends_on"] or []) & ids]
     waiting = [job for job in jobs if set(job["depends_on"] or []) & ids]
@@ -185,6 +201,7 @@ def submit(config: ClusterConfig, store: Store, jobs: list[Row]) -> dict[str, st
                     "array_parallelism": config.launcher.slurm.array_parallelism,
                 },
                 f"{config.name}-{gpu_type}",
+                python(group[0]),
             )
             with executor.batch():
                 handles = [executor.submit(task(job)) for job in group]
@@ -195,7 +212,7 @@ def submit(config: ClusterConfig, store: Store, jobs: list[Row]) -> dict[str, st
             job_params = params(job)
             job_params["dependency"] = "afterok:" + ":".join(parents)
             job_params["additional_parameters"] = {"kill-on-invalid-dep": "yes"}
-            executor = _executor(folder, job_params, f"{config.name}-{job['stage']}")
+            executor = _executor(folder, job_params, f"{config.name}-{job['stage']}", python(job))
             submitted[job["id"]] = executor.submit(task(job)).job_id
     except Exception as exc:
         # Nothing half-submitted: cancel what this call submitted, leave the rows pending.
