@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 import resnest
-from jobs import data
+from jobs import data, gpu_arch
 from jobs.checkpoint import CheckpointError, load_source, sha256_file
 from jobs.data import test_batch
 from jobs.reporter import reporter_for
@@ -183,6 +183,11 @@ def parity(model: torch.nn.Module, onnx_path: Path, images: torch.Tensor) -> dic
 def run(spec: ExportSpec) -> dict[str, Any]:
     """Export the network of the spec's source (or the winner of its sources)."""
     out = Path(spec.out_dir)
+    aoti = None if spec.no_aoti else spec.aoti_device
+    if aoti == "auto":
+        aoti = "cuda" if torch.cuda.is_available() else "cpu"
+    if aoti == "cuda":  # compiled for this GPU: one line, not a kernel-image crash
+        gpu_arch.check(torch.device("cuda", torch.cuda.current_device()))
     reporter = reporter_for(out, spec.job_id, spec.attempt, spec.store)
     if not spec.sources:
         raise CheckpointError("an export job needs a source: a job folder or a checkpoint")
@@ -209,9 +214,6 @@ def run(spec: ExportSpec) -> dict[str, Any]:
             **({"winner_of": ranking} if ranking else {}),
         },
     )  # fmt: skip
-    aoti = None if spec.no_aoti else spec.aoti_device
-    if aoti == "auto":
-        aoti = "cuda" if torch.cuda.is_available() else "cpu"
     paths = export_all(model, images[:2], out / "artifacts", aoti=aoti)
     meta = {
         "model_name": state["model_name"], "num_classes": state["num_classes"],

@@ -91,20 +91,21 @@ torch.cuda.device_count = lambda: 1
 torch.cuda.get_device_capability = lambda device=None: (7, 0)
 torch.cuda.get_device_name = lambda device=None: "Tesla V100-SXM2-32GB"
 torch.cuda.get_arch_list = lambda: {arch!r}
+torch.cuda.current_device = lambda: 0
 from jobs.{stage} import main
 sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.mark.parametrize("stage", ["train", "infer"])
+@pytest.mark.parametrize("stage", ["train", "export", "infer"])
 def test_a_job_on_such_a_gpu_stops_at_once_with_exit_2(tmp_path, stage):
     """The job as a launcher starts it, on a stand-in V100 (no GPU here) and a CUDA 13 build:
     it stops before it loads data or builds the network, one line, exit 2."""
-    args = (
-        ["--model", "resnest_tiny_basic", "--dataset", "synthetic", "--device", "cuda"]
-        if stage == "train"
-        else ["--from", str(tmp_path / "no-export"), "--device", "cuda"]
-    )
+    args = {
+        "train": ["--model", "resnest_tiny_basic", "--dataset", "synthetic", "--device", "cuda"],
+        "export": ["--from", str(tmp_path / "no-run"), "--aoti-device", "cuda"],
+        "infer": ["--from", str(tmp_path / "no-export"), "--device", "cuda"],
+    }[stage]
     code = STAND_IN_JOB.format(arch=CU130, stage=stage)
     result = subprocess.run(
         [sys.executable, "-c", code, "--out", str(tmp_path / "job"), *args],
