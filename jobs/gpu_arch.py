@@ -28,6 +28,8 @@ ADVICE = {
     "https://download.pytorch.org/whl/cu126; torch 2.14 is the last with one), which keeps "
     "sm_50, sm_60 and sm_70",
     (7, 5): "install a torch build for a CUDA release that supports this GPU",
+    (10, 0): "install a CUDA 12.8 or 13.0 build of torch (pip's default, or --index-url "
+    "https://download.pytorch.org/whl/cu128), which has sm_100 and sm_120",
 }
 
 

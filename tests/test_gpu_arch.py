@@ -62,18 +62,20 @@ def _stand_in_gpu(monkeypatch, name: str, capability: tuple[int, int], arch_list
         ("Tesla K80", (3, 7), "no current torch build has kernels for Kepler"),
         ("Tesla P100-PCIE-16GB", (6, 0), "install a CUDA 12.6 build of torch"),
         ("Tesla V100-SXM2-32GB", (7, 0), "whl/cu126"),
+        ("NVIDIA B200", (10, 0), "install a CUDA 12.8 or 13.0 build of torch"),
     ],
 )
 def test_a_gpu_the_build_lacks_is_one_line_naming_gpu_capability_list_and_fix(
     monkeypatch, name, capability, advice
 ):
-    _stand_in_gpu(monkeypatch, name, capability, CU130)
+    build = CU126 if capability >= (10, 0) else CU130  # each GPU against a build that lacks it
+    _stand_in_gpu(monkeypatch, name, capability, build)
     with pytest.raises(gpu_arch.GpuArchError) as caught:
         gpu_arch.check(torch.device("cuda", 1))
     text = str(caught.value)
     assert "\n" not in text
     assert text.startswith(f"GPU 1 ({name}, compute capability {capability[0]}.{capability[1]}):")
-    assert f"this torch ({torch.__version__}) has kernels only for {' '.join(CU130)}" in text
+    assert f"this torch ({torch.__version__}) has kernels only for {' '.join(build)}" in text
     assert advice in text
 
 
