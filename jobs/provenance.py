@@ -125,5 +125,8 @@ def packages_digest() -> str:
     same digest ran on the same package set."""
     from importlib.metadata import distributions
 
-    names = sorted({f"{(d.metadata['Name'] or '').lower()}=={d.version}" for d in distributions()})
+    names = sorted(
+        {f"{re.sub(r'[-_.]+', '-', d.metadata['Name'] or '').lower()}=={d.version}"
+         for d in distributions()}
+    )  # fmt: skip
     return hashlib.sha256("\n".join(names).encode()).hexdigest()

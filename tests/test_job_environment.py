@@ -12,7 +12,6 @@ from harness import config as cluster_config
 from harness.launchers.base import job_command
 from harness.launchers.ray_launcher import check_environments
 from harness.planner import plan
-from jobs.provenance import packages_digest
 from records.errors import UserError
 from records.store import provenance
 
@@ -52,7 +51,14 @@ def test_setup_python_and_env_reach_a_local_job_and_its_provenance(tmp_path):
         ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
     assert row["code_commit"].removesuffix("+dirty") == head
-    assert row["packages_sha256"] == packages_digest()  # venv2 adds no package of its own
+    # venv2 adds no package of its own: the digest is this environment's, as a process of it
+    # sees it from outside the checkout (pytest puts the checkout, and its egg-info, on its
+    # own sys.path).
+    here = subprocess.run(
+        [sys.executable, "-c", "from jobs.provenance import packages_digest as d; print(d())"],
+        capture_output=True, text=True, cwd=tmp_path, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert row["packages_sha256"] == here and len(here) == 64
     environment = row["environment"]
     assert environment["setup"] == [
         "export RB_SITE=all-types",

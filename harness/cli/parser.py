@@ -90,7 +90,9 @@ COMMANDS: list[dict[str, Any]] = [
         args=[
             arg("config", help="the sweep and site description (cluster.yaml)"),
             arg("--launcher", choices=("local", "slurm", "ray"), help="override launcher.kind"),
-            arg("--dry-run", action="store_true", help="print the plan, submit nothing"),
+            arg("--dry-run", action="store_true",
+                help="print the plan, and per GPU type the sbatch options, Ray resources or "
+                "device its jobs get (with its job environment); submit nothing"),
             arg("--only", action="append", default=[], metavar="KEY=VALUE",
                 help="only jobs matching (stage, model, dataset, gpu_type, seed, repeat or "
                 "id), with the jobs they depend on; repeatable"),
