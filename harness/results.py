@@ -125,16 +125,12 @@ def comparison(store: str | Store, sweep: str) -> Any:
 
     opened = _store(store)
     rows = table_rows(opened, sweep, prices=prices_of(opened, sweep))
+    models = {job["model"] for job in opened.jobs(sweep)}  # a model's columns: "MODEL figure"
     long = []
-    models = [name for name in dict.fromkeys(
-        key.split(" ", 1)[0] for row in rows for key in row if " " in key
-    )]  # fmt: skip
     for row in rows:
         for key, value in row.items():
             model, _, figure = key.partition(" ")
-            if model not in models or isinstance(value, bool):
-                continue
-            if isinstance(value, (int, float)):
+            if model in models and isinstance(value, (int, float)) and not isinstance(value, bool):
                 long.append({"gpu_type": row["gpu_type"], "model": model, "figure": figure,
                              "value": float(value)})  # fmt: skip
     return pd.DataFrame(long, columns=["gpu_type", "model", "figure", "value"])
