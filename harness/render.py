@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 FORMATS = ("table", "csv", "json")
-TABLE_FORMATS = ("table", "md", "csv", "json", "html")
+TABLE_FORMATS = ("table", "md", "csv", "json", "html", "parquet")
 
 
 def columns_of(rows: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -115,22 +115,36 @@ def deployments(store: str | Store, sweep: str) -> Any:
     return frame.loc[:, ~frame.columns.duplicated()]
 
 
-def comparison(store: str | Store, sweep: str) -> Any:
-    """The figures of ``resnest-bench table`` in long form: a row per GPU type (row label),
-    model and figure, with its numeric value."""
-    import pandas as pd
-
-    from harness.report import comparison as table_rows
+def comparison(store: str | Store, sweep: str, reference: str | None = None) -> Any:
+    """The figures of ``resnest-bench table``, as ``table --format csv|json|parquet`` writes
+    them: a row per GPU type (``nodes``; ``row`` is the table's row label) and model, every
+    figure a number with its unit in its name, ``cv_flag`` the CV's flag
+    (``harness.figures.figures`` says how each is made)."""
+    from harness.figures import figures
     from harness.report import prices_of
 
     opened = _store(store)
-    rows = table_rows(opened, sweep, prices=prices_of(opened, sweep))
-    models = {job["model"] for job in opened.jobs(sweep)}  # a model's columns: "MODEL figure"
-    long = []
-    for row in rows:
-        for key, value in row.items():
-            model, _, figure = key.partition(" ")
-            if model in models and isinstance(value, (int, float)) and not isinstance(value, bool):
-                long.append({"gpu_type": row["gpu_type"], "model": model, "figure": figure,
-                             "value": float(value)})  # fmt: skip
-    return pd.DataFrame(long, columns=["gpu_type", "model", "figure", "value"])
+    return frame(figures(opened, sweep, reference, prices_of(opened, sweep)))
+
+
+def deployment_comparison(store: str | Store, sweep: str) -> Any:
+    """The figures of ``resnest-bench table --deploy`` as its machine formats write them: a
+    row per network, GPU type and runtime (``harness.figures.deployment_figures``)."""
+    from harness.figures import deployment_figures
+
+    return frame(deployment_figures(_store(store), sweep))
+
+
+TEXT = {"row", "gpu_type", "model", "dataset", "runtime", "target_rule", "provider", "reason"}
+
+
+def frame(rows: list[dict[str, Any]]) -> Any:
+    """Tidy rows as a DataFrame: a figure no row measured is still a float column (of NaN),
+    not one of Python objects."""
+    import pandas as pd
+
+    data = pd.DataFrame(rows, columns=list(dict.fromkeys(k for row in rows for k in row)))
+    for name in data.columns:
+        if name not in TEXT and data[name].isna().all():
+            data[name] = data[name].astype("float64")
+    return data

@@ -213,10 +213,10 @@ def test_the_deployment_table_shows_caffe2_for_both_variants(caffe2_inferences, 
     assert set(rows) == {(v, name) for v in VARIANTS for name in ("eager", "caffe2")}
     for variant in VARIANTS:
         eager, caffe2 = rows[(variant, "eager")], rows[(variant, "caffe2")]
-        assert caffe2["test acc %"] == eager["test acc %"] is not None
-        assert caffe2["agreement %"] == 100.0 and caffe2["flag"] == ""
-        assert caffe2["ms/image @1"] > 0 and caffe2["@batch"] in (1, 64)
-        assert caffe2["size MB"] > 0 and caffe2["provider"] == "caffe2 CPU"
+        assert caffe2["test_acc_pct"] == eager["test_acc_pct"] is not None
+        assert caffe2["agreement_pct"] == 100.0 and caffe2["agreement_flag"] is False
+        assert caffe2["latency_p50_ms_batch1"] > 0 and caffe2["best_batch_size"] in (1, 64)
+        assert caffe2["size_mb"] > 0 and caffe2["provider"] == "caffe2 CPU"
 
 
 def test_without_a_caffe2_interpreter_its_row_says_how_to_get_one(exports, tmp_path):
@@ -368,15 +368,18 @@ def test_train_export_infer_chain_on_the_local_launcher_and_the_deployment_table
     eager, aoti, ort, caffe2 = rows
     measured = [eager, ort, caffe2] if CAFFE2_PYTHON else [eager, ort]
     for row in measured:
-        assert row["agreement %"] == 100.0 and row["flag"] == ""
-        assert row["test acc %"] == eager["test acc %"]
-        assert row["ms/image @1"] > 0 and row["@batch"] in (1, 8) and row["size MB"] > 0
+        assert row["available"] and row["agreement_pct"] == 100.0
+        assert row["agreement_flag"] is False and row["test_acc_pct"] == eager["test_acc_pct"]
+        assert row["latency_p50_ms_batch1"] > 0 and row["best_batch_size"] in (1, 8)
+        assert row["size_mb"] > 0
     if CAFFE2_PYTHON:  # the opset-11 file, a little smaller than the opset-18 one
-        assert caffe2["provider"] == "caffe2 CPU" and 0 < caffe2["size MB"] <= ort["size MB"]
+        assert caffe2["provider"] == "caffe2 CPU" and 0 < caffe2["size_mb"] <= ort["size_mb"]
     else:
-        assert caffe2["note"].startswith("unavailable: no Caffe2 interpreter at ")
-    assert aoti["note"].startswith("unavailable: no AOTInductor package")  # --no-aoti
-    assert aoti["test acc %"] is None and aoti["ms/image @1"] is None
+        assert not caffe2["available"]
+        assert caffe2["reason"].startswith("no Caffe2 interpreter at ")
+    assert aoti["reason"].startswith("no AOTInductor package")  # --no-aoti
+    assert not aoti["available"] and aoti["test_acc_pct"] is None
+    assert aoti["latency_p50_ms_batch1"] is None
     # The same mixture (runtimes measured, one unavailable) in the terminal and md formats.
     for fmt, aoti_line in (("table", "aoti "), ("md", "| aoti |")):
         shown = subprocess.run(

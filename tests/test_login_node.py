@@ -1,4 +1,4 @@
-"""A login node: `pip install resnest-bench` without the [jobs] and [deploy] extras.
+"""A login node: `pip install resnest-bench` without the [jobs], [deploy] and [parquet] extras.
 
 The commands run in a fresh interpreter whose imports of torch, torchvision, ONNX, ONNX
 Runtime and Ray fail as they do where those are not installed (a finder first on
@@ -17,7 +17,7 @@ from records.store import Store
 
 from .jobtools import tiny_sweep, write_cluster
 
-ABSENT = ("torch", "torchvision", "onnx", "onnxscript", "onnxruntime", "ray")
+ABSENT = ("torch", "torchvision", "onnx", "onnxscript", "onnxruntime", "ray", "pyarrow")
 WITHOUT_JOB_PACKAGES = f"""
 import importlib.abc, sys
 
@@ -85,8 +85,14 @@ def test_plan_status_and_tables_run_without_torch(tmp_path):
     table = cli("table", config["name"], "--store", url, "--format", "json", cwd=tmp_path)
     assert table.returncode == 0, table.stderr
     (row,) = json.loads(table.stdout)
-    assert row["gpu_type"] == "v100"
-    assert any(key.startswith("resnest_tiny_basic ") for key in row), row
+    assert (row["gpu_type"], row["model"]) == ("v100", "resnest_tiny_basic")
+    assert row["epoch_time_s"] > 0, row
+    parquet = cli("table", config["name"], "--store", url, "--format", "parquet", "--out",
+                  str(tmp_path / "t.parquet"), cwd=tmp_path)  # fmt: skip
+    assert parquet.returncode == 2 and not (tmp_path / "t.parquet").exists()
+    assert parquet.stderr.strip() == (
+        "resnest-bench: error: --format parquet needs pyarrow: pip install 'resnest-bench[parquet]'"
+    )
 
 
 def test_the_local_launcher_without_torch_is_one_line_naming_the_extras(tmp_path):

@@ -6,6 +6,8 @@ The nodes' GPU types are gres entries backed by /dev/null and /dev/zero, as on t
 single-node cluster: the jobs run on the CPU.
 """
 
+import csv
+import io
 import json
 import os
 import signal
@@ -245,9 +247,9 @@ def test_a_sweep_spreads_over_both_nodes_and_reads_as_on_one(tmp_path):
     assert status.returncode == 0 and "sweep spread: 4 succeeded" in status.stdout
     table = run_cli(tmp_path, "table", "-c", str(path), "--format", "csv")
     assert table.returncode == 0, table.stderr
-    assert sorted(line.split(",")[0] for line in table.stdout.splitlines()[1:]) == [
-        "a100", "v100",
-    ]  # fmt: skip
+    rows = list(csv.DictReader(io.StringIO(table.stdout)))
+    assert sorted(r["gpu_type"] for r in rows) == ["a100", "a100", "v100", "v100"]  # 2 models
+    assert {r["runs"] for r in rows} == {"1"}
 
 
 def test_a_sweep_over_node_counts_runs_each_shape_and_the_table_gives_its_scaling(tmp_path):
@@ -263,12 +265,13 @@ def test_a_sweep_over_node_counts_runs_each_shape_and_the_table_gives_its_scalin
     assert hosts == [1, 2]
     table = run_cli(tmp_path, "table", "-c", str(path), "--format", "json")
     assert table.returncode == 0, table.stderr
-    rows = {r["gpu_type"]: r for r in json.loads(table.stdout)}
-    assert sorted(rows) == ["v100 (1 node)", "v100 (2 nodes)"]
-    one, two = (rows[k]["resnest_tiny_basic img/s"] for k in sorted(rows))
-    scaling = rows["v100 (2 nodes)"]["resnest_tiny_basic scaling"]
+    rows = {(r["gpu_type"], r["nodes"]): r for r in json.loads(table.stdout)}
+    assert sorted(rows) == [("v100", 1), ("v100", 2)]
+    assert rows[("v100", 2)]["row"] == "v100 (2 nodes)"
+    one, two = (rows[k]["images_per_s"] for k in sorted(rows))
+    scaling = rows[("v100", 2)]["scaling_efficiency"]
     assert scaling == pytest.approx(two / (2 * one), abs=2e-3) and scaling > 0
-    assert rows["v100 (1 node)"]["resnest_tiny_basic scaling"] == 1.0
+    assert rows[("v100", 1)]["scaling_efficiency"] == 1.0
 
 
 def test_requeue_of_a_two_node_job_stops_every_rank_at_one_step_and_records_each_epoch_once(

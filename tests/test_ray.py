@@ -156,7 +156,7 @@ def test_sweep_on_ray_custom_resources_then_a_failed_job_rerun_alone(ray_ns, tmp
     table = cli(ray_ns, "table", "-c", str(path), "--format", "json", cwd=tmp_path)
     rows = json.loads(table.stdout)
     assert [r["gpu_type"] for r in rows] == ["a100", "v100"]
-    assert all(r["resnest_tiny_basic runs"] == 1 for r in rows)
+    assert all(r["model"] == "resnest_tiny_basic" and r["runs"] == 1 for r in rows)
 
 
 @pytest.mark.parametrize("token", ["wrong", None], ids=["wrong-token", "no-token"])

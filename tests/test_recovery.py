@@ -121,7 +121,7 @@ def test_the_tables_after_losing_the_store_and_ingesting_are_the_tables_before(t
     result = cli("submit", str(path), "-q", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     before = _views(path, tmp_path)
-    assert len(before["gpu"]) == 2 and before["gpu"][0]["resnest_tiny_basic transfer acc %"]
+    assert len(before["gpu"]) == 2 and before["gpu"][0]["transfer_acc_pct"]
     for leftover in (tmp_path / "results").glob("results.db*"):
         leftover.unlink()
 
@@ -234,5 +234,5 @@ def test_jobs_run_by_hand_are_ingested_into_a_sweep_and_tabled(tmp_path):
     table = cli("table", "by-hand", "--store", url, "--format", "json", cwd=tmp_path)
     assert table.returncode == 0, table.stderr
     (row,) = json.loads(table.stdout)
-    assert row["resnest_tiny_basic runs"] == 1
-    assert row["resnest_tiny_basic transfer acc %"] is not None
+    assert row["model"] == "resnest_tiny_basic" and row["runs"] == 1
+    assert row["transfer_acc_pct"] is not None

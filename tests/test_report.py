@@ -74,6 +74,7 @@ def test_table_telemetry_cost_mismatch_and_the_study_layout(report):
     rows = json.loads(cli("table", "-c", str(path), "--format", "json", cwd=tmp_path).stdout)
     by_gpu = {r["gpu_type"]: r for r in rows}
     model = "resnest_tiny_basic"
+    assert {r["model"] for r in rows} == {model}
     with store.begin() as conn:
         train_time = conn.execute(
             select(results.c.train_time)
@@ -90,12 +91,12 @@ def test_table_telemetry_cost_mismatch_and_the_study_layout(report):
             .all()
         )
     # cost: training time x 1 GPU x 2.5 per GPU-hour; no price for v100
-    assert by_gpu["cpu-a"][f"{model} $/run"] == round(train_time / 3600 * 2.5, 4)
-    assert by_gpu["v100"][f"{model} $/run"] is None
-    assert by_gpu["cpu-a"][f"{model} CPU util %"] == round(statistics.median(cpu), 1)
-    assert by_gpu["cpu-a"][f"{model} GPU util %"] is None  # no NVML here
-    assert by_gpu["v100"][f"{model} gpu mismatch"] == 1
-    assert by_gpu["cpu-a"][f"{model} gpu mismatch"] is None
+    assert by_gpu["cpu-a"]["cost_per_run"] == round(train_time / 3600 * 2.5, 4)
+    assert by_gpu["v100"]["cost_per_run"] is None
+    assert by_gpu["cpu-a"]["cpu_util_pct"] == round(statistics.median(cpu), 1)
+    assert by_gpu["cpu-a"]["gpu_util_pct"] is None  # no NVML here
+    assert by_gpu["v100"]["gpu_mismatch_runs"] == 1
+    assert by_gpu["cpu-a"]["gpu_mismatch_runs"] == 0
     study = cli("table", "-c", str(path), "--layout", "study", "--format", "json", cwd=tmp_path)
     tables = json.loads(study.stdout)
     accuracy = [t for t in tables if t["table"] == "test accuracy % (final)"]

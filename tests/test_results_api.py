@@ -1,13 +1,17 @@
 """The pandas results API (harness/results.py) against the store it reads and the table the
 command line prints from the same store."""
 
+import io
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 
 from harness import results
+from harness.render import cell
+from harness.report import TABLE_COLUMNS
 from records.store import Store
 
 from .test_compare import run
@@ -70,20 +74,88 @@ def test_each_frame_is_tidy_numeric_and_holds_the_stores_rows(store):
     assert reason == "no interpreter"
 
 
-def test_the_comparison_frame_holds_the_tables_figures(store):
+def _second_v100_run(url: str) -> None:
+    """A slower second run on the v100 (CV across the two runs above 5%), given a target of
+    50% it never reaches (the first runs reach it in their second epoch)."""
+    store = Store(url)
+    store.add_jobs("s", [{"id": "t-v100-b", **JOB, "gpu_type": "v100", "seed": 1,
+                          "job_dir": "/x/d"}])  # fmt: skip
+    store.set_state("t-v100-b", "succeeded")
+    store.write_records(
+        [{"kind": "epoch", "job_id": "t-v100-b", "attempt": 0, "epoch": n, "epoch_time": 3.0,
+          "warmup": n == 1, "images_per_sec": 50000 / 3, "test_acc": 0.1 * n}
+         for n in (1, 2, 3)]
+        + [{"kind": "final", "job_id": "t-v100-b", "attempt": 0, "status": "succeeded",
+            "final_test_acc": 0.8, "best_test_acc": 0.9, "train_time": 9.0,
+            "time_to_target": None, "target_accuracy": 0.5}]
+    )  # fmt: skip
+
+
+def _shown(name: str, value, row: dict) -> str:
+    """A tidy figure as the terminal table shows it."""
+    if value is None:
+        return "-"
+    if name == "cv_pct":
+        return f"{value:.1f}%" + (" !" if row["cv_flag"] else "")
+    if name.startswith("reached_"):
+        return f"{value}/{row['runs']}"
+    return cell(value)
+
+
+def test_the_tidy_frame_is_what_every_format_writes_and_the_terminal_shows(store, tmp_path):
+    import pandas as pd
+
+    _second_v100_run(store)
     frame = results.comparison(store, "s")
+    assert list(frame.row) == ["k80", "v100"] and list(frame.runs) == [1, 2]
+    assert frame.cv_flag.dtype == bool and list(frame.cv_flag) == [False, True]
+    assert list(frame.reached_50pct) == [1, 1] and list(frame.time_to_50pct_s) == [32.0, 8.0]
+    # The machine formats write this frame: JSON, CSV and Parquet.
     code, out, err = run("table", "s", "--store", store, "--format", "json")
     assert code == 0, err
-    table = json.loads(out)
-    assert len(frame) > 0
-    for row in table:
-        for key, value in row.items():
-            model, _, figure = key.partition(" ")
-            if model == "resnest_tiny_basic" and isinstance(value, (int, float)):
-                (mine,) = frame[
-                    (frame.gpu_type == row["gpu_type"]) & (frame.figure == figure)
-                ].value
-                assert mine == pytest.approx(value), (row["gpu_type"], figure)
+    rows = json.loads(out)
+    pd.testing.assert_frame_equal(results.frame(rows), frame)
+    code, out, err = run("table", "s", "--store", store, "--format", "csv")
+    pd.testing.assert_frame_equal(pd.read_csv(io.StringIO(out)), frame, check_dtype=False)
+    target = tmp_path / "s.parquet"
+    code, _, err = run("table", "s", "--store", store, "--format", "parquet", "--out", str(target))
+    assert code == 0 and "2 row(s) written" in err, err
+    pd.testing.assert_frame_equal(pd.read_parquet(target), frame)
+    # The terminal shows the same figures, formatted: the CV with its flag, "1/2" reached.
+    code, out, err = run("table", "s", "--store", store)
+    lines = out.splitlines()
+    header = re.split(r" {2,}", lines[lines.index("resnest_tiny_basic") + 1])
+    names = {label: name for name, label in TABLE_COLUMNS.items()}
+    names |= {"s to 50%": "time_to_50pct_s", "reached 50%": "reached_50pct"}
+    for row in rows:
+        (line,) = [x for x in lines if x.startswith(row["row"] + " ")]
+        shown = dict(zip(header, re.split(r" {2,}", line), strict=True))
+        assert shown.pop("gpu_type") == row["row"]
+        for label, text in shown.items():
+            assert text == _shown(names[label], row[names[label]], row), (row["row"], label)
+        hidden = set(row) - {names[label] for label in shown} - {"row", "gpu_type", "nodes",
+                                                                  "model", "cv_flag"}  # fmt: skip
+        assert all(row[name] is None for name in hidden if name != "gpu_mismatch_runs")
+    assert "20.0% !" in out and "1/2" in out
+
+
+def test_a_parquet_table_needs_a_file_and_replaces_one_whole(store, tmp_path):
+    code, _, err = run("table", "s", "--store", store, "--format", "parquet")
+    assert code == 2 and "--format parquet writes a file: name it with --out FILE" in err
+    code, _, err = run("table", "s", "--store", store, "--format", "json", "--out",
+                       str(tmp_path / "missing" / "t.json"))  # fmt: skip
+    assert code == 2 and f"no folder '{tmp_path / 'missing'}'" in err
+    target = tmp_path / "t.json"
+    target.write_text("the last table")
+    # A write that fails at the end (the name is a folder): one line, nothing left behind.
+    folder = tmp_path / "taken.json"
+    (folder / "inside").mkdir(parents=True)
+    code, _, err = run("table", "s", "--store", store, "--format", "csv", "--out", str(folder))
+    assert code == 2 and f"--out {folder}: cannot write it" in err, err
+    assert [p.name for p in folder.iterdir()] == ["inside"]
+    code, _, err = run("table", "s", "--store", store, "--format", "json", "--out", str(target))
+    assert code == 0 and json.loads(target.read_text())[0]["row"] == "k80"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
 def test_the_command_line_does_not_import_pandas():

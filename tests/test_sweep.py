@@ -76,12 +76,13 @@ def test_sweep_runs_end_to_end_and_prints_the_comparison(finished_sweep):
         share = max(1, len(os.sched_getaffinity(0)) // 2)
         assert start["cpu_threads"] == int(os.environ.get("OMP_NUM_THREADS") or share)
     table = cli("table", "local-test", "-c", str(path), "--format", "json", cwd=tmp_path)
-    rows = json.loads(table.stdout)
-    assert [r["gpu_type"] for r in rows] == ["cpu-a", "cpu-b"]
-    assert rows[0]["resnest_tiny_basic speedup"] == 1.0
-    assert rows[0]["resnest_tiny_basic runs"] == 1
-    assert rows[1]["resnest_tiny_bottleneck s/epoch"] > 0
-    assert rows[1]["resnest_tiny_bottleneck transfer acc %"] is not None
+    rows = {(r["gpu_type"], r["model"]): r for r in json.loads(table.stdout)}
+    models = ("resnest_tiny_basic", "resnest_tiny_bottleneck")
+    assert sorted(rows) == [(gpu, model) for gpu in ("cpu-a", "cpu-b") for model in models]
+    assert rows[("cpu-a", "resnest_tiny_basic")]["speedup"] == 1.0
+    assert all(row["runs"] == 1 for row in rows.values())
+    assert rows[("cpu-b", "resnest_tiny_bottleneck")]["epoch_time_s"] > 0
+    assert rows[("cpu-b", "resnest_tiny_bottleneck")]["transfer_acc_pct"] is not None
 
 
 def test_resubmitting_skips_what_succeeded(finished_sweep):

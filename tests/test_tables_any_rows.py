@@ -112,16 +112,21 @@ def run(*args: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def expected_gpu_rows(jobs: list[dict]) -> set[str]:
-    """GPU types the comparison has a row for: a training run with epochs, or a finished
-    transfer run."""
+def expected_pairs(jobs: list[dict]) -> set[tuple[str, str]]:
+    """(GPU type, model) pairs the comparison has figures for: a training run with epochs, or
+    a finished transfer run."""
     found = set()
     for j in jobs:
         if j["stage"] == "train" and j["epochs"]:
-            found.add(j["gpu_type"])
+            found.add((j["gpu_type"], j["model"]))
         if j["stage"] == "transfer" and j["result"] and j["result"]["status"] == "succeeded":
-            found.add(j["gpu_type"])
+            found.add((j["gpu_type"], j["model"]))
     return found
+
+
+def expected_gpu_rows(jobs: list[dict]) -> set[str]:
+    """GPU types the wide comparison has a row for."""
+    return {gpu for gpu, _ in expected_pairs(jobs)}
 
 
 def expected_deploy_rows(jobs: list[dict]) -> set[tuple]:
@@ -179,13 +184,21 @@ def test_every_table_layout_and_format_renders_any_mixture_of_rows(jobs):
         url = f"sqlite:///{Path(folder) / 'results.db'}"
         fill(Store(url), jobs)
         gpus = expected_gpu_rows(jobs)
+        pairs = expected_pairs(jobs)
         deploy = expected_deploy_rows(jobs)
         for fmt in FORMATS:
             code, out, err = run("table", "mix", "--store", url, "--format", fmt)
             assert code == 0 and "Traceback" not in err, err
-            if fmt == "json":
-                assert {r["gpu_type"] for r in json.loads(out)} == gpus
-            elif fmt != "table":
+            if fmt == "json":  # tidy: a row per GPU type and model, numbers as numbers
+                rows = json.loads(out)
+                assert {(r["gpu_type"], r["model"]) for r in rows} == pairs
+                assert len(rows) == len(pairs)
+                for r in rows:
+                    assert isinstance(r["cv_flag"], bool) and isinstance(r["runs"], int)
+                    assert r["cv_flag"] == (r["cv_pct"] > 5)
+            elif fmt == "csv":
+                assert data_lines(out, fmt) == len(pairs)
+            elif fmt != "table":  # md, html: the wide table, a row per GPU type
                 assert data_lines(out, fmt) == len(gpus)
             elif not gpus:
                 assert "(no finished training jobs yet)" in out
@@ -196,8 +209,9 @@ def test_every_table_layout_and_format_renders_any_mixture_of_rows(jobs):
 
             code, out, err = run("table", "mix", "--deploy", "--store", url, "--format", fmt)
             assert code == 0, err
-            if not deploy:
-                assert out.strip() == "(no inference results yet)"
+            if not deploy:  # machine formats: an empty list or file; else it says so
+                empty = {"json": "[]", "csv": ""}.get(fmt, "(no inference results yet)")
+                assert out.strip() == empty
                 continue
             assert data_lines(out, fmt) == len(deploy)
             if fmt == "json":
@@ -207,7 +221,8 @@ def test_every_table_layout_and_format_renders_any_mixture_of_rows(jobs):
                 for r in rows:  # the same columns in every row, whatever was measured
                     assert list(r) == list(rows[0])
                     key = (r["model"], r["gpu_type"], r["runtime"])
-                    assert r["note"].startswith("unavailable: ") == (key in unmeasured)
+                    assert r["available"] == (key not in unmeasured)
+                    assert (r["reason"] is None) == r["available"]
             if fmt == "table":  # every runtime row shows, with its note if unavailable
                 for model, _gpu, runtime in deploy:
                     assert any(runtime in line and model in line for line in out.splitlines())

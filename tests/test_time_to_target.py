@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from harness import config as cluster_config
 from harness.cli import main
+from harness.figures import headline, times_to
 from harness.planner import plan
-from harness.report import headline, times_to
 from records.store import Store
 
 
@@ -103,12 +103,11 @@ def test_five_seeds_in_the_table_and_the_study_layout(tmp_path):
     code, out, err = run("table", "ttt", "--store", url, "--format", "json")
     assert code == 0, err
     (row,) = json.loads(out)
-    m = "resnest_tiny_basic"
+    assert row["model"] == "resnest_tiny_basic" and row["runs"] == 5
     # MLPerf: drop the fastest (20) and the never (slowest), mean of 25, 30 and 35.
-    assert row[f"{m} s to 80%"] == 30.0
-    assert row[f"{m} reached 80%"] == "4/5"
-    assert row[f"{m} s to 99%"] is None and row[f"{m} reached 99%"] == "0/5"
-    assert row[f"{m} target rule"] == "MLPerf (mean of 3 of 5)"
+    assert row["time_to_80pct_s"] == 30.0 and row["reached_80pct"] == 4
+    assert row["time_to_99pct_s"] is None and row["reached_99pct"] == 0
+    assert row["target_rule"] == "MLPerf (mean of 3 of 5)"
     # In the terminal the unreached target reads as such, not as a blank.
     code, out, _ = run("table", "ttt", "--store", url)
     (header,) = [line for line in out.splitlines() if line.startswith("gpu_type")]
@@ -127,9 +126,10 @@ def test_fewer_runs_take_the_median_of_those_that_got_there(tmp_path):
     code, out, err = run("table", "ttt", "--store", url, "--format", "json")
     assert code == 0, err
     (row,) = json.loads(out)
-    m = "resnest_tiny_basic"
-    assert row[f"{m} s to 80%"] == 25.0  # median of 10 and 40
-    assert row[f"{m} reached 80%"] == "2/3" and row[f"{m} target rule"] == "median"
+    assert row["time_to_80pct_s"] == 25.0  # median of 10 and 40
+    assert row["reached_80pct"] == 2 and row["runs"] == 3 and row["target_rule"] == "median"
+    code, out, err = run("table", "ttt", "--store", url, "--format", "md")
+    assert code == 0 and "| 25 | 2/3 | median |" in out, out
 
 
 def test_the_sweep_gives_its_first_target_to_each_training_job(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from harness.render import render
 from records.errors import UserError
@@ -192,28 +193,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+MACHINE_FORMATS = ("csv", "json", "parquet")
+
+
 def cmd_table(args: argparse.Namespace) -> int:
     from harness.report import comparison, prices_of
 
     _, store, sweep_name = store_and_sweep(args)
+    if args.format == "parquet" and not args.out:
+        raise UserError("--format parquet writes a file: name it with --out FILE")
+    if args.out and args.format == "table":
+        raise UserError("--out writes md, csv, json, html or parquet: add --format")
     _refresh(store, sweep_name)
     if args.deploy:
-        from harness.report import deployment
-
-        rows = deployment(store, sweep_name)
-        if not rows:
-            print("(no inference results yet)")
-        else:
-            print(render(rows, args.format))
-        if args.format == "table":
-            print(
-                "ms/image @1: median latency at batch 1; best img/s over the batch sizes; "
-                "agreement: top-1 agreement with PyTorch eager on the whole test set, ! below "
-                "99.9%",
-                file=sys.stderr,
-            )
-        return 0
-    rows = comparison(store, sweep_name, args.reference, prices=prices_of(store, sweep_name))
+        return _deploy_table(store, sweep_name, args)
+    prices = prices_of(store, sweep_name)
+    rows = comparison(store, sweep_name, args.reference, prices=prices)
     if args.compare:
         from harness.report import side_by_side
 
@@ -221,7 +216,9 @@ def cmd_table(args: argparse.Namespace) -> int:
             raise UserError(f"--compare {args.compare!r}: no such sweep in {store.url}")
         other = comparison(store, args.compare, prices=prices_of(store, args.compare))
         table = side_by_side(rows, other, sweep_name, args.compare)
-        print(render(table, args.format) if table else "(no figure measured in both sweeps)")
+        if table or args.format in MACHINE_FORMATS:
+            return emit(table, args)
+        print("(no figure measured in both sweeps)")
         return 0
     measured = [row["gpu_type"] for row in rows]
     types = {label.split(" (", 1)[0] for label in measured}  # "v100 (2 nodes)": a v100 row
@@ -235,12 +232,16 @@ def cmd_table(args: argparse.Namespace) -> int:
 
         tables = study_tables(rows)
         if args.format != "table":
-            print(
-                render([{"table": title, **row} for title, t in tables for row in t], args.format)
-            )
-        for title, table in tables if args.format == "table" else []:
+            return emit([{"table": title, **row} for title, t in tables for row in t], args)
+        for title, table in tables:
             print(f"\n{title}")
             print(render(table, "table"))
+    elif args.format in MACHINE_FORMATS:  # the tidy figures, a row per GPU type and model
+        from harness import figures
+
+        return emit(figures.figures(store, sweep_name, args.reference, prices), args)
+    elif args.out:
+        return emit(rows, args)  # md or html: the wide table
     else:
         print_comparison(rows, args.format)
     if args.format == "table":
@@ -253,9 +254,67 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def _deploy_table(store, sweep_name: str, args: argparse.Namespace) -> int:
+    if args.format in MACHINE_FORMATS:
+        from harness.figures import deployment_figures
 
+        return emit(deployment_figures(store, sweep_name), args)
+    from harness.report import deployment
+
+    rows = deployment(store, sweep_name)
+    if not rows:
+        print("(no inference results yet)")
+        return 0
+    if args.out:
+        return emit(rows, args)
+    print(render(rows, args.format))
+    if args.format == "table":
+        print(
+            "ms/image @1: median latency at batch 1; best img/s over the batch sizes; "
+            "agreement: top-1 agreement with PyTorch eager on the whole test set, ! below "
+            "99.9%",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def emit(rows: list[dict], args: argparse.Namespace) -> int:
+    """Rows in ``args.format``, on stdout or into ``args.out``: written whole next to it and
+    renamed, so a failed write leaves no half file (and an earlier file stays as it was)."""
+    if not args.out:
+        print(render(rows, args.format))
+        return 0
+    path = Path(args.out)
+    if not path.parent.is_dir():
+        raise UserError(f"--out {args.out}: no folder {str(path.parent)!r}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if args.format == "parquet":
+            _parquet(rows, tmp)
+        else:
+            tmp.write_text(render(rows, args.format) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UserError(f"--out {args.out}: cannot write it ({exc.strerror or exc})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    print(f"{len(rows)} row(s) written to {path}", file=sys.stderr)
+    return 0
+
+
+def _parquet(rows: list[dict], path: Path) -> None:
+    try:
+        import pyarrow  # noqa: F401  (pandas writes Parquet through it)
+    except ImportError as exc:
+        raise UserError(
+            f"--format parquet needs {exc.name}: pip install 'resnest-bench[parquet]'"
+        ) from None
+    from harness.results import frame
+
+    frame(rows).to_parquet(path, index=False)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
     from harness.plots import build
 
     config, store, sweep_name = store_and_sweep(args)

@@ -121,7 +121,15 @@ COMMANDS: list[dict[str, Any]] = [
         "one node), final and best test accuracy, time to target, transfer accuracy, runs, CV.",
         args=[
             arg("sweep", nargs="?"),
-            arg("--format", choices=TABLE_FORMATS, default="table"),
+            arg("--format", choices=TABLE_FORMATS, default="table",
+                help="table, md and html: the table as printed; csv, json and parquet: tidy "
+                "rows, a row per GPU type (and node count) and model with every figure a "
+                "number and its unit in its name, the CV's flag a column of its own (with "
+                "--deploy: a row per network, GPU type and runtime; --layout study and "
+                "--compare: their rows as shown)"),
+            arg("--out", metavar="FILE",
+                help="write the table into FILE instead of stdout (needed for parquet); an "
+                "earlier FILE is replaced whole or not at all"),
             arg("--reference", help="GPU type (or row, such as 'v100 (2 nodes)') for the "
                 "speedup column (default: the first row)"),
             arg("--deploy", action="store_true",

@@ -1,0 +1,289 @@
+"""A sweep's comparison figures, computed once: a tidy row per GPU type (and node count) and
+model, and per network, GPU type and runtime for the deployments.
+
+Names carry their units (``epoch_time_s``, ``final_acc_pct``, ``energy_per_image_mj``);
+every value is a number, a boolean or None (not measured), never a formatted string. The
+terminal, Markdown and HTML tables (``harness.report``) format these same figures; the
+machine formats (``table --format csv|json|parquet``) and ``harness.results`` write them as
+they are.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from typing import Any
+
+from records import queries
+from records.queries import TELEMETRY
+from records.spec import RUNTIMES
+from records.store import Store
+
+CV_FLAG = 0.05  # runs whose epoch times vary more than this across repeats are flagged
+AGREEMENT_FLAG = 0.999  # top-1 agreement with PyTorch eager below this is flagged
+
+
+def target_key(target: float) -> str:
+    """The name part of a target accuracy: 0.9 -> "90pct", 0.925 -> "92.5pct"."""
+    return f"{round(100 * target, 2):g}pct"
+
+
+def figures(
+    store: Store,
+    sweep: str,
+    reference: str | None = None,
+    prices: dict[str, float] | None = None,
+    every_model: bool = False,
+) -> list[dict[str, Any]]:
+    """A row per GPU type (``gpu_type``, ``nodes``; ``row`` is the table's row label) and
+    model, for every pair the sweep trained or transferred (``every_model``: for every model
+    on every GPU type, empty figures where a pair did not run, as the wide table shows them).
+
+    Epoch time, images/s and the telemetry figures are medians over the epochs after the
+    warm-up one, then medians over repeats and seeds; ``cv_pct`` is across repeats (across
+    epochs when there is one run) and ``cv_flag`` says it is above 5%. ``prices`` (GPU type
+    -> price per GPU-hour) gives ``cost_per_run``: training time x GPUs x price. Runs whose
+    GPU was not the GPU type asked for are counted in ``gpu_mismatch_runs``.
+
+    Time to each target accuracy (the sweep's ``target_accuracy``, else the targets the runs
+    were given): a run's training time up to the end of its first epoch at or above the
+    target; ``time_to_90pct_s`` is the headline of the runs (``headline``), ``reached_90pct``
+    how many got there, ``target_rule`` the rule behind the headline.
+    """
+    targets = targets_of(store, sweep)
+    groups, shapes = _groups(store, sweep, targets)
+    labels = sorted(shapes, key=lambda label: shapes[label])
+    models = sorted({model for _, model in groups})
+    if reference in {gpu for gpu, _ in shapes.values()}:  # a GPU type: its fewest nodes
+        reference = next(label for label in labels if shapes[label][0] == reference)
+    reference = reference or (labels[0] if labels else None)
+    several = len({nodes for _, nodes in shapes.values()}) > 1
+    rows = []
+    for label in labels:
+        gpu, nodes = shapes[label]
+        for model in models:
+            if (label, model) not in groups and not every_model:
+                continue
+            g = groups.get((label, model), {})
+            ref_time = _median(groups.get((reference, model), {}).get("epoch_time", []))
+            row = {"row": label, "gpu_type": gpu, "nodes": nodes, "model": model,
+                   **_figures(g, ref_time, (prices or {}).get(gpu), targets)}  # fmt: skip
+            if several:
+                row["scaling_efficiency"] = _scaling(groups, shapes, label, model)
+            rows.append(row)
+    return rows
+
+
+def _figures(
+    g: dict[str, list], ref_time: float | None, price: float | None, targets: list[float]
+) -> dict[str, Any]:
+    """The figures of one model on one GPU type, from its group of runs."""
+    epoch_time = _median(g.get("epoch_time", []))
+    runs = len(g.get("epoch_time", []))
+    cv = _cv(g.get("epoch_time", [])) if runs > 1 else _cv(g.get("epoch_times", []))
+    train_times = [t for t in g.get("train_time", []) if t is not None]
+    cost = None
+    if price is not None and train_times:
+        cost = round(statistics.median(train_times) / 3600 * g.get("gpus", [1])[0] * price, 4)
+    med = {name: _median(g.get(name, [])) for name in (*TELEMETRY, "images_per_sec")}
+    return {
+        "epoch_time_s": epoch_time,
+        "images_per_s": med["images_per_sec"],
+        "speedup": round(ref_time / epoch_time, 2) if epoch_time and ref_time else None,
+        "final_acc_pct": _pct(_median(g.get("final_acc", []))),
+        "best_acc_pct": _pct(_median(g.get("best_acc", []))),
+        **_target_figures(g, targets),
+        "transfer_acc_pct": _pct(_median(g.get("transfer_acc", []))),
+        "runs": runs,
+        "cv_pct": round(100 * cv, 4),
+        "cv_flag": round(100 * cv, 4) > 100 * CV_FLAG,
+        "gpu_util_pct": _rounded(med["gpu_util_mean"], 1),
+        "gpu_mem_gb": _rounded(med["gpu_mem_peak_bytes"], 3, 1e-9),
+        "power_w": _rounded(med["power_mean_w"], 1),
+        "energy_per_epoch_j": _rounded(med["energy_j"], 1),
+        "energy_per_image_mj": _rounded(med["energy_per_image_j"], 3, 1e3),
+        "cpu_util_pct": _rounded(med["cpu_util_mean"], 1),
+        "cost_per_run": cost,
+        "gpu_mismatch_runs": len(g.get("mismatch", [])),
+    }
+
+
+def _target_figures(g: dict[str, list], targets: list[float]) -> dict[str, Any]:
+    """Per target: the headline time to it and how many runs reached it (0 says plainly
+    that none did; None: no run to count); then the rule behind the headlines (every target
+    has the same runs)."""
+    out: dict[str, Any] = {}
+    rule = None
+    for target in targets:
+        times = g.get(f"to {target}", [])
+        figure, rule = headline(times)
+        key = target_key(target)
+        out[f"time_to_{key}_s"] = figure
+        out[f"reached_{key}"] = sum(t is not None for t in times) if times else None
+    if targets:
+        out["target_rule"] = rule if g.get(f"to {targets[0]}") else None
+    return out
+
+
+def _cv(values: list[float]) -> float:
+    if len(values) < 2 or statistics.mean(values) == 0:
+        return 0.0
+    return statistics.pstdev(values) / statistics.mean(values)
+
+
+def _scaling(groups: dict, shapes: dict[str, tuple[str, int]], label: str, model: str):
+    """Scaling efficiency on N nodes: images/s on N nodes over N/M times images/s on M, the
+    fewest nodes the sweep ran this GPU type and model on (M = 1: over N times one node)."""
+    gpu, nodes = shapes[label]
+    measured = sorted(
+        (shape[1], _median(groups[(name, model)]["images_per_sec"]))
+        for name, shape in shapes.items()
+        if shape[0] == gpu and groups.get((name, model), {}).get("images_per_sec")
+    )
+    ips = _median(groups.get((label, model), {}).get("images_per_sec", []))
+    if not measured or ips is None or not measured[0][1]:
+        return None
+    base_nodes, base_ips = measured[0]
+    return round(ips / (nodes / base_nodes * base_ips), 3)
+
+
+def targets_of(store: Store, sweep: str) -> list[float]:
+    """The target accuracies the table reports time to: the sweep's ``target_accuracy``, else
+    those its runs were given (``--target-accuracy``)."""
+    configured = ((store.sweep_config(sweep) or {}).get("sweep") or {}).get("target_accuracy")
+    if configured is not None:
+        return list(configured) if isinstance(configured, list) else [configured]
+    given = {r.target_accuracy for r in queries.final_results(store, sweep).values()}
+    return sorted(t for t in given if t is not None)
+
+
+def times_to(job_epochs: list[Any], targets: list[float]) -> dict[float, float | None]:
+    """Training time until the end of the first epoch at or above each target; None where
+    the run never got there."""
+    reached: dict[float, float | None] = dict.fromkeys(targets)
+    elapsed = 0.0
+    for r in job_epochs:
+        elapsed += r.epoch_time or 0.0
+        for target in targets:
+            if reached[target] is None and r.test_acc is not None and r.test_acc >= target:
+                reached[target] = elapsed
+    return reached
+
+
+def headline(values: list[float | None]) -> tuple[float | None, str]:
+    """The headline figure of several runs' times, and the rule that made it. From five runs
+    on, MLPerf's: drop the fastest and the slowest, the mean of the rest; a run that never
+    got there counts as the slowest, and a second one leaves no figure. Below five, the median
+    of those that got there."""
+    n = len(values)
+    if n >= 5:
+        ordered = sorted(values, key=lambda v: (v is None, v))[1:-1]
+        if any(v is None for v in ordered):
+            return None, f"MLPerf (mean of {n - 2} of {n})"
+        return round(statistics.fmean(ordered), 4), f"MLPerf (mean of {n - 2} of {n})"
+    return _median([v for v in values if v is not None]), "median"
+
+
+def _groups(store: Store, sweep: str, targets: list[float] | None = None):
+    """(row label, model) -> lists of per-run figures: each training run's median over its
+    timed epochs, its final result; each transfer run's final accuracy. Also row label ->
+    (GPU type, nodes): the label is the GPU type, with the node count where the sweep ran
+    several (``v100 (2 nodes)``)."""
+    job_rows = queries.sweep_jobs(store, sweep)
+    mismatched = queries.mismatched_jobs(store, sweep)
+    final = queries.final_results(store, sweep)
+    per_node = ((store.sweep_config(sweep) or {}).get("sweep") or {}).get("gpus_per_job") or 1
+    nodes_of = {job_id: max(1, (job.gpus or 1) // per_node) for job_id, job in job_rows.items()}
+    several = len({nodes_of[i] for i, job in job_rows.items()
+                   if job.stage in ("train", "transfer")}) > 1  # fmt: skip
+    shapes: dict[str, tuple[str, int]] = {}
+
+    def label(job_id: str) -> str:
+        job, nodes = job_rows[job_id], nodes_of[job_id]
+        text = f"{job.gpu_type} ({nodes} node{'s' if nodes > 1 else ''})"
+        text = text if several else job.gpu_type
+        shapes[text] = (job.gpu_type, nodes)
+        return text
+
+    groups: dict[tuple[str, str], dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for job_id, job_epochs in queries.train_epochs(store, sweep).items():
+        job = job_rows[job_id]
+        timed = [r for r in job_epochs if not r.warmup] or job_epochs
+        g = groups[(label(job_id), job.model)]
+        g["gpus"].append(job.gpus or 1)
+        times = [r.epoch_time for r in timed]
+        g["epoch_time"].append(statistics.median(times))
+        for target, seconds in times_to(job_epochs, targets or []).items():
+            g[f"to {target}"].append(seconds)
+        g["epoch_times"].extend(times)
+        g["images_per_sec"].append(statistics.median([r.images_per_sec for r in timed]))
+        for name in TELEMETRY:
+            values = [getattr(r, name) for r in timed if getattr(r, name) is not None]
+            if values:
+                g[name].append(statistics.median(values))
+        if job_id in mismatched:
+            g["mismatch"].append(job_id)
+        if job_id in final:
+            result = final[job_id]
+            g["train_time"].append(result.train_time)
+            g["final_acc"].append(result.final_test_acc)
+            g["best_acc"].append(result.best_test_acc)
+    for job_id, result in final.items():
+        job = job_rows[job_id]
+        if job.stage == "transfer":
+            groups[(label(job_id), job.model)]["transfer_acc"].append(result.final_test_acc)
+    return groups, shapes
+
+
+def deployment_figures(store: Store, sweep: str) -> list[dict[str, Any]]:
+    """A row per network, GPU type and runtime, from the inference jobs: time per image at
+    batch 1 (median and p99 latency), the best throughput over the batch sizes measured and
+    its batch size, the artifact's size on disk, top-1 agreement with PyTorch eager over the
+    whole test set (``agreement_flag``: below 99.9%). An unavailable runtime is a row with
+    ``available`` False, empty figures and its ``reason``."""
+    by_runtime = queries.inference_measurements(store, sweep)
+    order = {name: i for i, name in enumerate(RUNTIMES)}
+    rows = []
+    for (model, dataset, gpu, runtime), items in sorted(
+        by_runtime.items(), key=lambda kv: (*kv[0][:3], order.get(kv[0][3], 99))
+    ):
+        timed = [m for m in items if m.get("available", True)]
+        first = timed[0] if timed else {}
+        one = next((m for m in timed if m.get("batch_size") == 1), {})
+        rated = [m for m in timed if m.get("images_per_sec") is not None]
+        best = max(rated, key=lambda m: m["images_per_sec"]) if rated else {}
+        agreement = first.get("top1_agreement_with_eager")
+        reason = None if timed else str(items[0].get("reason") or "no reason given")
+        rows.append({
+            "model": model, "dataset": dataset, "gpu_type": gpu, "runtime": runtime,
+            "available": bool(timed),
+            "test_acc_pct": _scaled(first.get("test_accuracy"), 100, 2),
+            "latency_p50_ms_batch1": _scaled(one.get("latency_p50_ms"), 1, 3),
+            "latency_p99_ms_batch1": _scaled(one.get("latency_p99_ms"), 1, 3),
+            "best_images_per_s": _scaled(best.get("images_per_sec"), 1, 1),
+            "best_batch_size": best.get("batch_size"),
+            "size_mb": _scaled(first.get("bytes"), 1e-6, 3),
+            "agreement_pct": _scaled(agreement, 100, 2),
+            "agreement_flag": agreement is not None and agreement < AGREEMENT_FLAG,
+            "provider": first.get("provider"),
+            "threads": first.get("threads"),
+            "reason": reason,
+        })  # fmt: skip
+    return rows
+
+
+def _median(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(statistics.median(values), 4) if values else None
+
+
+def _pct(value: float | None) -> float | None:
+    return None if value is None else round(100 * value, 2)
+
+
+def _rounded(value: float | None, digits: int, factor: float = 1.0) -> float | None:
+    return None if value is None else round(value * factor, digits)
+
+
+def _scaled(value: Any, factor: float, digits: int) -> float | None:
+    return None if value is None else round(float(value) * factor, digits)
