@@ -1,144 +1,301 @@
-"""Harness scale: planning a large sweep, and the comparison table over a large store.
+"""Harness scale: what the harness itself costs on a shared store that holds a lab's sweeps.
 
-    python bench/harness_scale.py [--jobs 10000] [--table-jobs 1000] [--epochs 250]
+    python bench/harness_scale.py [--postgres URL] [--table-jobs 10000] [--report-jobs 1000]
+        [--epochs 250] [--plan-jobs 100000] [--status-jobs 10000] [--repeats 3]
 
-Prints medians over the repeats (the first, warm-up, run excluded) and their CV.
-Targets: planning 10,000 jobs under 2 s; the table over 1,000 jobs x 250 epochs under 3 s.
+Each figure is printed against its target, on SQLite (a file in a temporary folder) and on
+PostgreSQL (``--postgres URL``, or ``RESNEST_BENCH_TEST_PG``; the bench works in a schema of
+its own, ``harness_scale``, and drops it at the end):
+
+- ``plan``: validating a cluster.yaml and expanding it into ``--plan-jobs`` jobs (< 1 s);
+- ``table``: ``resnest-bench table`` over ``--table-jobs`` finished training jobs of
+  ``--epochs`` epochs each (< 2 s), run in this process as the command line runs it; also
+  how long the store takes to rebuild every job's summary from the epoch rows (what an
+  ``ingest`` of that many jobs pays once);
+- ``report``: ``resnest-bench report`` (tables and PNG plots) over ``--report-jobs`` jobs
+  (< 10 s);
+- ``status``: ``resnest-bench status`` of a ``--status-jobs`` SLURM sweep, its states read
+  from a recorded ``sacct`` output of that size (one call, counted; < 2 s of harness time),
+  the first time (every job changes state) and again (nothing changes);
+- the store's growth: bytes per epoch row and per telemetry sample, and a year of daily
+  sweeps of 1,000 jobs, before and after ``resnest-bench thin`` (telemetry samples dropped,
+  per-epoch aggregates kept).
+
+Timings are medians over ``--repeats`` runs after one warm-up run, with their spread.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import math
+import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml
+from sqlalchemy import insert, text
 
 from harness import config as cluster_config
+from harness.cli import main as cli
 from harness.planner import plan
-from harness.report import comparison
-from records.store import Store, epochs, insert, results
+from records.schema import epochs, jobs, results, telemetry
+from records.store import Store
 
 GPU_TYPES = ["k80", "p100", "v100", "a100", "h100"]
+MODELS = ["resnest50_bottleneck", "resnest50_basic"]
 JOBS_PER_TRAIN = 6  # train, transfer, 2 exports, 2 inferences
+SCHEMA = "harness_scale"
 
 
-def sweep_file(folder: Path, jobs: int) -> Path:
-    seeds = math.ceil(jobs / (2 * len(GPU_TYPES) * JOBS_PER_TRAIN))
-    data = {
-        "name": "scale",
-        "gpu_types": {g: {"partition": f"gpu-{g}", "gres": f"gpu:{g}"} for g in GPU_TYPES},
-        "sweep": {
-            "models": ["resnest50_bottleneck", "resnest50_basic"],
-            "datasets": ["synthetic"],
-            "transfer_to": ["synthetic"],
-            "gpu_types": GPU_TYPES,
-            "seeds": list(range(seeds)),
-            "stages": ["train", "transfer", "export", "infer"],
-        },
-    }
-    path = folder / "scale.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def timed(fn, repeats: int) -> tuple[float, float, object]:
+def timed(fn: Callable[[], object], repeats: int) -> tuple[float, float, float, object]:
+    """Median, min and max seconds of ``repeats`` runs after a warm-up run (no repeats: of
+    the one run); the last value."""
     times, value = [], None
     for i in range(repeats + 1):
         start = time.perf_counter()
         value = fn()
-        if i > 0:
+        if i > 0 or repeats == 0:  # no repeats: the one run is the figure
             times.append(time.perf_counter() - start)
-    return statistics.median(times), statistics.pstdev(times) / statistics.mean(times), value
+    return statistics.median(times), min(times), max(times), value
 
 
-def filled_store(folder: Path, jobs: int, n_epochs: int) -> Store:
-    """A SQLite store holding ``jobs`` finished training jobs of ``n_epochs`` epochs each."""
-    store = Store(f"sqlite:///{folder / 'results.db'}")
-    store.add_sweep("scale", {})
-    rows = [
-        {
-            "id": f"job{i:06d}",
-            "stage": "train",
-            "model": ["resnest50_bottleneck", "resnest50_basic"][i % 2],
-            "dataset": "cifar10",
-            "gpu_type": GPU_TYPES[i // 2 % 5],
-            "gpus": 1,
-            "seed": i // 10,
-            "repeat": 0,
-            "spec": {},
-            "depends_on": [],
-            "job_dir": "",
-        }
-        for i in range(jobs)
-    ]
-    store.add_jobs("scale", rows)
+def line(what: str, seconds: tuple, target: float, detail: str = "") -> None:
+    median, low, high = seconds[:3]
+    verdict = "ok" if median < target else "MISSED"
+    print(f"  {what:<34} {median:7.3f} s ({low:.3f}-{high:.3f})  target < {target:g} s  "
+          f"{verdict}{'  ' + detail if detail else ''}", flush=True)  # fmt: skip
+
+
+def quiet(*args: str) -> int:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        code = cli(list(args))
+    if code != 0:
+        raise SystemExit(f"resnest-bench {' '.join(args)} exited {code}")
+    return code
+
+
+# -- planning -------------------------------------------------------------------------------
+
+
+def bench_plan(folder: Path, n_jobs: int, repeats: int) -> None:
+    seeds = math.ceil(n_jobs / (len(MODELS) * len(GPU_TYPES) * JOBS_PER_TRAIN))
+    data = {
+        "name": "scale",
+        "gpu_types": {g: {"partition": f"gpu-{g}", "gres": f"gpu:{g}"} for g in GPU_TYPES},
+        "sweep": {
+            "models": MODELS, "datasets": ["synthetic"], "transfer_to": ["synthetic"],
+            "gpu_types": GPU_TYPES, "seeds": list(range(seeds)),
+            "stages": ["train", "transfer", "export", "infer"],
+        },
+    }  # fmt: skip
+    path = folder / "scale.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = timed(lambda: plan(cluster_config.load(path)), repeats)
+    line(f"plan {len(result[3]):,} jobs", result, 1.0)
+
+
+# -- a filled store -------------------------------------------------------------------------
+
+
+def job_rows(n: int, prefix: str = "job") -> list[dict]:
+    return [
+        {"id": f"{prefix}{i:06d}", "sweep": "scale", "stage": "train", "model": MODELS[i % 2],
+         "dataset": "cifar10", "gpu_type": GPU_TYPES[i // 2 % 5], "gpus": 1, "seed": i // 10,
+         "repeat": 0, "spec": {}, "depends_on": [], "state": "succeeded", "attempt": 0,
+         "job_dir": ""}
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def fill(store: Store, n_jobs: int, n_epochs: int, samples_per_epoch: int = 0) -> float:
+    """``n_jobs`` finished training jobs of ``n_epochs`` epochs (and telemetry samples),
+    written in bulk; then every summary rebuilt from the epoch rows. Returns the seconds the
+    rebuild took."""
+    store.add_sweep("scale", {"sweep": {"target_accuracy": [0.6, 0.7]}})
+    rows = job_rows(n_jobs)
     with store.begin() as conn:
-        conn.execute(
-            insert(epochs),
-            [
-                {
-                    "job_id": row["id"],
-                    "attempt": 0,
-                    "epoch": e,
-                    "epoch_time": 10.0 + (e % 7) / 10,
-                    "images_per_sec": 5000.0,
-                    "test_acc": 0.5 + e / (4 * n_epochs),
-                    "warmup": e == 1,
-                    "images": 50000,
-                }
-                for row in rows
-                for e in range(1, n_epochs + 1)
-            ],
-        )
-        conn.execute(
-            insert(results),
-            [
-                {
-                    "job_id": row["id"],
-                    "attempt": 0,
-                    "status": "succeeded",
-                    "final_test_acc": 0.75,
-                    "best_test_acc": 0.76,
-                    "time_to_target": 1000.0,
-                }
-                for row in rows
-            ],
-        )
-    return store
+        conn.execute(insert(jobs), rows)
+    for start in range(0, n_jobs, 500):
+        chunk = rows[start : start + 500]
+        with store.begin() as conn:
+            conn.execute(insert(epochs), [
+                {"job_id": row["id"], "attempt": 0, "epoch": e,
+                 "epoch_time": 10.0 + (e * 7 + i) % 13 / 10, "images_per_sec": 5000.0 - e,
+                 "test_acc": 0.5 + e / (4 * n_epochs), "warmup": e == 1, "images": 50000,
+                 "gpu_util_mean": 90.0 + e % 5, "power_mean_w": 250.0, "energy_j": 2500.0}
+                for i, row in enumerate(chunk) for e in range(1, n_epochs + 1)
+            ])  # fmt: skip
+            conn.execute(insert(results), [
+                {"job_id": row["id"], "attempt": 0, "status": "succeeded",
+                 "final_test_acc": 0.75, "best_test_acc": 0.76, "train_time": 2600.0}
+                for row in chunk
+            ])  # fmt: skip
+            if samples_per_epoch:
+                conn.execute(insert(telemetry), [
+                    {"job_id": row["id"], "attempt": 0, "gpu_index": 0,
+                     "time": 1.7e9 + e * samples_per_epoch + s,
+                     "sample": {"time": 1.7e9 + e * samples_per_epoch + s, "gpu_index": 0,
+                                "gpu_util": 93.0, "mem_util": 40.0, "power_w": 250.5,
+                                "mem_used_bytes": 2.1e10, "temperature_c": 61}}
+                    for row in chunk for e in range(1, n_epochs + 1)
+                    for s in range(samples_per_epoch)
+                ])  # fmt: skip
+    start = time.perf_counter()
+    store.rebuild_summaries()
+    return time.perf_counter() - start
+
+
+# -- status of a large SLURM sweep ----------------------------------------------------------
+
+
+def bench_status(store: Store, n_jobs: int, repeats: int) -> None:
+    """``status`` of an ``n_jobs`` sweep held by SLURM: arrays of 1,000 tasks; sacct answers
+    from a recorded output (most completed, some failed, some running)."""
+    from harness.launchers import slurm
+
+    rows = job_rows(n_jobs, prefix="st")
+    now = time.time()
+    lines = []
+    for i, row in enumerate(rows):
+        row.update(sweep="status", state="submitted", submitted_at=now - 3600,
+                   launcher_job_id=f"slurm:{1000 + i // 1000}_{i % 1000}")  # fmt: skip
+        state = "FAILED" if i % 97 == 0 else "RUNNING" if i % 13 == 0 else "COMPLETED"
+        code = "1:0" if state == "FAILED" else "0:0"
+        lines.append(f"{1000 + i // 1000}_{i % 1000}|{state}|{code}|None|"
+                     "2026-11-29T01:00:00|2026-11-29T01:30:00")  # fmt: skip
+    recorded = "\n".join(lines) + "\n"
+    store.add_sweep("status", {})
+    with store.begin() as conn:
+        conn.execute(insert(jobs), rows)
+    calls = []
+
+    def sacct(cmd: list[str], timeout: float = 60) -> str:
+        calls.append(cmd[0])
+        return recorded
+
+    real, slurm._run = slurm._run, sacct
+    try:
+        first = timed(lambda: quiet("status", "status", "--store", store.url), 0)
+        with store.begin() as conn:  # and back, for the repeats
+            conn.execute(jobs.update().where(jobs.c.sweep == "status").values(state="submitted"))
+        again = timed(lambda: quiet("status", "status", "--store", store.url), repeats)
+    finally:
+        slurm._run = real
+    per = len(calls) / (repeats + 2)
+    line(f"status {n_jobs:,} jobs, first time", first, 2.0, f"{per:g} sacct call(s) each")
+    line(f"status {n_jobs:,} jobs, again", again, 2.0)
+
+
+# -- growth -----------------------------------------------------------------------------------
+
+
+def table_bytes(store: Store, name: str) -> int | None:
+    with store.begin() as conn:
+        if store.engine.dialect.name == "postgresql":
+            return conn.execute(text(f"SELECT pg_total_relation_size('{SCHEMA}.{name}')")).scalar()
+        try:
+            query = text("SELECT SUM(pgsize) FROM dbstat WHERE name = :n OR name LIKE :i")
+            return conn.execute(query, {"n": name, "i": f"sqlite_autoindex_{name}_%"}).scalar()
+        except Exception:
+            return None
+
+
+def bench_growth(url: str, n_epochs: int) -> None:
+    store = Store(url)
+    fill(store, 200, n_epochs, samples_per_epoch=2)
+    n_rows, n_samples = 200 * n_epochs, 200 * n_epochs * 2
+    per_epoch = (table_bytes(store, "epochs") or 0) / n_rows
+    per_sample = (table_bytes(store, "telemetry") or 0) / n_samples
+    per_summary = (table_bytes(store, "summaries") or 0) / 200
+    # A year of daily sweeps of 1,000 training jobs of 250 epochs; one sample a second of a
+    # 30 s epoch on one GPU.
+    year_epochs = 365 * 1000 * 250
+    year_samples = year_epochs * 30
+    gb = 1e9
+    print(f"  bytes per epoch row {per_epoch:,.0f}, per telemetry sample {per_sample:,.0f}, "
+          f"per job summary {per_summary:,.0f}")  # fmt: skip
+    print(f"  a year of daily 1,000-job sweeps (250 epochs of 30 s, 1 sample/s): epochs "
+          f"{year_epochs * per_epoch / gb:,.1f} GB, telemetry {year_samples * per_sample / gb:,.0f}"
+          f" GB; after thin: {year_epochs * per_epoch / gb:,.1f} GB")  # fmt: skip
+    before = table_bytes(store, "telemetry")
+    start = time.perf_counter()
+    quiet("thin", "scale", "--store", url)
+    seconds = time.perf_counter() - start
+    if store.engine.dialect.name == "sqlite":
+        with store.engine.connect() as conn:
+            conn.execute(text("VACUUM"))
+    else:
+        with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text(f"VACUUM FULL {SCHEMA}.telemetry"))
+    print(
+        f"  thin: {n_samples:,} samples dropped in {seconds:.2f} s; telemetry "
+        f"{(before or 0) / 1e6:.1f} MB -> {(table_bytes(store, 'telemetry') or 0) / 1e6:.2f} MB"
+    )
+
+
+# -- one backend ----------------------------------------------------------------------------
+
+
+def bench_store(kind: str, make_url: Callable[[str], str], args: argparse.Namespace) -> None:
+    print(f"{kind}:", flush=True)
+    store = Store(make_url("table"))
+    rebuild = fill(store, args.table_jobs, args.epochs)
+    result = timed(lambda: quiet("table", "scale", "--store", store.url), args.repeats)
+    rows = args.table_jobs * args.epochs
+    detail = f"({rows:,} epoch rows; summaries rebuilt in {rebuild:.1f} s)"
+    line(f"table {args.table_jobs:,} x {args.epochs} epochs", result, 2.0, detail)
+    bench_status(store, args.status_jobs, args.repeats)
+    store = Store(make_url("report"))
+    fill(store, args.report_jobs, args.epochs)
+    with tempfile.TemporaryDirectory() as out:
+        result = timed(lambda: quiet("report", "scale", "--store", store.url, "--out", out),
+                       args.repeats)  # fmt: skip
+    line(f"report {args.report_jobs:,} x {args.epochs} epochs", result, 10.0)
+    bench_growth(make_url("growth"), args.epochs)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=10_000)
-    parser.add_argument("--table-jobs", type=int, default=1_000)
+    parser.add_argument("--postgres", default=os.environ.get("RESNEST_BENCH_TEST_PG"))
+    parser.add_argument("--plan-jobs", type=int, default=100_000)
+    parser.add_argument("--table-jobs", type=int, default=10_000)
+    parser.add_argument("--report-jobs", type=int, default=1_000)
+    parser.add_argument("--status-jobs", type=int, default=10_000)
     parser.add_argument("--epochs", type=int, default=250)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        path = sweep_file(Path(tmp), args.jobs)
-        median, cv, jobs = timed(lambda: plan(cluster_config.load(path)), args.repeats)
-        print(
-            f"plan:  {len(jobs):,} jobs (validate cluster.yaml + expand) in {median:.3f} s "
-            f"(median of {args.repeats}, CV {100 * cv:.1f}%); target < 2 s",
-            flush=True,
-        )
-        start = time.perf_counter()
-        store = filled_store(Path(tmp), args.table_jobs, args.epochs)
-        fill = time.perf_counter() - start
-        median, cv, rows = timed(lambda: comparison(store, "scale"), args.repeats)
-        print(
-            f"table: {args.table_jobs:,} jobs x {args.epochs} epochs "
-            f"({args.table_jobs * args.epochs:,} epoch rows, SQLite, filled in {fill:.1f} s) "
-            f"in {median:.3f} s (median of {args.repeats}, CV {100 * cv:.1f}%); target < 3 s"
-        )
-        assert len(rows) == len(GPU_TYPES)
+        folder = Path(tmp)
+        bench_plan(folder, args.plan_jobs, args.repeats)
+        bench_store("SQLite", lambda name: f"sqlite:///{folder / name}.db", args)
+    if args.postgres:
+        from sqlalchemy import create_engine
+
+        engine = create_engine(args.postgres)
+        separator = "&" if "?" in args.postgres else "?"
+        scoped = f"{args.postgres}{separator}options=-csearch_path%3D{SCHEMA}"
+
+        def fresh(_name: str) -> str:
+            with engine.begin() as conn:
+                conn.execute(text(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
+                conn.execute(text(f"CREATE SCHEMA {SCHEMA}"))
+            return scoped
+
+        try:
+            bench_store("PostgreSQL", fresh, args)
+        finally:
+            with engine.begin() as conn:
+                conn.execute(text(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
+    else:
+        print("PostgreSQL: skipped (give --postgres URL or set RESNEST_BENCH_TEST_PG)")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
-from records import queries
-from records.queries import TELEMETRY
+from records import queries, summaries
+from records.schema import TELEMETRY
 from records.spec import RUNTIMES
 from records.store import Store
 
@@ -80,7 +80,8 @@ def _figures(
     """The figures of one model on one GPU type, from its group of runs."""
     epoch_time = _median(g.get("epoch_time", []))
     runs = len(g.get("epoch_time", []))
-    cv = _cv(g.get("epoch_time", [])) if runs > 1 else _cv(g.get("epoch_times", []))
+    # CV across runs; of one run, across its epochs
+    cv = summaries.cv(g["epoch_time"]) if runs > 1 else (g["epoch_time_cv"][0] if runs else 0.0)
     train_times = [t for t in g.get("train_time", []) if t is not None]
     cost = None
     if price is not None and train_times:
@@ -125,12 +126,6 @@ def _target_figures(g: dict[str, list], targets: list[float]) -> dict[str, Any]:
     return out
 
 
-def _cv(values: list[float]) -> float:
-    if len(values) < 2 or statistics.mean(values) == 0:
-        return 0.0
-    return statistics.pstdev(values) / statistics.mean(values)
-
-
 def _scaling(groups: dict, shapes: dict[str, tuple[str, int]], label: str, model: str):
     """Scaling efficiency on N nodes: images/s on N nodes over N/M times images/s on M, the
     fewest nodes the sweep ran this GPU type and model on (M = 1: over N times one node)."""
@@ -155,19 +150,6 @@ def targets_of(store: Store, sweep: str) -> list[float]:
         return list(configured) if isinstance(configured, list) else [configured]
     given = {r.target_accuracy for r in queries.final_results(store, sweep).values()}
     return sorted(t for t in given if t is not None)
-
-
-def times_to(job_epochs: list[Any], targets: list[float]) -> dict[float, float | None]:
-    """Training time until the end of the first epoch at or above each target; None where
-    the run never got there."""
-    reached: dict[float, float | None] = dict.fromkeys(targets)
-    elapsed = 0.0
-    for r in job_epochs:
-        elapsed += r.epoch_time or 0.0
-        for target in targets:
-            if reached[target] is None and r.test_acc is not None and r.test_acc >= target:
-                reached[target] = elapsed
-    return reached
 
 
 def headline(values: list[float | None]) -> tuple[float | None, str]:
@@ -206,21 +188,20 @@ def _groups(store: Store, sweep: str, targets: list[float] | None = None):
         return text
 
     groups: dict[tuple[str, str], dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    for job_id, job_epochs in queries.train_epochs(store, sweep).items():
+    for job_id, run in queries.train_summaries(store, sweep).items():
         job = job_rows[job_id]
-        timed = [r for r in job_epochs if not r.warmup] or job_epochs
+        if run.epoch_time is None or run.images_per_sec is None:
+            continue  # no timed epoch: nothing to compare
         g = groups[(label(job_id), job.model)]
         g["gpus"].append(job.gpus or 1)
-        times = [r.epoch_time for r in timed]
-        g["epoch_time"].append(statistics.median(times))
-        for target, seconds in times_to(job_epochs, targets or []).items():
-            g[f"to {target}"].append(seconds)
-        g["epoch_times"].extend(times)
-        g["images_per_sec"].append(statistics.median([r.images_per_sec for r in timed]))
+        g["epoch_time"].append(run.epoch_time)
+        g["epoch_time_cv"].append(run.epoch_time_cv)
+        for target in targets or []:
+            g[f"to {target}"].append(summaries.time_to(run.accuracy_steps or [], target))
+        g["images_per_sec"].append(run.images_per_sec)
         for name in TELEMETRY:
-            values = [getattr(r, name) for r in timed if getattr(r, name) is not None]
-            if values:
-                g[name].append(statistics.median(values))
+            if getattr(run, name) is not None:
+                g[name].append(getattr(run, name))
         if job_id in mismatched:
             g["mismatch"].append(job_id)
         if job_id in final:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -71,18 +72,31 @@ def job_dir(config: ClusterConfig, job_id: str) -> Path:
     return Path(config.results_dir).resolve() / config.name / "jobs" / job_id
 
 
-def _spec(config: ClusterConfig, job: JobPlan) -> Spec:
+class _Folders:
+    """What every spec of a sweep shares, worked out once (a sweep may plan 100,000 jobs):
+    the jobs' folder, the data folder, each GPU type's job environment."""
+
+    def __init__(self, config: ClusterConfig) -> None:
+        self.jobs = str(job_dir(config, "-").parent) + os.sep
+        self.data = str(Path(config.sweep.data_dir).resolve())
+        self.environments = {}
+        for name in config.gpu_types:
+            environment = environment_for(config, name)
+            if environment != JobEnvironment():
+                self.environments[name] = environment.as_dict()
+
+
+def _spec(config: ClusterConfig, job: JobPlan, folders: _Folders) -> Spec:
     """The spec of a planned job; its inputs are its parents' folders."""
     sweep = config.sweep
     gpu = config.gpu_types[job.gpu_type]
-    inputs = [str(job_dir(config, parent)) for parent in job.depends_on]
+    inputs = [folders.jobs + parent for parent in job.depends_on]
     common: dict[str, Any] = {
-        "out_dir": str(job_dir(config, job.id)), "job_id": job.id, "gpu_type": job.gpu_type,
-        "dataset": job.dataset, "data_dir": str(Path(sweep.data_dir).resolve()),
+        "out_dir": folders.jobs + job.id, "job_id": job.id, "gpu_type": job.gpu_type,
+        "dataset": job.dataset, "data_dir": folders.data,
     }  # fmt: skip
-    environment = environment_for(config, job.gpu_type)
-    if environment != JobEnvironment():
-        common["environment"] = environment.as_dict()  # for the job's provenance
+    if job.gpu_type in folders.environments:  # for the job's provenance
+        common["environment"] = folders.environments[job.gpu_type]
     if job.stage == "export":
         return ExportSpec(sources=inputs, **common, **job.overrides)
     if job.stage == "infer":
@@ -218,7 +232,8 @@ def plan(config: ClusterConfig) -> list[JobPlan]:
                 "seed": sweep.seeds[0], "repeat": 0,
             }  # fmt: skip
             _deploy(jobs, common, dataset, tuple(ids), sweep, identity)
-    return [replace(job, spec=_spec(config, job)) for job in jobs]
+    folders = _Folders(config)
+    return [replace(job, spec=_spec(config, job, folders)) for job in jobs]
 
 
 def select(jobs: list[JobPlan], only: list[str]) -> list[JobPlan]:

@@ -13,12 +13,19 @@ from typing import Any
 
 from sqlalchemy import select
 
-from records.schema import epochs, inference, jobs, provenance, results, telemetry
+from records.schema import (
+    TELEMETRY,
+    epochs,
+    inference,
+    jobs,
+    provenance,
+    results,
+    summaries,
+    telemetry,
+)
 from records.store import Store
 
-# Telemetry columns of the epoch rows, read with the timing ones.
-TELEMETRY = ("gpu_util_mean", "gpu_mem_peak_bytes", "power_mean_w", "energy_j",
-             "energy_per_image_j", "cpu_util_mean")  # fmt: skip
+__all__ = ["TELEMETRY"]  # read with the timing columns; defined with the schema
 
 
 def sweep_jobs(store: Store, sweep: str) -> dict[str, Any]:
@@ -41,24 +48,17 @@ def mismatched_jobs(store: Store, sweep: str) -> set[str]:
         return set(conn.execute(query).scalars())
 
 
-def train_epochs(store: Store, sweep: str) -> dict[str, list[Any]]:
-    """Job id -> its epochs in order (epoch, epoch_time, images_per_sec, test_acc, warmup and
-    the telemetry columns), for the training jobs of the sweep; per epoch number the newest
-    attempt's."""
+def train_summaries(store: Store, sweep: str) -> dict[str, Any]:
+    """Job id -> its summary row (``records.summaries``: medians over its timed epochs, the
+    accuracy steps), for the training jobs of the sweep that reported epochs."""
     with store.begin() as conn:
         rows = conn.execute(
-            select(
-                epochs.c.job_id, epochs.c.epoch, epochs.c.epoch_time, epochs.c.images_per_sec,
-                epochs.c.test_acc, epochs.c.warmup, *(epochs.c[name] for name in TELEMETRY),
-            )
-            .join(jobs, jobs.c.id == epochs.c.job_id)
+            select(summaries)
+            .join(jobs, jobs.c.id == summaries.c.job_id)
             .where(jobs.c.sweep == sweep, jobs.c.stage == "train")
-            .order_by(epochs.c.attempt)
-        )  # fmt: skip
-        per_job: dict[str, dict[int, Any]] = defaultdict(dict)
-        for row in rows:
-            per_job[row.job_id][row.epoch] = row
-    return {job_id: [by_epoch[e] for e in sorted(by_epoch)] for job_id, by_epoch in per_job.items()}
+            .order_by(summaries.c.job_id)
+        )
+        return {row.job_id: row for row in rows}
 
 
 def final_results(store: Store, sweep: str) -> dict[str, Any]:

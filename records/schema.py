@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import JSON, Boolean, Column, Float, Integer, MetaData, String, Table, Text
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 STATES = ("pending", "submitted", "running", "succeeded", "failed", "cancelled")
 
 metadata = MetaData()
@@ -61,6 +61,22 @@ epochs = Table(
     Column("warmup", Boolean),
     Column("telemetry_source", String(20)),  # nvml | cpu | off
     Column("energy_method", String(40)),  # counter | power_integral | none
+)
+# Telemetry columns of the epoch rows, read with the timing ones.
+TELEMETRY = ("gpu_util_mean", "gpu_mem_peak_bytes", "power_mean_w", "energy_j",
+             "energy_per_image_j", "cpu_util_mean")  # fmt: skip
+# Version 4: a row per job summing up its epochs (``records.summaries``), kept by the store.
+summaries = Table(
+    "summaries",
+    metadata,
+    Column("job_id", String(32), primary_key=True),
+    Column("epochs", Integer),
+    Column("timed_epochs", Integer),
+    Column("epoch_time", Float),  # median over the timed epochs
+    Column("epoch_time_cv", Float),  # across the timed epochs
+    Column("images_per_sec", Float),
+    *(Column(name, Float) for name in TELEMETRY),
+    Column("accuracy_steps", JSON),  # [elapsed s, test accuracy] at each new best accuracy
 )
 results = Table(
     "results",

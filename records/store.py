@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import (
     Table,
+    bindparam,
     create_engine,
     event,
     func,
@@ -29,6 +30,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.schema import CreateIndex, CreateTable
 
+from records import summaries
 from records.errors import StoreError, StoreMissing
 from records.schema import (
     EPOCH_FIELDS,
@@ -121,10 +123,12 @@ class Store:
                 current = conn.execute(select(schema_version.c.version)).scalar()
                 if current is not None and current < SCHEMA_VERSION:
                     _add_missing_columns(conn)
+                    if current < 4:  # the job summaries came with version 4
+                        summaries.refresh(conn)
                     conn.execute(update(schema_version).values(version=SCHEMA_VERSION))
                 if current is None:
                     # SQLite has no advisory lock: two new stores may both get here.
-                    _upsert(conn, schema_version, {"version": SCHEMA_VERSION}, ("version",))
+                    upsert(conn, schema_version, {"version": SCHEMA_VERSION}, ("version",))
                 elif current > SCHEMA_VERSION:
                     raise StoreError(
                         f"results store {redact(self.url)} has schema version {current}, newer "
@@ -144,7 +148,7 @@ class Store:
 
     def add_sweep(self, name: str, config: dict[str, Any]) -> None:
         with self.begin() as conn:
-            _upsert(
+            upsert(
                 conn,
                 sweeps,
                 {"name": name, "config": config, "created_at": time.time()},
@@ -212,15 +216,29 @@ class Store:
         return found
 
     def set_state(self, job_id: str, state: str, **fields: Any) -> None:
-        if state not in STATES:
-            raise ValueError(f"unknown state {state!r}")
+        self.set_states([(job_id, state, fields)])
+
+    def set_states(self, changes: Iterable[tuple[str, str, dict[str, Any]]]) -> None:
+        """(job id, state, other fields) for many jobs, in one transaction (the states of a
+        10,000-job sweep from one sacct call)."""
         now = time.time()
-        values: dict[str, Any] = {"state": state, **fields}
-        if state != "pending":
-            stamp = {"submitted": "submitted_at", "running": "started_at"}.get(state, "ended_at")
-            values[stamp] = now
+        stamps = {"submitted": "submitted_at", "running": "started_at"}
+        alike: dict[tuple[str, ...], list[dict[str, Any]]] = {}  # one statement per shape
+        for job_id, state, fields in changes:
+            if state not in STATES:
+                raise ValueError(f"unknown state {state!r}")
+            values: dict[str, Any] = {"state": state, **fields}
+            if state != "pending":
+                values[stamps.get(state, "ended_at")] = now
+            alike.setdefault(tuple(values), []).append({"job": job_id, **values})
         with self.begin() as conn:
-            conn.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
+            for names, rows in alike.items():
+                statement = (
+                    update(jobs)
+                    .where(jobs.c.id == bindparam("job"))
+                    .values({name: bindparam(name) for name in names})
+                )
+                conn.execute(statement, rows)
 
     def sweep_config(self, name: str) -> dict[str, Any] | None:
         with self.begin() as conn:
@@ -234,12 +252,20 @@ class Store:
 
     def write_records(self, records: Iterable[dict[str, Any]]) -> int:
         """Store records as ``records.kinds`` describes them; idempotent. Returns how many."""
-        count = 0
+        count, epochs_of = 0, set()
         with self.begin() as conn:
             for record in records:
                 _write_record(conn, record)
                 count += 1
+                if record["kind"] == "epoch":
+                    epochs_of.add(record.get("job_id", ""))
+            summaries.refresh(conn, epochs_of)  # in the same transaction as the epochs
         return count
+
+    def rebuild_summaries(self) -> int:
+        """Recompute every job's summary from its epoch rows; returns how many jobs."""
+        with self.begin() as conn:
+            return summaries.refresh(conn)
 
 
 _ONE_PER_ATTEMPT = {"final": results, "provenance": provenance}
@@ -251,11 +277,11 @@ def _write_record(conn: Any, record: dict[str, Any]) -> None:
         row = {"job_id": job_id, "attempt": attempt, "epoch": record["epoch"]}
         extra = ("images", "steps", "world_size", "warmup", "telemetry_source", "energy_method")
         row.update({k: record.get(k) for k in (*EPOCH_FIELDS, *extra)})
-        _upsert(conn, epochs, row, ("job_id", "attempt", "epoch"))
+        upsert(conn, epochs, row, ("job_id", "attempt", "epoch"))
     elif kind == "artifact":
         row = {k: record.get(k) for k in ("path", "bytes", "sha256")}
         row["kind"] = record.get("artifact")
-        _upsert(conn, artifacts, {"job_id": job_id, **row}, ("job_id", "path"))
+        upsert(conn, artifacts, {"job_id": job_id, **row}, ("job_id", "path"))
     elif kind == "inference":
         row = {
             "job_id": job_id,
@@ -264,7 +290,7 @@ def _write_record(conn: Any, record: dict[str, Any]) -> None:
             "batch_size": record["batch_size"],
             "measurement": {k: v for k, v in record.items() if k not in ("uid", "kind")},
         }
-        _upsert(conn, inference, row, ("job_id", "attempt", "runtime", "batch_size"))
+        upsert(conn, inference, row, ("job_id", "attempt", "runtime", "batch_size"))
     elif kind == "telemetry":
         for sample in record.get("samples", []):
             row = {
@@ -274,7 +300,7 @@ def _write_record(conn: Any, record: dict[str, Any]) -> None:
                 "gpu_index": sample.get("gpu_index", -1),
                 "sample": sample,
             }
-            _upsert(conn, telemetry, row, ("job_id", "attempt", "time", "gpu_index"))
+            upsert(conn, telemetry, row, ("job_id", "attempt", "time", "gpu_index"))
     elif kind == "start":
         spec = record.get("spec") or {}
         if spec.get("stage") in ("export", "infer") and spec.get("model"):
@@ -289,10 +315,10 @@ def _write_record(conn: Any, record: dict[str, Any]) -> None:
         table = _ONE_PER_ATTEMPT[kind]
         row = {"job_id": job_id, "attempt": attempt}
         row.update({c.name: record.get(c.name) for c in table.columns if c.name not in row})
-        _upsert(conn, table, row, ("job_id", "attempt"))
+        upsert(conn, table, row, ("job_id", "attempt"))
     uid = record.get("uid")
     if uid:
-        _upsert(
+        upsert(
             conn,
             events,
             {
@@ -319,7 +345,7 @@ def _add_missing_columns(conn: Any) -> None:
                 conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
 
-def _upsert(
+def upsert(
     conn: Any,
     table: Table,
     row: dict[str, Any],

@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import statistics
+import types
 
 import pytest
 import yaml
@@ -14,14 +15,22 @@ from hypothesis import strategies as st
 
 from harness import config as cluster_config
 from harness.cli import main
-from harness.figures import headline, times_to
+from harness.figures import headline
 from harness.planner import plan
+from records.schema import TELEMETRY
 from records.store import Store
+from records.summaries import summarise, time_to
 
 
-class Epoch:
-    def __init__(self, epoch_time, test_acc):
-        self.epoch_time, self.test_acc = epoch_time, test_acc
+def Epoch(epoch_time, test_acc):
+    return types.SimpleNamespace(epoch_time=epoch_time, test_acc=test_acc, warmup=False,
+                                 images_per_sec=1.0, **dict.fromkeys(TELEMETRY))  # fmt: skip
+
+
+def times_to(job_epochs: list, targets: list[float]) -> dict[float, float | None]:
+    """The time to each target, from the job's summary as the store keeps it."""
+    steps = summarise(job_epochs)["accuracy_steps"]
+    return {target: time_to(steps, target) for target in targets}
 
 
 def test_time_to_a_target_is_the_training_time_to_the_first_epoch_at_it():

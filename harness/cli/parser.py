@@ -212,6 +212,21 @@ COMMANDS: list[dict[str, Any]] = [
         groups=["store"],
     ),
     dict(
+        name="thin", func="recovery:cmd_thin",
+        help="drop a sweep's telemetry samples, keep its per-epoch figures",
+        description="Delete the per-second telemetry samples of a sweep's finished jobs "
+        "(succeeded, failed or cancelled), which are most of a store's size. What the tables "
+        "show stays: GPU utilisation, memory, power and energy are kept per epoch in the "
+        "epoch rows. The report loses its utilisation-over-time plot for those jobs. Jobs "
+        "still queued or running keep theirs.",
+        args=[
+            arg("sweep", nargs="?"),
+            arg("--dry-run", action="store_true",
+                help="say how many samples of how many jobs would go, delete nothing"),
+        ],
+        groups=["store"],
+    ),
+    dict(
         name="train", func="commands:cmd_job", job=True,
         help="train one network on one dataset, here and now",
         description=JOB_HELP.format(stage="train"),

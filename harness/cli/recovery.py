@@ -115,6 +115,30 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_thin(args: argparse.Namespace) -> int:
+    from sqlalchemy import delete, func, select
+
+    from records.schema import jobs, telemetry
+
+    _, store, sweep_name = store_and_sweep(args)
+    finished = select(jobs.c.id).where(
+        jobs.c.sweep == sweep_name, jobs.c.state.in_(("succeeded", "failed", "cancelled"))
+    )
+    chosen = telemetry.c.job_id.in_(finished)
+    with store.begin() as conn:
+        samples, held = conn.execute(
+            select(func.count(), func.count(telemetry.c.job_id.distinct())).where(chosen)
+        ).one()
+        if not args.dry_run:
+            conn.execute(delete(telemetry).where(chosen))
+    verb = "would drop" if args.dry_run else "dropped"
+    print(
+        f"sweep {sweep_name}: {verb} {samples:,} telemetry sample(s) of {held:,} finished "
+        "job(s); per-epoch figures kept"
+    )
+    return 0
+
+
 def _restore_state(store, job_id: str, records: list[dict]) -> None:
     """A planned job's state from its outbox: how its last attempt ended. An attempt without
     a final record marks only a job the store knew nothing of (it may still be running)."""

@@ -276,6 +276,7 @@ def poll(store: Store, rows: list[Row]) -> dict[str, str]:
             new[row["id"]] = ("cancelled", row["reason"])  # by the harness: keep why
         else:
             new[row["id"]] = map_state(record, log_paths(row)[1])
+    changes = []
     for row in rows:
         state, reason = new[row["id"]]
         # SLURM cancels a job whose parent failed (kill-on-invalid-dep); sacct does not always
@@ -288,7 +289,8 @@ def poll(store: Store, rows: list[Row]) -> dict[str, str]:
                     break
         attempt = max(row["attempt"], attempts.get(row["id"], row["attempt"]))
         if (state, reason, attempt) != (row["state"], row["reason"], row["attempt"]):
-            store.set_state(row["id"], state, reason=reason, attempt=attempt)
+            changes.append((row["id"], state, {"reason": reason, "attempt": attempt}))
+    store.set_states(changes)
     return {job_id: state for job_id, (state, _) in new.items()}
 
 
