@@ -1,17 +1,20 @@
-"""Time from `resnest-bench submit` to every job of a 200-job sweep queued, on a real SLURM.
+"""Time from `resnest-bench submit` to every job of a sweep queued, on a real SLURM.
 
 Needs a SLURM (scripts/slurm-local.sh up gives a single-node one with gres gpu:v100 and
-gpu:a100). Two sweeps of 200 jobs each:
+gpu:a100). Three sweeps:
 
   arrays      2 models x 2 GPU types x 50 seeds, training only: one job array per GPU type
-  pipeline    2 models x 2 GPU types x 25 seeds, train -> transfer: the 100 training jobs in
-              two arrays, each transfer job on its own with --dependency=afterok:<its parent>
+  pipeline    2 models x 2 GPU types x 25 seeds, train -> transfer: per GPU type a training
+              array and a transfer array chained task by task (--dependency=aftercorr)
+  lab         2 models x 2 GPU types x 250 seeds (1,000 training jobs), train -> transfer ->
+              export -> infer, every network deployed (6,000 jobs): per GPU type six arrays,
+              each chained to the one before it with aftercorr
 
 For each: the wall time of the submit command (Python start-up, config, plan, store writes,
 sbatch calls), and the time until `squeue -r` lists all 200 jobs (array tasks expanded). The
 jobs are cancelled afterwards; nothing is left in the queue.
 
-    python bench/slurm_submit.py [--seeds 50] [--keep]
+    python bench/slurm_submit.py [--seeds 50] [--lab-seeds 250] [--keep]
 """
 
 from __future__ import annotations
@@ -30,7 +33,11 @@ import yaml
 EXE = Path(sysconfig.get_path("scripts")) / "resnest-bench"
 
 
-def sweep_file(folder: Path, name: str, seeds: int, pipeline: bool) -> Path:
+STAGES = {"arrays": ["train"], "pipeline": ["train", "transfer"],
+          "lab": ["train", "transfer", "export", "infer"]}  # fmt: skip
+
+
+def sweep_file(folder: Path, name: str, seeds: int, stages: list[str]) -> Path:
     data = {
         "name": name,
         "results_dir": str(folder / "results"),
@@ -46,7 +53,9 @@ def sweep_file(folder: Path, name: str, seeds: int, pipeline: bool) -> Path:
             "seeds": list(range(seeds)),
             "epochs": 1,
             "max_steps": 1,
-            **({"stages": ["train", "transfer"], "transfer_to": ["synthetic"]} if pipeline else {}),
+            "stages": stages,
+            "deploy": "all",
+            **({"transfer_to": ["synthetic"]} if "transfer" in stages else {}),
         },
     }
     path = folder / f"{name}.yaml"
@@ -61,9 +70,12 @@ def queued(name_prefix: str) -> int:
     return sum(1 for line in out.splitlines() if line.startswith(name_prefix))
 
 
-def measure(folder: Path, name: str, seeds: int, pipeline: bool) -> dict[str, float]:
-    path = sweep_file(folder, name, seeds, pipeline)
-    total = 2 * 2 * seeds * (2 if pipeline else 1)
+def measure(folder: Path, name: str, seeds: int, stages: list[str]) -> dict[str, float]:
+    path = sweep_file(folder, name, seeds, stages)
+    trained = 2 if "transfer" in stages else 1  # networks per training job
+    total = (
+        2 * 2 * seeds * (trained + ("export" in stages) * trained + ("infer" in stages) * trained)
+    )
     start = time.perf_counter()
     result = subprocess.run(
         [str(EXE), "submit", str(path), "-q"], capture_output=True, text=True, cwd=folder
@@ -72,8 +84,8 @@ def measure(folder: Path, name: str, seeds: int, pipeline: bool) -> dict[str, fl
     if result.returncode != 0:
         sys.exit(f"submit failed: {result.stderr.strip()}")
     while queued(name) < total:
-        if time.perf_counter() - start > 300:
-            sys.exit(f"only {queued(name)} of {total} jobs queued after 300 s")
+        if time.perf_counter() - start > 600:
+            sys.exit(f"only {queued(name)} of {total} jobs queued after 600 s")
         time.sleep(0.05)
     listed = time.perf_counter() - start
     scripts = list((folder / "results" / name / "slurm").glob("*_submission.sh"))
@@ -85,14 +97,17 @@ def measure(folder: Path, name: str, seeds: int, pipeline: bool) -> dict[str, fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=50, help="seeds per model and GPU type")
+    parser.add_argument("--lab-seeds", type=int, default=250,
+                        help="seeds per model and GPU type of the lab sweep")  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep the results folder")
     args = parser.parse_args()
     if shutil.which("sbatch") is None:
         sys.exit("no SLURM here: run scripts/slurm-local.sh up")
     folder = Path(tempfile.mkdtemp(prefix="slurm-bench-"))
     rows = [
-        ("arrays", measure(folder, "bench-arrays", args.seeds, pipeline=False)),
-        ("pipeline", measure(folder, "bench-pipeline", args.seeds // 2, pipeline=True)),
+        ("arrays", measure(folder, "bench-arrays", args.seeds, STAGES["arrays"])),
+        ("pipeline", measure(folder, "bench-pipeline", args.seeds // 2, STAGES["pipeline"])),
+        ("lab", measure(folder, "bench-lab", args.lab_seeds, STAGES["lab"])),
     ]
     print(
         f"{'sweep':<10} {'jobs':>5} {'sbatch calls':>12} {'submit (s)':>11} {'all queued (s)':>15}"

@@ -197,7 +197,7 @@ def _groups(store: Store, sweep: str, targets: list[float] | None = None):
         g["epoch_time"].append(run.epoch_time)
         g["epoch_time_cv"].append(run.epoch_time_cv)
         for target in targets or []:
-            g[f"to {target}"].append(summaries.time_to(run.accuracy_steps or [], target))
+            g[f"to {target}"].append(summaries.time_to(run.accuracy_steps, target))
         g["images_per_sec"].append(run.images_per_sec)
         for name in TELEMETRY:
             if getattr(run, name) is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import os
+import statistics
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -64,18 +65,34 @@ def _grouped_bars(plt, path: Path, data, title: str, ylabel: str) -> None:
     plt.close(fig)
 
 
-def _plot_accuracy(plt, path: Path, rows: list[Any]) -> bool:
-    curves: dict[str, list[tuple[int, float]]] = defaultdict(list)
+def accuracy_curves(rows: list[Any]) -> dict[tuple[str, str], dict[int, list[float]]]:
+    """(model, GPU type) -> epoch -> the test accuracies (%) of its training runs (seeds and
+    repeats) at that epoch."""
+    curves: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if r.stage == "train" and r.test_acc is not None:
-            label = f"{r.model} on {r.gpu_type} (seed {r.seed}, repeat {r.repeat})"
-            curves[label].append((r.epoch, 100 * r.test_acc))
+            curves[(r.model, r.gpu_type)][r.epoch].append(100 * r.test_acc)
+    return curves
+
+
+def _plot_accuracy(plt, path: Path, rows: list[Any]) -> bool:
+    """Test accuracy per epoch: a line per network and GPU type, the median of its runs, and
+    the band from the lowest to the highest run where there are several (a sweep of 1,000
+    runs stays a readable plot of a few lines)."""
+    curves = accuracy_curves(rows)
     if not curves:
         return False
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    for i, (label, points) in enumerate(sorted(curves.items())):
-        xs, ys = zip(*sorted(points), strict=True)
-        ax.plot(xs, ys, marker="o", label=label, color=COLORS[i % len(COLORS)])
+    for i, ((model, gpu), per_epoch) in enumerate(sorted(curves.items())):
+        xs = sorted(per_epoch)
+        runs = max(len(values) for values in per_epoch.values())
+        color = COLORS[i % len(COLORS)]
+        label = f"{model} on {gpu}" + (f" (median of {runs} runs)" if runs > 1 else "")
+        ax.plot(xs, [statistics.median(per_epoch[x]) for x in xs], color=color,
+                marker="o" if len(xs) <= 30 else None, label=label)  # fmt: skip
+        if runs > 1:
+            ax.fill_between(xs, [min(per_epoch[x]) for x in xs], [max(per_epoch[x]) for x in xs],
+                            color=color, alpha=0.15, linewidth=0)  # fmt: skip
     _finish(plt, fig, ax, path, "epoch", "test accuracy (%)",
             "Test accuracy per epoch (training jobs)")  # fmt: skip
     return True

@@ -3,7 +3,18 @@ record updates its row instead of adding one (see ``records.store``)."""
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Boolean, Column, Float, Integer, MetaData, String, Table, Text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
 
 SCHEMA_VERSION = 4
 STATES = ("pending", "submitted", "running", "succeeded", "failed", "cancelled")
@@ -76,7 +87,9 @@ summaries = Table(
     Column("epoch_time_cv", Float),  # across the timed epochs
     Column("images_per_sec", Float),
     *(Column(name, Float) for name in TELEMETRY),
-    Column("accuracy_steps", JSON),  # [elapsed s, test accuracy] at each new best accuracy
+    # (elapsed s, test accuracy) at each new best accuracy, as packed float64 pairs: a table
+    # over 10,000 jobs reads them in microseconds where JSON took seconds
+    Column("accuracy_steps", LargeBinary),
 )
 results = Table(
     "results",

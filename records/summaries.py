@@ -15,7 +15,10 @@ computed from the epoch rows, to the last bit (``tests/test_summaries.py``).
 
 from __future__ import annotations
 
+import bisect
 import statistics
+import sys
+from array import array
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
@@ -30,10 +33,10 @@ CHUNK = 500  # job ids per query (SQLite's bound-parameter limit is far above th
 def summarise(job_epochs: list[Any]) -> dict[str, Any]:
     """The summary of one job's epochs (in epoch order, newest attempt per epoch): counts,
     medians over the timed epochs (every epoch when all are warm-up ones), the epoch times'
-    CV, and the accuracy steps: ``[elapsed seconds, test accuracy]`` at each epoch whose
-    accuracy beats every earlier one, elapsed counting every epoch's time. The first epoch
-    at or above a target is the first step at or above it, so the steps give the time to any
-    target exactly."""
+    CV, and the accuracy steps: (elapsed seconds, test accuracy) at each epoch whose accuracy
+    beats every earlier one, elapsed counting every epoch's time, packed (``pack``). The
+    first epoch at or above a target is the first step at or above it, so the steps give the
+    time to any target exactly (``time_to``)."""
     timed = [r for r in job_epochs if not r.warmup] or job_epochs
     times = [r.epoch_time for r in timed if r.epoch_time is not None]
     speeds = [r.images_per_sec for r in timed if r.images_per_sec is not None]
@@ -52,15 +55,32 @@ def summarise(job_epochs: list[Any]) -> dict[str, Any]:
         elapsed += r.epoch_time or 0.0
         if r.test_acc is not None and (best is None or r.test_acc > best):
             best = r.test_acc
-            steps.append([elapsed, r.test_acc])
-    row["accuracy_steps"] = steps
+            steps += [elapsed, r.test_acc]
+    row["accuracy_steps"] = pack(steps)
     return row
 
 
-def time_to(steps: list[list[float]], target: float) -> float | None:
+def pack(steps: list[float]) -> bytes:
+    """Flat (elapsed, accuracy) pairs as float64 bytes (little-endian, exact)."""
+    values = array("d", steps)
+    if sys.byteorder == "big":
+        values.byteswap()
+    return values.tobytes()
+
+
+def unpack(blob: bytes | None) -> array:
+    values = array("d", blob or b"")
+    if sys.byteorder == "big":
+        values.byteswap()
+    return values
+
+
+def time_to(steps: bytes | None, target: float) -> float | None:
     """Training time until the end of the first epoch at or above ``target``; None where the
-    run never got there."""
-    return next((elapsed for elapsed, accuracy in steps if accuracy >= target), None)
+    run never got there. The accuracies of the steps rise, so a bisection finds it."""
+    values = unpack(steps)
+    index = bisect.bisect_left(values[1::2], target)
+    return values[2 * index] if 2 * index < len(values) else None
 
 
 def cv(values: list[float]) -> float:

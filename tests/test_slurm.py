@@ -225,6 +225,49 @@ def test_transfer_waits_on_training_with_afterok_and_a_failed_parent_cancels_it(
     }
 
 
+def test_transfers_go_as_one_array_chained_task_by_task_and_a_failed_task_cancels_its_own(
+    tmp_path,
+):
+    """Two training jobs (one array) and their transfers (one array, ``aftercorr``): the
+    doomed training task cancels its own transfer, and the other transfer runs."""
+    path = slurm_yaml(
+        tmp_path, "slurm-chain", models=["resnest_tiny_basic"], gpu_types=["v100"],
+        seeds=[0, 1], stages=["train", "transfer"], transfer_to=["synthetic"], transfer_epochs=1,
+    )  # fmt: skip
+    jobs = plan(cluster_config.load(path))
+    trains = [j for j in jobs if j.stage == "train"]
+    transfers = {j.depends_on[0]: j for j in jobs if j.stage == "transfer"}
+    doomed, fine = trains
+    folder = tmp_path / "results" / "slurm-chain" / "jobs" / doomed.id
+    folder.mkdir(parents=True)
+    (folder / "checkpoints").write_text("not a folder")
+
+    result = cli("submit", str(path), "--wait", "-q", "--timeout", "300", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    store = store_of(tmp_path)
+    slurm_id = {j.id: store.job(j.id)["launcher_job_id"].removeprefix("slurm:") for j in jobs}
+    arrays = {slurm_id[j.id].split("_")[0] for j in jobs}
+    assert len(arrays) == 2  # two sbatch calls: the training array and the transfer array
+    train_array = slurm_id[doomed.id].split("_")[0]
+    (transfer_array,) = arrays - {train_array}
+    script = (tmp_path / "results" / "slurm-chain" / "slurm").glob(
+        f"{transfer_array}_submission.sh"
+    )  # fmt: skip
+    text = next(script).read_text()
+    assert f"#SBATCH --dependency=aftercorr:{train_array}" in text
+    assert "#SBATCH --kill-on-invalid-dep=yes" in text
+    # Task i of the transfers is the transfer of task i of the training array.
+    for train in trains:
+        assert slurm_id[transfers[train.id].id].split("_")[1] == slurm_id[train.id].split("_")[1]
+    assert store.job(doomed.id)["state"] == "failed"
+    assert store.job(transfers[doomed.id].id)["state"] == "cancelled"
+    assert store.job(transfers[doomed.id].id)["reason"] == (
+        f"not run: depends on {doomed.id}, which failed"
+    )
+    assert store.job(fine.id)["state"] == "succeeded"
+    assert store.job(transfers[fine.id].id)["state"] == "succeeded"
+
+
 def test_deploy_winner_waits_on_every_candidate_and_chooses_from_the_store(tmp_path):
     path = slurm_yaml(
         tmp_path, "slurm-winner", gpu_types=["v100"], epochs=1, stages=["train", "export"],

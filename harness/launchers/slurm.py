@@ -6,10 +6,15 @@ its jobs; a job with N GPUs per node on M nodes runs as N x M tasks, one per GPU
 one process group from the SLURM environment.
 
 Jobs with nothing to wait for go out as one array per GPU type (``--array=0-K%P``, P from
-``launcher.slurm.array_parallelism``). A job that waits on another job of the same submission
-(a transfer after its training) goes out on its own with ``--dependency=afterok:<parent>``
-and ``--kill-on-invalid-dep=yes``, so that a failed parent cancels it rather than leaving it
-pending for ever.
+``launcher.slurm.array_parallelism``). The jobs of a later stage whose parents form such an
+array, one child per task (a transfer per training job, an export per transfer, an inference
+per export), go out as one array too, chained task by task with
+``--dependency=aftercorr:<parents' array>``: task i starts when task i of the parents'
+array has succeeded. A job with several parents (the winner's export) goes out on its own
+with ``--dependency=afterok:<parent>:<parent>...``. Either way ``--kill-on-invalid-dep=yes``
+makes a failed parent cancel exactly its own dependants, rather than leave them pending for
+ever. A sweep of 1,000 training jobs with their transfer, export and inference jobs is a
+handful of sbatch calls: four per GPU type.
 
 States come from ``sacct``, one call for all the jobs being followed, polled with backoff.
 """
@@ -165,72 +170,137 @@ def _executor(folder: Path, params: dict[str, Any], job_name: str, python: str |
 
 def submit(config: ClusterConfig, store: Store, jobs: list[Row]) -> dict[str, str]:
     """Submit ``jobs`` (store rows in dependency order); return id -> SLURM job id."""
-    from jobs.slurm_task import SlurmTask
-
-    for job in jobs:
-        store.set_state(job["id"], "pending", attempt=job["attempt"], reason=None)
-    folder = Path(config.results_dir).resolve() / config.name / "slurm"
-    folder.mkdir(parents=True, exist_ok=True)
-    requeue = config.launcher.slurm.requeue_on_preemption
-    ids = {job["id"] for job in jobs}
-    submitted: dict[str, str] = {}
-
-    def task(job: Row) -> SlurmTask:
-        return SlurmTask(str(write_spec(store, job)), requeue)
-
-    def params(job: Row) -> dict[str, Any]:
-        result = sbatch_parameters(config.gpu_types[job["gpu_type"]], *layout(config, job))
-        lines = setup_lines(environment_of(config, job))
-        return {**result, "setup": lines} if lines else result
-
-    def python(job: Row) -> str | None:
-        return environment_of(config, job).python
-
-    free = [job for job in jobs if not set(job["depends_on"] or []) & ids]
-    waiting = [job for job in jobs if set(job["depends_on"] or []) & ids]
-    # One array per GPU type and job shape (the tasks of an array share their sbatch options).
-    groups: dict[tuple[str, tuple[int, int]], list[Row]] = defaultdict(list)
-    for job in free:
-        groups[(job["gpu_type"], layout(config, job))].append(job)
+    store.set_states([(job["id"], "pending", {"attempt": job["attempt"], "reason": None})
+                      for job in jobs])  # fmt: skip
+    submission = _Submission(config, store, jobs)
     try:
-        for (gpu_type, _), group in groups.items():
-            executor = _executor(
-                folder,
-                {
-                    **params(group[0]),
-                    "array_parallelism": config.launcher.slurm.array_parallelism,
-                },
-                f"{config.name}-{gpu_type}",
-                python(group[0]),
-            )
-            with executor.batch():
-                handles = [executor.submit(task(job)) for job in group]
-            for job, handle in zip(group, handles, strict=True):
-                submitted[job["id"]] = handle.job_id
-        for job in waiting:
-            parents = [submitted[p] for p in job["depends_on"] if p in submitted]
-            job_params = params(job)
-            job_params["dependency"] = "afterok:" + ":".join(parents)
-            job_params["additional_parameters"] = {"kill-on-invalid-dep": "yes"}
-            executor = _executor(folder, job_params, f"{config.name}-{job['stage']}", python(job))
-            submitted[job["id"]] = executor.submit(task(job)).job_id
+        submission.run()
     except Exception as exc:
         # Nothing half-submitted: cancel what this call submitted, leave the rows pending.
+        submitted = submission.submitted
         if submitted:
             subprocess.run(["scancel", *submitted.values()], capture_output=True, timeout=60)
-        for job_id in submitted:
-            store.set_state(job_id, "pending", launcher_job_id=None, reason=None)
+        store.set_states([(job_id, "pending", {"launcher_job_id": None, "reason": None})
+                          for job_id in submitted])  # fmt: skip
         message = str(exc).strip().splitlines()
         detail = next((line for line in reversed(message) if "error" in line.lower()), "")
         raise UserError(
             f"sbatch refused the sweep ({detail or (message[-1] if message else exc)}); "
             f"nothing was left submitted"
         ) from None
-    for job in jobs:
-        store.set_state(
-            job["id"], "submitted", launcher_job_id=PREFIX + submitted[job["id"]], reason=None
-        )
-    return submitted
+    store.set_states([
+        (job["id"], "submitted",
+         {"launcher_job_id": PREFIX + submission.submitted[job["id"]], "reason": None})
+        for job in jobs
+    ])  # fmt: skip
+    return submission.submitted
+
+
+class _Submission:
+    """The sbatch calls of one submission: arrays first, then stage after stage."""
+
+    def __init__(self, config: ClusterConfig, store: Store, jobs: list[Row]) -> None:
+        self.config, self.store, self.jobs = config, store, jobs
+        self.folder = Path(config.results_dir).resolve() / config.name / "slurm"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.ids = {job["id"] for job in jobs}
+        self.submitted: dict[str, str] = {}
+        self.position: dict[str, tuple[str, int]] = {}  # job id -> (array's SLURM id, task)
+        self.sizes: dict[str, int] = {}  # SLURM array id -> tasks
+
+    def parents(self, job: Row) -> list[str]:
+        """The job's parents in this submission (others have succeeded already)."""
+        return [p for p in job["depends_on"] or [] if p in self.ids]
+
+    def run(self) -> None:
+        name = self.config.name
+        # Jobs with nothing to wait for: one array per GPU type and job shape.
+        groups: dict[tuple, list[Row]] = defaultdict(list)
+        for job in self.jobs:
+            if not self.parents(job):
+                groups[(job["gpu_type"], layout(self.config, job))].append(job)
+        for (gpu_type, _), group in groups.items():
+            self.send(group, f"{name}-{gpu_type}")
+        # Then, stage after stage, the jobs whose parents are submitted.
+        waiting = [job for job in self.jobs if self.parents(job)]
+        while waiting:
+            ready = [j for j in waiting if all(p in self.submitted for p in self.parents(j))]
+            if not ready:  # a plan is ordered parents first: this is a broken store
+                raise RuntimeError("error: jobs that wait on each other in a circle")
+            for group, array in _chains(ready, self.parents, self.position, self.sizes,
+                                        self.config):  # fmt: skip
+                if array is not None:  # task i waits on task i of the parents' array
+                    self.send(group, f"{name}-{group[0]['stage']}", f"aftercorr:{array}")
+                    continue
+                (job,) = group
+                after = "afterok:" + ":".join(self.submitted[p] for p in self.parents(job))
+                self.send(group, f"{name}-{job['stage']}", after)
+            waiting = [job for job in waiting if job["id"] not in self.submitted]
+
+    def send(self, group: list[Row], name: str, dependency: str | None = None) -> None:
+        """One sbatch: the jobs of ``group`` (same sbatch options), as an array if several."""
+        from jobs.slurm_task import SlurmTask
+
+        first = group[0]
+        environment = environment_of(self.config, first)
+        params = sbatch_parameters(self.config.gpu_types[first["gpu_type"]],
+                                   *layout(self.config, first))  # fmt: skip
+        if setup_lines(environment):
+            params["setup"] = setup_lines(environment)
+        if len(group) > 1:
+            params["array_parallelism"] = self.config.launcher.slurm.array_parallelism
+        if dependency:
+            params["dependency"] = dependency
+            params["additional_parameters"] = {**params.get("additional_parameters", {}),
+                                               "kill-on-invalid-dep": "yes"}  # fmt: skip
+        executor = _executor(self.folder, params, name, environment.python)
+        requeue = self.config.launcher.slurm.requeue_on_preemption
+
+        def task(job: Row) -> SlurmTask:
+            return SlurmTask(str(write_spec(self.store, job)), requeue)
+
+        if len(group) == 1:
+            self.submitted[first["id"]] = executor.submit(task(first)).job_id
+            return
+        with executor.batch():
+            handles = [executor.submit(task(job)) for job in group]
+        array = handles[0].job_id.split("_")[0]
+        self.sizes[array] = len(handles)
+        for index, (job, handle) in enumerate(zip(group, handles, strict=True)):
+            self.submitted[job["id"]] = handle.job_id
+            self.position[job["id"]] = (array, index)
+
+
+def _chains(
+    ready: list[Row],
+    parents: Any,
+    position: dict[str, tuple[str, int]],
+    sizes: dict[str, int],
+    config: ClusterConfig,
+) -> list[tuple[list[Row], str | None]]:
+    """The ready jobs in groups: (jobs, the parents' array) where the group is one array
+    chained task by task to an array already submitted (each job has one parent, task i of
+    that array, and every task has one such child: a transfer per training job of a GPU
+    type, an export per transfer...); (one job, None) for the others (several parents, as
+    the winner's export; or a parent not in an array), which wait with afterok."""
+    alike: dict[tuple, list[Row]] = defaultdict(list)
+    alone: list[Row] = []
+    for job in ready:
+        mine = parents(job)
+        if len(mine) == 1 and mine[0] in position:
+            key = (position[mine[0]][0], job["stage"], job["dataset"], job["gpu_type"],
+                   layout(config, job))  # fmt: skip
+            alike[key].append(job)
+        else:
+            alone.append(job)
+    out: list[tuple[list[Row], str | None]] = []
+    for (array, *_), group in alike.items():
+        group.sort(key=lambda job: position[parents(job)[0]][1])
+        if [position[parents(job)[0]][1] for job in group] == list(range(sizes[array])):
+            out.append((group, array))
+        else:
+            alone += group
+    return out + [([job], None) for job in alone]
 
 
 # -- following the jobs ---------------------------------------------------------------------
