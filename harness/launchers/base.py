@@ -202,15 +202,18 @@ def folder_logs(job: Row) -> list[Path]:
     return [Path(job["job_dir"]) / name for name in ("stdout.log", "stderr.log")]
 
 
-def write_spec(store: Store, job: Row) -> Path:
+def write_spec(store: Store, job: Row, folders: dict[str, str] | None = None) -> Path:
     """Write the job's spec file for its current attempt: the planned spec, in the folder
-    the store gives the job, with the folders of its parents as inputs."""
+    the store gives the job, with the folders of its parents as inputs (``folders``: job id
+    -> folder, known already where a whole sweep is submitted; else read from the store)."""
     import os
 
     from records.spec import from_dict
     from records.store import url_for_jobs
 
-    folders = {row["id"]: row["job_dir"] for row in store.jobs_by_ids(job["depends_on"] or [])}
+    parents = job["depends_on"] or []
+    if folders is None or not all(parent in folders for parent in parents):
+        folders = {row["id"]: row["job_dir"] for row in store.jobs_by_ids(parents)}
     spec = from_dict(job["spec"]).with_(
         out_dir=job["job_dir"], attempt=job["attempt"], store=url_for_jobs(store.url)
     )

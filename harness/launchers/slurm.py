@@ -204,6 +204,10 @@ class _Submission:
         self.folder = Path(config.results_dir).resolve() / config.name / "slurm"
         self.folder.mkdir(parents=True, exist_ok=True)
         self.ids = {job["id"] for job in jobs}
+        # Every job's folder, for its children's specs: one query for parents not submitted.
+        self.folders = {job["id"]: job["job_dir"] for job in jobs}
+        outside = {p for job in jobs for p in job["depends_on"] or []} - self.ids
+        self.folders |= {row["id"]: row["job_dir"] for row in store.jobs_by_ids(sorted(outside))}
         self.submitted: dict[str, str] = {}
         self.position: dict[str, tuple[str, int]] = {}  # job id -> (array's SLURM id, task)
         self.sizes: dict[str, int] = {}  # SLURM array id -> tasks
@@ -257,7 +261,7 @@ class _Submission:
         requeue = self.config.launcher.slurm.requeue_on_preemption
 
         def task(job: Row) -> SlurmTask:
-            return SlurmTask(str(write_spec(self.store, job)), requeue)
+            return SlurmTask(str(write_spec(self.store, job, self.folders)), requeue)
 
         if len(group) == 1:
             self.submitted[first["id"]] = executor.submit(task(first)).job_id
