@@ -11,8 +11,9 @@ gpu:a100). Three sweeps:
               each chained to the one before it with aftercorr
 
 For each: the wall time of the submit command (Python start-up, config, plan, store writes,
-sbatch calls), and the time until `squeue -r` lists all 200 jobs (array tasks expanded). The
-jobs are cancelled afterwards; nothing is left in the queue.
+sbatch calls), the time until `squeue -r` lists all its jobs (array tasks expanded), and the
+wall time of `resnest-bench status` over the whole sweep then (one sacct call; Python
+start-up included). The jobs are cancelled afterwards; nothing is left in the queue.
 
     python bench/slurm_submit.py [--seeds 50] [--lab-seeds 250] [--keep]
 """
@@ -88,10 +89,20 @@ def measure(folder: Path, name: str, seeds: int, stages: list[str]) -> dict[str,
             sys.exit(f"only {queued(name)} of {total} jobs queued after 600 s")
         time.sleep(0.05)
     listed = time.perf_counter() - start
+    # `status` of the whole sweep as a user runs it: one sacct call, every job's state.
+    start = time.perf_counter()
+    status = subprocess.run(
+        [str(EXE), "status", "-c", str(path), "--format", "csv"], capture_output=True,
+        text=True, cwd=folder,
+    )  # fmt: skip
+    status_s = time.perf_counter() - start
+    if status.returncode != 0:
+        sys.exit(f"status failed: {status.stderr.strip()}")
     scripts = list((folder / "results" / name / "slurm").glob("*_submission.sh"))
     subprocess.run(["scancel", *(p.name.split("_")[0] for p in scripts)], check=False)
     sbatch_calls = len(scripts)
-    return {"jobs": total, "submit_s": submitted, "queued_s": listed, "sbatch": sbatch_calls}
+    return {"jobs": total, "submit_s": submitted, "queued_s": listed, "sbatch": sbatch_calls,
+            "status_s": status_s}  # fmt: skip
 
 
 def main() -> None:
@@ -109,13 +120,12 @@ def main() -> None:
         ("pipeline", measure(folder, "bench-pipeline", args.seeds // 2, STAGES["pipeline"])),
         ("lab", measure(folder, "bench-lab", args.lab_seeds, STAGES["lab"])),
     ]
-    print(
-        f"{'sweep':<10} {'jobs':>5} {'sbatch calls':>12} {'submit (s)':>11} {'all queued (s)':>15}"
-    )
+    print(f"{'sweep':<10} {'jobs':>5} {'sbatch calls':>12} {'submit (s)':>11} "
+          f"{'all queued (s)':>15} {'status (s)':>11}")  # fmt: skip
     for label, r in rows:
         print(
             f"{label:<10} {r['jobs']:>5} {r['sbatch']:>12} {r['submit_s']:>11.2f} "
-            f"{r['queued_s']:>15.2f}"
+            f"{r['queued_s']:>15.2f} {r['status_s']:>11.2f}"
         )
     if not args.keep:
         shutil.rmtree(folder, ignore_errors=True)
