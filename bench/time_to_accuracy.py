@@ -1,0 +1,101 @@
+"""Time to accuracy: the study's recipe against the fast one, on real data (Fashion-MNIST).
+
+    python bench/time_to_accuracy.py [--models resnest50_bottleneck resnest50_basic]
+        [--data-dir /usr/share/datasets/fashion-mnist] [--study-epochs 8] [--fast-epochs 15]
+        [--targets 0.9 0.93] [--max-steps N] [--out time-to-accuracy]
+
+Trains each model with each recipe, one after the other, as ``resnest-bench train`` runs it
+(``python -m jobs.train``, the job's own loader, telemetry at 1 Hz), then prints per run: the
+final and best test accuracy, the training time to each target (the end of the first epoch
+at or above it, as the table computes it), the median seconds per epoch and images/s over
+the timed epochs, the median energy per image (where NVML measures it) and the whole
+training time. The job folders stay under ``--out`` for ``resnest-bench ingest``.
+
+Sized for one GPU session: on an H200 both ResNeSt-50 variants, 8 study and 15 fast epochs,
+take about 7 minutes. On a CPU, try ``--models resnest_tiny_basic --batch-size 128
+--max-steps 60 --study-epochs 3 --fast-epochs 2 --targets 0.55 0.6`` (the fast recipe's
+batch of 1,024 is a GPU's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from records.schema import TELEMETRY
+from records.summaries import summarise, time_to
+
+FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+
+
+def train(out: Path, model: str, recipe: str, epochs: int, args: argparse.Namespace) -> None:
+    cmd = [sys.executable, "-m", "jobs.train", "--model", model, "--dataset", "fashion-mnist",
+           "--data-dir", args.data_dir, "--recipe", recipe, "--epochs", str(epochs),
+           "--target-accuracy", str(min(args.targets)), "--out", str(out)]  # fmt: skip
+    if args.max_steps:
+        cmd += ["--max-steps", str(args.max_steps)]
+    if args.batch_size:
+        cmd += ["--batch-size", str(args.batch_size)]
+    print(f"training {model} with the {recipe} recipe, {epochs} epochs ...", flush=True)
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{model} ({recipe}) failed: {done.stderr.strip().splitlines()[-1:]}")
+
+
+def outcome(out: Path, targets: list[float]) -> dict:
+    records = [json.loads(line) for line in (out / "outbox.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    final = [r for r in records if r["kind"] == "final"][-1]
+    fields = ("epoch_time", "images_per_sec", "test_acc", "warmup", *TELEMETRY)
+    rows = [types.SimpleNamespace(**{k: r.get(k) for k in fields}) for r in epochs]
+    summary = summarise(rows)
+    energy = [r["energy_per_image_j"] for r in epochs[1:] if r.get("energy_per_image_j")]
+    return {
+        "final acc %": round(100 * final["final_test_acc"], 2),
+        "best acc %": round(100 * final["best_test_acc"], 2),
+        **{f"s to {100 * t:g}%": _seconds(time_to(summary["accuracy_steps"], t)) for t in targets},
+        "s/epoch": round(summary["epoch_time"], 2),
+        "img/s": round(summary["images_per_sec"]),
+        "mJ/img": round(1000 * statistics.median(energy), 3) if energy else "-",
+        "train s": round(final["train_time"], 1),
+        "epochs": len(epochs),
+    }
+
+
+def _seconds(value: float | None) -> float | str:
+    return "not reached" if value is None else round(value, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["resnest50_bottleneck", "resnest50_basic"])
+    parser.add_argument("--data-dir", default=FASHION_MNIST)
+    parser.add_argument("--study-epochs", type=int, default=8)
+    parser.add_argument("--fast-epochs", type=int, default=15)
+    parser.add_argument("--targets", type=float, nargs="+", default=[0.9, 0.93])
+    parser.add_argument("--max-steps", type=int, help="steps per epoch (a shorter smoke run)")
+    parser.add_argument("--batch-size", type=int, help="one for both recipes (default: their own)")
+    parser.add_argument("--out", default="time-to-accuracy")
+    args = parser.parse_args()
+    runs = []
+    for model in args.models:
+        for recipe, epochs in (("study", args.study_epochs), ("fast", args.fast_epochs)):
+            out = Path(args.out) / f"{model}-{recipe}"
+            train(out, model, recipe, epochs, args)
+            runs.append({"model": model, "recipe": recipe, **outcome(out, args.targets)})
+    columns = list(runs[0])
+    print("| " + " | ".join(columns) + " |")
+    print("|" + " --- |" * len(columns))
+    for run in runs:
+        print("| " + " | ".join(str(run[c]) for c in columns) + " |")
+
+
+if __name__ == "__main__":
+    main()
