@@ -238,13 +238,13 @@ def deployment_figures(store: Store, sweep: str) -> list[dict[str, Any]]:
         rows.append({
             "model": model, "dataset": dataset, "gpu_type": gpu, "runtime": runtime,
             "available": bool(timed),
-            "test_acc_pct": _scaled(first.get("test_accuracy"), 100, 2),
-            "latency_p50_ms_batch1": _scaled(one.get("latency_p50_ms"), 1, 3),
-            "latency_p99_ms_batch1": _scaled(one.get("latency_p99_ms"), 1, 3),
-            "best_images_per_s": _scaled(best.get("images_per_sec"), 1, 1),
+            "test_acc_pct": _rounded(first.get("test_accuracy"), 2, 100),
+            "latency_p50_ms_batch1": _rounded(one.get("latency_p50_ms"), 3, 1),
+            "latency_p99_ms_batch1": _rounded(one.get("latency_p99_ms"), 3, 1),
+            "best_images_per_s": _rounded(best.get("images_per_sec"), 1, 1),
             "best_batch_size": best.get("batch_size"),
-            "size_mb": _scaled(first.get("bytes"), 1e-6, 3),
-            "agreement_pct": _scaled(agreement, 100, 2),
+            "size_mb": _rounded(first.get("bytes"), 3, 1e-6),
+            "agreement_pct": _rounded(agreement, 2, 100),
             "agreement_flag": agreement is not None and agreement < AGREEMENT_FLAG,
             "provider": first.get("provider"),
             "threads": first.get("threads"),
@@ -262,9 +262,5 @@ def _pct(value: float | None) -> float | None:
     return None if value is None else round(100 * value, 2)
 
 
-def _rounded(value: float | None, digits: int, factor: float = 1.0) -> float | None:
-    return None if value is None else round(value * factor, digits)
-
-
-def _scaled(value: Any, factor: float, digits: int) -> float | None:
+def _rounded(value: Any, digits: int, factor: float = 1.0) -> float | None:
     return None if value is None else round(float(value) * factor, digits)

@@ -143,7 +143,9 @@ def frame(rows: list[dict[str, Any]]) -> Any:
     not one of Python objects."""
     import pandas as pd
 
-    data = pd.DataFrame(rows, columns=list(dict.fromkeys(k for row in rows for k in row)))
+    from harness.render import columns_of
+
+    data = pd.DataFrame(rows, columns=columns_of(rows))
     for name in data.columns:
         if name not in TEXT and data[name].isna().all():
             data[name] = data[name].astype("float64")

@@ -14,7 +14,6 @@ from typing import Any
 from sqlalchemy import select
 
 from records.schema import (
-    TELEMETRY,
     epochs,
     inference,
     jobs,
@@ -24,8 +23,6 @@ from records.schema import (
     telemetry,
 )
 from records.store import Store
-
-__all__ = ["TELEMETRY"]  # read with the timing columns; defined with the schema
 
 
 def sweep_jobs(store: Store, sweep: str) -> dict[str, Any]:

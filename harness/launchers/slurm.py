@@ -249,8 +249,9 @@ class _Submission:
         environment = environment_of(self.config, first)
         params = sbatch_parameters(self.config.gpu_types[first["gpu_type"]],
                                    *layout(self.config, first))  # fmt: skip
-        if setup_lines(environment):
-            params["setup"] = setup_lines(environment)
+        lines = setup_lines(environment)
+        if lines:
+            params["setup"] = lines
         if len(group) > 1:
             params["array_parallelism"] = self.config.launcher.slurm.array_parallelism
         if dependency:
