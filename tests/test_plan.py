@@ -1,5 +1,7 @@
 """cluster.yaml validation and the planner."""
 
+import hashlib
+import json
 import subprocess
 import sys
 import sysconfig
@@ -7,10 +9,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from harness import config as cluster_config
 from harness.planner import plan, select
 from records.errors import UserError
+from records.spec import from_dict
 
 EXE = Path(sysconfig.get_path("scripts")) / "resnest-bench"
 
@@ -205,3 +210,80 @@ def test_dry_run_prints_the_plan_and_does_not_import_torch(tmp_path):
     assert len(lines) == 1 + 48 + 1 and lines[-1] == "NO_TORCH 0"
     assert "48 jobs (8 train, 8 transfer, 16 export, 16 infer)" in result.stderr
     assert "nothing submitted" in result.stderr
+
+
+def reference_id(config: cluster_config.ClusterConfig, job) -> str:
+    """A job's id as the store knows it: the first 12 hex digits of the SHA-256 of its
+    settings as canonical JSON (what every planned job must keep, or a re-planned sweep would
+    not find its jobs in the store)."""
+    settings = {
+        "sweep": config.name, "model": job.model, "gpu_type": job.gpu_type,
+        "gpus_per_node": job.gpus_per_node, "nodes": job.nodes, "seed": job.seed,
+        "repeat": job.repeat, "stage": job.stage, "dataset": job.dataset, "recipe": job.recipe,
+        "overrides": job.overrides, "depends_on": list(job.depends_on),
+    }  # fmt: skip
+    if config.sweep.max_steps is not None:
+        settings["max_steps"] = config.sweep.max_steps
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+# GPU type names are the one free text of a job's settings: some hold the very text the
+# planner cuts its id templates at.
+STAND_INS = ["\x00seed", 'a"\x00parents', "\\u0000repeat"]
+GPU_NAMES = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=6
+)
+STAGE_SETS = [
+    ["train"], ["train", "transfer"], ["train", "export", "infer"],
+    ["train", "transfer", "export", "infer"],
+]  # fmt: skip
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    gpu_names=st.lists(GPU_NAMES | st.sampled_from(STAND_INS), min_size=1, max_size=2, unique=True),
+    seeds=st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=3, unique=True),
+    repeats=st.integers(1, 2),
+    nodes=st.sampled_from([1, 2, [1, 2]]),
+    stages=st.sampled_from(STAGE_SETS),
+    deploy=st.sampled_from(["all", "winner"]),
+    epochs=st.sampled_from([None, 2]),
+    max_steps=st.sampled_from([None, 5]),
+    batches=st.sampled_from([None, [1, 64]]),
+)
+def test_every_planned_id_is_the_hash_of_its_settings_and_every_spec_is_whole(
+    tmp_path, gpu_names, seeds, repeats, nodes, stages, deploy, epochs, max_steps, batches
+):
+    data = base(tmp_path)
+    data["gpu_types"] = {name: {"local": "cpu"} for name in gpu_names}
+    sweep = data["sweep"]
+    sweep.update(gpu_types=gpu_names, seeds=seeds, repeats=repeats, nodes=nodes, stages=stages,
+                 deploy=deploy, epochs=epochs, max_steps=max_steps)  # fmt: skip
+    if batches:
+        sweep["infer_options"] = {"batches": batches}
+    config = cluster_config.load(write(tmp_path, data))
+    jobs = plan(config)
+    assert [job.id for job in jobs] == [reference_id(config, job) for job in jobs]
+    assert len({job.id for job in jobs}) == len(jobs)
+    folder = Path(config.results_dir).resolve() / config.name / "jobs"
+    inputs = {"transfer": "init_from", "export": "sources", "infer": "source"}
+    for job in jobs:
+        spec = job.spec
+        # a spec the constructor (and its checks) gives back unchanged, of this job alone
+        assert from_dict(spec.to_dict()) == spec
+        assert (spec.job_id, spec.out_dir, spec.gpu_type) == (
+            job.id,
+            str(folder / job.id),
+            job.gpu_type,
+        )
+        if job.stage in ("train", "transfer"):
+            assert (spec.model, spec.seed, spec.dataset) == (job.model, job.seed, job.dataset)
+        parents = [str(folder / parent) for parent in job.depends_on]
+        if job.stage in inputs:
+            value = getattr(spec, inputs[job.stage])
+            assert value == (parents if job.stage == "export" else parents[0])
+    exports = [job.spec.sources for job in jobs if job.stage == "export"]
+    assert len({id(sources) for sources in exports}) == len(exports)  # no list shared
