@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -65,8 +66,9 @@ def placement(config: ClusterConfig, jobs: list[JobPlan]) -> list[str]:
     return lines
 
 
-def _row(config: ClusterConfig, job: JobPlan) -> Row:
-    """The store's row of a planned job; its spec is the planned spec's dict."""
+def _row(jobs_folder: str, job: JobPlan) -> Row:
+    """The store's row of a planned job (its folder in ``jobs_folder``); its spec is the
+    planned spec's dict."""
     return {
         "id": job.id,
         "stage": job.stage,
@@ -78,7 +80,7 @@ def _row(config: ClusterConfig, job: JobPlan) -> Row:
         "repeat": job.repeat,
         "spec": job.spec.to_dict(),
         "depends_on": list(job.depends_on),
-        "job_dir": str(job_dir(config, job.id)),
+        "job_dir": os.path.join(jobs_folder, job.id),
     }
 
 
@@ -124,7 +126,8 @@ def record_plan(config: ClusterConfig, store: Store, jobs: list[JobPlan] | None 
     already holds keep their state. Return the planned ids."""
     jobs = plan(config) if jobs is None else jobs
     store.add_sweep(config.name, config.model_dump(mode="json"))
-    store.add_jobs(config.name, [_row(config, job) for job in jobs])
+    folder = str(job_dir(config, "-").parent)
+    store.add_jobs(config.name, [_row(folder, job) for job in jobs])
     return {job.id for job in jobs}
 
 

@@ -51,15 +51,23 @@ def use_allotted_cpus(environ: dict[str, str] | os._Environ = os.environ) -> int
 
 
 class SlurmTask:
-    """One job of a sweep, as a submitit callable (and submitit ``Checkpointable``)."""
+    """One job of a sweep, as a submitit callable (and submitit ``Checkpointable``). It
+    carries the job's spec and writes it into the job's folder as it starts, making the
+    folder: a sweep of thousands of jobs creates no folder or file per job on the shared
+    filesystem at submission (submitit's own pickle per task aside)."""
 
-    def __init__(self, spec_path: str, requeue: bool = True) -> None:
+    def __init__(self, spec_path: str, requeue: bool = True, spec_text: str | None = None) -> None:
         self.spec_path = str(spec_path)
         self.requeue = requeue
+        self.spec_text = spec_text
 
     def __call__(self) -> None:
         from jobs.run import execute_file
+        from records.spec import save
 
+        text = getattr(self, "spec_text", None)  # None: a task that found its file written
+        if text is not None:
+            save(self.spec_path, text)
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", 0) or 0)
         os.environ.setdefault("PYTHONUNBUFFERED", "1")
         use_allotted_cpus()
@@ -77,7 +85,7 @@ class SlurmTask:
         taken the signals over: the state is already on disk, so run the same task again."""
         from submitit.helpers import DelayedSubmission
 
-        return DelayedSubmission(SlurmTask(self.spec_path, self.requeue))
+        return DelayedSubmission(self)
 
     def __repr__(self) -> str:
         return f"SlurmTask({Path(self.spec_path).parent.name})"

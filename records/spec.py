@@ -7,10 +7,12 @@ No torch here: the harness builds and checks specs on a login node.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field, fields, replace
+import socket
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -32,6 +34,7 @@ FREEZE_PATTERN = re.compile(r"^(none|backbone|\d+)$")
 # The results store named by the user's environment: the harness's default, and the store a
 # job started by hand reports to (a launched job finds its store in its spec instead).
 STORE_ENV = "RESNEST_BENCH_STORE"
+SPEC_FILE = "spec.json"  # a job's spec, in its folder
 
 
 def check_device(device: str) -> str:
@@ -44,6 +47,20 @@ def check_device(device: str) -> str:
 def store_from_environment() -> str | None:
     """The store the user's environment names, if any (the only place it is read)."""
     return os.environ.get(STORE_ENV) or None
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
+def _plain(value: Any) -> Any:
+    """A copy of a spec's value (JSON data: lists, dicts, strings, numbers, None)."""
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
 
 
 @dataclass
@@ -60,20 +77,22 @@ class _Spec:
     environment: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"stage": self.stage, **asdict(self)}
+        """The spec as plain data, its lists and dicts copies (``dataclasses.asdict`` does
+        the same, ten times slower: a sweep writes thousands of specs)."""
+        return {"stage": self.stage, **{name: _plain(getattr(self, name))
+                                        for name in _field_names(type(self))}}  # fmt: skip
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        """The spec file's text: one field per line, in name order."""
+        data = {
+            "stage": self.stage,
+            **{name: getattr(self, name) for name in _field_names(type(self))},
+        }
+        lines = [f"  {json.dumps(key)}: {json.dumps(data[key])}" for key in sorted(data)]
+        return "{\n" + ",\n".join(lines) + "\n}\n"
 
     def with_(self, **changes: Any) -> Any:
         return replace(self, **changes)
-
-    def with_inputs(self, folders: list[str]) -> Any:
-        """The spec reading from these job folders (its parents'), in the order planned."""
-        name = {"transfer": "init_from", "export": "sources", "infer": "source"}.get(self.stage)
-        if name is None:
-            raise SpecError(f"a {self.stage} job reads from no other job")
-        return replace(self, **{name: folders if name == "sources" else folders[0]})
 
 
 @dataclass
@@ -178,6 +197,15 @@ SPECS: dict[str, type[Any]] = {
 }
 
 
+def inputs_of(stage: str, folders: list[str]) -> dict[str, Any]:
+    """The spec field of a ``stage`` job that names the job folders it reads (its parents'),
+    set to ``folders``."""
+    name = {"transfer": "init_from", "export": "sources", "infer": "source"}.get(stage)
+    if name is None:
+        raise SpecError(f"a {stage} job reads from no other job")
+    return {name: list(folders) if name == "sources" else folders[0]}
+
+
 def from_dict(data: dict[str, Any]) -> Spec:
     """The spec a dict describes (as ``to_dict`` wrote it); its ``stage`` picks the class."""
     data = dict(data)
@@ -185,11 +213,22 @@ def from_dict(data: dict[str, Any]) -> Spec:
     if stage not in SPECS:
         raise SpecError(f"stage: expected one of {', '.join(STAGES)}, got {stage!r}")
     cls = SPECS[stage]
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(set(data).difference(_field_names(cls)))
     if unknown:
         raise SpecError(f"unknown {stage} spec fields: {', '.join(unknown)}")
     return cls(**data)
+
+
+def save(path: str | Path, text: str) -> Path:
+    """Write a spec file's text (``to_json``) whole: into a file of this process's own next
+    to it, then renamed over it (the ranks of a job on several nodes may write the same one
+    at once). The job's folder is made if need be."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
 
 
 def load(path: str | Path) -> Spec:

@@ -266,6 +266,14 @@ def test_transfers_go_as_one_array_chained_task_by_task_and_a_failed_task_cancel
     )
     assert store.job(fine.id)["state"] == "succeeded"
     assert store.job(transfers[fine.id].id)["state"] == "succeeded"
+    # A job's spec went to SLURM in its task: the job wrote it into its folder as it started,
+    # and the transfer that never ran has no folder (nor a log, and says so).
+    jobs_folder = tmp_path / "results" / "slurm-chain" / "jobs"
+    ran = json.loads((jobs_folder / transfers[fine.id].id / "spec.json").read_text())
+    assert (ran["job_id"], ran["init_from"]) == (transfers[fine.id].id, str(jobs_folder / fine.id))
+    assert not (jobs_folder / transfers[doomed.id].id).exists()
+    logs = cli("logs", transfers[doomed.id].id, "-c", str(path), cwd=tmp_path)
+    assert logs.returncode == 0 and "(not written yet)" in logs.stdout, logs.stderr
 
 
 def test_deploy_winner_waits_on_every_candidate_and_chooses_from_the_store(tmp_path):

@@ -361,16 +361,19 @@ def cmd_logs(args: argparse.Namespace) -> int:
     job = store.job(args.job_id)
     if job is None:
         raise UserError(f"no job {args.job_id!r} in the store")
-    if job["state"] != "pending" and not Path(job["job_dir"]).is_dir():
-        raise UserError(
-            f"job {job['id']}: its folder {job['job_dir']} does not exist (moved or deleted); "
-            f"run it again with: resnest-bench rerun {job['id']}"
-        )
     from harness import launchers
     from harness.launchers.base import folder_logs
 
     name = launchers.launcher_of(job)
     paths = launchers.get(name, store).logs(job) if name else folder_logs(job)
+    # A job's folder is made when it starts (a SLURM job's on its node, which keeps its logs
+    # elsewhere): a job that ran and has neither is one whose folder went.
+    ran = job["state"] in ("running", "succeeded", "failed")
+    if ran and not Path(job["job_dir"]).is_dir() and not any(p.is_file() for p in paths):
+        raise UserError(
+            f"job {job['id']}: its folder {job['job_dir']} does not exist (moved or deleted); "
+            f"run it again with: resnest-bench rerun {job['id']}"
+        )
     for path in paths:
         print(f"==> {path} <==")
         if path.is_file():

@@ -13,6 +13,7 @@ one of them did not, retries what the backend says to retry, and keeps the progr
 
 from __future__ import annotations
 
+import functools
 import shlex
 import sys
 import time
@@ -29,6 +30,7 @@ from records.spec import (
     EXIT_PARITY,
     EXIT_REQUEUE,
     EXIT_USER_ERROR,
+    Spec,
 )
 from records.store import Store
 
@@ -202,29 +204,34 @@ def folder_logs(job: Row) -> list[Path]:
     return [Path(job["job_dir"]) / name for name in ("stdout.log", "stderr.log")]
 
 
-def write_spec(store: Store, job: Row, folders: dict[str, str] | None = None) -> Path:
-    """Write the job's spec file for its current attempt: the planned spec, in the folder
-    the store gives the job, with the folders of its parents as inputs (``folders``: job id
-    -> folder, known already where a whole sweep is submitted; else read from the store)."""
-    import os
-
-    from records.spec import from_dict
+@functools.lru_cache(maxsize=16)
+def _url_for_jobs(url: str) -> str:
     from records.store import url_for_jobs
 
+    return url_for_jobs(url)
+
+
+def spec_for(store: Store, job: Row, folders: dict[str, str] | None = None) -> Spec:
+    """The job's spec for its current attempt: the planned spec, in the folder the store
+    gives the job, with the folders of its parents as inputs (``folders``: job id -> folder,
+    known already where a whole sweep is submitted; else read from the store)."""
+    from records.spec import from_dict, inputs_of
+
     parents = job["depends_on"] or []
-    if folders is None or not all(parent in folders for parent in parents):
-        folders = {row["id"]: row["job_dir"] for row in store.jobs_by_ids(parents)}
-    spec = from_dict(job["spec"]).with_(
-        out_dir=job["job_dir"], attempt=job["attempt"], store=url_for_jobs(store.url)
-    )
-    if job["depends_on"]:
-        spec = spec.with_inputs([folders[parent] for parent in job["depends_on"]])
-    path = Path(job["job_dir"]) / "spec.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(spec.to_json())
-    os.replace(tmp, path)
-    return path
+    data = {**job["spec"], "out_dir": job["job_dir"], "attempt": job["attempt"],
+            "store": _url_for_jobs(store.url)}  # fmt: skip
+    if parents:
+        if folders is None or not all(parent in folders for parent in parents):
+            folders = {row["id"]: row["job_dir"] for row in store.jobs_by_ids(parents)}
+        data.update(inputs_of(data.get("stage", "train"), [folders[p] for p in parents]))
+    return from_dict(data)
+
+
+def write_spec(store: Store, job: Row) -> Path:
+    """Write the job's spec file (``spec_for``) into its folder."""
+    from records.spec import SPEC_FILE, save
+
+    return save(Path(job["job_dir"]) / SPEC_FILE, spec_for(store, job).to_json())
 
 
 class Backend(Protocol):

@@ -38,11 +38,12 @@ from harness.launchers.base import (
     not_run,
     progress_bar,
     setup_lines,
-    write_spec,
+    spec_for,
 )
 from harness.launchers.sacct import NOT_RUN, SACCT_FIELDS, map_state, parse_sacct
 from harness.planner import layout
 from records.errors import UserError
+from records.spec import SPEC_FILE
 from records.store import Store
 
 PREFIX = PREFIXES["slurm"]
@@ -261,8 +262,9 @@ class _Submission:
         executor = _executor(self.folder, params, name, environment.python)
         requeue = self.config.launcher.slurm.requeue_on_preemption
 
-        def task(job: Row) -> SlurmTask:
-            return SlurmTask(str(write_spec(self.store, job, self.folders)), requeue)
+        def task(job: Row) -> SlurmTask:  # its spec file is written on the node, as it starts
+            spec = spec_for(self.store, job, self.folders)
+            return SlurmTask(str(Path(job["job_dir"]) / SPEC_FILE), requeue, spec.to_json())
 
         if len(group) == 1:
             self.submitted[first["id"]] = executor.submit(task(first)).job_id
