@@ -109,17 +109,9 @@ def _bulk() -> Iterator[None]:
             gc.enable()
 
 
-class _Maker:
-    """Makes the jobs of one sweep (a sweep may plan 100,000 of them), each with its id and
-    its spec, without working out per job what its kind of job shares:
-
-    - an id is the hash of the job's canonical JSON (``job_id``); that text is the same for
-      every job of one stage, model, dataset, GPU type and layout but for its seed, repeat
-      and parents, so it is written once per kind as a template with those three left out;
-    - a spec is built and checked once per stage, GPU type, model and dataset (a prototype),
-      and each job's spec is a copy with its own folder, id, seed and inputs;
-    - the jobs' folder, the data folder and each GPU type's job environment are found once.
-    """
+class _Shared:
+    """What every job of a sweep shares, worked out once: its overrides per stage, the jobs'
+    folder, the data folder, each GPU type's job environment."""
 
     def __init__(self, config: ClusterConfig, identity: dict[str, Any]) -> None:
         sweep = config.sweep
@@ -141,126 +133,102 @@ class _Maker:
             environment = environment_for(config, name)
             if environment != JobEnvironment():
                 self.environments[name] = environment.as_dict()
-        self.templates: dict[tuple[Any, ...], tuple[list[str], list[str]] | None] = {}
-        self.prototypes: dict[tuple[str, ...], Spec] = {}
 
-    def make(
-        self, stage: str, common: dict[str, Any], dataset: str, depends_on: tuple[str, ...]
-    ) -> JobPlan:
-        recipe = self.config.sweep.recipe
-        overrides = self.overrides[stage]
-        id_ = self._id(stage, common, dataset, depends_on)
-        spec = self._spec(stage, common, dataset, id_, depends_on)
-        return JobPlan(id_, stage, common["model"], dataset, common["gpu_type"],
-                       common["gpus_per_node"], common["nodes"], common["seed"],
-                       common["repeat"], recipe, overrides, depends_on, spec)  # fmt: skip
 
-    def _normalised(
-        self, stage: str, common: dict[str, Any], dataset: str, depends_on: Any
-    ) -> dict[str, Any]:
+_INPUTS = {"transfer": "init_from", "export": "sources", "infer": "source"}
+
+
+class _Kind:
+    """The jobs of one stage, model, dataset, GPU type and layout, which differ only in their
+    seed, repeat and parents (a sweep may plan 100,000 jobs of a few dozen kinds):
+
+    - a job's id is the hash of its canonical JSON (``job_id``), written once per kind as a
+      template with the seed, repeat and parents left out;
+    - a job's spec is a copy of the kind's spec, built and checked once, with the job's own
+      folder, id, seed and inputs.
+    """
+
+    def __init__(self, shared: _Shared, stage: str, common: dict[str, Any], dataset: str):
+        self.shared, self.stage, self.dataset = shared, stage, dataset
+        self.common = common  # model, gpu_type, gpus_per_node, nodes
+        self.recipe = shared.config.sweep.recipe
+        self.overrides = shared.overrides[stage]
+        self.template = self._template()
+        self.prototype = self._prototype()
+        self.seeded = stage in ("train", "transfer")
+        self.input = _INPUTS.get(stage)
+
+    def make(self, seed: int, repeat: int, parents: tuple[str, ...]) -> JobPlan:
+        if self.template is None or type(seed) is not int:
+            id_ = job_id(self._normalised(seed, repeat, list(parents)))
+        else:
+            start, after_parents, after_repeat, end = self.template
+            listed = ",".join([f'"{parent}"' for parent in parents])
+            id_ = _hash(f"{start}[{listed}]{after_parents}{repeat}{after_repeat}{seed}{end}")
+        jobs = self.shared.jobs
+        spec = object.__new__(type(self.prototype))  # a copy of a checked spec: no checks again
+        fields = spec.__dict__
+        fields.update(self.prototype.__dict__)
+        fields["out_dir"] = jobs + id_
+        fields["job_id"] = id_
+        if self.seeded:
+            fields["seed"] = seed
+        if self.input is not None:
+            inputs = [jobs + parent for parent in parents]
+            fields[self.input] = inputs if self.input == "sources" else inputs[0]
+        common = self.common
+        return JobPlan(id_, self.stage, common["model"], self.dataset, common["gpu_type"],
+                       common["gpus_per_node"], common["nodes"], seed, repeat, self.recipe,
+                       self.overrides, parents, spec)  # fmt: skip
+
+    def _normalised(self, seed: Any, repeat: Any, depends_on: Any) -> dict[str, Any]:
         return {
-            **self.identity, **common, "stage": stage, "dataset": dataset,
-            "recipe": self.config.sweep.recipe, "overrides": self.overrides[stage],
-            "depends_on": depends_on,
+            **self.shared.identity, **self.common, "seed": seed, "repeat": repeat,
+            "stage": self.stage, "dataset": self.dataset, "recipe": self.recipe,
+            "overrides": self.overrides, "depends_on": depends_on,
         }  # fmt: skip
 
-    def _id(
-        self, stage: str, common: dict[str, Any], dataset: str, depends_on: tuple[str, ...]
-    ) -> str:
-        key = (stage, dataset, common["model"], common["gpu_type"], common["gpus_per_node"],
-               common["nodes"])  # fmt: skip
-        if key not in self.templates:
-            self.templates[key] = self._template(stage, common, dataset)
-        template = self.templates[key]
-        seed = common["seed"]
-        if template is None or type(seed) is not int:
-            return job_id(self._normalised(stage, common, dataset, list(depends_on)))
-        start, after_parents, after_repeat, end = template
-        parents = ",".join([f'"{parent}"' for parent in depends_on])
-        repeat = common["repeat"]
-        return _hash(f"{start}[{parents}]{after_parents}{repeat}{after_repeat}{seed}{end}")
-
-    def _template(
-        self, stage: str, common: dict[str, Any], dataset: str
-    ) -> tuple[str, str, str, str] | None:
+    def _template(self) -> tuple[str, str, str, str] | None:
         """The canonical JSON of this kind of job cut where its parents, repeat and seed go
         (None if a setting's own text holds a stand-in: then each id is written whole)."""
-        stand_ins = {**common, "seed": _VARYING["seed"], "repeat": _VARYING["repeat"]}
-        text = _canonical(self._normalised(stage, stand_ins, dataset, _VARYING["depends_on"]))
-        pieces = text.split(_MARKERS[0])
-        if len(pieces) != 2:
-            return None
-        start, rest = pieces
-        pieces = [start]
-        for marker in _MARKERS[1:]:
-            cut = rest.split(marker)
+        seed, repeat, parents = _VARYING["seed"], _VARYING["repeat"], _VARYING["depends_on"]
+        text = _canonical(self._normalised(seed, repeat, parents))
+        pieces = []
+        for marker in _MARKERS:
+            cut = text.split(marker)
             if len(cut) != 2:
                 return None
             pieces.append(cut[0])
-            rest = cut[1]
+            text = cut[1]
         start, after_parents, after_repeat = pieces
-        return start, after_parents, after_repeat, rest
+        return start, after_parents, after_repeat, text
 
-    def _spec(
-        self, stage: str, common: dict[str, Any], dataset: str, id_: str, parents: tuple[str, ...]
-    ) -> Spec:
-        """The spec of a job; its inputs are its parents' folders."""
-        key = (stage, common["gpu_type"], common["model"], dataset)
-        prototype = self.prototypes.get(key)
-        if prototype is None:
-            prototype = self.prototypes[key] = self._prototype(stage, common, dataset)
-        fields: dict[str, Any] = {"out_dir": self.jobs + id_, "job_id": id_}
-        inputs = [self.jobs + parent for parent in parents]
-        if stage in ("train", "transfer"):
-            fields["seed"] = common["seed"]
-        if stage == "transfer":
-            fields["init_from"] = inputs[0]
-        elif stage == "export":
-            fields["sources"] = inputs
-        elif stage == "infer":
-            fields["source"] = inputs[0]
-        spec = object.__new__(type(prototype))  # a copy of a checked spec: no checks again
-        spec.__dict__.update(prototype.__dict__)
-        spec.__dict__.update(fields)
-        return spec
-
-    def _prototype(self, stage: str, common: dict[str, Any], dataset: str) -> Spec:
+    def _prototype(self) -> Spec:
         """A spec of this kind of job, built and checked; a stand-in for each input."""
-        sweep = self.config.sweep
-        gpu = self.config.gpu_types[common["gpu_type"]]
-        shared: dict[str, Any] = {
-            "gpu_type": common["gpu_type"], "dataset": dataset, "data_dir": self.data,
-        }  # fmt: skip
-        if common["gpu_type"] in self.environments:  # for the job's provenance
-            shared["environment"] = self.environments[common["gpu_type"]]
-        overrides = self.overrides[stage]
-        if stage == "export":
-            return ExportSpec(sources=["-"], **shared, **overrides)
-        if stage == "infer":
-            return InferSpec(source="-", device=gpu.local or "auto", **shared, **overrides)
+        sweep, shared, common = self.shared.config.sweep, self.shared, self.common
+        gpu_type = common["gpu_type"]
+        gpu = shared.config.gpu_types[gpu_type]
+        base: dict[str, Any] = {
+            "gpu_type": gpu_type,
+            "dataset": self.dataset,
+            "data_dir": shared.data,
+        }
+        if gpu_type in shared.environments:  # for the job's provenance
+            base["environment"] = shared.environments[gpu_type]
+        if self.stage == "export":
+            return ExportSpec(sources=["-"], **base, **self.overrides)
+        if self.stage == "infer":
+            return InferSpec(source="-", device=gpu.local or "auto", **base, **self.overrides)
         training: dict[str, Any] = {
-            "model": common["model"], "recipe": sweep.recipe, "overrides": overrides,
+            "model": common["model"], "recipe": sweep.recipe, "overrides": self.overrides,
             "download": sweep.download, "device": gpu.local or "auto",
             "max_steps": sweep.max_steps,
-            "expect_gpu": gpu.gpu_name or ("cpu" if gpu.local == "cpu" else common["gpu_type"]),
+            "expect_gpu": gpu.gpu_name or ("cpu" if gpu.local == "cpu" else gpu_type),
             "target_accuracy": (sweep.targets or [None])[0],
         }  # fmt: skip
-        if stage == "transfer":
-            return TransferSpec(init_from="-", **shared, **training)
-        return TrainSpec(**shared, **training)
-
-
-def _deploy(
-    maker: _Maker, jobs: list[JobPlan], common: dict[str, Any], dataset: str,
-    sources: tuple[str, ...],
-) -> None:  # fmt: skip
-    """An export job from ``sources`` (one trained network, or the winner's candidates) and,
-    if the sweep infers, an inference job after it: each one process on one GPU."""
-    common = {**common, "gpus_per_node": 1, "nodes": 1}
-    export = maker.make("export", common, dataset, sources)
-    jobs.append(export)
-    if "infer" in maker.config.sweep.stages:
-        jobs.append(maker.make("infer", common, dataset, (export.id,)))
+        if self.stage == "transfer":
+            return TransferSpec(init_from="-", **base, **training)
+        return TrainSpec(**base, **training)
 
 
 def plan(config: ClusterConfig) -> list[JobPlan]:
@@ -272,51 +240,69 @@ def plan(config: ClusterConfig) -> list[JobPlan]:
     if sweep.max_steps is not None:
         identity["max_steps"] = sweep.max_steps
     with _bulk():
-        return _plan(config, _Maker(config, identity))
+        return _plan(_Shared(config, identity))
 
 
-def _plan(config: ClusterConfig, maker: _Maker) -> list[JobPlan]:
-    sweep = config.sweep
+def _plan(shared: _Shared) -> list[JobPlan]:
+    sweep = shared.config.sweep
     stages = set(sweep.stages)
     jobs: list[JobPlan] = []
     candidates: dict[tuple[str, str], list[str]] = defaultdict(list)
-    axes = itertools.product(sweep.models, sweep.datasets, sweep.gpu_types, sweep.node_counts,
-                             sweep.seeds, range(sweep.repeats))  # fmt: skip
-    for model, dataset, gpu_type, nodes, seed, repeat in axes:
-        common = {
-            "model": model,
-            "gpu_type": gpu_type,
-            "gpus_per_node": sweep.gpus_per_job,
-            "nodes": nodes,
-            "seed": seed,
-            "repeat": repeat,
-        }
-        train = maker.make("train", common, dataset, ())
-        jobs.append(train)
-        trained = [train]
-        if "transfer" in stages:
-            for target in sweep.transfer_to:
-                transfer = maker.make("transfer", common, target, (train.id,))
+    runs = list(itertools.product(sweep.seeds, range(sweep.repeats)))
+    shapes = itertools.product(sweep.models, sweep.datasets, sweep.gpu_types, sweep.node_counts)
+    for model, dataset, gpu_type, nodes in shapes:
+        common = {"model": model, "gpu_type": gpu_type, "gpus_per_node": sweep.gpus_per_job,
+                  "nodes": nodes}  # fmt: skip
+        trains = _Kind(shared, "train", common, dataset)
+        transfers = [_Kind(shared, "transfer", common, target) for target in sweep.transfer_to
+                     if "transfer" in stages]  # fmt: skip
+        deploys = {}  # (export, infer) kinds per trained dataset, when every network deploys
+        if "export" in stages and sweep.deploy == "all":
+            deployed = {**common, "gpus_per_node": 1, "nodes": 1}
+            for kind in (trains, *transfers):
+                deploys[kind.dataset] = _deploy_kinds(shared, deployed, kind.dataset)
+        for seed, repeat in runs:
+            train = trains.make(seed, repeat, ())
+            jobs.append(train)
+            trained = [train]
+            for kind in transfers:
+                transfer = kind.make(seed, repeat, (train.id,))
                 jobs.append(transfer)
                 trained.append(transfer)
-        if "export" not in stages:
-            continue
-        if sweep.deploy == "all":
+            if "export" not in stages:
+                continue
             for source in trained:
-                _deploy(maker, jobs, common, source.dataset, (source.id,))
-        else:
-            for source in trained:
-                candidates[(source.stage, source.dataset)].append(source.id)
+                if deploys:
+                    _deploy(jobs, deploys[source.dataset], seed, repeat, (source.id,))
+                else:
+                    candidates[(source.stage, source.dataset)].append(source.id)
     # The winner of each (stage, dataset): the export job waits for every candidate, picks
     # the best of them from the store, and names its network when it starts.
     for (_, dataset), ids in candidates.items():
         for gpu_type in sweep.gpu_types:
-            common = {
-                "model": WINNER, "gpu_type": gpu_type, "gpus_per_node": 1, "nodes": 1,
-                "seed": sweep.seeds[0], "repeat": 0,
-            }  # fmt: skip
-            _deploy(maker, jobs, common, dataset, tuple(ids))
+            common = {"model": WINNER, "gpu_type": gpu_type, "gpus_per_node": 1, "nodes": 1}
+            kinds = _deploy_kinds(shared, common, dataset)
+            _deploy(jobs, kinds, sweep.seeds[0], 0, tuple(ids))
     return jobs
+
+
+def _deploy_kinds(shared: _Shared, common: dict[str, Any], dataset: str) -> tuple[_Kind, ...]:
+    """The export kind and, if the sweep infers, the inference kind of a trained network."""
+    stages = ["export", "infer"] if "infer" in shared.config.sweep.stages else ["export"]
+    return tuple(_Kind(shared, stage, common, dataset) for stage in stages)
+
+
+def _deploy(
+    jobs: list[JobPlan], kinds: tuple[_Kind, ...], seed: int, repeat: int,
+    sources: tuple[str, ...],
+) -> None:  # fmt: skip
+    """An export job from ``sources`` (one trained network, or the winner's candidates) and,
+    if the sweep infers, an inference job after it: each one process on one GPU."""
+    parents = sources
+    for kind in kinds:
+        job = kind.make(seed, repeat, parents)
+        jobs.append(job)
+        parents = (job.id,)
 
 
 def select(jobs: list[JobPlan], only: list[str]) -> list[JobPlan]:
