@@ -107,9 +107,10 @@ def _launch(
 REQUEUABLE = ("NODE_FAIL", "PREEMPTED")
 
 
-def refresh(store: Store, rows: list[Row]) -> None:
+def refresh(store: Store, rows: list[Row]) -> bool:
     """Bring the states of unfinished jobs (and of jobs whose end the cluster may take back)
-    up to date from the launchers that hold them (for SLURM, one sacct call)."""
+    up to date from the launchers that hold them (for SLURM, one sacct call); whether any
+    launcher was asked (if not, ``rows`` are as current as the store)."""
     held: dict[str, list[Row]] = {}
     for row in rows:
         name = launcher_of(row)
@@ -119,6 +120,7 @@ def refresh(store: Store, rows: list[Row]) -> None:
             held.setdefault(name, []).append(row)
     for name, group in held.items():
         launchers.get(name, store).poll(group)
+    return bool(held)
 
 
 def record_plan(config: ClusterConfig, store: Store, jobs: list[JobPlan] | None = None) -> set[str]:
@@ -143,8 +145,10 @@ def submit(
     jobs = select(plan(config), only)
     store = store_for(config)
     record_plan(config, store, jobs)
-    refresh(store, store.jobs(config.name))
-    rows = {row["id"]: row for row in store.jobs(config.name)}
+    rows_now = store.jobs(config.name)
+    if refresh(store, rows_now):
+        rows_now = store.jobs(config.name)
+    rows = {row["id"]: row for row in rows_now}
     in_flight = 0
     todo = []
     for job in jobs:

@@ -21,6 +21,7 @@ States come from ``sacct``, one call for all the jobs being followed, polled wit
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -264,7 +265,7 @@ class _Submission:
 
         def task(job: Row) -> SlurmTask:  # its spec file is written on the node, as it starts
             spec = spec_for(self.store, job, self.folders)
-            return SlurmTask(str(Path(job["job_dir"]) / SPEC_FILE), requeue, spec.to_json())
+            return SlurmTask(os.path.join(job["job_dir"], SPEC_FILE), requeue, spec.to_json())
 
         if len(group) == 1:
             self.submitted[first["id"]] = executor.submit(task(first)).job_id
