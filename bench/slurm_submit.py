@@ -10,6 +10,10 @@ gpu:a100). Three sweeps:
               export -> infer, every network deployed (6,000 jobs): per GPU type six arrays,
               each chained to the one before it with aftercorr
 
+While it measures, one job of its own holds the node whole (``--exclusive``), as a busy
+cluster would: the sweeps' jobs wait in the queue instead of starting on the very cores that
+run ``submit`` (on one machine, they would take its CPUs from it half-way through).
+
 For each: the wall time of the submit command (Python start-up, config, plan, store writes,
 sbatch calls), the time until `squeue -r` lists all its jobs (array tasks expanded), and the
 wall time of `resnest-bench status` over the whole sweep then (one sacct call; Python
@@ -21,6 +25,7 @@ start-up included). The jobs are cancelled afterwards; nothing is left in the qu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -115,6 +120,26 @@ def timings(folder: Path, name: str, path: Path, total: int) -> dict[str, float]
             "status_s": status_s}  # fmt: skip
 
 
+@contextlib.contextmanager
+def node_held(partition: str = "gpu"):
+    """A job that holds the whole node of ``partition`` while the sweeps are submitted."""
+    out = subprocess.run(
+        ["sbatch", "--parsable", "-p", partition, "--exclusive", "-J", "bench-hold",
+         "-o", "/dev/null", "--wrap", "sleep 3600"], capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    job = out.strip().split(";")[0]
+    try:
+        deadline = time.perf_counter() + 60
+        while subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True,
+                             text=True).stdout.strip() != "RUNNING":  # fmt: skip
+            if time.perf_counter() > deadline:
+                sys.exit(f"the job holding the node ({job}) did not start within 60 s")
+            time.sleep(0.2)
+        yield
+    finally:
+        subprocess.run(["scancel", job], check=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=50, help="seeds per model and GPU type")
@@ -125,11 +150,12 @@ def main() -> None:
     if shutil.which("sbatch") is None:
         sys.exit("no SLURM here: run scripts/slurm-local.sh up")
     folder = Path(tempfile.mkdtemp(prefix="slurm-bench-"))
-    rows = [
-        ("arrays", measure(folder, "bench-arrays", args.seeds, STAGES["arrays"])),
-        ("pipeline", measure(folder, "bench-pipeline", args.seeds // 2, STAGES["pipeline"])),
-        ("lab", measure(folder, "bench-lab", args.lab_seeds, STAGES["lab"])),
-    ]
+    with node_held():
+        rows = [
+            ("arrays", measure(folder, "bench-arrays", args.seeds, STAGES["arrays"])),
+            ("pipeline", measure(folder, "bench-pipeline", args.seeds // 2, STAGES["pipeline"])),
+            ("lab", measure(folder, "bench-lab", args.lab_seeds, STAGES["lab"])),
+        ]
     print(f"{'sweep':<10} {'jobs':>5} {'sbatch calls':>12} {'submit (s)':>11} "
           f"{'all queued (s)':>15} {'status (s)':>11}  target")  # fmt: skip
     for label, r in rows:
