@@ -22,7 +22,7 @@ from typing import Any
 
 from harness.config import ClusterConfig, JobEnvironment, environment_for
 from records.errors import UserError
-from records.spec import ExportSpec, InferSpec, Spec, TrainSpec, TransferSpec
+from records.spec import INPUT_FIELDS, ExportSpec, InferSpec, Spec, TrainSpec, TransferSpec
 
 ID_LENGTH = 12
 WINNER = "winner"  # the model of deployment jobs until the winner is known
@@ -135,9 +135,6 @@ class _Shared:
                 self.environments[name] = environment.as_dict()
 
 
-_INPUTS = {"transfer": "init_from", "export": "sources", "infer": "source"}
-
-
 class _Kind:
     """The jobs of one stage, model, dataset, GPU type and layout, which differ only in their
     seed, repeat and parents (a sweep may plan 100,000 jobs of a few dozen kinds):
@@ -156,7 +153,7 @@ class _Kind:
         self.template = self._template()
         self.prototype = self._prototype()
         self.seeded = stage in ("train", "transfer")
-        self.input = _INPUTS.get(stage)
+        self.input = INPUT_FIELDS.get(stage)
 
     def make(self, seed: int, repeat: int, parents: tuple[str, ...]) -> JobPlan:
         if self.template is None or type(seed) is not int:

@@ -214,10 +214,14 @@ SPECS: dict[str, type[Any]] = {
 }
 
 
+# The field of a job's spec naming the job folders it reads (its parents'), by stage
+INPUT_FIELDS = {"transfer": "init_from", "export": "sources", "infer": "source"}
+
+
 def inputs_of(stage: str, folders: list[str]) -> dict[str, Any]:
     """The spec field of a ``stage`` job that names the job folders it reads (its parents'),
     set to ``folders``."""
-    name = {"transfer": "init_from", "export": "sources", "infer": "source"}.get(stage)
+    name = INPUT_FIELDS.get(stage)
     if name is None:
         raise SpecError(f"a {stage} job reads from no other job")
     return {name: list(folders) if name == "sources" else folders[0]}
