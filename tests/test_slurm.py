@@ -131,7 +131,9 @@ def test_quickstart_sweep_as_arrays_then_one_failed_job_rerun_alone(tmp_path):
     arrays = {i.split("_")[0] for i in slurm_ids.values()}
     assert len(arrays) == 2  # one array per GPU type
     assert sorted(i.split("_")[1] for i in slurm_ids.values()) == ["0", "0", "1", "1"]
-    script = tmp_path / "results" / "slurm-e2e" / "slurm" / f"{min(arrays)}_submission.sh"
+    v100 = next(j.id for j in jobs if j.gpu_type == "v100")
+    v100_array = slurm_ids[v100].split("_")[0]
+    script = tmp_path / "results" / "slurm-e2e" / "slurm" / f"{v100_array}_submission.sh"
     text = script.read_text()
     assert "#SBATCH --array=0-1%2" in text
     assert "#SBATCH --gres=gpu:v100:1" in text and "#SBATCH --partition=gpu" in text
