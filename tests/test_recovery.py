@@ -2,6 +2,8 @@
 repeated, the same job started twice, a store lost and rebuilt from the outboxes, a failed
 training job rerun with the jobs that waited on it, a running array task seen through sacct."""
 
+import csv
+import io
 import json
 import os
 import signal
@@ -109,8 +111,7 @@ def _views(path: Path, cwd: Path) -> dict[str, object]:
     }.items():
         result = cli(*args, "-c", str(path), cwd=cwd)
         assert result.returncode == 0, result.stderr
-        views[name] = json.loads(result.stdout.split("\n", 1)[1] if name == "status" else
-                                 result.stdout)  # fmt: skip
+        views[name] = json.loads(result.stdout)
     views["status"] = sorted((r["id"], r["stage"], r["state"], r["attempt"])
                              for r in views["status"])  # fmt: skip
     return views
@@ -201,7 +202,7 @@ def test_status_shows_the_running_array_task_as_running(tmp_path):
         env={**os.environ, "PATH": f"{tools}:{os.environ['PATH']}"},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    rows = {r["id"]: r["state"] for r in json.loads(result.stdout.split("\n", 1)[1])}
+    rows = {r["id"]: r["state"] for r in json.loads(result.stdout)}
     assert rows == {first: "running", second: "submitted"}
 
 
@@ -227,10 +228,17 @@ def test_jobs_run_by_hand_are_ingested_into_a_sweep_and_tabled(tmp_path):
         assert "from 2 outbox file(s)" in result.stdout
     status = cli("status", "by-hand", "--store", url, "--format", "json", cwd=tmp_path)
     assert status.returncode == 0, status.stderr
-    rows = json.loads(status.stdout.split("\n", 1)[1])
+    assert "sweep by-hand: 2 succeeded" in status.stderr  # the counts, apart from the rows
+    rows = json.loads(status.stdout)
     assert sorted((r["stage"], r["state"]) for r in rows) == [
         ("train", "succeeded"), ("transfer", "succeeded"),
     ]  # fmt: skip
+    as_csv = cli("status", "by-hand", "--store", url, "--format", "csv", cwd=tmp_path)
+    assert as_csv.returncode == 0, as_csv.stderr
+    parsed = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert sorted((r["id"], r["state"]) for r in parsed) == sorted(
+        (r["id"], r["state"]) for r in rows
+    )
     table = cli("table", "by-hand", "--store", url, "--format", "json", cwd=tmp_path)
     assert table.returncode == 0, table.stderr
     (row,) = json.loads(table.stdout)

@@ -188,7 +188,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     _, store, sweep_name = store_and_sweep(args)
     _refresh(store, sweep_name)
     counts, rows = status_rows(store, sweep_name)
-    print(f"sweep {sweep_name}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    summary = f"sweep {sweep_name}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    # For a reader the counts head the table; csv and json leave stdout to the rows alone, for
+    # a program to parse, and the counts go to stderr.
+    print(summary, file=sys.stdout if args.format == "table" else sys.stderr)
     print(render(rows, args.format))
     return 0
 
