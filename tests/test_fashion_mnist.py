@@ -1,13 +1,19 @@
-"""Real data, real learning: both training recipes on Fashion-MNIST, on the CPU.
+"""Real data, real learning: both training recipes on Fashion-MNIST, on the CPU, and the fast
+recipe reaching the study's accuracy in less time.
 
 The two recipes as a user runs them (``--recipe study`` and ``--recipe fast``), shortened to
-fit the suite: two epochs of 90 steps of 128 images (the study) and of 45 steps of 256 (the
-fast recipe at its base batch, where its lr is unscaled: a CPU runs no faster at 1024, so the
-larger batch would only cost it steps). Both see the same 23,040 training images. The two
-jobs run side by side, one thread each, so they share the machine alike.
+fit the suite: two epochs of 90 steps of 128 images for the study (23,040 images, its lr at
+0.1 throughout, as in its first 80 epochs), two of 30 steps of 256 for the fast recipe
+(15,360 images, two thirds of the study's; at its base batch of 256 its lr is unscaled: a
+CPU runs no faster at 1,024, so the larger batch would only cost it steps). The two jobs run
+side by side, one thread each, so they share the machine alike. On a CPU the fast recipe
+wins by what it does with each image (a one-cycle schedule that anneals, label smoothing,
+Nesterov momentum), not by images per second: the speed it has on a GPU (bf16, the whole set
+on the device, CUDA graphs) is for `bench/time_to_accuracy.py` to measure there.
 """
 
 import subprocess
+import time
 
 import pytest
 
@@ -17,7 +23,7 @@ from .jobtools import job_cmd, job_env, records
 
 RUNS = {
     "study": ["--recipe", "study", "--max-steps", "90"],
-    "fast": ["--recipe", "fast", "--batch-size", "256", "--max-steps", "45"],
+    "fast": ["--recipe", "fast", "--batch-size", "256", "--max-steps", "30"],
 }
 COMMON = [
     "--model", "resnest_tiny_basic", "--dataset", "fashion-mnist",
@@ -26,33 +32,70 @@ COMMON = [
 ]  # fmt: skip
 
 
+def time_to(epochs: list[dict], accuracy: float) -> float | None:
+    """Training time (evaluation excluded, as the table counts it) at the end of the first
+    epoch whose test accuracy is at least ``accuracy``."""
+    elapsed = 0.0
+    for epoch in epochs:
+        elapsed += epoch["epoch_time"]
+        if epoch["test_acc"] >= accuracy:
+            return elapsed
+    return None
+
+
 @pytest.mark.slow
-def test_the_study_and_the_fast_recipe_each_learn_fashion_mnist(tmp_path):
+def test_both_recipes_learn_fashion_mnist_and_the_fast_one_reaches_the_studys_accuracy_sooner(
+    tmp_path,
+):
     env = {**job_env(), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    logs = {name: (tmp_path / f"{name}.err").open("w") for name in RUNS}  # not a pipe: unread,
+    started = time.monotonic()  # it could fill and stop the job
     procs = {
         name: subprocess.Popen(
             job_cmd(tmp_path / name, *COMMON, *args),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+            stdout=subprocess.DEVNULL,
+            stderr=logs[name],
             env=env,
         )
         for name, args in RUNS.items()
     }
+    wall = {}
+    try:
+        while len(wall) < len(procs):  # each job's whole time: start-up and evaluation included
+            for name, proc in procs.items():
+                if name not in wall and proc.poll() is not None:
+                    wall[name] = time.monotonic() - started
+            assert time.monotonic() - started < 900, f"still running: {set(procs) - set(wall)}"
+            time.sleep(0.2)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     for name, proc in procs.items():
-        _, err = proc.communicate(timeout=900)
-        assert proc.returncode == 0, f"{name}: {err}"
+        logs[name].close()
+        assert proc.returncode == 0, f"{name}: {(tmp_path / f'{name}.err').read_text()}"
     final = {name: records(tmp_path / name, "final")[-1] for name in RUNS}
     epochs = {name: records(tmp_path / name, "epoch") for name in RUNS}
     assert [e["images"] for e in epochs["study"]] == [90 * 128] * 2
-    assert [e["images"] for e in epochs["fast"]] == [45 * 256] * 2
-    # Measured here (2 cores, torch 2.14.1): the study 66.7% then 67.5%, its lr still at 0.1;
-    # the fast recipe 29.7% at its peak lr, then 69.3% once it has annealed (chance: 10%).
-    # The study's figure at a constant lr of 0.1 swings between runs (52.6% after 120 steps
-    # an epoch), hence its lower bar.
+    assert [e["images"] for e in epochs["fast"]] == [30 * 256] * 2
+    # Measured here (2 cores, torch 2.14.1, two runs each): the study 34.6% then 60.9%, its lr
+    # still at 0.1; the fast recipe 19-41% at its peak lr, then 65.6% (channels_last chosen)
+    # and 68.4% (NCHW chosen) once it has annealed. Chance: 10%.
     assert final["study"]["final_test_acc"] >= 0.45, final["study"]
     assert final["fast"]["final_test_acc"] >= 0.62, final["fast"]
     assert final["fast"]["time_to_target"] is not None  # reached 60%, and says when
+    # The fast recipe reaches the study's accuracy on two thirds of its images, so in less
+    # training time (here 130-160 s against 189-224 s) and in less time from start to end.
+    reached = final["study"]["final_test_acc"]
+    fast_time, study_time = time_to(epochs["fast"], reached), time_to(epochs["study"], reached)
+    print(
+        *(f"{n}: {[round(e['test_acc'], 4) for e in epochs[n]]} {wall[n]:.0f} s" for n in RUNS),
+        f"time to {reached:.2%}: fast {fast_time} s, study {study_time} s",
+    )  # for the record (pytest -s)
+    assert fast_time is not None, (final["fast"]["final_test_acc"], reached)
+    assert fast_time < study_time, (fast_time, study_time)
+    assert wall["fast"] < wall["study"], wall
     # The fast recipe's schedule: up for a quarter of the run, then down to nearly zero.
     lrs = [e["lr"] for e in epochs["fast"]]
     assert lrs[0] > lrs[1] and lrs[1] < 0.01
