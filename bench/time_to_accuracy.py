@@ -12,9 +12,10 @@ the timed epochs, the median energy per image (where NVML measures it) and the w
 training time. The job folders stay under ``--out`` for ``resnest-bench ingest``.
 
 Sized for one GPU session: on an H200 both ResNeSt-50 variants, 8 study and 15 fast epochs,
-take about 7 minutes. On a CPU, try ``--models resnest_tiny_basic --batch-size 128
---max-steps 60 --study-epochs 3 --fast-epochs 2 --targets 0.55 0.6`` (the fast recipe's
-batch of 1,024 is a GPU's).
+take about 7 minutes. On a CPU, the README's figures: ``--models resnest_tiny_basic
+resnest_tiny_bottleneck --study-epochs 3 --max-steps 90 --batch-size 128 --fast-epochs 3
+--fast-max-steps 30 --fast-batch-size 256 --targets 0.6 0.7`` (the fast recipe's batch of
+1,024 is a GPU's; at 256 its lr is unscaled).
 """
 
 from __future__ import annotations
@@ -39,10 +40,12 @@ def train(out: Path, model: str, recipe: str, epochs: int, args: argparse.Namesp
     cmd = [sys.executable, "-m", "jobs.train", "--model", model, "--dataset", "fashion-mnist",
            "--data-dir", args.data_dir, "--recipe", recipe, "--epochs", str(epochs),
            "--target-accuracy", str(min(args.targets)), "--out", str(out)]  # fmt: skip
-    if args.max_steps:
-        cmd += ["--max-steps", str(args.max_steps)]
-    if args.batch_size:
-        cmd += ["--batch-size", str(args.batch_size)]
+    steps = (args.fast_max_steps if recipe == "fast" else None) or args.max_steps
+    batch = (args.fast_batch_size if recipe == "fast" else None) or args.batch_size
+    if steps:
+        cmd += ["--max-steps", str(steps)]
+    if batch:
+        cmd += ["--batch-size", str(batch)]
     print(f"training {model} with the {recipe} recipe, {epochs} epochs ...", flush=True)
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
@@ -66,6 +69,7 @@ def outcome(out: Path, targets: list[float]) -> dict:
         "mJ/img": round(1000 * statistics.median(energy), 3) if energy else "-",
         "train s": round(final["train_time"], 1),
         "epochs": len(epochs),
+        "images": sum(r["images"] for r in epochs),
     }
 
 
@@ -82,6 +86,8 @@ def main() -> None:
     parser.add_argument("--targets", type=float, nargs="+", default=[0.9, 0.93])
     parser.add_argument("--max-steps", type=int, help="steps per epoch (a shorter smoke run)")
     parser.add_argument("--batch-size", type=int, help="one for both recipes (default: their own)")
+    parser.add_argument("--fast-max-steps", type=int, help="the fast one's, if not --max-steps")
+    parser.add_argument("--fast-batch-size", type=int, help="the fast one's, if not --batch-size")
     parser.add_argument("--out", default="time-to-accuracy")
     args = parser.parse_args()
     runs = []

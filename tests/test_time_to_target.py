@@ -127,6 +127,14 @@ def test_five_seeds_in_the_table_and_the_study_layout(tmp_path):
     assert code == 0
     tables = json.loads(out)
     assert "seconds to 80% test accuracy" in json.dumps(tables)
+    # The report's comparison table: the same figures, the unreached target as 0/5.
+    code, _, err = run("report", "ttt", "--store", url, "--out", str(tmp_path / "report"))
+    assert code == 0, err
+    page = (tmp_path / "report" / "index.html").read_text()
+    header = page[page.index("s to 80%") :]
+    row = page[page.index("<td>v100</td>") :]
+    assert "reached 99%" in header and "MLPerf (mean of 3 of 5)" in row
+    assert "<td>30</td><td>4/5</td><td>0/5</td>" in row.replace("\n", "").replace(" ", "")
 
 
 def test_fewer_runs_take_the_median_of_those_that_got_there(tmp_path):
