@@ -8,7 +8,7 @@ import torch
 import resnest
 from jobs import distributed, memory_format
 from jobs.recipe import RecipeError, get_recipe
-from jobs.schedule import frozen_modules, lr_factor, warmup_epochs
+from jobs.schedule import frozen_modules, lr_factor, optimizer_for, warmup_epochs
 from records.errors import SpecError
 from records.options import parse_assignment
 
@@ -134,6 +134,27 @@ def test_rank_layout_from_slurm_tasks():
 )
 def test_first_host_of_a_nodelist(nodelist, first):
     assert distributed.first_host(nodelist) == first
+
+
+def test_the_fast_recipes_optimizer_decays_weights_only_at_its_scaled_lr():
+    model = resnest.create("resnest_tiny_bottleneck", num_classes=10)
+    fast = optimizer_for(model, get_recipe("fast"))
+    decay, no_decay = fast.param_groups
+    assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
+    norms_and_biases = set()  # BN and GroupNorm scales and shifts, every layer's bias
+    for m in model.modules():
+        if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm)):
+            norms_and_biases |= {id(p) for p in m.parameters(recurse=False)}
+        elif getattr(m, "bias", None) is not None:
+            norms_and_biases.add(id(m.bias))
+    assert norms_and_biases and {id(p) for p in no_decay["params"]} == norms_and_biases
+    assert {id(p) for p in decay["params"]} == {id(p) for p in model.parameters()} - {
+        id(p) for p in no_decay["params"]
+    }
+    assert all(g["lr"] == pytest.approx(0.4) and g["nesterov"] for g in fast.param_groups)
+    (study,) = optimizer_for(model, get_recipe("study")).param_groups  # one group, all decayed
+    assert study["weight_decay"] == 1e-4 and study["lr"] == 0.1 and not study["nesterov"]
+    assert len(study["params"]) == len(list(model.parameters()))
 
 
 def test_freeze_policies():
