@@ -151,9 +151,12 @@ def test_corrupt_checkpoint_is_refused_and_the_previous_one_used(tmp_path):
     assert [e["epoch"] for e in records(out, "epoch")] == [1, 2, 2, 3]
 
 
-def test_nan_loss_ends_as_diverged(tmp_path):
+@pytest.mark.parametrize("recipe", ["study", "fast"])
+def test_nan_loss_ends_as_diverged(tmp_path, recipe):
     out = tmp_path / "job"
-    result = run_job(out, *TINY, "--epochs", "2", "--max-steps", "20", "--lr", "1e12")
+    result = run_job(
+        out, *TINY, "--recipe", recipe, "--epochs", "2", "--max-steps", "20", "--lr", "1e12"
+    )
     assert result.returncode == EXIT_DIVERGED, result.stderr
     assert "diverged" in result.stderr and "Traceback" not in result.stderr
     final = records(out, "final")[-1]
