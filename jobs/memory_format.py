@@ -33,14 +33,18 @@ class Choice:
     memory_format: str  # contiguous | channels_last
     how: str  # "recipe" (as asked) or "measured" (auto)
     step_ms: dict[str, float] | None = None  # per format, when measured
+    # What the measuring cost, start to answer (every rank waits for it): time the job spends
+    # before its first epoch, outside the epochs' training time and so outside time to target
+    probe_s: float | None = None
 
     @property
     def channels_last(self) -> bool:
         return self.memory_format == "channels_last"
 
     def record(self) -> dict:
+        measured = {"memory_format_step_ms": self.step_ms, "memory_format_probe_s": self.probe_s}
         return {"memory_format": self.memory_format, "memory_format_by": self.how} | (
-            {"memory_format_step_ms": self.step_ms} if self.step_ms else {}
+            measured if self.step_ms else {}
         )
 
 
@@ -56,7 +60,7 @@ def choose(
     """``requested`` is the recipe's ``memory_format``; ``sample`` the per-rank input shape."""
     if requested != "auto":
         return Choice(requested, "recipe")
-    step_ms = None
+    started, step_ms = time.perf_counter(), None
     if env.is_main:
         step_ms = {f: time_steps(model, f, sample, num_classes, device, autocast) for f in FORMATS}
     if env.distributed:
@@ -64,7 +68,7 @@ def choose(
         dist.broadcast_object_list(box, src=0)
         step_ms = box[0]
     best = min(FORMATS, key=lambda f: step_ms[f])
-    return Choice(best, "measured", step_ms)
+    return Choice(best, "measured", step_ms, round(time.perf_counter() - started, 3))
 
 
 def time_steps(

@@ -1,15 +1,16 @@
 """Real data, real learning: both training recipes on Fashion-MNIST, on the CPU, and the fast
-recipe reaching the study's accuracy in less time.
+recipe reaching the study's accuracy in less training time.
 
 The two recipes as a user runs them (``--recipe study`` and ``--recipe fast``), shortened to
 fit the suite: two epochs of 90 steps of 128 images for the study (23,040 images, its lr at
-0.1 throughout, as in its first 80 epochs), two of 30 steps of 256 for the fast recipe
-(15,360 images, two thirds of the study's; at its base batch of 256 its lr is unscaled: a
-CPU runs no faster at 1,024, so the larger batch would only cost it steps). The two jobs run
-side by side, one thread each, so they share the machine alike. On a CPU the fast recipe
-wins by what it does with each image (a one-cycle schedule that anneals, label smoothing,
-Nesterov momentum), not by images per second: the speed it has on a GPU (bf16, the whole set
-on the device, CUDA graphs) is for `bench/time_to_accuracy.py` to measure there.
+0.1 throughout, as in its first 80 epochs), two of 60 steps of 128 for the fast recipe
+(15,360 images, two thirds of the study's; its lr scales with its batch, 0.05 at 128). Both
+at the study's batch, so an image costs both the same (a CPU runs no faster at 1,024, and a
+larger batch costs more per image when the machine is busy) and the runs differ in what the
+recipes do with their images: a one-cycle schedule that anneals, label smoothing, Nesterov
+momentum. The two jobs run side by side, one thread each, so they share the machine alike.
+The fast recipe's speed on a GPU (bf16, the whole set on the device, CUDA graphs) is for
+`bench/time_to_accuracy.py` to measure there.
 """
 
 import subprocess
@@ -23,10 +24,10 @@ from .jobtools import job_cmd, job_env, records
 
 RUNS = {
     "study": ["--recipe", "study", "--max-steps", "90"],
-    "fast": ["--recipe", "fast", "--batch-size", "256", "--max-steps", "30"],
+    "fast": ["--recipe", "fast", "--batch-size", "128", "--max-steps", "60"],
 }
 COMMON = [
-    "--model", "resnest_tiny_basic", "--dataset", "fashion-mnist",
+    "--dataset", "fashion-mnist",
     "--data-dir", str(FASHION_MNIST_SYSTEM_DIR), "--epochs", "2", "--telemetry-interval", "0",
     "--target-accuracy", "0.6",
 ]  # fmt: skip
@@ -44,15 +45,16 @@ def time_to(epochs: list[dict], accuracy: float) -> float | None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("model", ["resnest_tiny_basic", "resnest_tiny_bottleneck"])
 def test_both_recipes_learn_fashion_mnist_and_the_fast_one_reaches_the_studys_accuracy_sooner(
-    tmp_path,
+    tmp_path, model
 ):
     env = {**job_env(), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     logs = {name: (tmp_path / f"{name}.err").open("w") for name in RUNS}  # not a pipe: unread,
     started = time.monotonic()  # it could fill and stop the job
     procs = {
         name: subprocess.Popen(
-            job_cmd(tmp_path / name, *COMMON, *args),
+            job_cmd(tmp_path / name, "--model", model, *COMMON, *args),
             stdout=subprocess.DEVNULL,
             stderr=logs[name],
             env=env,
@@ -78,28 +80,32 @@ def test_both_recipes_learn_fashion_mnist_and_the_fast_one_reaches_the_studys_ac
     final = {name: records(tmp_path / name, "final")[-1] for name in RUNS}
     epochs = {name: records(tmp_path / name, "epoch") for name in RUNS}
     assert [e["images"] for e in epochs["study"]] == [90 * 128] * 2
-    assert [e["images"] for e in epochs["fast"]] == [30 * 256] * 2
-    # Measured here (2 cores, torch 2.14.1, two runs each): the study 34.6% then 60.9%, its lr
-    # still at 0.1; the fast recipe 19-41% at its peak lr, then 65.6% (channels_last chosen)
-    # and 68.4% (NCHW chosen) once it has annealed. Chance: 10%.
+    assert [e["images"] for e in epochs["fast"]] == [60 * 128] * 2
+    # Measured here (2 cores, torch 2.14.1), the basic network: the study 34.6% then 60.9%
+    # (the same in three runs), its lr still at 0.1; the fast recipe 41-53% at its peak lr,
+    # then 69.5% (NCHW) and 70.2% (channels_last) once it has annealed. The bottleneck
+    # network: the study 47.4% then 75.1%; the fast recipe 66.1% then 80.0% (channels_last).
+    # Chance: 10%.
     assert final["study"]["final_test_acc"] >= 0.45, final["study"]
-    assert final["fast"]["final_test_acc"] >= 0.62, final["fast"]
+    assert final["fast"]["final_test_acc"] >= 0.65, final["fast"]
     assert final["fast"]["time_to_target"] is not None  # reached 60%, and says when
     # The fast recipe reaches the study's accuracy on two thirds of its images, so in less
-    # training time (here 130-160 s against 189-224 s) and in less time from start to end.
+    # training time, its memory-format probe included (on a busy machine: 167 s and 14 s of
+    # probe against 230 s).
     reached = final["study"]["final_test_acc"]
     fast_time, study_time = time_to(epochs["fast"], reached), time_to(epochs["study"], reached)
+    start = records(tmp_path / "fast", "start")[-1]
+    probe = start["memory_format_probe_s"]
     print(
         *(f"{n}: {[round(e['test_acc'], 4) for e in epochs[n]]} {wall[n]:.0f} s" for n in RUNS),
-        f"time to {reached:.2%}: fast {fast_time} s, study {study_time} s",
-    )  # for the record (pytest -s)
+        f"time to {reached:.2%}: fast {fast_time} s (and {probe} s of probe), study {study_time} s",
+    )  # for the record (pytest -s); the whole run's time also counts evaluation and start-up
     assert fast_time is not None, (final["fast"]["final_test_acc"], reached)
-    assert fast_time < study_time, (fast_time, study_time)
-    assert wall["fast"] < wall["study"], wall
+    assert 0 < probe < wall["fast"]
+    assert fast_time + probe < study_time, (fast_time, probe, study_time)
     # The fast recipe's schedule: up for a quarter of the run, then down to nearly zero.
     lrs = [e["lr"] for e in epochs["fast"]]
     assert lrs[0] > lrs[1] and lrs[1] < 0.01
-    start = records(tmp_path / "fast", "start")[-1]
     assert start["memory_format_by"] == "measured"  # auto: timed on this machine
     assert start["memory_format"] == min(
         start["memory_format_step_ms"], key=start["memory_format_step_ms"].get

@@ -178,6 +178,12 @@ def test_the_memory_format_probe_leaves_the_network_as_it_was():
     chosen = memory_format.choose("auto", model, (4, 3, 32, 32), 10, cpu, env)
     assert chosen.how == "measured" and chosen.memory_format in memory_format.FORMATS
     assert chosen.memory_format == min(chosen.step_ms, key=chosen.step_ms.get)
+    # The probe's own cost, kept in the start record: at least the steps it timed (of three
+    # steps per format, two took at least their median).
+    assert memory_format.TIMED_STEPS == 3
+    assert chosen.probe_s >= 2 * sum(chosen.step_ms.values()) / 1000
+    assert chosen.record()["memory_format_probe_s"] == chosen.probe_s
+    assert "memory_format_probe_s" not in asked.record()
     after = model.state_dict()  # BN statistics included: the probe trained a copy
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(p.grad is None for p in model.parameters())
