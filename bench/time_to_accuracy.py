@@ -14,8 +14,8 @@ training time. The job folders stay under ``--out`` for ``resnest-bench ingest``
 Sized for one GPU session: on an H200 both ResNeSt-50 variants, 8 study and 15 fast epochs,
 take about 7 minutes. On a CPU, the README's figures: ``--models resnest_tiny_basic
 resnest_tiny_bottleneck --study-epochs 3 --max-steps 90 --batch-size 128 --fast-epochs 3
---fast-max-steps 30 --fast-batch-size 256 --targets 0.6 0.7`` (the fast recipe's batch of
-1,024 is a GPU's; at 256 its lr is unscaled).
+--fast-max-steps 60 --fast-batch-size 128 --targets 0.6 0.7`` (the fast recipe's batch of
+1,024 is a GPU's; at 128 its lr scales to 0.05).
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def outcome(out: Path, targets: list[float]) -> dict:
     records = [json.loads(line) for line in (out / "outbox.jsonl").read_text().splitlines()]
     epochs = [r for r in records if r["kind"] == "epoch"]
     final = [r for r in records if r["kind"] == "final"][-1]
+    start = [r for r in records if r["kind"] == "start"][-1]
     fields = ("epoch_time", "images_per_sec", "test_acc", "warmup", *TELEMETRY)
     rows = [types.SimpleNamespace(**{k: r.get(k) for k in fields}) for r in epochs]
     summary = summarise(rows)
@@ -68,6 +69,8 @@ def outcome(out: Path, targets: list[float]) -> dict:
         "img/s": round(summary["images_per_sec"]),
         "mJ/img": round(1000 * statistics.median(energy), 3) if energy else "-",
         "train s": round(final["train_time"], 1),
+        # memory_format=auto's probe: before the first epoch, outside the training time
+        "probe s": start.get("memory_format_probe_s") or "-",
         "epochs": len(epochs),
         "images": sum(r["images"] for r in epochs),
     }
