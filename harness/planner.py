@@ -22,7 +22,15 @@ from typing import Any
 
 from harness.config import ClusterConfig, JobEnvironment, environment_for
 from records.errors import UserError
-from records.spec import INPUT_FIELDS, ExportSpec, InferSpec, Spec, TrainSpec, TransferSpec
+from records.spec import (
+    INPUT_FIELDS,
+    ExportSpec,
+    InferSpec,
+    Spec,
+    TrainSpec,
+    TransferSpec,
+    inputs_of,
+)
 
 ID_LENGTH = 12
 WINNER = "winner"  # the model of deployment jobs until the winner is known
@@ -153,7 +161,7 @@ class _Kind:
         self.template = self._template()
         self.prototype = self._prototype()
         self.seeded = stage in ("train", "transfer")
-        self.input = INPUT_FIELDS.get(stage)
+        self.reads_parents = stage in INPUT_FIELDS
 
     def make(self, seed: int, repeat: int, parents: tuple[str, ...]) -> JobPlan:
         if self.template is None or type(seed) is not int:
@@ -170,9 +178,8 @@ class _Kind:
         fields["job_id"] = id_
         if self.seeded:
             fields["seed"] = seed
-        if self.input is not None:
-            inputs = [jobs + parent for parent in parents]
-            fields[self.input] = inputs if self.input == "sources" else inputs[0]
+        if self.reads_parents:
+            fields.update(inputs_of(self.stage, [jobs + parent for parent in parents]))
         common = self.common
         return JobPlan(id_, self.stage, common["model"], self.dataset, common["gpu_type"],
                        common["gpus_per_node"], common["nodes"], seed, repeat, self.recipe,
