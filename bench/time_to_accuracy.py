@@ -49,7 +49,8 @@ def train(out: Path, model: str, recipe: str, epochs: int, args: argparse.Namesp
     print(f"training {model} with the {recipe} recipe, {epochs} epochs ...", flush=True)
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
-        sys.exit(f"{model} ({recipe}) failed: {done.stderr.strip().splitlines()[-1:]}")
+        last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        sys.exit(f"{model} ({recipe}) failed: {last}")
 
 
 def outcome(out: Path, targets: list[float]) -> dict:
