@@ -47,6 +47,17 @@ class _JobEnvironment(_Strict):
     python: str | None = None  # the interpreter on the node (default: the one submitting)
     env: dict[Annotated[str, Field(pattern=ENV_NAME)], str] = {}
 
+    @field_validator("python")
+    @classmethod
+    def _interpreter(cls, python: str | None) -> str | None:
+        # An empty value would start the job with no interpreter at all, on the node, later.
+        if python is not None and not python.strip():
+            raise ValueError(
+                "expected the interpreter's path or name (leave the key out for the one "
+                "that submits), got an empty string"
+            )
+        return python
+
 
 class GpuType(_JobEnvironment):
     """How to get one GPU of a type: SLURM, Ray, or the machine at hand (``local``). Its
@@ -188,6 +199,11 @@ class Sweep(_Strict):
 
         train = dict(self.overrides)
         if self.epochs is not None:
+            if "epochs" in train:  # two values for one setting: neither silently wins
+                raise ValueError(
+                    f"overrides: epochs is {train['epochs']!r} here and {self.epochs} in "
+                    "sweep.epochs: give it in one place"
+                )
             train["epochs"] = self.epochs
         try:
             get_recipe(self.recipe, "train", train)
@@ -213,6 +229,18 @@ class ClusterConfig(_Strict):
     launcher: Launcher = Launcher()
     gpu_types: dict[str, GpuType] = Field(min_length=1)
     sweep: Sweep
+
+    @model_validator(mode="after")
+    def _nodes_reachable(self) -> ClusterConfig:
+        """The local launcher runs every job on this one machine: a job of several nodes
+        would silently run on one."""
+        many = [n for n in self.sweep.node_counts if n > 1]
+        if self.launcher.kind == "local" and many:
+            raise ValueError(
+                f"sweep.nodes: {self.sweep.nodes} with the local launcher, which runs every "
+                f"job on this one machine: use launcher.kind slurm or ray for {max(many)} nodes"
+            )
+        return self
 
     @model_validator(mode="after")
     def _gpu_types_defined(self) -> ClusterConfig:
@@ -279,12 +307,23 @@ def load(path: str | Path) -> ClusterConfig:
     return config
 
 
+def with_launcher(config: ClusterConfig, kind: str, path: str | Path) -> ClusterConfig:
+    """The config with another launcher (``submit --launcher``), checked again as a whole:
+    what one launcher can run, another may not."""
+    data = config.model_dump(mode="python")
+    data["launcher"]["kind"] = kind
+    try:
+        return ClusterConfig.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(f"{path} with --launcher {kind}: {_describe(exc)}") from None
+
+
 def _describe(exc: ValidationError) -> str:
     error = exc.errors()[0]
     loc = ".".join(str(part) for part in error["loc"])
     message = error["msg"].removeprefix("Value error, ")
     # A validator of a whole section names the field inside it: "stages: ..." in sweep.
-    inner = re.match(r"^([a-z_]+): ", message)
+    inner = re.match(r"^([a-z_][a-z_.]*): ", message)
     if error["type"] == "value_error" and inner:
         loc = f"{loc}.{inner[1]}" if loc else inner[1]
         message = message[inner.end() :]

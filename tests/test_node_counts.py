@@ -16,6 +16,7 @@ from .test_plan import base, write
 
 def planned(tmp_path, **sweep):
     data = base(tmp_path)
+    data["launcher"] = {"kind": "slurm"}  # several nodes: a cluster's launcher
     data["sweep"].update(sweep)
     config = cluster_config.load(write(tmp_path, data))
     return config, plan(config)

@@ -166,6 +166,29 @@ BAD = [
         r"sweep.datasets.0: Input should be",
     ),
     ("bad override", {"sweep": {"overrides": {"lrate": 1}}}, r"unknown recipe field 'lrate'"),
+    # Values that passed the plan and then meant something else:
+    (
+        "an empty python",
+        {"gpu_types": {"v100": {"partition": "gpu", "python": ""}}},
+        r"gpu_types.v100.python: expected the interpreter's path or name .* got an empty",
+    ),
+    (
+        "an empty launcher python",
+        {"launcher": {"kind": "slurm", "python": "  "}},
+        r"launcher.python: expected the interpreter's path or name",
+    ),
+    (
+        "two nodes on the local launcher",
+        {"launcher": {"kind": "local"}, "sweep": {"nodes": [1, 2]}},
+        r"cluster.yaml: sweep.nodes: \[1, 2\] with the local launcher, which runs every job "
+        r"on this one machine: use launcher.kind slurm or ray for 2 nodes",
+    ),
+    (
+        "epochs given twice",
+        {"sweep": {"epochs": 5, "overrides": {"epochs": 0}}},
+        r"cluster.yaml: sweep.overrides: epochs is 0 here and 5 in sweep.epochs: give it in "
+        r"one place",
+    ),
     ("missing sweep", {"sweep": None}, r"sweep: Input should be a valid dictionary"),
 ]
 
@@ -180,7 +203,7 @@ def test_bad_cluster_yaml_is_one_line_naming_file_and_field(tmp_path, case, chan
             if values is None:
                 data[section] = None
             else:
-                data[section] = {**data[section], **values}
+                data[section] = {**data.get(section, {}), **values}
         path = write(tmp_path, data)
     with pytest.raises(UserError, match=expected) as err:
         cluster_config.load(path)
@@ -259,6 +282,7 @@ def test_every_planned_id_is_the_hash_of_its_settings_and_every_spec_is_whole(
 ):
     data = base(tmp_path)
     data["gpu_types"] = {name: {"local": "cpu"} for name in gpu_names}
+    data["launcher"] = {"kind": "ray"}  # jobs of several nodes: not the local launcher's
     sweep = data["sweep"]
     sweep.update(gpu_types=gpu_names, seeds=seeds, repeats=repeats, nodes=nodes, stages=stages,
                  deploy=deploy, epochs=epochs, max_steps=max_steps)  # fmt: skip
@@ -287,3 +311,23 @@ def test_every_planned_id_is_the_hash_of_its_settings_and_every_spec_is_whole(
             assert value == (parents if job.stage == "export" else parents[0])
     exports = [job.spec.sources for job in jobs if job.stage == "export"]
     assert len({id(sources) for sources in exports}) == len(exports)  # no list shared
+
+
+def test_a_launcher_given_on_the_command_line_is_checked_with_the_sweep(tmp_path):
+    """`submit --launcher local` on a sweep of two-node jobs would run them on one node: it
+    is refused as the same value in the file would be."""
+    data = base(tmp_path)
+    data["launcher"] = {"kind": "slurm"}
+    data["sweep"]["nodes"] = 2
+    path = write(tmp_path, data)
+    cluster_config.load(path)  # valid as written
+    result = subprocess.run(
+        [str(EXE), "submit", str(path), "--dry-run", "--launcher", "local"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert result.stderr == (
+        f"resnest-bench: error: {path} with --launcher local: sweep.nodes: 2 with the local "
+        "launcher, which runs every job on this one machine: use launcher.kind slurm or ray "
+        "for 2 nodes\n"
+    )

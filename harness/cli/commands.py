@@ -51,9 +51,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     config = cluster_config.load(args.config)
     if args.launcher:
-        config = config.model_copy(
-            update={"launcher": config.launcher.model_copy(update={"kind": args.launcher})}
-        )
+        config = cluster_config.with_launcher(config, args.launcher, args.config)
     if args.dry_run:
         jobs = select(plan(config), args.only)
         print(render([job.row() for job in jobs], args.format))
