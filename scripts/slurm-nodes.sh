@@ -106,8 +106,22 @@ EOF
     } > "$state/hosts"
 }
 
+remove_network() {  # the bridge and the nodes' namespaces (their veth pairs go with them)
+    local i
+    for i in $(ip netns list 2>/dev/null | awk '/^rbnode[0-9]+/ {print $1}'); do
+        ip netns delete "$i" 2>/dev/null || true
+    done
+    ip link delete "$bridge" 2>/dev/null || true
+}
+
 start_network() {  # start_network N: the bridge, and a namespace on a veth pair per node
     local n=$1 i
+    # A network left by a cluster whose daemons are gone (a killed run, a restored machine)
+    # would make `ip link add` fail with "File exists": no live cluster owns it, so it goes.
+    if ip link show "$bridge" >/dev/null 2>&1 || ip netns list 2>/dev/null | grep -q '^rbnode[0-9]'; then
+        echo "slurm-nodes: removing a network no running cluster owns ($bridge, rbnode namespaces)" >&2
+        remove_network
+    fi
     ip link add "$bridge" type bridge
     ip addr add "$net.1/24" dev "$bridge"
     ip link set "$bridge" up
@@ -173,7 +187,7 @@ up() {  # up N
 }
 
 down() {
-    local pidfile i
+    local pidfile
     need_root
     for pidfile in "$state"/run/holder-*.pid; do  # a node's whole process namespace
         [ -s "$pidfile" ] && kill -KILL "$(cat "$pidfile")" 2>/dev/null || true
@@ -185,10 +199,7 @@ down() {
         alive "$state/run/slurmctld.pid" || alive "$state/run/slurmdbd.pid" || break
         sleep 0.2
     done
-    for i in $(ip netns list 2>/dev/null | awk '/^rbnode[0-9]+/ {print $1}'); do
-        ip netns delete "$i" 2>/dev/null || true
-    done
-    ip link delete "$bridge" 2>/dev/null || true
+    remove_network
     mysql -e "DROP DATABASE IF EXISTS $db" 2>/dev/null || true
     rm -rf "$state" "$conf"
     echo "slurm-nodes: down"
