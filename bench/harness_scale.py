@@ -16,7 +16,8 @@ its own, ``harness_scale``, and drops it at the end):
   (< 10 s);
 - ``status``: ``resnest-bench status`` of a ``--status-jobs`` SLURM sweep, its states read
   from a recorded ``sacct`` output of that size (one call, counted; < 2 s of harness time),
-  the first time (every job changes state) and again (nothing changes);
+  with the jobs' outboxes collected into the store: the first time (every job changes state
+  and every outbox is read) and again (only the running jobs' outboxes have grown);
 - the store's growth: bytes per epoch row and per telemetry sample, and a year of daily
   sweeps of 1,000 jobs, before and after ``resnest-bench thin`` (telemetry samples dropped,
   per-epoch aggregates kept).
@@ -29,19 +30,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import math
 import os
 import statistics
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml
-from sqlalchemy import insert, text
+from sqlalchemy import func, insert, select, text
 
 from harness import config as cluster_config
 from harness.cli import main as cli
@@ -157,21 +160,47 @@ def fill(store: Store, n_jobs: int, n_epochs: int, samples_per_epoch: int = 0) -
 # -- status of a large SLURM sweep ----------------------------------------------------------
 
 
-def bench_status(store: Store, n_jobs: int, repeats: int) -> None:
+def outbox_line(job_id: str, kind: str, stamp: float, **record: object) -> str:
+    line = {"kind": kind, "job_id": job_id, "attempt": 0, "time": stamp,
+            "uid": uuid.uuid4().hex, **record}  # fmt: skip
+    return json.dumps(line) + "\n"
+
+
+def epoch_line(job_id: str, epoch: int, stamp: float) -> str:
+    return outbox_line(job_id, "epoch", stamp, epoch=epoch, images=50_000, steps=391,
+                       world_size=1, warmup=epoch == 0, train_loss=1.0, test_acc=0.5 + epoch / 100,
+                       epoch_time=30.0, images_per_sec=1666.0)  # fmt: skip
+
+
+def bench_status(store: Store, n_jobs: int, repeats: int, folder: Path) -> None:
     """``status`` of an ``n_jobs`` sweep held by SLURM: arrays of 1,000 tasks; sacct answers
-    from a recorded output (most completed, some failed, some running)."""
+    from a recorded output (most completed, some failed, some running). Every job has an
+    outbox in its folder (a start record and ``EPOCHS_WRITTEN`` epochs; the ended ones a
+    final record too), which status collects into the store: the first time every outbox
+    (all the jobs just ended or started), again only those of the running jobs, each of which
+    has written one more epoch since the last status."""
     from harness.launchers import slurm
 
     rows = job_rows(n_jobs, prefix="st")
     now = time.time()
-    lines = []
+    lines, running = [], []
+    jobs_dir = folder / "status-jobs"
     for i, row in enumerate(rows):
         row.update(sweep="status", state="submitted", submitted_at=now - 3600,
-                   launcher_job_id=f"slurm:{1000 + i // 1000}_{i % 1000}")  # fmt: skip
+                   launcher_job_id=f"slurm:{1000 + i // 1000}_{i % 1000}",
+                   job_dir=str(jobs_dir / row["id"]))  # fmt: skip
         state = "FAILED" if i % 97 == 0 else "RUNNING" if i % 13 == 0 else "COMPLETED"
         code = "1:0" if state == "FAILED" else "0:0"
         lines.append(f"{1000 + i // 1000}_{i % 1000}|{state}|{code}|None|"
                      "2026-11-29T01:00:00|2026-11-29T01:30:00")  # fmt: skip
+        outbox = [outbox_line(row["id"], "start", now - 3000, world_size=1, hosts=["node1"])]
+        outbox += [epoch_line(row["id"], e, now - 3000 + e) for e in range(EPOCHS_WRITTEN)]
+        if state == "RUNNING":
+            running.append(Path(row["job_dir"]) / "outbox.jsonl")
+        else:
+            outbox.append(outbox_line(row["id"], "final", now - 2000, status=state.lower()))
+        Path(row["job_dir"]).mkdir(parents=True)
+        (Path(row["job_dir"]) / "outbox.jsonl").write_text("".join(outbox))
     recorded = "\n".join(lines) + "\n"
     store.add_sweep("status", {})
     with store.begin() as conn:
@@ -182,17 +211,44 @@ def bench_status(store: Store, n_jobs: int, repeats: int) -> None:
         calls.append(cmd[0])
         return recorded
 
+    def status() -> int:
+        return quiet("status", "status", "--store", store.url)
+
     real, slurm._run = slurm._run, sacct
     try:
-        first = timed(lambda: quiet("status", "status", "--store", store.url), 0)
-        with store.begin() as conn:  # and back, for the repeats
-            conn.execute(jobs.update().where(jobs.c.sweep == "status").values(state="submitted"))
-        again = timed(lambda: quiet("status", "status", "--store", store.url), repeats)
+        first = timed(status, 0)
+        again = []
+        for repeat in range(repeats + 1):  # one warm-up, then the repeats
+            with store.begin() as conn:  # back to submitted, for sacct to move them again
+                conn.execute(
+                    jobs.update().where(jobs.c.sweep == "status").values(state="submitted")
+                )
+            for path in running:  # every running job has finished one more epoch
+                job_id = path.parent.name
+                with open(path, "a") as f:
+                    f.write(epoch_line(job_id, EPOCHS_WRITTEN + repeat, time.time()))
+            start = time.perf_counter()
+            status()
+            if repeat:
+                again.append(time.perf_counter() - start)
     finally:
         slurm._run = real
+    with store.begin() as conn:
+        stored = conn.execute(
+            select(func.count()).select_from(epochs).where(epochs.c.job_id.like("st%"))
+        ).scalar()
+    expected = n_jobs * EPOCHS_WRITTEN + len(running) * (repeats + 1)
+    if stored != expected:
+        raise SystemExit(f"status collected {stored:,} epoch rows, not {expected:,}")
     per = len(calls) / (repeats + 2)
-    line(f"status {n_jobs:,} jobs, first time", first, 2.0, f"{per:g} sacct call(s) each")
-    line(f"status {n_jobs:,} jobs, again", again, 2.0)
+    line(f"status {n_jobs:,} jobs, first time", first, 2.0,
+         f"{per:g} sacct call(s) each; {n_jobs:,} outboxes collected")  # fmt: skip
+    again_s = (statistics.median(again), min(again), max(again))
+    line(f"status {n_jobs:,} jobs, again", again_s, 2.0,
+         f"{len(running):,} running jobs' outboxes grew and were collected")  # fmt: skip
+
+
+EPOCHS_WRITTEN = 3
 
 
 # -- growth -----------------------------------------------------------------------------------
@@ -245,7 +301,9 @@ def bench_growth(url: str, n_epochs: int) -> None:
 # -- one backend ----------------------------------------------------------------------------
 
 
-def bench_store(kind: str, make_url: Callable[[str], str], args: argparse.Namespace) -> None:
+def bench_store(
+    kind: str, make_url: Callable[[str], str], args: argparse.Namespace, folder: Path
+) -> None:
     print(f"{kind}:", flush=True)
     store = Store(make_url("table"))
     rebuild = fill(store, args.table_jobs, args.epochs)
@@ -253,7 +311,7 @@ def bench_store(kind: str, make_url: Callable[[str], str], args: argparse.Namesp
     rows = args.table_jobs * args.epochs
     detail = f"({rows:,} epoch rows; summaries rebuilt in {rebuild:.1f} s)"
     line(f"table {args.table_jobs:,} x {args.epochs} epochs", result, 2.0, detail)
-    bench_status(store, args.status_jobs, args.repeats)
+    bench_status(store, args.status_jobs, args.repeats, folder)
     store = Store(make_url("report"))
     fill(store, args.report_jobs, args.epochs)
     with tempfile.TemporaryDirectory() as out:
@@ -276,7 +334,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         bench_plan(folder, args.plan_jobs, args.repeats)
-        bench_store("SQLite", lambda name: f"sqlite:///{folder / name}.db", args)
+        bench_store("SQLite", lambda name: f"sqlite:///{folder / name}.db", args, folder / "sqlite")
     if args.postgres:
         from sqlalchemy import create_engine
 
@@ -291,7 +349,8 @@ def main() -> None:
             return scoped
 
         try:
-            bench_store("PostgreSQL", fresh, args)
+            with tempfile.TemporaryDirectory() as tmp:
+                bench_store("PostgreSQL", fresh, args, Path(tmp))
         finally:
             with engine.begin() as conn:
                 conn.execute(text(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))

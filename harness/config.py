@@ -96,6 +96,9 @@ class LocalSettings(_Strict):
 class SlurmSettings(_Strict):
     array_parallelism: PositiveInt = 16
     requeue_on_preemption: bool = True
+    # A cap of the user's own on the jobs queued at once (the site's limits apply anyway):
+    # the rest wait in the store and go out as room frees.
+    max_queued: PositiveInt | None = None
 
 
 class RaySettings(_Strict):

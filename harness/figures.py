@@ -49,6 +49,12 @@ def figures(
     were given): a run's training time up to the end of its first epoch at or above the
     target; ``time_to_90pct_s`` is the headline of the runs (``headline``), ``reached_90pct``
     how many got there, ``target_rule`` the rule behind the headline.
+
+    ``queue_wait_s``: the median over the training runs of the time each waited in the queue
+    (submission to start, summed over its attempts; ``records.queries.queue_waits``). Time to
+    a trained network, ``time_to_trained_90pct_s``: per run, its queue wait plus its time to
+    the target, headlined as time to the target is (runs whose wait is not known are left
+    out of it).
     """
     targets = targets_of(store, sweep)
     groups, shapes = _groups(store, sweep, targets)
@@ -123,6 +129,10 @@ def _target_figures(g: dict[str, list], targets: list[float]) -> dict[str, Any]:
         out[f"reached_{key}"] = sum(t is not None for t in times) if times else None
     if targets:
         out["target_rule"] = rule if g.get(f"to {targets[0]}") else None
+    out["queue_wait_s"] = _rounded(_median(g.get("queue_wait", [])), 1)
+    for target in targets:
+        trained = g.get(f"trained {target}", [])
+        out[f"time_to_trained_{target_key(target)}_s"] = headline(trained)[0] if trained else None
     return out
 
 
@@ -187,6 +197,7 @@ def _groups(store: Store, sweep: str, targets: list[float] | None = None):
         shapes[text] = (job.gpu_type, nodes)
         return text
 
+    waits = queries.queue_waits(store, sweep)
     groups: dict[tuple[str, str], dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for job_id, run in queries.train_summaries(store, sweep).items():
         job = job_rows[job_id]
@@ -196,8 +207,14 @@ def _groups(store: Store, sweep: str, targets: list[float] | None = None):
         g["gpus"].append(job.gpus or 1)
         g["epoch_time"].append(run.epoch_time)
         g["epoch_time_cv"].append(run.epoch_time_cv)
+        wait = waits.get(job_id)
+        if wait is not None:
+            g["queue_wait"].append(wait)
         for target in targets or []:
-            g[f"to {target}"].append(summaries.time_to(run.accuracy_steps, target))
+            to_target = summaries.time_to(run.accuracy_steps, target)
+            g[f"to {target}"].append(to_target)
+            if wait is not None:
+                g[f"trained {target}"].append(None if to_target is None else wait + to_target)
         g["images_per_sec"].append(run.images_per_sec)
         for name in TELEMETRY:
             if getattr(run, name) is not None:

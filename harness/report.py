@@ -11,13 +11,24 @@ from records.schema import STATES
 from records.store import Store
 
 
-def status_rows(store: Store, sweep: str) -> tuple[dict[str, int], list[dict[str, Any]]]:
+def status_rows(
+    store: Store, sweep: str, human: bool = True
+) -> tuple[dict[str, int], list[dict[str, Any]], str]:
+    """Counts by state, a row per job, and the sweep's ETA line (``harness.progress`` says
+    how each figure is made). ``human``: durations as text and epoch as "k/N"; otherwise
+    numbers in seconds, for csv and json."""
+    from harness.progress import duration, job_progress, sweep_eta
+
     rows = store.jobs(sweep)
     counts = {state: 0 for state in STATES}
     for row in rows:
         counts[row["state"]] = counts.get(row["state"], 0) + 1
-    table = [
-        {
+    progress = job_progress(rows, store)
+    table = []
+    for row in rows:
+        mine = progress[row["id"]]
+        started = row["state"] not in ("pending", "waiting", "submitted")
+        entry = {
             "id": row["id"],
             "stage": row["stage"],
             "model": row["model"],
@@ -26,12 +37,26 @@ def status_rows(store: Store, sweep: str) -> tuple[dict[str, int], list[dict[str
             "seed": row["seed"],
             "state": row["state"],
             "attempt": row["attempt"],
-            "reason": row["reason"] or "",
-            "log": f"{row['job_dir']}/stderr.log" if row["state"] == "failed" else "",
         }
-        for row in rows
-    ]
-    return counts, table
+        if human:
+            wait = duration(mine["queue_wait_s"])
+            entry.update({
+                "epoch": f"{mine['epoch']}/{mine['epochs']}" if mine["epochs"] and started
+                else "",
+                "s/epoch": f"{mine['epoch_s']:.1f}" if mine["epoch_s"] else "",
+                "ETA": duration(mine["eta_s"]),
+                "queue wait": f"{wait} so far" if wait and mine["queued_now"] else wait,
+            })  # fmt: skip
+        else:
+            entry.update({
+                "epoch": mine["epoch"] if started else None, "epochs": mine["epochs"],
+                "epoch_s": mine["epoch_s"], "eta_s": mine["eta_s"],
+                "queue_wait_s": mine["queue_wait_s"], "still_queued": mine["queued_now"],
+            })  # fmt: skip
+        entry["reason"] = row["reason"] or ""
+        entry["log"] = f"{row['job_dir']}/stderr.log" if row["state"] == "failed" else ""
+        table.append(entry)
+    return counts, table, sweep_eta(rows, progress)
 
 
 # The wide table's column for each tidy figure (``harness.figures``), in the tidy order;
@@ -43,6 +68,7 @@ TABLE_COLUMNS = {
     "cv_pct": "CV", "gpu_util_pct": "GPU util %", "gpu_mem_gb": "GPU mem GB",
     "power_w": "power W", "energy_per_epoch_j": "J/epoch", "energy_per_image_mj": "mJ/img",
     "cpu_util_pct": "CPU util %", "cost_per_run": "$/run", "gpu_mismatch_runs": "gpu mismatch",
+    "queue_wait_s": "queue wait s",
 }  # fmt: skip
 
 
@@ -70,6 +96,8 @@ def comparison(
 
 
 def _column(name: str) -> str:
+    if name.startswith("time_to_trained_"):  # queue wait + time to the target
+        return "s queued+to " + name.removeprefix("time_to_trained_").removesuffix("pct_s") + "%"
     if name.startswith("time_to_"):  # time_to_92.5pct_s: "s to 92.5%"
         return "s to " + name.removeprefix("time_to_").removesuffix("pct_s") + "%"
     if name.startswith("reached_"):

@@ -12,9 +12,8 @@ from harness.config import ClusterConfig
 from harness.launchers.base import Row, launcher_of
 from harness.planner import JobPlan, job_dir, plan, select
 from records.errors import UserError
+from records.schema import IN_FLIGHT, UNFINISHED
 from records.store import Store, open_store, url_for_jobs
-
-IN_FLIGHT = ("submitted", "running")
 
 
 def store_for(config: ClusterConfig) -> Store:
@@ -109,18 +108,23 @@ REQUEUABLE = ("NODE_FAIL", "PREEMPTED")
 
 def refresh(store: Store, rows: list[Row]) -> bool:
     """Bring the states of unfinished jobs (and of jobs whose end the cluster may take back)
-    up to date from the launchers that hold them (for SLURM, one sacct call); whether any
-    launcher was asked (if not, ``rows`` are as current as the store)."""
+    up to date from the launchers that hold them (for SLURM, one sacct call), then collect
+    the jobs' new records from their outboxes (``harness.collect``); whether anything was
+    asked or stored (if not, ``rows`` are as current as the store)."""
+    from harness.collect import collect
+
     held: dict[str, list[Row]] = {}
     for row in rows:
         name = launcher_of(row)
-        unfinished = row["state"] in ("pending", *IN_FLIGHT)
+        unfinished = row["state"] in UNFINISHED
         taken_back = row["state"] == "failed" and (row["reason"] or "").startswith(REQUEUABLE)
         if (unfinished or taken_back) and name is not None:
             held.setdefault(name, []).append(row)
     for name, group in held.items():
         launchers.get(name, store).poll(group)
-    return bool(held)
+    # The rows as they were: a job that ended in this poll is still one to read.
+    collected = collect(store, rows)
+    return bool(held) or collected > 0
 
 
 def record_plan(config: ClusterConfig, store: Store, jobs: list[JobPlan] | None = None) -> set[str]:

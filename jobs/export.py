@@ -83,6 +83,9 @@ def choose_winner(
             "model": starts[-1]["spec"]["model"], "test_acc": finals[-1].get("final_test_acc"),
             "from": "outbox",
         })  # fmt: skip
+    from records.spec import reporting_store
+
+    store = reporting_store(store)
     if store:
         from records.store import Store
 

@@ -84,7 +84,11 @@ class StoreReporter(OutboxWriter):
 
 
 def reporter_for(job_dir: Path, job_id: str, attempt: int, store: str | None) -> OutboxWriter:
-    """The store reporter when the job's spec names a store, else the outbox alone."""
+    """The store reporter when the job's spec names a store it may write, else the outbox
+    alone (which the harness collects)."""
+    from records.spec import reporting_store
+
+    store = reporting_store(store)
     if store:
         return StoreReporter(job_dir, store, job_id, attempt)
     return OutboxWriter(job_dir, job_id, attempt)

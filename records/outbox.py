@@ -74,6 +74,34 @@ def read_outbox(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def read_from(path: Path, offset: int) -> tuple[list[dict[str, Any]], int, str | None]:
+    """The whole records of an outbox from byte ``offset`` on, the offset after the last of
+    them, and what stopped the reading short, if anything: a torn last line (a write still
+    under way, or cut by a kill) is left for the next reading; a damaged line stops it there,
+    the records before it kept."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except OSError as exc:
+        return [], offset, f"{path}: cannot read: {exc.strerror}"
+    records: list[dict[str, Any]] = []
+    position = offset
+    for line in data.splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            break  # torn: read again when it is whole
+        try:
+            record = json.loads(line.decode("utf-8"))  # UnicodeDecodeError is a ValueError
+        except ValueError:
+            return records, position, f"{path} (byte {position}): not a record (damaged)"
+        try:
+            records.append(kinds.check(record, f"{path} (byte {position})"))
+        except OutboxError as exc:
+            return records, position, str(exc)
+        position += len(line)
+    return records, position, None
+
+
 def final_state(records: list[dict[str, Any]]) -> tuple[str, str | None, int]:
     """How the newest attempt of an outbox ended: (state, reason, attempt). An attempt that
     wrote no final record failed (it was killed, or is still running)."""

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import select
 
 from records.schema import (
+    attempts,
     epochs,
     inference,
     jobs,
@@ -169,3 +170,27 @@ def provenance_rows(store: Store, sweep: str) -> list[Any]:
             .where(jobs.c.sweep == sweep)
             .order_by(provenance.c.job_id, provenance.c.attempt)
         ).all()
+
+
+def queue_waits(store: Store, sweep: str) -> dict[str, float]:
+    """Job id -> seconds it waited in a queue, submission to start, over all its attempts:
+    the attempts' own times where the launcher recorded them (SLURM: sacct's Submit and
+    Start), else the job's submission and start as the harness saw them. Jobs with no such
+    times (run by hand and ingested) are left out."""
+    with store.begin() as conn:
+        query = (
+            select(attempts.c.job_id, attempts.c.submitted_at, attempts.c.started_at)
+            .join(jobs, jobs.c.id == attempts.c.job_id)
+            .where(jobs.c.sweep == sweep)
+        )
+        waits: dict[str, float] = {}
+        for job_id, submitted, started in conn.execute(query):
+            if submitted is not None and started is not None:
+                waits[job_id] = waits.get(job_id, 0.0) + max(0.0, started - submitted)
+        query = select(jobs.c.id, jobs.c.submitted_at, jobs.c.started_at).where(
+            jobs.c.sweep == sweep
+        )
+        for job_id, submitted, started in conn.execute(query):
+            if job_id not in waits and submitted is not None and started is not None:
+                waits[job_id] = max(0.0, started - submitted)
+    return waits

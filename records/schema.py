@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -16,8 +17,14 @@ from sqlalchemy import (
     Text,
 )
 
-SCHEMA_VERSION = 4
-STATES = ("pending", "submitted", "running", "succeeded", "failed", "cancelled")
+SCHEMA_VERSION = 5
+# A job's states: planned (pending); kept back by the harness until the cluster has room for
+# it under the site's limits (waiting); handed to the cluster (submitted: in its queue);
+# running; and the three ends.
+STATES = ("pending", "waiting", "submitted", "running", "succeeded", "failed", "cancelled")
+ENDED = ("succeeded", "failed", "cancelled")
+UNFINISHED = ("pending", "waiting", "submitted", "running")
+IN_FLIGHT = ("submitted", "running")  # held by a cluster's queue
 
 metadata = MetaData()
 
@@ -72,6 +79,7 @@ epochs = Table(
     Column("warmup", Boolean),
     Column("telemetry_source", String(20)),  # nvml | cpu | off
     Column("energy_method", String(40)),  # counter | power_integral | none
+    Column("recorded_at", Float),  # version 5: when the job wrote it (status's s/epoch, ETA)
 )
 # Telemetry columns of the epoch rows, read with the timing ones.
 TELEMETRY = ("gpu_util_mean", "gpu_mem_peak_bytes", "power_mean_w", "energy_j",
@@ -166,4 +174,31 @@ provenance = Table(
     Column("environment", JSON),  # the GPU type's setup, python and variables as the job saw them
     Column("code_commit", String(60)),  # git commit of the code (+dirty), where a checkout
     Column("packages_sha256", String(64)),  # of the installed name==version list
+)
+# Version 5: how far the harness has read each job's outbox (``harness.collect``): the byte
+# offset after the last whole line stored, and the file's size and mtime when it was read.
+outboxes = Table(
+    "outboxes",
+    metadata,
+    Column("job_id", String(32), primary_key=True),
+    Column("offset", BigInteger),
+    Column("size", BigInteger),  # -1: no outbox was there
+    Column("mtime_ns", BigInteger),
+    Column("checked_at", Float),
+)
+# Version 5: each attempt of a job as its launcher saw it: where and when it ran, how it ended,
+# and whether its failure belonged to its host (which a retry then excludes).
+attempts = Table(
+    "attempts",
+    metadata,
+    Column("job_id", String(32), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("launcher_job_id", String(100)),
+    Column("hosts", Text),  # comma-separated
+    Column("submitted_at", Float),
+    Column("started_at", Float),
+    Column("ended_at", Float),
+    Column("state", String(20)),
+    Column("reason", Text),
+    Column("host_failure", Boolean),
 )

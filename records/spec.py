@@ -35,6 +35,11 @@ FREEZE_PATTERN = re.compile(r"^(none|backbone|\d+)$")
 # The results store named by the user's environment: the harness's default, and the store a
 # job started by hand reports to (a launched job finds its store in its spec instead).
 STORE_ENV = "RESNEST_BENCH_STORE"
+# The store a launched job is given when it must not open the store itself: a SQLite store,
+# which only processes of the harness's host may write (WAL needs one host; a network
+# filesystem may not hold WAL at all). Its records reach the store through its outbox, which
+# the harness collects (``harness.collect``).
+OUTBOX_ONLY = "outbox"
 SPEC_FILE = "spec.json"  # a job's spec, in its folder
 
 
@@ -48,6 +53,11 @@ def check_device(device: str) -> str:
 def store_from_environment() -> str | None:
     """The store the user's environment names, if any (the only place it is read)."""
     return os.environ.get(STORE_ENV) or None
+
+
+def reporting_store(store: str | None) -> str | None:
+    """The store a job with this spec value writes to itself (None: its outbox alone)."""
+    return None if store == OUTBOX_ONLY else store
 
 
 @functools.cache
@@ -89,9 +99,14 @@ class _Spec:
     job_id: str = ""
     attempt: int = 0
     gpu_type: str | None = None  # the sweep's name for the GPU type the job asked for
-    store: str | None = None  # the results store's URL (never with a password); None: outbox only
+    # The results store's URL (never with a password); OUTBOX_ONLY: the outbox alone, which
+    # the harness collects; None (a spec written by hand): the store of the environment
+    store: str | None = None
     # The GPU type's job environment (setup lines, python, env), as the launcher applied it
     environment: dict[str, Any] | None = None
+    # When the launcher handed this attempt to its queue (Unix time): where the job's queue
+    # wait begins, carried into its start record so that an ingest recovers it too
+    submitted_at: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as plain data, its lists and dicts copies (``dataclasses.asdict`` does

@@ -7,7 +7,7 @@ again, never duplicates a row.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    Table,
     bindparam,
     create_engine,
     event,
@@ -32,16 +31,19 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 
 from records import summaries
 from records.errors import StoreError, StoreMissing
+from records.rows import _attempt, upsert, write_records
 from records.schema import (
     EPOCH_FIELDS,
     SCHEMA_VERSION,
     STATES,
     artifacts,
+    attempts,
     epochs,
     events,
     inference,
     jobs,
     metadata,
+    outboxes,
     provenance,
     results,
     schema_version,
@@ -49,6 +51,7 @@ from records.schema import (
     telemetry,
 )
 from records.spec import store_from_environment
+from records.sqlite_file import DAMAGED, _check_sqlite_file, _sqlite_pragmas, journal_mode_for
 
 
 def default_url(results_dir: str | Path) -> str:
@@ -67,11 +70,17 @@ def redact(url: str) -> str:
 
 class Store:
     """The results store at ``url``. ``create=False`` (what every read command uses) never
-    makes one: a missing SQLite file or an empty database is an error, not a new store."""
+    makes one: a missing SQLite file or an empty database is an error, not a new store.
+
+    A SQLite store runs in WAL mode where its folder's filesystem can hold WAL's shared-memory
+    index (a shared ``mmap``), and with the rollback journal where it cannot (Lustre, GPFS,
+    FUSE mounts with ``direct_io``): ``journal`` says which; a WAL file on such a filesystem
+    is switched back when it is opened."""
 
     def __init__(self, url: str, timeout: float = 30.0, create: bool = True) -> None:
         self.url = url
         self.create = create
+        self.journal: str | None = None  # SQLite files: "wal" or "delete"
         kwargs: dict[str, Any] = {"future": True}
         if url.startswith("sqlite"):
             path = url.split("///", 1)[-1]
@@ -80,8 +89,6 @@ class Store:
                     raise StoreError(f"results store {path}: is a folder, not a SQLite file")
                 if not create and not Path(path).is_file():
                     raise StoreMissing(f"no results store at {path}")
-                if Path(path).is_file():
-                    _check_sqlite_file(Path(path), create)
                 if create:
                     try:
                         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -89,6 +96,9 @@ class Store:
                         raise StoreError(
                             f"results store {path}: cannot make its folder: {exc.strerror}"
                         ) from None
+                self.journal = journal_mode_for(str(Path(path).parent.resolve()))
+                if Path(path).is_file():
+                    _check_sqlite_file(Path(path), create, self.journal)
             kwargs["connect_args"] = {"timeout": timeout}
         else:
             # The password comes from the environment (PGPASSWORD), never from the URL.
@@ -99,8 +109,25 @@ class Store:
         except Exception as exc:
             raise StoreError(f"results store {redact(url)}: cannot open: {exc}") from None
         if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "connect", functools.partial(_sqlite_pragmas, self.journal))
         self._migrate()
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    def describe(self) -> str:
+        """Where the store is and how it is written, in a line for ``status``."""
+        if not self.is_sqlite:
+            return f"store: {redact(self.url)} (jobs on every host write to it directly)"
+        if self.journal == "delete":
+            how = (
+                "rollback journal: this filesystem cannot hold SQLite's WAL; only the harness "
+                "writes it, and jobs on other hosts report through their outboxes"
+            )
+        else:
+            how = "WAL; jobs on other hosts report through their outboxes"
+        return f"store: {redact(self.url)} ({how})"
 
     # -- schema -----------------------------------------------------------------------------
 
@@ -252,86 +279,80 @@ class Store:
 
     def write_records(self, records: Iterable[dict[str, Any]]) -> int:
         """Store records as ``records.kinds`` describes them; idempotent. Returns how many."""
-        count, epochs_of = 0, set()
         with self.begin() as conn:
-            for record in records:
-                _write_record(conn, record)
-                count += 1
-                if record["kind"] == "epoch":
-                    epochs_of.add(record.get("job_id", ""))
-            summaries.refresh(conn, epochs_of)  # in the same transaction as the epochs
+            return write_records(conn, records)
+
+    # -- outboxes collected by the harness (``harness.collect``) ---------------------------
+
+    def cursors(self, job_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """How far each job's outbox has been read into the store (jobs never read: left
+        out)."""
+        found: dict[str, dict[str, Any]] = {}
+        with self.begin() as conn:
+            for start in range(0, len(job_ids), 10_000):  # SQLite's bound on parameters
+                query = select(outboxes).where(
+                    outboxes.c.job_id.in_(job_ids[start : start + 10_000])
+                )
+                found.update({row.job_id: dict(row._mapping) for row in conn.execute(query)})
+        return found
+
+    def save_collected(self, records: list[dict[str, Any]], cursors: list[dict[str, Any]]) -> int:
+        """The records read from outboxes and how far each was read, in one transaction: a
+        collection cut short anywhere stores all of this or none of it."""
+        with self.begin() as conn:
+            count = write_records(conn, records)
+            for cursor in cursors:
+                upsert(conn, outboxes, cursor, ("job_id",))
         return count
+
+    def progress_of(self, job_ids: list[str]) -> dict[str, list[tuple]]:
+        """Each job's epochs as (attempt, epoch, recorded_at, epoch_time + eval_time), in
+        order: what status makes its epoch k of N, s/epoch and ETA from."""
+        found: dict[str, list[tuple]] = {}
+        query = select(
+            epochs.c.job_id,
+            epochs.c.attempt,
+            epochs.c.epoch,
+            epochs.c.recorded_at,
+            func.coalesce(epochs.c.epoch_time, 0) + func.coalesce(epochs.c.eval_time, 0),
+        )
+        with self.begin() as conn:
+            for start in range(0, len(job_ids), 10_000):
+                chunk = query.where(epochs.c.job_id.in_(job_ids[start : start + 10_000]))
+                for job_id, *rest in conn.execute(chunk.order_by(epochs.c.attempt, epochs.c.epoch)):
+                    found.setdefault(job_id, []).append(tuple(rest))
+        return found
+
+    def attempts_of(self, job_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """The attempts of many jobs, each job's in order (``attempts`` for one)."""
+        found: dict[str, list[dict[str, Any]]] = {}
+        with self.begin() as conn:
+            for start in range(0, len(job_ids), 10_000):
+                query = (
+                    select(attempts)
+                    .where(attempts.c.job_id.in_(job_ids[start : start + 10_000]))
+                    .order_by(attempts.c.attempt)
+                )
+                for row in conn.execute(query):
+                    found.setdefault(row.job_id, []).append(dict(row._mapping))
+        return found
+
+    def attempts(self, job_id: str) -> list[dict[str, Any]]:
+        with self.begin() as conn:
+            query = select(attempts).where(attempts.c.job_id == job_id).order_by(attempts.c.attempt)
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    def record_attempts(self, rows: list[dict[str, Any]]) -> None:
+        """What a launcher saw of attempts (job_id, attempt and any other columns); a value
+        left out, or None, keeps the one stored."""
+        with self.begin() as conn:
+            for row in rows:
+                _attempt(conn, row)
 
     def rebuild_summaries(self) -> int:
         """Recompute every job's summary from its epoch rows; returns how many jobs."""
         with self.begin() as conn:
             return summaries.refresh(conn)
-
-
-_ONE_PER_ATTEMPT = {"final": results, "provenance": provenance}
-
-
-def _write_record(conn: Any, record: dict[str, Any]) -> None:
-    kind, job_id, attempt = record["kind"], record.get("job_id", ""), record.get("attempt", 0)
-    if kind == "epoch":
-        row = {"job_id": job_id, "attempt": attempt, "epoch": record["epoch"]}
-        extra = ("images", "steps", "world_size", "warmup", "telemetry_source", "energy_method")
-        row.update({k: record.get(k) for k in (*EPOCH_FIELDS, *extra)})
-        upsert(conn, epochs, row, ("job_id", "attempt", "epoch"))
-    elif kind == "artifact":
-        row = {k: record.get(k) for k in ("path", "bytes", "sha256")}
-        row["kind"] = record.get("artifact")
-        upsert(conn, artifacts, {"job_id": job_id, **row}, ("job_id", "path"))
-    elif kind == "inference":
-        row = {
-            "job_id": job_id,
-            "attempt": attempt,
-            "runtime": record["runtime"],
-            "batch_size": record["batch_size"],
-            "measurement": {k: v for k, v in record.items() if k not in ("uid", "kind")},
-        }
-        upsert(conn, inference, row, ("job_id", "attempt", "runtime", "batch_size"))
-    elif kind == "telemetry":
-        for sample in record.get("samples", []):
-            row = {
-                "job_id": job_id,
-                "attempt": attempt,
-                "time": sample["time"],
-                "gpu_index": sample.get("gpu_index", -1),
-                "sample": sample,
-            }
-            upsert(conn, telemetry, row, ("job_id", "attempt", "time", "gpu_index"))
-    elif kind == "start":
-        spec = record.get("spec") or {}
-        if spec.get("stage") in ("export", "infer") and spec.get("model"):
-            # A sweep that deploys only the winner plans these jobs before it is known; the
-            # job names the network it exported (or runs) when it starts.
-            conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.model != spec["model"])
-                .values(model=spec["model"])
-            )
-    elif kind in _ONE_PER_ATTEMPT:
-        table = _ONE_PER_ATTEMPT[kind]
-        row = {"job_id": job_id, "attempt": attempt}
-        row.update({c.name: record.get(c.name) for c in table.columns if c.name not in row})
-        upsert(conn, table, row, ("job_id", "attempt"))
-    uid = record.get("uid")
-    if uid:
-        upsert(
-            conn,
-            events,
-            {
-                "uid": uid,
-                "job_id": job_id,
-                "attempt": attempt,
-                "kind": kind,
-                "time": record.get("time"),
-                "record": record,
-            },
-            ("uid",),
-            update_columns=(),
-        )
 
 
 def _add_missing_columns(conn: Any) -> None:
@@ -343,67 +364,6 @@ def _add_missing_columns(conn: Any) -> None:
             if column.name not in have:
                 kind = column.type.compile(dialect=conn.dialect)
                 conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
-
-
-def upsert(
-    conn: Any,
-    table: Table,
-    row: dict[str, Any],
-    keys: tuple[str, ...],
-    update_columns: tuple[str, ...] | None = None,
-) -> None:
-    dialect = conn.dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    statement = dialect_insert(table).values(**row)
-    columns = [c for c in row if c not in keys] if update_columns is None else update_columns
-    if columns:
-        statement = statement.on_conflict_do_update(
-            index_elements=list(keys), set_={c: statement.excluded[c] for c in columns}
-        )
-    else:
-        statement = statement.on_conflict_do_nothing(index_elements=list(keys))
-    conn.execute(statement)
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
-
-
-DAMAGED = (
-    " (the file is damaged: restore it, or move it away and rebuild it with "
-    "`resnest-bench ingest RESULTS_DIR -c CLUSTER_YAML`)"
-)
-
-
-def _check_sqlite_file(path: Path, create: bool) -> None:
-    """Look into an existing SQLite file, reading only, before SQLAlchemy opens it (which
-    would switch it to WAL mode): a damaged file, or another program's database, is refused
-    without a byte of it changed."""
-    import sqlite3
-
-    # A plain connection that only reads: read-only mode cannot open a WAL database whose
-    # shared-memory file is not there yet, as when many jobs open a new store at once.
-    try:
-        with contextlib.closing(sqlite3.connect(path, timeout=30)) as conn:
-            found = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            tables = {name for (name,) in found}
-    except sqlite3.Error as exc:
-        raise StoreError(f"results store {path}: cannot open: {exc}{DAMAGED}") from None
-    # Some of our tables and not yet the others: another job is creating the store now.
-    if tables and not tables & set(metadata.tables):
-        raise StoreError(
-            f"results store {path} holds no resnest-bench results (it has tables "
-            f"{', '.join(sorted(tables)[:5])}): name another file"
-        )
-    if not tables and not create:
-        raise StoreError(f"results store {path} holds no resnest-bench results (empty database)")
 
 
 def store_problem(exc: SQLAlchemyError) -> str:
@@ -434,6 +394,20 @@ def open_store(url: str | None, results_dir: str | Path, create: bool = True) ->
 
 
 __all__ = [
-    "STATES", "SQLAlchemyError", "Store", "StoreMissing", "default_url", "open_store", "redact",
+    # the tables, for readers that take them from here
+    "EPOCH_FIELDS",
+    "STATES",
+    "SQLAlchemyError",
+    "Store",
+    "StoreMissing",
+    "artifacts",
+    "default_url",
+    "inference",
+    "open_store",
+    "provenance",
+    "redact",
     "store_problem",
+    "telemetry",
+    "upsert",
+    "write_records",
 ]  # fmt: skip

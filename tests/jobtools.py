@@ -91,10 +91,11 @@ def store_of(tmp_path: Path):
     return Store(f"sqlite:///{tmp_path / 'results' / 'results.db'}")
 
 
-def check_winner_deployed(store, sweep: str) -> dict:
+def check_winner_deployed(store, sweep: str, ranked_from: str = "store") -> dict:
     """Check that the sweep's one export job deployed the best of its training runs, as worked
     out here from the store's results (best final accuracy, the first of equals in the sweep's
-    order), ranked from the store; return that run's row."""
+    order), ranked from the store, or from the candidates' outboxes (``ranked_from``: a job
+    on another host than a SQLite store's never opens it); return that run's row."""
     rows = store.jobs(sweep)
     trains = [r for r in rows if r["stage"] == "train"]
     (export,) = [r for r in rows if r["stage"] == "export"]
@@ -105,7 +106,7 @@ def check_winner_deployed(store, sweep: str) -> dict:
     (start,) = records(Path(export["job_dir"]), "start")
     assert start["spec"]["source"] == winner["job_dir"]
     assert [(c["job_id"], c["test_acc"], c["from"]) for c in start["winner_of"]] == [
-        (job_id, accuracies[job_id], "store") for job_id in order
+        (job_id, accuracies[job_id], ranked_from) for job_id in order
     ]
     # Planned as "winner", the deployment jobs now carry the winner's model.
     assert {r["model"] for r in rows if r["stage"] in ("export", "infer")} == {winner["model"]}

@@ -3,10 +3,12 @@
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from harness.config import GpuType
 from harness.launchers.sacct import _expand, map_state
-from harness.launchers.slurm import _minutes, sbatch_parameters
+from harness.launchers.slurm_site import _minutes, sbatch_parameters
 
 
 def sbatch_text(params: dict, folder: Path) -> str:
@@ -118,3 +120,33 @@ def test_a_second_runner_names_the_holder_from_the_log(tmp_path):
 def test_collapsed_pending_array_tasks_are_expanded():
     assert _expand("12_[0-2,5%2]") == ["12_0", "12_1", "12_2", "12_5"]
     assert _expand("12_3") == ["12_3"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    parents=st.lists(st.lists(st.integers(0, 30), max_size=3), min_size=1, max_size=30),
+    room=st.integers(0, 35),
+)
+def test_the_jobs_that_fit_are_at_most_the_room_and_never_leave_a_parent_behind(parents, room):
+    """``fit`` over any plan (each job's parents among the jobs before it, or from an earlier
+    submission): at most ``room`` jobs, none whose parent in the plan stays behind, and as
+    many as that allows in plan order."""
+    from harness.launchers.slurm_site import fit
+
+    jobs = [
+        {"id": f"j{i}", "depends_on": [f"j{p}" if p < i else f"old{p}" for p in mine]}
+        for i, mine in enumerate(parents)
+    ]
+    chosen = fit(jobs, room)
+    assert len(chosen) <= room
+    ids = {job["id"] for job in jobs}
+    for job in jobs:
+        if job["id"] in chosen:
+            assert all(p in chosen for p in job["depends_on"] if p in ids)
+    # Greedy in plan order: a job left out while there was room had a parent left out.
+    taken = 0
+    for job in jobs:
+        if job["id"] in chosen:
+            taken += 1
+        elif taken < room:
+            assert any(p not in chosen for p in job["depends_on"] if p in ids)

@@ -6,10 +6,12 @@ The nodes' GPU types are gres entries backed by /dev/null and /dev/zero, as on t
 single-node cluster: the jobs run on the CPU.
 """
 
+import contextlib
 import csv
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -360,3 +362,69 @@ def test_a_node_that_dies_mid_job_is_requeued_and_the_job_resumes_when_it_is_bac
     assert starts[1]["hosts"] == ["node1", "node2"]
     assert records(folder, "final")[-1]["ranks_consistent"] is True
     assert_same_weights_as_one_process(folder, tmp_path, epochs, steps)
+
+
+# -- results on a filesystem without shared maps ---------------------------------------------
+
+
+@contextlib.contextmanager
+def shared_filesystem(disk: Path, mount: Path):
+    """``disk`` seen at ``mount`` through a FUSE mount with ``direct_io`` on this host and on
+    each node, as each host of a cluster is a client of one shared filesystem: a shared
+    ``mmap`` fails there with ENODEV, as on Lustre and GPFS, so SQLite's WAL cannot work."""
+    if shutil.which("bindfs") is None:
+        pytest.fail("bindfs is not installed (.ci/run installs it)")
+    disk.mkdir()
+    mount.mkdir()
+    holders = [(STATE / "run" / f"holder-{node}.pid").read_text().strip() for node in NODE_NAMES]
+    enter = [[], *(["nsenter", "-t", holder, "-m"] for holder in holders)]
+    mounted = []
+    try:
+        for prefix in enter:
+            subprocess.run([*prefix, "bindfs", "-o", "direct_io", str(disk), str(mount)],
+                           check=True, timeout=30)  # fmt: skip
+            mounted.append(prefix)
+        yield mount
+    finally:
+        for prefix in mounted:
+            subprocess.run([*prefix, "fusermount", "-u", str(mount)], timeout=30, check=False)
+
+
+NODE_NAMES = ("node1", "node2")
+# The table's columns that do not depend on how fast this machine was at the time.
+TIMELESS = ("gpu_type", "model", "nodes", "runs", "acc_pct", "reached_", "target_rule")
+
+
+def test_a_sweep_with_its_results_on_a_filesystem_without_shared_maps_tables_as_on_a_local_disk(
+    tmp_path,
+):
+    """The same sweep twice, its results_dir (and so the SQLite store, the jobs' folders and
+    submitit's) once on a local disk and once on the shared mount: the jobs on the nodes write
+    only their outboxes, the harness collects them into a store it keeps in rollback-journal
+    mode, and ``table --format json`` reads the same."""
+    tables, statuses = {}, {}
+    with shared_filesystem(tmp_path / "disk", tmp_path / "shared") as shared:
+        for where, folder in (("local", tmp_path / "local"), ("shared", shared / "user")):
+            folder.mkdir()
+            path = two_node_sweep(folder, "onfs", models=["resnest_tiny_basic",
+                                                          "resnest_tiny_bottleneck"])  # fmt: skip
+            result = run_cli(folder, "submit", str(path), "-q", "--wait", "--timeout", "500")
+            assert result.returncode == 0, (where, result.stderr)
+            assert "2 succeeded, 0 failed, 0 not run" in result.stderr, (where, result.stderr)
+            status = run_cli(folder, "status", "-c", str(path))
+            assert status.returncode == 0, (where, status.stderr)
+            statuses[where] = status.stdout
+            table = run_cli(folder, "table", "-c", str(path), "--format", "json")
+            assert table.returncode == 0, (where, table.stderr)
+            tables[where] = json.loads(table.stdout)
+        results = sorted(os.listdir(tmp_path / "disk" / "user" / "results"))
+    assert "results.db" in results and not [n for n in results if n.startswith("results.db-")]
+    assert "rollback journal" in statuses["shared"] and "(WAL;" in statuses["local"]
+    assert "sweep onfs: 2 succeeded" in statuses["shared"]
+    assert [sorted(row) for row in tables["shared"]] == [sorted(row) for row in tables["local"]]
+
+    def timeless(rows):
+        return [{k: v for k, v in row.items() if any(t in k for t in TIMELESS)} for row in rows]
+
+    assert timeless(tables["shared"]) == timeless(tables["local"])
+    assert timeless(tables["local"])[0]["final_acc_pct"] is not None  # compared something

@@ -71,6 +71,84 @@ def test_the_same_job_started_twice_at_once_trains_once(tmp_path):
     assert len(records(folder, "start")) == 1 and len(records(folder, "epoch")) == 3
 
 
+# Lustre mounted without ``-o flock`` answers flock with ENOSYS. No such filesystem can be
+# mounted here (FUSE mounts emulate flock in the kernel), so the jobs of these tests run with
+# fcntl.flock answering ENOSYS, loaded before anything else through a sitecustomize: a
+# stand-in for that filesystem, and the only thing in them that is not real.
+NO_FLOCK = """
+import errno, fcntl
+
+def _flock(fd, operation):
+    raise OSError(errno.ENOSYS, "Function not implemented")
+
+fcntl.flock = _flock
+"""
+
+
+def no_flock_env(tmp_path: Path, url: str) -> dict[str, str]:
+    site = tmp_path / "no-flock"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(NO_FLOCK)
+    env = {**job_env(), "RESNEST_BENCH_STORE": url}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
+    return env
+
+
+def twice_spec(folder: Path, job_id: str) -> Path:
+    folder.mkdir()
+    spec = folder / "spec.json"
+    spec.write_text(json.dumps({
+        "stage": "train", "model": "resnest_tiny_basic", "dataset": "synthetic",
+        "recipe": "fast", "overrides": {"batch_size": 32, "epochs": 3}, "max_steps": 4,
+        "device": "cpu", "out_dir": str(folder), "job_id": job_id, "attempt": 0,
+    }))  # fmt: skip
+    return spec
+
+
+def test_where_flock_is_refused_a_lock_file_still_lets_the_same_job_train_once(tmp_path):
+    folder = tmp_path / "job"
+    spec = twice_spec(folder, "noflock")
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    env = no_flock_env(tmp_path, url)
+    cmd = [sys.executable, "-m", "jobs.run", "--spec", str(spec)]
+    procs = [subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True) for _ in "ab"]
+    ends = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    assert sorted(code for code, _ in ends) == [0, 5], ends
+    refused = next(err for code, err in ends if code == 5)
+    winner = next(p for p, (code, _) in zip(procs, ends, strict=True) if code == 0)
+    assert f"already running ({os.uname().nodename}, pid {winner.pid})" in refused
+    for _, err in ends:  # each said once why it holds a lock file
+        assert err.count("the filesystem refuses flock (ENOSYS)") == 1, err
+    store = Store(url)
+    assert count(store, epochs, "noflock") == 3
+    assert count(store, events, "noflock", kind="start") == 1
+    assert not (folder / "lock.held").exists()  # released at the end
+
+
+def test_where_flock_is_refused_a_lock_file_left_by_a_dead_runner_is_taken_over(tmp_path):
+    """A lock file nobody has touched for a minute (its runner was killed, or its node
+    failed) does not keep a requeued job out; a fresh one does."""
+    from records.lock import STALE_S, is_held
+
+    folder = tmp_path / "job"
+    spec = twice_spec(folder, "stale")
+    held = folder / "lock.held"
+    held.write_text(json.dumps({"host": "node7", "pid": 4242}))
+    assert is_held(folder)
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    cmd = [sys.executable, "-m", "jobs.run", "--spec", str(spec)]
+    env = no_flock_env(tmp_path, url)
+    fresh = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert fresh.returncode == 5 and "already running (node7, pid 4242)" in fresh.stderr
+    old = time.time() - STALE_S - 5
+    os.utime(held, (old, old))
+    assert not is_held(folder)
+    taken = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert taken.returncode == 0, taken.stderr
+    assert count(Store(url), epochs, "stale") == 3
+    assert not held.exists() and not list(folder.glob("lock.held.stale-*"))
+
+
 def test_a_killed_submission_submitted_again_follows_the_running_job(tmp_path):
     path = sweep_yaml(
         tmp_path, models=["resnest_tiny_basic"], gpu_types=["cpu-a"], stages=["train"],

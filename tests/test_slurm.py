@@ -4,8 +4,10 @@ The cluster's two GPU types, v100 and a100, are gres entries backed by /dev/null
 /dev/zero: a stand-in for GPUs this machine does not have. The jobs run on the CPU.
 """
 
+import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -19,7 +21,14 @@ from harness import config as cluster_config
 from harness.planner import plan
 from records.store import epochs, events, provenance, results
 
-from .jobtools import check_winner_deployed, second_python, store_of, tiny_sweep, write_cluster
+from .jobtools import (
+    check_winner_deployed,
+    second_python,
+    store_of,
+    tiny_sweep,
+    write_cluster,
+)
+from .jobtools import records as records_of_job
 from .test_sweep import EXE
 
 pytestmark = pytest.mark.slurm
@@ -278,7 +287,7 @@ def test_transfers_go_as_one_array_chained_task_by_task_and_a_failed_task_cancel
     assert logs.returncode == 0 and "(not written yet)" in logs.stdout, logs.stderr
 
 
-def test_deploy_winner_waits_on_every_candidate_and_chooses_from_the_store(tmp_path):
+def test_deploy_winner_waits_on_every_candidate_and_chooses_the_best_the_store_holds(tmp_path):
     path = slurm_yaml(
         tmp_path, "slurm-winner", gpu_types=["v100"], epochs=1, stages=["train", "export"],
         deploy="winner", export_options={"no_aoti": True, "parity_images": 16},
@@ -287,7 +296,9 @@ def test_deploy_winner_waits_on_every_candidate_and_chooses_from_the_store(tmp_p
     assert result.returncode == 0, result.stderr
     assert "3 succeeded, 0 failed, 0 not run" in result.stderr
     store = store_of(tmp_path)
-    check_winner_deployed(store, "slurm-winner")  # ranked from the store, the best exported
+    # The export job ran on a SLURM node, which never opens a SQLite store: it ranked the
+    # candidates from their outboxes, whose accuracies the store holds too (collected).
+    check_winner_deployed(store, "slurm-winner", ranked_from="outbox")
     rows = {r["stage"]: r for r in store.jobs("slurm-winner")}
     slurm_ids = {r["id"]: r["launcher_job_id"].removeprefix("slurm:") for r in store.jobs()}
     child = slurm_ids[rows["export"]["id"]]
@@ -308,6 +319,11 @@ def test_requeued_job_resumes_from_its_checkpoint_without_duplicate_epochs(tmp_p
     slurm_id = job["launcher_job_id"].removeprefix("slurm:")
 
     def epochs_of(attempt: int) -> int:
+        # The job reports to its outbox alone (a SQLite store is the harness's): collect it,
+        # as status does.
+        from harness.collect import collect
+
+        collect(store, store.jobs("slurm-requeue"), force=True)
         with store.begin() as conn:
             query = select(func.count()).select_from(epochs).where(epochs.c.attempt == attempt)
             return conn.execute(query).scalar()
@@ -471,3 +487,233 @@ def test_a_gpu_types_setup_python_and_env_reach_its_slurm_job(tmp_path):
     assert row["environment"]["variables"] == {
         "RB_SETUP_MARK": "from-sbatch-setup", "RB_ENV_MARK": "from env",
     }  # fmt: skip
+
+
+# -- the queue and progress ------------------------------------------------------------------
+
+
+def status_json(path: Path, cwd: Path) -> list[dict]:
+    result = cli("status", "-c", str(path), "--format", "json", cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_queue_wait_shows_a_known_hold_and_the_eta_after_2_of_6_epochs_holds(tmp_path):
+    """Another user's job holds the node's v100 for HOLD_S seconds; a one-job sweep on v100
+    submitted meanwhile waits for it. Its queue wait (SLURM's Submit to Start) is the rest of
+    the hold within a few seconds; after epoch 2 of 6 the job's ETA lies within 25% of the
+    time it really took to end; and status --job lists the attempt with its host."""
+    hold_s = 25
+    blocker = subprocess.run(
+        ["sbatch", "--parsable", "-p", "gpu", "--gres=gpu:v100:1", "-c", "1", "-J", "holder",
+         "-o", "/dev/null", "--wrap", f"sleep {hold_s}"],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout.strip()  # fmt: skip
+
+    def queue(field: str) -> str:
+        return subprocess.run(["squeue", "-h", "-j", blocker, "-o", field], capture_output=True,
+                              text=True, timeout=30).stdout.strip()  # fmt: skip
+
+    wait_until(lambda: queue("%T") == "RUNNING", 30, "the holding job to start")
+    start = queue("%S")
+    held_until = time.mktime(time.strptime(start, "%Y-%m-%dT%H:%M:%S")) + hold_s
+    path = slurm_yaml(tmp_path, "queued", models=["resnest_tiny_basic"], gpu_types=["v100"],
+                      epochs=6, max_steps=30, target_accuracy=0.05)  # fmt: skip
+    submitted_at = time.time()
+    result = cli("submit", str(path), "-q", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (row,) = status_json(path, tmp_path)
+    assert row["state"] == "submitted" and row["still_queued"]
+    assert row["queue_wait_s"] is not None and row["queue_wait_s"] < 10  # waiting so far
+    seen: list[tuple[float, dict]] = []
+
+    def at_epoch_2() -> bool:
+        (row,) = status_json(path, tmp_path)
+        seen.append((time.time(), row))
+        assert (row["epoch"] or 0) <= 2, f"epoch 2 was never seen: {seen[-3:]}"
+        return row["epoch"] == 2
+
+    wait_until(at_epoch_2, 300, "epoch 2 of the job")
+    now, row = seen[-1]
+    assert row["epochs"] == 6 and row["eta_s"] is not None and row["epoch_s"] > 0
+    expected_wait = held_until - submitted_at
+    assert abs(row["queue_wait_s"] - expected_wait) < 4, (row["queue_wait_s"], expected_wait)
+    wait_until(lambda: status_json(path, tmp_path)[0]["state"] == "succeeded", 300, "the end")
+    store = store_of(tmp_path)
+    with store.begin() as conn:
+        ended = conn.execute(
+            select(func.max(events.c.time)).where(events.c.kind == "final")
+        ).scalar()
+    took = ended - now
+    assert abs(row["eta_s"] - took) <= 0.25 * took, (row["eta_s"], took, seen[-1])
+    shown = cli("status", "-c", str(path), "--job", row["id"][:8], cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "vm" in shown.stdout and "slurm:" in shown.stdout, shown.stdout
+    table = cli("status", "-c", str(path), cwd=tmp_path)
+    assert "sweep ETA: ended" in table.stdout and "queue wait" in table.stdout
+    # The table: the median queue wait of the GPU type's runs (one here), and time to a
+    # trained network, the wait plus the time to the target.
+    tidy = cli("table", "-c", str(path), "--format", "json", cwd=tmp_path)
+    assert tidy.returncode == 0, tidy.stderr
+    (v100,) = json.loads(tidy.stdout)
+    assert abs(v100["queue_wait_s"] - row["queue_wait_s"]) <= 0.1
+    trained = v100["queue_wait_s"] + v100["time_to_5pct_s"]
+    assert abs(v100["time_to_trained_5pct_s"] - trained) <= 0.1
+    print(
+        f"queue wait {row['queue_wait_s']:.1f} s against a hold of {expected_wait:.1f} s; "
+        f"ETA after epoch 2 {row['eta_s']:.1f} s against {took:.1f} s taken"
+    )
+
+
+# -- a site's limits -------------------------------------------------------------------------
+
+
+def with_a_doomed_training_job(path: Path, tmp_path: Path, name: str, which: int):
+    """The sweep's jobs, its training jobs, its transfers by parent, and training job
+    ``which``, made to fail at its start (a file where its checkpoints folder goes)."""
+    jobs = plan(cluster_config.load(path))
+    trains = [j for j in jobs if j.stage == "train"]
+    transfers = {j.depends_on[0]: j for j in jobs if j.stage == "transfer"}
+    doomed = trains[which]
+    folder = tmp_path / "results" / name / "jobs" / doomed.id
+    folder.mkdir(parents=True)
+    (folder / "checkpoints").write_text("not a folder")
+    return jobs, trains, transfers, doomed
+
+
+@contextlib.contextmanager
+def slurm_conf_changed():
+    """Held while a test changes the cluster's slurm.conf: one such test at a time (the
+    tests run in two processes), each restoring what it found."""
+    import fcntl
+
+    with open("/tmp/resnest-bench-slurm-conf.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+@contextlib.contextmanager
+def max_array_size(size: int):
+    """The cluster's MaxArraySize set to ``size`` for the block (``scontrol reconfigure``
+    applies it; the other tests' arrays have at most two tasks, so they are not affected)."""
+    with slurm_conf_changed():
+        yield from _with_max_array_size(size)
+
+
+def _with_max_array_size(size: int):
+    conf = Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf"))
+    before = conf.read_text()
+    conf.write_text(before + f"MaxArraySize={size}\n")
+
+    def shown() -> str:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
+                             timeout=30).stdout  # fmt: skip
+        return next((line.split("=")[1].strip() for line in out.splitlines()
+                     if line.startswith("MaxArraySize")), "")  # fmt: skip
+
+    try:
+        subprocess.run(["scontrol", "reconfigure"], check=True, timeout=60)
+        wait_until(lambda: shown() == str(size), 30, f"MaxArraySize={size}")
+        yield
+    finally:
+        conf.write_text(before)
+        subprocess.run(["scontrol", "reconfigure"], check=False, timeout=60)
+        wait_until(lambda: shown() not in ("", str(size)), 30, "MaxArraySize back")
+
+
+def test_arrays_are_cut_under_the_sites_max_array_size_and_chains_hold_chunk_by_chunk(tmp_path):
+    """MaxArraySize=3 and four training jobs of one GPU type with their transfers: the
+    training jobs go out as arrays of 3 and 1 tasks, the transfers as arrays of 3 and 1,
+    each chained (aftercorr) to its own training chunk; a failed training task in the first
+    chunk cancels exactly its own transfer, and every other job runs once."""
+    path = slurm_yaml(
+        tmp_path, "chunked", models=["resnest_tiny_basic"], gpu_types=["v100"], seeds=[0, 1, 2, 3],
+        stages=["train", "transfer"], transfer_to=["synthetic"], transfer_epochs=1,
+    )  # fmt: skip
+    jobs, trains, transfers, doomed = with_a_doomed_training_job(path, tmp_path, "chunked", 1)
+    with max_array_size(3):
+        result = cli("submit", str(path), "--wait", "-q", "--timeout", "400", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "6 succeeded, 1 failed, 1 not run" in result.stderr, result.stderr
+    store = store_of(tmp_path)
+    slurm_id = {j.id: store.job(j.id)["launcher_job_id"].removeprefix("slurm:") for j in jobs}
+
+    def arrays(stage_jobs) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for job in stage_jobs:  # a chunk of one task goes out as a plain job
+            found.setdefault(slurm_id[job.id].split("_")[0], []).append(slurm_id[job.id])
+        return found
+
+    assert sorted(map(len, arrays(trains).values())) == [1, 3]
+    assert sorted(map(len, arrays(transfers.values()).values())) == [1, 3]
+    folder = tmp_path / "results" / "chunked" / "slurm"
+    for train in trains:  # task i of a transfer chunk follows task i of its training chunk
+        child, parent = slurm_id[transfers[train.id].id], slurm_id[train.id]
+        script = (folder / f"{child.split('_')[0]}_submission.sh").read_text()
+        if "_" in parent:
+            assert child.split("_")[1] == parent.split("_")[1]
+            assert f"#SBATCH --dependency=aftercorr:{parent.split('_')[0]}\n" in script
+        else:  # the lone job's transfer waits on it by its id
+            assert f"#SBATCH --dependency=afterok:{parent}\n" in script
+    assert store.job(doomed.id)["state"] == "failed"
+    assert store.job(transfers[doomed.id].id)["reason"] == (
+        f"not run: depends on {doomed.id}, which failed"
+    )
+    for job in jobs:
+        if job.id not in (doomed.id, transfers[doomed.id].id):
+            assert store.job(job.id)["state"] == "succeeded"
+            starts = records_of_job(tmp_path / "results" / "chunked" / "jobs" / job.id, "start")
+            assert len(starts) == 1  # ran exactly once
+
+
+def test_a_sweep_over_the_submit_limit_waits_for_room_and_runs_every_job_once(tmp_path):
+    """A limit of 3 queued jobs (``launcher.slurm.max_queued``; every job of the user counts)
+    and a sweep of 4 training jobs and their transfers (8 jobs): submit queues what fits and
+    keeps the rest waiting, saying why; each status submits waiting jobs as room frees, never
+    more than 3 of them in the queue at once; a failed training job's transfer is not run,
+    and every other job runs exactly once."""
+    path = write_cluster(
+        tmp_path, "limited", {"kind": "slurm", "slurm": {"array_parallelism": 2, "max_queued": 3}},
+        {"v100": {"partition": "gpu", "gres": "gpu:v100", "cpus_per_gpu": 1}},
+        tiny_sweep(models=["resnest_tiny_basic"], gpu_types=["v100"], seeds=[0, 1, 2, 3],
+                   stages=["train", "transfer"], transfer_to=["synthetic"], transfer_epochs=1),
+    )  # fmt: skip
+    jobs, _, transfers, doomed = with_a_doomed_training_job(path, tmp_path, "limited", 0)
+
+    def in_queue() -> int:
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%j"],
+                             capture_output=True, text=True, timeout=30).stdout  # fmt: skip
+        return sum(1 for name in out.split() if name.startswith("limited-"))
+
+    seen: list[str] = []
+    result = cli("submit", str(path), "-q", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    said = re.search(r"(\d) job\(s\) queued on slurm, (\d) waiting for room \(waiting for "
+                     r"room: 3 queued jobs per user \(launcher.slurm.max_queued\)\)",
+                     result.stderr)  # fmt: skip
+    assert said and int(said[1]) + int(said[2]) == 8, result.stderr
+    assert in_queue() <= 3
+
+    def ended() -> bool:
+        status = cli("status", "-c", str(path), "--format", "json", cwd=tmp_path)
+        assert status.returncode == 0, status.stderr
+        seen.append(next(line for line in status.stderr.splitlines()
+                         if line.startswith("sweep limited: ")))  # fmt: skip
+        assert in_queue() <= 3, seen[-1]
+        return all(row["state"] in ("succeeded", "failed", "cancelled")
+                   for row in json.loads(status.stdout))  # fmt: skip
+
+    wait_until(ended, 500, "the sweep to end")
+    assert "waiting" in seen[0], seen
+    assert any("running" in line for line in seen), seen  # the counts moved along the way
+    store = store_of(tmp_path)
+    assert store.job(doomed.id)["state"] == "failed"
+    assert store.job(transfers[doomed.id].id)["state"] == "cancelled"
+    assert store.job(transfers[doomed.id].id)["reason"] == (
+        f"not run: depends on {doomed.id}, which failed"
+    )
+    for job in jobs:
+        if job.id not in (doomed.id, transfers[doomed.id].id):
+            assert store.job(job.id)["state"] == "succeeded", store.job(job.id)
+            starts = records_of_job(tmp_path / "results" / "limited" / "jobs" / job.id, "start")
+            assert len(starts) == 1  # ran exactly once

@@ -19,7 +19,7 @@ from sqlalchemy import select, text
 from harness.cli import main
 from harness.figures import figures
 from records import queries
-from records.schema import TELEMETRY, epochs, jobs, summaries
+from records.schema import SCHEMA_VERSION, TELEMETRY, epochs, jobs, summaries
 from records.store import Store
 from records.summaries import time_to
 
@@ -159,7 +159,7 @@ def test_a_store_from_before_summaries_gets_them_when_it_is_opened(tmp_path):
     store.engine.dispose()
     reopened = Store(url)
     with reopened.begin() as conn:
-        assert conn.execute(text("SELECT version FROM schema_version")).scalar() == 4
+        assert conn.execute(text("SELECT version FROM schema_version")).scalar() == SCHEMA_VERSION
         assert len(conn.execute(summaries.select()).all()) == 2
     check(reopened)
     assert figures(reopened, "s") == table

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from harness.render import render
 from records.errors import UserError
+from records.schema import ENDED
 
 DEFAULT_CONFIG = "cluster.yaml"
 
@@ -81,16 +82,21 @@ def cmd_submit(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     if outcome["final"] is None:
-        return _queued(config, outcome["launched"], args)
+        return _queued(config, outcome["launched"], args, outcome["store"])
     return _finish(
         outcome["store"], config.name, outcome["final"], args, skipped=outcome["skipped"]
     )
 
 
-def _queued(config, launched: list[str], args) -> int:
+def _queued(config, launched: list[str], args, store) -> int:
+    rows = store.jobs_by_ids(launched)
+    waiting = [row for row in rows if row["state"] == "waiting"]
+    held = f", {len(waiting)} waiting for room ({waiting[0]['reason']})" if waiting else ""
     print(
-        f"sweep {config.name!r}: {len(launched)} job(s) queued on {config.launcher.kind}; "
-        f"follow with: resnest-bench status {config.name} -c {_config_path(args)}",
+        f"sweep {config.name!r}: {len(launched) - len(waiting)} job(s) queued on "
+        f"{config.launcher.kind}{held}; follow with: resnest-bench status {config.name} "
+        f"-c {_config_path(args)}"
+        + (" (it also submits waiting jobs as room frees)" if waiting else ""),
         file=sys.stderr,
     )
     return 0
@@ -99,7 +105,7 @@ def _queued(config, launched: list[str], args) -> int:
 def _finish(store, sweep_name: str, final: dict[str, str], args, skipped: int = 0) -> int:
     from harness.report import comparison, prices_of
 
-    counts = {s: list(final.values()).count(s) for s in ("succeeded", "failed", "cancelled")}
+    counts = {s: list(final.values()).count(s) for s in ENDED}
     print(
         f"sweep {sweep_name!r}: {counts['succeeded']} succeeded, {counts['failed']} failed, "
         f"{counts['cancelled']} not run" + (f", {skipped} already done" if skipped else ""),
@@ -169,29 +175,16 @@ def store_and_sweep(args: argparse.Namespace, create: bool = False):
     return config, store, sweep_name
 
 
-def _refresh(store, sweep_name: str) -> None:
-    """Queue states from the cluster (sacct) before showing them; a machine without the
-    cluster's tools shows the states last recorded, and says so."""
+def _refresh(store, sweep_name: str, rows: list[dict] | None = None) -> None:
+    """Queue states from the cluster (sacct) and the jobs' new records from their outboxes
+    before showing them; a machine without the cluster's tools shows the states last
+    recorded, and says so."""
     from harness.sweep import refresh
 
     try:
-        refresh(store, store.jobs(sweep_name))
+        refresh(store, store.jobs(sweep_name) if rows is None else rows)
     except UserError as exc:
         print(f"resnest-bench: states as last recorded ({exc})", file=sys.stderr)
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    from harness.report import status_rows
-
-    _, store, sweep_name = store_and_sweep(args)
-    _refresh(store, sweep_name)
-    counts, rows = status_rows(store, sweep_name)
-    summary = f"sweep {sweep_name}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-    # For a reader the counts head the table; csv and json leave stdout to the rows alone, for
-    # a program to parse, and the counts go to stderr.
-    print(summary, file=sys.stdout if args.format == "table" else sys.stderr)
-    print(render(rows, args.format))
-    return 0
 
 
 MACHINE_FORMATS = ("csv", "json", "parquet")
@@ -351,7 +344,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         print(f"nothing to rerun: no failed or not-run job in sweep {sweep_name!r}")
         return 0
     if outcome["final"] is None:
-        return _queued(config, outcome["launched"], args)
+        return _queued(config, outcome["launched"], args, outcome["store"])
     return _finish(outcome["store"], sweep_name, outcome["final"], args)
 
 
@@ -362,6 +355,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
     job = store.job(args.job_id)
     if job is None:
         raise UserError(f"no job {args.job_id!r} in the store")
+    _refresh(store, job["sweep"], [job])
+    job = store.job(job["id"])
     from harness import launchers
     from harness.launchers.base import folder_logs
 

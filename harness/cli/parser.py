@@ -101,14 +101,25 @@ COMMANDS: list[dict[str, Any]] = [
         groups=["quiet", "wait"],
     ),
     dict(
-        name="status", func="commands:cmd_status",
+        name="status", func="status:cmd_status",
         help="jobs of a sweep by state, failures with reasons",
-        description="Counts by state and a table of the sweep's jobs; failed jobs with their "
-        "reason and log path.",
+        description="Counts by state, where the store is and how it is written, an ETA for "
+        "the sweep, and a table of its jobs: per running training job epoch k of N, the last "
+        "epoch's seconds and an ETA; per job its queue wait (submission to start; SLURM's own "
+        "times where SLURM ran it); failed jobs with their reason and log path. New records "
+        "are collected from the jobs' outboxes first. --job ID: one job's attempts, with the "
+        "hosts each ran on.",
         args=[
             arg("sweep", nargs="?",
                 help="sweep name (default: the config's, or the newest in the store)"),
             arg("--format", choices=FORMATS, default="table"),
+            arg("--job", metavar="ID",
+                help="one job (its id, or the start of it): its attempts, hosts and times"),
+            arg("--watch", action="store_true",
+                help="redraw in place until every job of the sweep has ended (Ctrl-C stops "
+                "watching; the jobs go on)"),
+            arg("--every", type=positive_seconds, default=10.0, metavar="S",
+                help="with --watch: seconds between redraws (default: 10)"),
         ],
         groups=["store"],
     ),

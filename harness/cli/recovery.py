@@ -7,8 +7,8 @@ import argparse
 import sys
 
 from harness.cli.commands import open_store_of, store_and_sweep
-from harness.launchers.base import UNFINISHED
 from records.errors import UserError
+from records.schema import ENDED, UNFINISHED
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -121,9 +121,7 @@ def cmd_thin(args: argparse.Namespace) -> int:
     from records.schema import jobs, telemetry
 
     _, store, sweep_name = store_and_sweep(args)
-    finished = select(jobs.c.id).where(
-        jobs.c.sweep == sweep_name, jobs.c.state.in_(("succeeded", "failed", "cancelled"))
-    )
+    finished = select(jobs.c.id).where(jobs.c.sweep == sweep_name, jobs.c.state.in_(ENDED))
     chosen = telemetry.c.job_id.in_(finished)
     with store.begin() as conn:
         samples, held = conn.execute(

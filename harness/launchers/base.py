@@ -35,8 +35,6 @@ from records.spec import (
 from records.store import Store
 
 Row = dict[str, Any]
-ENDED = ("succeeded", "failed", "cancelled")
-UNFINISHED = ("pending", "submitted", "running")
 
 
 class Launcher(Protocol):
@@ -69,10 +67,18 @@ class BaseLauncher:
 
     name = ""
     prefix = ""
+    # Whether its jobs run on the harness's own host, where they may write a SQLite store;
+    # jobs on other hosts write a SQLite store's records to their outboxes alone.
+    jobs_share_host = False
 
     def __init__(self, store: Store, config: Any = None) -> None:
         self.store = store
         self.config = config
+
+    @property
+    def direct(self) -> bool:
+        """Whether this launcher's jobs write their records to the store themselves."""
+        return self.jobs_share_host or not self.store.is_sqlite
 
     def sweep_config(self) -> Any:
         if self.config is None:
@@ -211,15 +217,19 @@ def _url_for_jobs(url: str) -> str:
     return url_for_jobs(url)
 
 
-def spec_for(store: Store, job: Row, folders: dict[str, str] | None = None) -> Spec:
+def spec_for(
+    store: Store, job: Row, folders: dict[str, str] | None = None, direct: bool = True
+) -> Spec:
     """The job's spec for its current attempt: the planned spec, in the folder the store
     gives the job, with the folders of its parents as inputs (``folders``: job id -> folder,
-    known already where a whole sweep is submitted; else read from the store)."""
-    from records.spec import from_dict, inputs_of
+    known already where a whole sweep is submitted; else read from the store). ``direct``:
+    the job writes its records to the store itself; else to its outbox alone."""
+    from records.spec import OUTBOX_ONLY, from_dict, inputs_of
 
     parents = job["depends_on"] or []
     data = {**job["spec"], "out_dir": job["job_dir"], "attempt": job["attempt"],
-            "store": _url_for_jobs(store.url)}  # fmt: skip
+            "store": _url_for_jobs(store.url) if direct else OUTBOX_ONLY,
+            "submitted_at": round(time.time(), 3)}  # fmt: skip
     if parents:
         if folders is None or not all(parent in folders for parent in parents):
             folders = {row["id"]: row["job_dir"] for row in store.jobs_by_ids(parents)}
@@ -227,11 +237,11 @@ def spec_for(store: Store, job: Row, folders: dict[str, str] | None = None) -> S
     return from_dict(data)
 
 
-def write_spec(store: Store, job: Row) -> Path:
+def write_spec(store: Store, job: Row, direct: bool = True) -> Path:
     """Write the job's spec file (``spec_for``) into its folder."""
     from records.spec import SPEC_FILE, save
 
-    return save(Path(job["job_dir"]) / SPEC_FILE, spec_for(store, job).to_json())
+    return save(Path(job["job_dir"]) / SPEC_FILE, spec_for(store, job, direct=direct).to_json())
 
 
 class Backend(Protocol):

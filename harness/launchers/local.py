@@ -158,6 +158,7 @@ class LocalLauncher(BaseLauncher):
 
     name = "local"
     prefix = PREFIXES["local"]
+    jobs_share_host = True  # its jobs write even a SQLite store themselves
 
     def check(self, jobs: list[Row]) -> None:
         """The jobs run here, so this machine needs what they import: torch for every stage,

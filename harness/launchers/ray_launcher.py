@@ -278,12 +278,13 @@ def placement_for(nodes: int, gpus_per_node: int) -> str:
 class RayTasks:
     """The Driver's backend on Ray: a task per job (a TorchTrainer's for DDP jobs)."""
 
-    def __init__(self, config: ClusterConfig, store: Store) -> None:
+    def __init__(self, config: ClusterConfig, store: Store, direct: bool) -> None:
         import ray
 
         self.ray = ray
         self.config = config
         self.store = store
+        self.direct = direct
         self.settings = config.launcher.ray
         self.use_gpu = _uses_gpus()
         self.single = ray.remote(run_job_process)
@@ -295,7 +296,7 @@ class RayTasks:
         return True  # Ray queues tasks until their resources are free
 
     def start(self, job: Row) -> None:
-        spec_path = str(write_spec(self.store, job))
+        spec_path = str(write_spec(self.store, job, direct=self.direct))
         gpu = self.config.gpu_types[job["gpu_type"]]
         per_gpu = resources_of(gpu)
         retries = self.settings.max_retries
@@ -331,6 +332,10 @@ class RayTasks:
             except self.ray.exceptions.RayError as exc:  # the task itself was lost
                 code, last = 1, str(exc).strip().splitlines()[0]
             done.append((job, code, last))
+        if done:  # their records, from their outboxes, before their dependants start
+            from harness.collect import collect
+
+            collect(self.store, [job for job, _, _ in done], force=True)
         return done
 
     def retry(self, job: Row, code: int) -> bool:
@@ -367,4 +372,5 @@ class RayLauncher(BaseLauncher):
         self.check(jobs)
         for job in jobs:
             self.store.set_state(job["id"], "submitted", attempt=job["attempt"], reason=None)
-        return Driver(self.store, jobs, RayTasks(self.config, self.store), progress).run()
+        backend = RayTasks(self.config, self.store, self.direct)
+        return Driver(self.store, jobs, backend, progress).run()

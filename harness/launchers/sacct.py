@@ -3,6 +3,7 @@ and reason (with the job's own last error line from its log)."""
 
 from __future__ import annotations
 
+import datetime
 import re
 from pathlib import Path
 
@@ -15,7 +16,9 @@ from records.spec import (
     EXIT_USER_ERROR,
 )
 
-SACCT_FIELDS = ("JobID", "State", "ExitCode", "Reason", "Start", "End")
+SACCT_FIELDS = ("JobID", "State", "ExitCode", "Reason", "Start", "End", "Submit", "NodeList")
+# The fields every line has; those after them came later (a recorded output may lack them).
+REQUIRED_FIELDS = 6
 # sacct state -> (store state, reason). Pending, requeued and suspended jobs wait in the queue.
 QUEUED = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "SUSPENDED"}
 ACTIVE = {"RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING"}
@@ -54,9 +57,9 @@ def parse_sacct(out: str) -> dict[str, dict[str, str]]:
     ranged: dict[str, dict[str, str]] = {}
     for line in out.splitlines():
         values = line.split("|")
-        if len(values) != len(SACCT_FIELDS):
+        if not REQUIRED_FIELDS <= len(values) <= len(SACCT_FIELDS):
             continue
-        record = dict(zip(SACCT_FIELDS, values, strict=True))
+        record = dict(zip(SACCT_FIELDS, values, strict=False))
         ids = _expand(record["JobID"])
         target = ranged if ids != [record["JobID"]] else concrete
         for job_id in ids:
@@ -64,6 +67,23 @@ def parse_sacct(out: str) -> dict[str, dict[str, str]]:
                 record = {**record, "Previous": target[job_id]["State"].split()[0]}
             target[job_id] = record
     return {**ranged, **concrete}
+
+
+def timestamp(value: str | None) -> float | None:
+    """A sacct time (``2026-11-29T01:00:00``, the cluster's local time) as Unix time; None
+    for ``Unknown``, ``None`` or nothing (a job not started, or not ended, yet)."""
+    if not value or not value[:1].isdigit():
+        return None
+    try:
+        return datetime.datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return None
+
+
+def hosts_of(record: dict[str, str]) -> str | None:
+    """The nodes a job ran on, as sacct names them (``node[1-2]``); None before it has any."""
+    nodes = record.get("NodeList") or ""
+    return None if not nodes or nodes.startswith("None") else nodes
 
 
 def map_state(record: dict[str, str], log_err: Path | None = None) -> tuple[str, str | None]:

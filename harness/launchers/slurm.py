@@ -6,7 +6,9 @@ its jobs; a job with N GPUs per node on M nodes runs as N x M tasks, one per GPU
 one process group from the SLURM environment.
 
 Jobs with nothing to wait for go out as one array per GPU type (``--array=0-K%P``, P from
-``launcher.slurm.array_parallelism``). The jobs of a later stage whose parents form such an
+``launcher.slurm.array_parallelism``), in chunks of at most the site's ``MaxArraySize``
+tasks (read with ``scontrol show config``); each chunk is an array of its own, and the
+chains below are kept chunk by chunk. The jobs of a later stage whose parents form such an
 array, one child per task (a transfer per training job, an export per transfer, an inference
 per export), go out as one array too, chained task by task with
 ``--dependency=aftercorr:<parents' array>``: task i starts when task i of the parents'
@@ -22,15 +24,13 @@ States come from ``sacct``, one call for all the jobs being followed, polled wit
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import subprocess
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from harness.config import ClusterConfig, GpuType
+from harness.config import ClusterConfig
 from harness.launchers.base import (
     PREFIXES,
     BaseLauncher,
@@ -41,123 +41,31 @@ from harness.launchers.base import (
     setup_lines,
     spec_for,
 )
-from harness.launchers.sacct import NOT_RUN, SACCT_FIELDS, map_state, parse_sacct
+from harness.launchers.sacct import (
+    NOT_RUN,
+    SACCT_FIELDS,
+    hosts_of,
+    map_state,
+    parse_sacct,
+    timestamp,
+)
+from harness.launchers.slurm_site import (
+    _run,
+    check_gpu_types,
+    fit,
+    max_array_size,
+    sbatch_parameters,
+    submit_room,
+)
 from harness.planner import layout
 from records.errors import UserError
+from records.schema import ENDED, IN_FLIGHT
 from records.spec import SPEC_FILE
 from records.store import Store
 
 PREFIX = PREFIXES["slurm"]
 POLL_MIN_S = 1.0
 POLL_MAX_S = 30.0
-
-
-def _run(cmd: list[str], timeout: float = 60) -> str:
-    if shutil.which(cmd[0]) is None:
-        raise UserError(f"{cmd[0]}: not found; the SLURM launcher needs the SLURM client tools")
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise UserError(f"{cmd[0]}: no answer from SLURM within {timeout:.0f} s") from None
-    if out.returncode != 0:
-        message = (out.stderr.strip().splitlines() or ["(no message)"])[-1]
-        raise UserError(f"{' '.join(cmd[:2])}: {message}")
-    return out.stdout
-
-
-# -- before submitting: does the cluster have what the sweep asks for? ----------------------
-
-
-def cluster_resources() -> dict[str, set[str]]:
-    """Partition -> the gres of its nodes (``gpu:v100``, ...); the default partition is also
-    listed under ``""``."""
-    found: dict[str, set[str]] = defaultdict(set)
-    for line in _run(["sinfo", "-h", "-o", "%P|%G"]).splitlines():
-        partition, _, gres = line.strip().partition("|")
-        names = set()
-        for item in re.split(r",(?![^(]*\))", gres):
-            parts = item.split("(")[0].split(":")
-            if parts[0] and parts[0] != "(null)":
-                names.add(parts[0])
-                if len(parts) >= 3 or (len(parts) == 2 and not parts[1].isdigit()):
-                    names.add(f"{parts[0]}:{parts[1]}")
-        if partition.endswith("*"):
-            partition = partition[:-1]
-            found[""] |= names
-        found[partition] |= names
-    return dict(found)
-
-
-def check_gpu_types(config: ClusterConfig, used: set[str]) -> None:
-    """Refuse, before anything is submitted, GPU types the cluster cannot run."""
-    resources = cluster_resources()
-    partitions = sorted(p for p in resources if p)
-    for name in sorted(used):
-        gpu = config.gpu_types[name]
-        partition = gpu.partition or ""
-        if partition not in resources:
-            raise UserError(
-                f"gpu_types.{name}: the SLURM cluster has no partition {partition!r} "
-                f"(it has {', '.join(partitions)})"
-            )
-        if gpu.gres:
-            wanted = ":".join(gpu.gres.split(":")[:2])
-            if wanted not in resources[partition]:
-                where = f"partition {partition}" if partition else "the default partition"
-                have = ", ".join(sorted(r for r in resources[partition] if ":" in r)) or "none"
-                raise UserError(
-                    f"gpu_types.{name}: the SLURM cluster has no {wanted} in {where} "
-                    f"(gres there: {have})"
-                )
-
-
-# -- submission -----------------------------------------------------------------------------
-
-
-def _minutes(limit: str | None) -> int | None:
-    """A SLURM time limit in whole minutes (seconds round up). SLURM's forms: ``M``,
-    ``M:S``, ``H:M:S``, ``D-H``, ``D-H:M``, ``D-H:M:S``."""
-    if limit is None:
-        return None
-    days, dash, clock = limit.rpartition("-")
-    parts = [int(p) for p in clock.split(":")]
-    if dash:
-        hours, minutes, seconds = (*parts, 0, 0)[:3]
-    elif len(parts) == 3:
-        hours, minutes, seconds = parts
-    else:
-        hours, minutes, seconds = 0, parts[0], (parts[1] if len(parts) == 2 else 0)
-    return int(days or 0) * 24 * 60 + hours * 60 + minutes + (1 if seconds else 0)
-
-
-def sbatch_parameters(gpu: GpuType, gpus_per_node: int, nodes: int) -> dict[str, Any]:
-    """submitit SlurmExecutor parameters for one job of this GPU type."""
-    params: dict[str, Any] = {
-        "nodes": nodes,
-        "ntasks_per_node": gpus_per_node,
-        "cpus_per_task": gpu.cpus_per_gpu,
-    }
-    extra: dict[str, Any] = {}
-    if gpu.partition:
-        params["partition"] = gpu.partition
-    if gpu.gres:
-        params["gres"] = f"{gpu.gres}:{gpus_per_node}"
-    if gpu.constraint:
-        params["constraint"] = gpu.constraint
-    if gpu.account:
-        params["account"] = gpu.account
-    if gpu.qos:
-        params["qos"] = gpu.qos
-    # Without a time in cluster.yaml the partition's default applies (not submitit's 5 min).
-    params["time"] = _minutes(gpu.time)
-    if gpu.mem_per_gpu:
-        params["mem_per_gpu"] = gpu.mem_per_gpu
-    if gpus_per_node * nodes > 1:
-        # A rank that fails takes the step down: its peers would otherwise wait in a
-        # collective (up to the job's collective timeout) on a rank that is gone.
-        params["srun_args"] = ["--kill-on-bad-exit=1"]
-    params["additional_parameters"] = extra
-    return params
 
 
 def _executor(folder: Path, params: dict[str, Any], job_name: str, python: str | None = None):
@@ -171,9 +79,22 @@ def _executor(folder: Path, params: dict[str, Any], job_name: str, python: str |
 
 
 def submit(config: ClusterConfig, store: Store, jobs: list[Row]) -> dict[str, str]:
-    """Submit ``jobs`` (store rows in dependency order); return id -> SLURM job id."""
+    """Submit ``jobs`` (store rows in dependency order), as many as the site's limits leave
+    room for; the others wait in the store (state ``waiting``, with the reason) until
+    ``top_up`` finds room. Return id -> SLURM job id of those submitted."""
     store.set_states([(job["id"], "pending", {"attempt": job["attempt"], "reason": None})
                       for job in jobs])  # fmt: skip
+    room, why = submit_room(config)
+    if room is not None and room < len(jobs):
+        chosen = fit(jobs, room)
+        store.set_states([
+            (job["id"], "waiting", {"reason": f"waiting for room: {why}",
+                                    "launcher_job_id": None})
+            for job in jobs if job["id"] not in chosen
+        ])  # fmt: skip
+        jobs = [job for job in jobs if job["id"] in chosen]
+    if not jobs:
+        return {}
     submission = _Submission(config, store, jobs)
     try:
         submission.run()
@@ -209,38 +130,54 @@ class _Submission:
         # Every job's folder, for its children's specs: one query for parents not submitted.
         self.folders = {job["id"]: job["job_dir"] for job in jobs}
         outside = {p for job in jobs for p in job["depends_on"] or []} - self.ids
-        self.folders |= {row["id"]: row["job_dir"] for row in store.jobs_by_ids(sorted(outside))}
+        outside_rows = store.jobs_by_ids(sorted(outside))
+        self.folders |= {row["id"]: row["job_dir"] for row in outside_rows}
+        # Parents from an earlier submission still in the queue: waited on by their SLURM id
+        # (the others have succeeded).
+        self.flying = {
+            row["id"]: row["launcher_job_id"].removeprefix(PREFIX)
+            for row in outside_rows
+            if row["state"] in IN_FLIGHT and (row["launcher_job_id"] or "").startswith(PREFIX)
+        }
         self.submitted: dict[str, str] = {}
         self.position: dict[str, tuple[str, int]] = {}  # job id -> (array's SLURM id, task)
         self.sizes: dict[str, int] = {}  # SLURM array id -> tasks
 
     def parents(self, job: Row) -> list[str]:
-        """The job's parents in this submission (others have succeeded already)."""
+        """The job's parents in this submission (others have succeeded already, or are in
+        the queue from an earlier one: ``flying_parents``)."""
         return [p for p in job["depends_on"] or [] if p in self.ids]
+
+    def flying_parents(self, job: Row) -> list[str]:
+        return [self.flying[p] for p in job["depends_on"] or [] if p in self.flying]
 
     def run(self) -> None:
         name = self.config.name
         # Jobs with nothing to wait for: one array per GPU type and job shape.
         groups: dict[tuple, list[Row]] = defaultdict(list)
         for job in self.jobs:
-            if not self.parents(job):
+            if not self.parents(job) and not self.flying_parents(job):
                 groups[(job["gpu_type"], layout(self.config, job))].append(job)
+        size = max_array_size()
         for (gpu_type, _), group in groups.items():
-            self.send(group, f"{name}-{gpu_type}")
+            for start in range(0, len(group), size):  # chunks the site's MaxArraySize allows
+                self.send(group[start : start + size], f"{name}-{gpu_type}")
         # Then, stage after stage, the jobs whose parents are submitted.
-        waiting = [job for job in self.jobs if self.parents(job)]
+        waiting = [job for job in self.jobs if job["id"] not in self.submitted]
         while waiting:
             ready = [j for j in waiting if all(p in self.submitted for p in self.parents(j))]
             if not ready:  # a plan is ordered parents first: this is a broken store
                 raise RuntimeError("error: jobs that wait on each other in a circle")
-            for group, array in _chains(ready, self.parents, self.position, self.sizes,
-                                        self.config):  # fmt: skip
+            chained = [j for j in ready if not self.flying_parents(j)]
+            chains = _chains(chained, self.parents, self.position, self.sizes, self.config)
+            chains += [([j], None) for j in ready if self.flying_parents(j)]
+            for group, array in chains:
                 if array is not None:  # task i waits on task i of the parents' array
                     self.send(group, f"{name}-{group[0]['stage']}", f"aftercorr:{array}")
                     continue
                 (job,) = group
-                after = "afterok:" + ":".join(self.submitted[p] for p in self.parents(job))
-                self.send(group, f"{name}-{job['stage']}", after)
+                ids = [self.submitted[p] for p in self.parents(job)] + self.flying_parents(job)
+                self.send(group, f"{name}-{job['stage']}", "afterok:" + ":".join(ids))
             waiting = [job for job in waiting if job["id"] not in self.submitted]
 
     def send(self, group: list[Row], name: str, dependency: str | None = None) -> None:
@@ -264,7 +201,8 @@ class _Submission:
         requeue = self.config.launcher.slurm.requeue_on_preemption
 
         def task(job: Row) -> SlurmTask:  # its spec file is written on the node, as it starts
-            spec = spec_for(self.store, job, self.folders)
+            # A SQLite store is the harness's alone: the job's records travel in its outbox.
+            spec = spec_for(self.store, job, self.folders, direct=not self.store.is_sqlite)
             return SlurmTask(os.path.join(job["job_dir"], SPEC_FILE), requeue, spec.to_json())
 
         if len(group) == 1:
@@ -277,6 +215,37 @@ class _Submission:
         for index, (job, handle) in enumerate(zip(group, handles, strict=True)):
             self.submitted[job["id"]] = handle.job_id
             self.position[job["id"]] = (array, index)
+
+
+def top_up(config: ClusterConfig, store: Store, rows: list[Row]) -> int:
+    """Submit the sweep's waiting jobs that can go now, as room allows: those whose parents
+    have succeeded or are in the queue (waited on by their SLURM ids). A waiting job whose
+    parent failed is recorded as not run. Returns how many were submitted."""
+    by_id = {row["id"]: row for row in rows}
+    waiting = [row for row in rows if row["state"] == "waiting"]
+    if not waiting:
+        return 0
+    ready: list[Row] = []
+    going: set[str] = set()
+    not_run_now = []
+    for row in waiting:
+        parents = [by_id.get(p) or store.job(p) for p in row["depends_on"] or []]
+        ended_badly = [p for p in parents if p and p["state"] in ("failed", "cancelled")]
+        if ended_badly:
+            reason = not_run(ended_badly[0]["id"], ended_badly[0]["state"])
+            not_run_now.append((row["id"], "cancelled", {"reason": reason}))
+        elif all(p and (p["state"] in ("succeeded", *IN_FLIGHT) or p["id"] in going)
+                 for p in parents):  # fmt: skip
+            ready.append(row)
+            going.add(row["id"])
+    store.set_states(not_run_now)
+    if not ready:
+        return 0
+    try:
+        return len(submit(config, store, ready))
+    except UserError:  # refused (a parent gone from the queue meanwhile): they wait on
+        store.set_states([(row["id"], "waiting", {"reason": row["reason"]}) for row in ready])
+        raise
 
 
 def _chains(
@@ -346,6 +315,7 @@ def poll(store: Store, rows: list[Row]) -> dict[str, str]:
     records = sacct_states(list(followed.values()), min(submitted) - 60 if submitted else None)
     attempts = store.latest_attempts(list(followed))
     new: dict[str, tuple[str, str | None]] = {}
+    seen: list[dict[str, Any]] = []
     for row in rows:
         record = records.get(followed.get(row["id"], ""))
         if record is None:
@@ -368,8 +338,25 @@ def poll(store: Store, rows: list[Row]) -> dict[str, str]:
         attempt = max(row["attempt"], attempts.get(row["id"], row["attempt"]))
         if (state, reason, attempt) != (row["state"], row["reason"], row["attempt"]):
             changes.append((row["id"], state, {"reason": reason, "attempt": attempt}))
+            record = records.get(followed.get(row["id"], ""))
+            if record is not None:  # what the queue saw of this attempt: when and where
+                seen.append(attempt_of(row["id"], attempt, followed[row["id"]], state, record))
     store.set_states(changes)
+    store.record_attempts(seen)
     return {job_id: state for job_id, (state, _) in new.items()}
+
+
+def attempt_of(
+    job_id: str, attempt: int, slurm_id: str, state: str, record: dict[str, str]
+) -> dict[str, Any]:
+    """An attempt's row from its sacct record: the queue's own times (Submit, Start, End) and
+    nodes, which the figures of queue wait use."""
+    return {
+        "job_id": job_id, "attempt": attempt, "launcher_job_id": PREFIX + slurm_id,
+        "state": state, "submitted_at": timestamp(record.get("Submit")),
+        "started_at": timestamp(record.get("Start")), "ended_at": timestamp(record.get("End")),
+        "hosts": hosts_of(record),
+    }  # fmt: skip
 
 
 def wait(
@@ -377,18 +364,26 @@ def wait(
     job_ids: list[str],
     progress: bool = True,
     timeout: float | None = None,
+    config: ClusterConfig | None = None,
 ) -> dict[str, str]:
     """Follow jobs until each has ended; sacct is polled with backoff (1 s, up to 30 s,
-    back to 1 s whenever something changed). Return id -> final state."""
-    ended = ("succeeded", "failed", "cancelled")
+    back to 1 s whenever something changed), and, given the sweep's ``config``, waiting
+    jobs are submitted as room frees (``top_up``). Return id -> final state."""
     deadline = None if timeout is None else time.monotonic() + timeout
     delay = POLL_MIN_S
     bar = progress_bar(len(job_ids), progress)
     previous: dict[str, str] = {}
     try:
+        from harness.collect import collect
+
         while True:
-            states = poll(store, store.jobs_by_ids(job_ids))
-            done = sum(1 for s in states.values() if s in ended)
+            rows = store.jobs_by_ids(job_ids)
+            states = poll(store, rows)
+            collect(store, rows)  # the jobs' records, from their outboxes
+            if config is not None and "waiting" in states.values():
+                top_up(config, store, store.jobs_by_ids(job_ids))
+                states = {row["id"]: row["state"] for row in store.jobs_by_ids(job_ids)}
+            done = sum(1 for s in states.values() if s in ENDED)
             bar.n = done
             counts: dict[str, int] = defaultdict(int)
             for s in states.values():
@@ -430,7 +425,7 @@ class SlurmLauncher(BaseLauncher):
         return poll(self.store, jobs)
 
     def wait(self, job_ids: list[str], progress: bool = True, timeout: float | None = None):
-        return wait(self.store, job_ids, progress, timeout)
+        return wait(self.store, job_ids, progress, timeout, self.config)
 
     def cancel(self, jobs: list[Row]) -> None:
         """All recorded as cancelled (so that sacct's CANCELLED keeps the user's reason),

@@ -1,0 +1,112 @@
+"""``resnest-bench status``: a sweep's jobs by state, with their progress, ETAs and queue
+waits (``harness.progress``), redrawn with ``--watch``; one job's attempts with ``--job``.
+Waiting SLURM jobs are submitted as room frees (``slurm.top_up``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from harness.cli.commands import _refresh, store_and_sweep
+from harness.render import render
+from records.errors import UserError
+from records.schema import ENDED
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config, store, sweep_name = store_and_sweep(args)
+    if args.job:
+        return _job_status(store, args)
+    if not args.watch:
+        _refresh(store, sweep_name)
+        _top_up(config, store, sweep_name)
+        print(_status_text(store, sweep_name, args.format), end="")
+        return 0
+    # --watch: redrawn in place (on a terminal) until every job has ended
+    tty = sys.stdout.isatty()
+    try:
+        while True:
+            _refresh(store, sweep_name)
+            _top_up(config, store, sweep_name)
+            text = _status_text(store, sweep_name, args.format)
+            stamp = time.strftime("%H:%M:%S")
+            if tty:
+                sys.stdout.write("\x1b[H\x1b[J")
+            print(f"{stamp} (every {args.every:g} s; Ctrl-C stops watching, not the jobs)")
+            print(text, end="", flush=True)
+            if all(row["state"] in ENDED for row in store.jobs(sweep_name)):
+                return 0
+            time.sleep(args.every)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _top_up(config, store, sweep_name: str) -> None:
+    """Submit the SLURM sweep's waiting jobs that have room now (``slurm.top_up``); without
+    the sweep's cluster.yaml (``--store``) there is nothing to submit them with: say so."""
+    if not any(row["state"] == "waiting" for row in store.jobs(sweep_name)):
+        return
+    if config is None or config.name != sweep_name or config.launcher.kind != "slurm":
+        print(
+            "resnest-bench: jobs wait for room in the queue; `status -c CLUSTER_YAML` or "
+            "`submit CLUSTER_YAML` submits them as room frees",
+            file=sys.stderr,
+        )
+        return
+    from harness.launchers.slurm import top_up
+
+    try:
+        top_up(config, store, store.jobs(sweep_name))
+    except UserError as exc:
+        print(f"resnest-bench: waiting jobs left waiting ({exc})", file=sys.stderr)
+
+
+def _status_text(store, sweep_name: str, fmt: str) -> str:
+    """What status prints: for a reader the counts, the store and the ETA head the table;
+    csv and json leave stdout to the rows alone, for a program to parse, and those go to
+    stderr."""
+    from harness.report import status_rows
+
+    counts, rows, eta = status_rows(store, sweep_name, human=fmt == "table")
+    summary = f"sweep {sweep_name}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    head = [summary, store.describe(), eta]
+    if fmt != "table":
+        print("\n".join(head), file=sys.stderr)
+        return render(rows, fmt) + "\n"
+    return "\n".join([*head, render(rows, fmt)]) + "\n"
+
+
+def _job_status(store, args: argparse.Namespace) -> int:
+    """status --job ID: the job's row and each of its attempts, where and when it ran."""
+    from harness.progress import duration
+    from records.store import StoreError, redact
+
+    try:
+        job = store.job(args.job)
+    except StoreError as exc:
+        raise UserError(str(exc)) from None
+    if job is None:
+        raise UserError(f"no job {args.job!r} in the store {redact(store.url)}")
+    _refresh(store, job["sweep"], [job])
+    job = store.job(job["id"])
+    print(f"job {job['id']}: {job['stage']} {job['model']} {job['dataset']} on "
+          f"{job['gpu_type']}, seed {job['seed']}: {job['state']}"
+          + (f" ({job['reason']})" if job["reason"] else ""))  # fmt: skip
+    rows = []
+    for attempt in store.attempts(job["id"]):
+        start, end = attempt["started_at"], attempt["ended_at"]
+        submitted = attempt["submitted_at"]
+        rows.append({
+            "attempt": attempt["attempt"], "hosts": attempt["hosts"] or "",
+            "launcher id": attempt["launcher_job_id"] or "", "state": attempt["state"] or "",
+            "queue wait": duration(start - submitted) if start and submitted else "",
+            "ran": duration(end - start) if start and end else "",
+            "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start)) if start else "",
+            "reason": attempt["reason"] or "",
+        })  # fmt: skip
+    if not rows:
+        print("no attempt has started yet")
+        return 0
+    print(render(rows, args.format))
+    return 0

@@ -1,0 +1,159 @@
+"""How each record kind (``records.kinds``) becomes rows of the store's tables, inside a
+transaction of the caller's: the store's ``write_records``, the collector's ``save_collected``.
+Every write is an upsert on the row's key, so a record replayed is stored once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import Table, func, update
+
+from records import summaries
+from records.schema import (
+    EPOCH_FIELDS,
+    artifacts,
+    attempts,
+    epochs,
+    events,
+    inference,
+    jobs,
+    provenance,
+    results,
+    telemetry,
+)
+
+
+def write_records(conn: Any, records: Iterable[dict[str, Any]]) -> int:
+    """``Store.write_records`` inside a transaction of the caller's (the collector writes an
+    outbox's records and how far it has read it in one)."""
+    count, epochs_of = 0, set()
+    for record in records:
+        _write_record(conn, record)
+        count += 1
+        if record["kind"] == "epoch":
+            epochs_of.add(record.get("job_id", ""))
+    summaries.refresh(conn, epochs_of)  # in the same transaction as the epochs
+    return count
+
+
+_ONE_PER_ATTEMPT = {"final": results, "provenance": provenance}
+
+
+def _write_record(conn: Any, record: dict[str, Any]) -> None:
+    kind, job_id, attempt = record["kind"], record.get("job_id", ""), record.get("attempt", 0)
+    if kind == "epoch":
+        row = {"job_id": job_id, "attempt": attempt, "epoch": record["epoch"]}
+        extra = ("images", "steps", "world_size", "warmup", "telemetry_source", "energy_method")
+        row.update({k: record.get(k) for k in (*EPOCH_FIELDS, *extra)})
+        row["recorded_at"] = record.get("time")
+        upsert(conn, epochs, row, ("job_id", "attempt", "epoch"))
+    elif kind == "artifact":
+        row = {k: record.get(k) for k in ("path", "bytes", "sha256")}
+        row["kind"] = record.get("artifact")
+        upsert(conn, artifacts, {"job_id": job_id, **row}, ("job_id", "path"))
+    elif kind == "inference":
+        row = {
+            "job_id": job_id,
+            "attempt": attempt,
+            "runtime": record["runtime"],
+            "batch_size": record["batch_size"],
+            "measurement": {k: v for k, v in record.items() if k not in ("uid", "kind")},
+        }
+        upsert(conn, inference, row, ("job_id", "attempt", "runtime", "batch_size"))
+    elif kind == "telemetry":
+        for sample in record.get("samples", []):
+            row = {
+                "job_id": job_id,
+                "attempt": attempt,
+                "time": sample["time"],
+                "gpu_index": sample.get("gpu_index", -1),
+                "sample": sample,
+            }
+            upsert(conn, telemetry, row, ("job_id", "attempt", "time", "gpu_index"))
+    elif kind == "start":
+        # Where the attempt ran, and when it began if its launcher has not said (sacct's
+        # Start, the allocation's, comes before the job's first record and wins).
+        hosts = record.get("hosts")
+        spec = record.get("spec") or {}
+        _attempt(conn, {"job_id": job_id, "attempt": attempt, "started_at": record.get("time"),
+                        "submitted_at": spec.get("submitted_at"),
+                        "hosts": ",".join(hosts) if hosts else None},
+                 fill_only=("started_at", "submitted_at"))  # fmt: skip
+        if spec.get("stage") in ("export", "infer") and spec.get("model"):
+            # A sweep that deploys only the winner plans these jobs before it is known; the
+            # job names the network it exported (or runs) when it starts.
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.model != spec["model"])
+                .values(model=spec["model"])
+            )
+    elif kind in _ONE_PER_ATTEMPT:
+        table = _ONE_PER_ATTEMPT[kind]
+        row = {"job_id": job_id, "attempt": attempt}
+        row.update({c.name: record.get(c.name) for c in table.columns if c.name not in row})
+        upsert(conn, table, row, ("job_id", "attempt"))
+    uid = record.get("uid")
+    if uid:
+        upsert(
+            conn,
+            events,
+            {
+                "uid": uid,
+                "job_id": job_id,
+                "attempt": attempt,
+                "kind": kind,
+                "time": record.get("time"),
+                "record": record,
+            },
+            ("uid",),
+            update_columns=(),
+        )
+
+
+def _attempt(conn: Any, row: dict[str, Any], fill_only: tuple[str, ...] = ()) -> None:
+    """Insert an attempt's row, or set the columns given (None: keep what is stored); those
+    in ``fill_only`` are set only where nothing is stored yet."""
+    values = {k: v for k, v in row.items() if v is not None}
+    statement = _dialect_insert(conn)(attempts).values(**values)
+    changes = {
+        name: func.coalesce(attempts.c[name], statement.excluded[name])
+        if name in fill_only
+        else statement.excluded[name]
+        for name in values
+        if name not in ("job_id", "attempt")
+    }
+    if changes:
+        statement = statement.on_conflict_do_update(
+            index_elements=["job_id", "attempt"], set_=changes
+        )
+    else:
+        statement = statement.on_conflict_do_nothing(index_elements=["job_id", "attempt"])
+    conn.execute(statement)
+
+
+def upsert(
+    conn: Any,
+    table: Table,
+    row: dict[str, Any],
+    keys: tuple[str, ...],
+    update_columns: tuple[str, ...] | None = None,
+) -> None:
+    statement = _dialect_insert(conn)(table).values(**row)
+    columns = [c for c in row if c not in keys] if update_columns is None else update_columns
+    if columns:
+        statement = statement.on_conflict_do_update(
+            index_elements=list(keys), set_={c: statement.excluded[c] for c in columns}
+        )
+    else:
+        statement = statement.on_conflict_do_nothing(index_elements=list(keys))
+    conn.execute(statement)
+
+
+def _dialect_insert(conn: Any) -> Any:
+    """The INSERT of the connection's dialect (both have ON CONFLICT)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    return dialect_insert
