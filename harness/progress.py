@@ -27,7 +27,7 @@ from functools import lru_cache
 from typing import Any
 
 from records.errors import UserError
-from records.schema import ENDED, UNFINISHED
+from records.schema import UNFINISHED
 from records.store import Store
 
 
@@ -141,7 +141,3 @@ def duration(seconds: float | None) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
-def ended(rows: list[dict[str, Any]]) -> bool:
-    return all(row["state"] in ENDED for row in rows)

@@ -45,7 +45,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _top_up(config, store, sweep_name: str) -> None:
     """Submit the SLURM sweep's waiting jobs that have room now (``slurm.top_up``); without
     the sweep's cluster.yaml (``--store``) there is nothing to submit them with: say so."""
-    if not any(row["state"] == "waiting" for row in store.jobs(sweep_name)):
+    rows = store.jobs(sweep_name)
+    if not any(row["state"] == "waiting" for row in rows):
         return
     if config is None or config.name != sweep_name or config.launcher.kind != "slurm":
         print(
@@ -57,7 +58,7 @@ def _top_up(config, store, sweep_name: str) -> None:
     from harness.launchers.slurm import top_up
 
     try:
-        top_up(config, store, store.jobs(sweep_name))
+        top_up(config, store, rows)
     except UserError as exc:
         print(f"resnest-bench: waiting jobs left waiting ({exc})", file=sys.stderr)
 
