@@ -99,6 +99,9 @@ class SlurmSettings(_Strict):
     # A cap of the user's own on the jobs queued at once (the site's limits apply anyway):
     # the rest wait in the store and go out as room frees.
     max_queued: PositiveInt | None = None
+    # How many times a job whose failure belongs to its host (NODE_FAIL, a rendezvous or
+    # connection error, a collective timeout) is submitted again, with that host excluded
+    max_retries: int = Field(default=1, ge=0)
 
 
 class RaySettings(_Strict):

@@ -9,7 +9,7 @@ from typing import Any
 
 from harness import launchers
 from harness.config import ClusterConfig
-from harness.launchers.base import Row, launcher_of
+from harness.launchers.base import Row, downstream, launcher_of
 from harness.planner import JobPlan, job_dir, plan, select
 from records.errors import UserError
 from records.schema import IN_FLIGHT, UNFINISHED
@@ -220,29 +220,10 @@ def rerun(
 
 
 def _with_dependants(rows: list[Row], chosen: list[Row]):
-    """The chosen jobs and every job downstream of them that has not succeeded (a transfer,
-    export or inference that was not run because its training failed), in plan order.
-    Downstream jobs that did succeed, on the old result, are named, not rerun."""
-    by_id = {row["id"]: row for row in rows}
-    depth: dict[str, int] = {}
-
-    def depth_of(job_id: str) -> int:  # parents before their dependants, whatever the order
-        if job_id not in depth:
-            parents = by_id[job_id]["depends_on"] or [] if job_id in by_id else []
-            depth[job_id] = 1 + max((depth_of(p) for p in parents), default=-1)
-        return depth[job_id]
-
-    rows = sorted(rows, key=lambda row: depth_of(row["id"]))
-    ids = {row["id"] for row in chosen}
-    stale = []
-    for row in rows:
-        if row["id"] in ids or not set(row["depends_on"] or []) & ids:
-            continue
-        if row["state"] == "succeeded":
-            stale.append(row["id"])
-        elif row["state"] not in IN_FLIGHT:
-            ids.add(row["id"])
-    added = len(ids) - len(chosen)
+    """The chosen jobs and the jobs downstream of them that did not run (``downstream``),
+    saying what was added, and which downstream jobs succeeded on the earlier result."""
+    out, stale = downstream(rows, chosen)
+    added = len(out) - len(chosen)
     if added:
         print(f"rerun: with {added} job(s) after them that had not run", file=sys.stderr)
     if stale:
@@ -251,5 +232,4 @@ def _with_dependants(rows: list[Row], chosen: list[Row]):
             f"them on the new one too: resnest-bench rerun {' '.join(stale)}",
             file=sys.stderr,
         )
-    picked = {row["id"]: row for row in chosen}
-    return [picked.get(row["id"], row) for row in rows if row["id"] in ids]
+    return out

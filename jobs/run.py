@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +24,7 @@ from records.lock import take
 from records.options import parser_for, spec_from_args
 from records.spec import (
     EXIT_FAILED,
+    EXIT_HOST,
     EXIT_OK,
     EXIT_USER_ERROR,
     Spec,
@@ -68,6 +71,27 @@ def execute_file(path: str | Path, attempt_offset: int = 0) -> Outcome:
     return execute(spec)
 
 
+# torch.distributed's errors of the process group's transport and store (torch.distributed.
+# DistError and its kinds, matched by name: this module does not import torch), and the
+# messages gloo and NCCL raise as plain RuntimeErrors when a peer or the network fails.
+HOST_ERRORS = {"DistError", "DistNetworkError", "DistStoreError", "DistBackendError"}
+HOST_MESSAGES = re.compile(
+    r"connection (closed|reset|refused)|timed out|timeout|socket|rendezvous|"
+    r"\bnccl\b.*(error|failure|unhandled system)|gloo.*(transport|connect)",
+    re.IGNORECASE,
+)
+
+
+def host_fault(exc: BaseException) -> bool:
+    """Whether an exception that ended a job belongs to its host or network rather than to
+    the job: torch.distributed's own errors, or a RuntimeError of a collective that names a
+    timeout or a lost connection."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if names & HOST_ERRORS:
+        return True
+    return isinstance(exc, RuntimeError) and bool(HOST_MESSAGES.search(str(exc)))
+
+
 def guarded(
     spec: Spec,
     body: Callable[[Spec], Any],
@@ -88,6 +112,12 @@ def guarded(
     except Ended as exc:
         print(f"resnest-bench: {exc.what}: {exc}", file=sys.stderr)
         return exc.code, None
+    except Exception as exc:
+        if not host_fault(exc):
+            raise  # the job's own error: its traceback says where
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(f"resnest-bench: host failure on {socket.gethostname()}: {first}", file=sys.stderr)
+        return EXIT_HOST, None
     finally:
         lock.release()
     return outcome if isinstance(outcome, tuple) else (EXIT_OK, None)

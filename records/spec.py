@@ -27,6 +27,9 @@ EXIT_DIVERGED = 3  # a non-finite loss: not retried
 EXIT_PARITY = 4  # export: ONNX Runtime and PyTorch disagree beyond the tolerance
 EXIT_ALREADY_RUNNING = 5  # another process holds the job folder: this one did nothing
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: preempted or out of time, checkpointed; requeue me
+# A failure of the host or its network, not of the job (a rendezvous or connection error, a
+# collective timeout): the SLURM launcher retries it on another host (launcher.slurm.max_retries)
+EXIT_HOST = 76
 
 STAGES = ("train", "transfer", "export", "infer")
 DATASETS = ("cifar10", "cifar100", "fashion-mnist", "synthetic")

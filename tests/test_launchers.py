@@ -150,3 +150,100 @@ def test_the_jobs_that_fit_are_at_most_the_room_and_never_leave_a_parent_behind(
             taken += 1
         elif taken < room:
             assert any(p not in chosen for p in job["depends_on"] if p in ids)
+
+
+# -- host failures: which failures are the host's, and which are retried --------------------
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_rendezvous_that_cannot_connect_is_a_host_fault_and_the_jobs_own_errors_are_not():
+    import datetime
+
+    import torch.distributed as dist
+
+    from jobs.run import host_fault
+
+    with pytest.raises(Exception) as refused:  # a real store client, nobody listening
+        dist.TCPStore("127.0.0.1", closed_port(), 2, False, datetime.timedelta(seconds=1))
+    assert host_fault(refused.value), repr(refused.value)
+    gloo = "[gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 15000ms for recv"
+    assert host_fault(RuntimeError(gloo))
+    assert host_fault(RuntimeError("[gloo/transport/tcp/pair.cc:534] Connection closed by peer"))
+    for own in (ValueError("bad shape"), RuntimeError("mat1 and mat2 shapes cannot be multiplied"),
+                KeyError("conv1.weight"), ZeroDivisionError()):  # fmt: skip
+        assert not host_fault(own), own
+
+
+def test_a_host_failure_reads_as_one_in_the_store_whatever_code_srun_passed_on(tmp_path):
+    from harness.launchers.slurm import host_failed
+
+    err = tmp_path / "9_0_log.err"
+    err.write_text("resnest-bench: host failure on node1: The client socket has timed out\n")
+    for code in ("76:0", "1:0", "0:9"):  # the job's own code, or a rank killed by srun
+        state, reason = map_state({"State": "FAILED", "ExitCode": code}, err)
+        assert (state, reason) == ("failed", "host failure on node1: The client socket has "
+                                             "timed out"), code  # fmt: skip
+        assert host_failed(state, reason)
+    assert host_failed(*map_state({"State": "NODE_FAIL"}))
+    assert host_failed(*map_state({"State": "BOOT_FAIL"}))
+    err.write_text("resnest-bench: error: no such dataset folder x\n")
+    assert not host_failed(*map_state({"State": "FAILED", "ExitCode": "2:0"}, err))
+    err.write_text("Traceback (most recent call last):\nValueError: bad shape\n")
+    assert not host_failed(*map_state({"State": "FAILED", "ExitCode": "1:0"}, err))
+    assert not host_failed(*map_state({"State": "FAILED", "ExitCode": "3:0"}))  # diverged
+    assert not host_failed(*map_state({"State": "TIMEOUT"}))
+    assert not host_failed(*map_state({"State": "OUT_OF_MEMORY"}))
+
+
+def test_only_host_failures_are_retried_and_no_more_than_max_retries(tmp_path):
+    """The store's side of the retry (no SLURM runs here: the jobs chosen would be submitted,
+    and none is): a job's own failure is never retried, nor a host failure whose attempts
+    have used up ``max_retries``, which then says so; a host failure whose attempt the queue
+    has not reported yet waits for it. The retry itself is tests/test_multinode.py's."""
+    from harness import config as cluster_config
+    from harness.launchers.slurm import retry_host_failures
+    from harness.sweep import record_plan
+    from records.store import open_store
+
+    from .jobtools import tiny_sweep, write_cluster
+
+    path = write_cluster(
+        tmp_path, "retries", {"kind": "slurm", "slurm": {"max_retries": 1}},
+        {"v100": {"gres": "gpu:v100"}},
+        tiny_sweep(gpu_types=["v100"], models=["resnest_tiny_basic"], seeds=[0, 1, 2, 3]),
+    )  # fmt: skip
+    config = cluster_config.load(path)
+    store = open_store(None, config.results_dir)
+    record_plan(config, store)
+    own, used_up, unseen, diverged = (row["id"] for row in store.jobs("retries"))
+    host = "host failure on node1: Connection closed by peer"
+    store.set_states([
+        (own, "failed", {"reason": "FAILED exit code 1: ValueError: bad shape"}),
+        (used_up, "failed", {"reason": host, "attempt": 1}),
+        (unseen, "failed", {"reason": host}),
+        (diverged, "failed", {"reason": "diverged"}),
+    ])  # fmt: skip
+    store.record_attempts([
+        {"job_id": own, "attempt": 0, "state": "failed", "host_failure": False},
+        {"job_id": used_up, "attempt": 0, "state": "failed", "host_failure": True,
+         "hosts": "node1"},
+        {"job_id": used_up, "attempt": 1, "state": "failed", "host_failure": True,
+         "hosts": "node2"},
+        {"job_id": diverged, "attempt": 0, "state": "failed", "host_failure": False},
+    ])  # fmt: skip
+    assert retry_host_failures(config, store, store.jobs("retries")) == []
+    rows = {row["id"]: row for row in store.jobs("retries")}
+    assert {rows[i]["state"] for i in rows} == {"failed"}
+    assert rows[used_up]["reason"] == f"{host} (retried 1 time(s) on other hosts)"
+    assert rows[own]["reason"].startswith("FAILED exit code 1")
+    assert rows[unseen]["reason"] == host
+    # Looked at again: said once, not twice
+    assert retry_host_failures(config, store, store.jobs("retries")) == []
+    assert store.job(used_up)["reason"] == f"{host} (retried 1 time(s) on other hosts)"

@@ -177,10 +177,11 @@ def test_a_hung_node_ends_the_job_within_the_collective_timeout_and_rerun_resume
     """Node 2's rank freezes (SIGSTOP: a node that hangs, its sockets still open) after the
     first epoch. Rank 0 waits in its next collective no longer than the collective timeout,
     fails, and takes the step down; the job fails with the reason. `rerun` resumes it from its
-    last checkpoint to the very weights of an uninterrupted run."""
+    last checkpoint to the very weights of an uninterrupted run. (A timeout is a host failure,
+    which the harness would retry by itself: ``max_retries: 0`` leaves it to the user here.)"""
     epochs, steps = 6, 4
     path = write_cluster(
-        tmp_path, "hung-node", {"kind": "slurm"},
+        tmp_path, "hung-node", {"kind": "slurm", "slurm": {"max_retries": 0}},
         {"v100": {"partition": "gpu", "gres": "gpu:v100", "cpus_per_gpu": 1}},
         {"models": ["resnest_tiny_basic"], "datasets": ["synthetic"], "gpu_types": ["v100"],
          "epochs": epochs, "max_steps": steps, "overrides": {"batch_size": 32}, "nodes": 2,
@@ -428,3 +429,86 @@ def test_a_sweep_with_its_results_on_a_filesystem_without_shared_maps_tables_as_
 
     assert timeless(tables["shared"]) == timeless(tables["local"])
     assert timeless(tables["local"])[0]["final_acc_pct"] is not None  # compared something
+
+
+# -- a host that fails ----------------------------------------------------------------------
+
+
+def scontrol(*args: str) -> None:
+    subprocess.run(["scontrol", *args], check=True, capture_output=True, env=nodes_env(),
+                   timeout=30)  # fmt: skip
+
+
+def node_firewall(node: int, action: str, port: int) -> None:
+    """Add (``-I``) or delete (``-D``) a rule in the node's own network namespace that
+    refuses TCP connections to ``port``: a host whose network fails, for that host only."""
+    subprocess.run(
+        ["nsenter", f"--net=/var/run/netns/rbnode{node}", "iptables", action, "INPUT",
+         "-p", "tcp", "--dport", str(port), "-j", "REJECT", "--reject-with", "tcp-reset"],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+
+
+def test_a_job_failed_by_its_host_runs_again_by_itself_on_another_host_and_succeeds(tmp_path):
+    """A one-node job of two ranks. Both nodes are drained while it is submitted, so that its
+    SLURM id, and with it its rendezvous port, is known before it starts; node 1 then refuses
+    that port (iptables in its network namespace only) and is resumed alone. The job starts
+    there, its ranks cannot meet, and it ends as a host failure. The harness, looking at the
+    sweep (`status -c`), submits it again with node 1 excluded (`launcher.slurm.max_retries`,
+    default 1); it trains on node 2 and succeeds. `status --job` lists both attempts with their
+    hosts. A failure of the job itself is never retried (tests/test_launchers.py)."""
+    path = write_cluster(
+        tmp_path, "bad-host", {"kind": "slurm"},
+        {"cpu": {"partition": "gpu", "cpus_per_gpu": 1}},  # no gres: two ranks on one node
+        {"models": ["resnest_tiny_basic"], "datasets": ["synthetic"], "gpu_types": ["cpu"],
+         "epochs": 2, "max_steps": 4, "overrides": {"batch_size": 32}, "gpus_per_job": 2},
+    )  # fmt: skip
+    env = {**nodes_env(), "RESNEST_BENCH_COLLECTIVE_TIMEOUT": "15"}
+    port = None
+    for node in ("node1", "node2"):
+        scontrol("update", f"nodename={node}", "state=drain", "reason=resnest-bench test")
+    try:
+        submitted = run_cli(tmp_path, "submit", str(path), "-q", env=env)
+        assert submitted.returncode == 0, submitted.stderr
+        store = store_of(tmp_path)
+        (job,) = store.jobs("bad-host")
+        slurm_id = int(job["launcher_job_id"].removeprefix("slurm:"))
+        port = 20000 + slurm_id % 20000  # jobs.distributed: the job's rendezvous port
+        node_firewall(1, "-I", port)
+        scontrol("update", "nodename=node1", "state=resume")
+
+        def started() -> bool:
+            run_cli(tmp_path, "status", "-c", str(path), env=env, timeout=120)
+            return any(a["hosts"] for a in store.attempts(job["id"]))
+
+        wait_for(started, 120, "the first attempt's start on node1")
+        scontrol("update", "nodename=node2", "state=resume")
+
+        def ended():
+            run_cli(tmp_path, "status", "-c", str(path), env=env, timeout=120)
+            row = store.job(job["id"])
+            return row if row["state"] in ("succeeded", "failed", "cancelled") else None
+
+        row = wait_for(ended, 400, "the job's end")
+    finally:
+        if port is not None:
+            node_firewall(1, "-D", port)
+        for node in ("node1", "node2"):
+            with contextlib.suppress(subprocess.CalledProcessError):
+                scontrol("update", f"nodename={node}", "state=resume")
+    folder = Path(row["job_dir"])
+    assert row["state"] == "succeeded" and row["attempt"] == 1, (dict(row), logs_of(folder))
+    first, second = store.attempts(job["id"])
+    assert (first["attempt"], first["hosts"], first["state"]) == (0, "node1", "failed"), first
+    assert first["host_failure"] and first["reason"].startswith("host failure on node1"), first
+    assert (second["attempt"], second["hosts"], second["state"]) == (1, "node2", "succeeded")
+    assert not second["host_failure"] and second["launcher_job_id"] != first["launcher_job_id"]
+    (start,) = records(folder, "start")  # the first attempt never got as far as its start
+    assert start["attempt"] == 1 and start["hosts"] == ["node2", "node2"]
+    assert [e["epoch"] for e in records(folder, "epoch")] == [1, 2]
+    shown = run_cli(tmp_path, "status", "--job", job["id"], "-c", str(path), "--format", "csv")
+    assert shown.returncode == 0, shown.stderr
+    listed = list(csv.DictReader(io.StringIO(shown.stdout)))
+    assert [(a["attempt"], a["hosts"], a["state"]) for a in listed] == [
+        ("0", "node1", "failed"), ("1", "node2", "succeeded")]  # fmt: skip
+    assert listed[0]["reason"].startswith("host failure on node1")

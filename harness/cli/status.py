@@ -1,6 +1,7 @@
 """``resnest-bench status``: a sweep's jobs by state, with their progress, ETAs and queue
 waits (``harness.progress``), redrawn with ``--watch``; one job's attempts with ``--job``.
-Waiting SLURM jobs are submitted as room frees (``slurm.top_up``)."""
+Waiting SLURM jobs are submitted as room frees, and host failures retried
+(``slurm.look_after``)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return _job_status(store, args)
     if not args.watch:
         _refresh(store, sweep_name)
-        _top_up(config, store, sweep_name)
+        _look_after(config, store, sweep_name)
         print(_status_text(store, sweep_name, args.format), end="")
         return 0
     # --watch: redrawn in place (on a terminal) until every job has ended
@@ -28,7 +29,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         while True:
             _refresh(store, sweep_name)
-            _top_up(config, store, sweep_name)
+            _look_after(config, store, sweep_name)
             text = _status_text(store, sweep_name, args.format)
             stamp = time.strftime("%H:%M:%S")
             if tty:
@@ -42,23 +43,26 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
 
 
-def _top_up(config, store, sweep_name: str) -> None:
-    """Submit the SLURM sweep's waiting jobs that have room now (``slurm.top_up``); without
-    the sweep's cluster.yaml (``--store``) there is nothing to submit them with: say so."""
+def _look_after(config, store, sweep_name: str) -> None:
+    """For a SLURM sweep: retry its host failures and submit its waiting jobs that have room
+    now (``slurm.look_after``); without the sweep's cluster.yaml (``--store``) there is
+    nothing to submit them with: say so."""
     rows = store.jobs(sweep_name)
-    if not any(row["state"] == "waiting" for row in rows):
+    if not any(row["state"] in ("waiting", "failed") for row in rows):
         return
-    if config is None or config.name != sweep_name or config.launcher.kind != "slurm":
-        print(
-            "resnest-bench: jobs wait for room in the queue; `status -c CLUSTER_YAML` or "
-            "`submit CLUSTER_YAML` submits them as room frees",
-            file=sys.stderr,
-        )
+    slurm = config is not None and config.name == sweep_name and config.launcher.kind == "slurm"
+    if not slurm:
+        if any(row["state"] == "waiting" for row in rows):
+            print(
+                "resnest-bench: jobs wait for room in the queue; `status -c CLUSTER_YAML` or "
+                "`submit CLUSTER_YAML` submits them as room frees",
+                file=sys.stderr,
+            )
         return
-    from harness.launchers.slurm import top_up
+    from harness.launchers.slurm import look_after
 
     try:
-        top_up(config, store, rows)
+        look_after(config, store, rows)
     except UserError as exc:
         print(f"resnest-bench: waiting jobs left waiting ({exc})", file=sys.stderr)
 
@@ -91,9 +95,10 @@ def _job_status(store, args: argparse.Namespace) -> int:
         raise UserError(f"no job {args.job!r} in the store {redact(store.url)}")
     _refresh(store, job["sweep"], [job])
     job = store.job(job["id"])
+    head = sys.stdout if args.format == "table" else sys.stderr  # csv, json: rows alone
     print(f"job {job['id']}: {job['stage']} {job['model']} {job['dataset']} on "
           f"{job['gpu_type']}, seed {job['seed']}: {job['state']}"
-          + (f" ({job['reason']})" if job["reason"] else ""))  # fmt: skip
+          + (f" ({job['reason']})" if job["reason"] else ""), file=head)  # fmt: skip
     rows = []
     for attempt in store.attempts(job["id"]):
         start, end = attempt["started_at"], attempt["ended_at"]
@@ -107,7 +112,7 @@ def _job_status(store, args: argparse.Namespace) -> int:
             "reason": attempt["reason"] or "",
         })  # fmt: skip
     if not rows:
-        print("no attempt has started yet")
+        print("no attempt has started yet", file=head)
         return 0
     print(render(rows, args.format))
     return 0

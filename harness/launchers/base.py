@@ -23,9 +23,11 @@ from typing import Any, Protocol
 
 from harness.config import JobEnvironment, environment_for
 from records.errors import UserError
+from records.schema import IN_FLIGHT
 from records.spec import (
     EXIT_ALREADY_RUNNING,
     EXIT_DIVERGED,
+    EXIT_HOST,
     EXIT_OK,
     EXIT_PARITY,
     EXIT_REQUEUE,
@@ -133,6 +135,39 @@ def not_run(parent: str, state: str | None) -> str:
     return f"not run: depends on {parent}, which {state}"
 
 
+def downstream(rows: list[Row], chosen: list[Row]) -> tuple[list[Row], list[str]]:
+    """The chosen jobs and every job downstream of them that has not succeeded and is not in
+    flight (a transfer, export or inference not run because its training failed), in plan
+    order, parents first; and the ids of downstream jobs that did succeed (on the earlier
+    result). The chosen rows are returned as given."""
+    by_id = {row["id"]: row for row in rows}
+    depth: dict[str, int] = {}
+
+    def depth_of(job_id: str) -> int:  # parents before their dependants, whatever the order
+        if job_id not in depth:
+            parents = by_id[job_id]["depends_on"] or [] if job_id in by_id else []
+            depth[job_id] = 1 + max((depth_of(p) for p in parents), default=-1)
+        return depth[job_id]
+
+    rows = sorted(rows, key=lambda row: depth_of(row["id"]))
+    ids = {row["id"] for row in chosen}
+    stale = []
+    for row in rows:
+        if row["id"] in ids or not set(row["depends_on"] or []) & ids:
+            continue
+        if row["state"] == "succeeded":
+            stale.append(row["id"])
+        elif row["state"] not in IN_FLIGHT:
+            ids.add(row["id"])
+    picked = {row["id"]: row for row in chosen}
+    return [picked.get(row["id"], row) for row in rows if row["id"] in ids], stale
+
+
+# Reasons of failures that belong to the job's host, not to the job (SLURM's NODE_FAIL and
+# BOOT_FAIL; a job's exit EXIT_HOST): the SLURM launcher retries them on another host.
+HOST_FAILURE = ("host failure", "NODE_FAIL", "BOOT_FAIL")
+
+
 def judge_exit(code: int, last_line: str) -> tuple[str, str | None]:
     """The state and reason of a job process that ended with ``code``, given its last line
     on stderr (the job's own one-line error, where it wrote one)."""
@@ -149,6 +184,9 @@ def judge_exit(code: int, last_line: str) -> tuple[str, str | None]:
         return "failed", last_line.removeprefix("resnest-bench: ") or "parity check failed"
     if code == EXIT_REQUEUE:
         return "failed", "stopped for requeue too many times"
+    if code == EXIT_HOST:  # its line: "host failure on HOST: what the collective said"
+        line = last_line.removeprefix("resnest-bench: ")
+        return "failed", line if line.startswith(HOST_FAILURE) else f"host failure: {line}"
     if code < 0:
         return "failed", f"killed by signal {-code}"
     return "failed", f"exit code {code}" + (f": {last_line}" if last_line else "")

@@ -11,6 +11,7 @@ from harness.launchers.base import judge_exit
 from records.spec import (
     EXIT_ALREADY_RUNNING,
     EXIT_DIVERGED,
+    EXIT_HOST,
     EXIT_PARITY,
     EXIT_REQUEUE,
     EXIT_USER_ERROR,
@@ -31,7 +32,7 @@ FAILED_REASONS = {
     "DEADLINE": "DEADLINE: the job reached its deadline",
 }
 NOT_RUN = "not run: a job it depends on did not succeed"
-JOB_CODES = (EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_PARITY, EXIT_ALREADY_RUNNING)
+JOB_CODES = (EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_PARITY, EXIT_ALREADY_RUNNING, EXIT_HOST)
 
 
 def _expand(job_id: str) -> list[str]:
@@ -108,6 +109,8 @@ def map_state(record: dict[str, str], log_err: Path | None = None) -> tuple[str,
         return "failed", FAILED_REASONS[state]
     code, _, sig = record.get("ExitCode", "0:0").partition(":")
     last = _job_line(log_err)
+    if last.startswith("resnest-bench: host failure"):  # whatever code srun passed on
+        return "failed", last.removeprefix("resnest-bench: ")
     if code == str(EXIT_REQUEUE):
         return "failed", "stopped for requeue, but SLURM did not requeue it"
     if code.isdigit() and int(code) in JOB_CODES:  # the job's own: they mean the same anywhere

@@ -32,9 +32,11 @@ from typing import Any
 
 from harness.config import ClusterConfig
 from harness.launchers.base import (
+    HOST_FAILURE,
     PREFIXES,
     BaseLauncher,
     Row,
+    downstream,
     environment_of,
     not_run,
     progress_bar,
@@ -157,9 +159,10 @@ class _Submission:
         groups: dict[tuple, list[Row]] = defaultdict(list)
         for job in self.jobs:
             if not self.parents(job) and not self.flying_parents(job):
-                groups[(job["gpu_type"], layout(self.config, job))].append(job)
+                key = (job["gpu_type"], layout(self.config, job), job.get("exclude"))
+                groups[key].append(job)
         size = max_array_size()
-        for (gpu_type, _), group in groups.items():
+        for (gpu_type, *_), group in groups.items():
             for start in range(0, len(group), size):  # chunks the site's MaxArraySize allows
                 self.send(group[start : start + size], f"{name}-{gpu_type}")
         # Then, stage after stage, the jobs whose parents are submitted.
@@ -191,6 +194,8 @@ class _Submission:
         lines = setup_lines(environment)
         if lines:
             params["setup"] = lines
+        if first.get("exclude"):  # a retry after a host failure: not on that host again
+            params["exclude"] = first["exclude"]
         if len(group) > 1:
             params["array_parallelism"] = self.config.launcher.slurm.array_parallelism
         if dependency:
@@ -248,6 +253,56 @@ def top_up(config: ClusterConfig, store: Store, rows: list[Row]) -> int:
         raise
 
 
+def retry_host_failures(config: ClusterConfig, store: Store, rows: list[Row]) -> list[str]:
+    """Submit again the sweep's jobs whose last attempt failed because of its host, up to
+    ``launcher.slurm.max_retries`` times each, with the hosts of their failed attempts
+    excluded, and with the jobs after them that were not run for it. A job over several
+    nodes is retried without exclusion: which of its hosts failed is not known (rank 0
+    reports a peer that stopped answering), and SLURM runs nothing on a node that is down.
+    Returns the ids retried."""
+    failed = [row for row in rows if host_failed(row["state"], row["reason"])]
+    if not failed:
+        return []
+    tries = store.attempts_of([row["id"] for row in failed])
+    limit = config.launcher.slurm.max_retries
+    chosen, given_up = [], []
+    for row in failed:
+        bad = [a for a in tries.get(row["id"], []) if a["host_failure"]]
+        if not bad or bad[-1]["attempt"] != row["attempt"]:
+            continue  # its attempt not seen by the queue (poll records it first)
+        if len(bad) > limit:
+            if "retried" not in row["reason"]:
+                given_up.append(
+                    (
+                        row["id"],
+                        "failed",
+                        {"reason": f"{row['reason']} (retried {limit} time(s) on other hosts)"},
+                    )
+                )
+            continue
+        exclude = sorted({a["hosts"] for a in bad if a["hosts"] and "," not in a["hosts"]
+                          and "[" not in a["hosts"]})  # fmt: skip
+        single = layout(config, row)[1] == 1
+        chosen.append({**row, "attempt": row["attempt"] + 1,
+                       "exclude": ",".join(exclude) if single else None})  # fmt: skip
+    store.set_states(given_up)
+    if not chosen:
+        return []
+    ids = {row["id"] for row in chosen}
+    jobs, _ = downstream(rows, chosen)  # and those not run for it: new attempts as well
+    submit(config, store, [job if job["id"] in ids else {**job, "attempt": job["attempt"] + 1}
+                           for job in jobs])  # fmt: skip
+    return [row["id"] for row in chosen]
+
+
+def look_after(config: ClusterConfig, store: Store, rows: list[Row]) -> None:
+    """What the harness does for a SLURM sweep each time it looks at it (``status``,
+    ``submit --wait``): retry host failures, then submit waiting jobs as room frees."""
+    if retry_host_failures(config, store, rows):
+        rows = store.jobs_by_ids([row["id"] for row in rows])
+    top_up(config, store, rows)
+
+
 def _chains(
     ready: list[Row],
     parents: Any,
@@ -266,7 +321,7 @@ def _chains(
         mine = parents(job)
         if len(mine) == 1 and mine[0] in position:
             key = (position[mine[0]][0], job["stage"], job["dataset"], job["gpu_type"],
-                   layout(config, job))  # fmt: skip
+                   layout(config, job), job.get("exclude"))  # fmt: skip
             alike[key].append(job)
         else:
             alone.append(job)
@@ -340,10 +395,18 @@ def poll(store: Store, rows: list[Row]) -> dict[str, str]:
             changes.append((row["id"], state, {"reason": reason, "attempt": attempt}))
             record = records.get(followed.get(row["id"], ""))
             if record is not None:  # what the queue saw of this attempt: when and where
-                seen.append(attempt_of(row["id"], attempt, followed[row["id"]], state, record))
+                seen.append(
+                    attempt_of(row["id"], attempt, followed[row["id"]], state, record)
+                    | {"reason": reason, "host_failure": host_failed(state, reason)}
+                )
     store.set_states(changes)
     store.record_attempts(seen)
     return {job_id: state for job_id, (state, _) in new.items()}
+
+
+def host_failed(state: str, reason: str | None) -> bool:
+    """Whether a job's end belongs to its host rather than to the job (``HOST_FAILURE``)."""
+    return state == "failed" and (reason or "").startswith(HOST_FAILURE)
 
 
 def attempt_of(
@@ -380,8 +443,8 @@ def wait(
             rows = store.jobs_by_ids(job_ids)
             states = poll(store, rows)
             collect(store, rows)  # the jobs' records, from their outboxes
-            if config is not None and "waiting" in states.values():
-                top_up(config, store, store.jobs_by_ids(job_ids))
+            if config is not None and ("waiting" in states.values() or "failed" in states.values()):
+                look_after(config, store, store.jobs_by_ids(job_ids))
                 states = {row["id"]: row["state"] for row in store.jobs_by_ids(job_ids)}
             done = sum(1 for s in states.values() if s in ENDED)
             bar.n = done
