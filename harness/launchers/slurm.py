@@ -272,19 +272,12 @@ def retry_host_failures(config: ClusterConfig, store: Store, rows: list[Row]) ->
             continue  # its attempt not seen by the queue (poll records it first)
         if len(bad) > limit:
             if "retried" not in row["reason"]:
-                given_up.append(
-                    (
-                        row["id"],
-                        "failed",
-                        {"reason": f"{row['reason']} (retried {limit} time(s) on other hosts)"},
-                    )
-                )
+                said = f"{row['reason']} (retried {limit} time(s) on other hosts)"
+                given_up.append((row["id"], "failed", {"reason": said}))
             continue
-        exclude = sorted({a["hosts"] for a in bad if a["hosts"] and "," not in a["hosts"]
-                          and "[" not in a["hosts"]})  # fmt: skip
-        single = layout(config, row)[1] == 1
-        chosen.append({**row, "attempt": row["attempt"] + 1,
-                       "exclude": ",".join(exclude) if single else None})  # fmt: skip
+        single = layout(config, row)[1] == 1  # one host per attempt: its name
+        exclude = ",".join(sorted({a["hosts"] for a in bad if a["hosts"]})) if single else None
+        chosen.append({**row, "attempt": row["attempt"] + 1, "exclude": exclude})
     store.set_states(given_up)
     if not chosen:
         return []
