@@ -9,7 +9,7 @@ from typing import Any
 
 from harness import launchers
 from harness.config import ClusterConfig
-from harness.launchers.base import Row, downstream, launcher_of
+from harness.launchers.base import REQUEUABLE, Row, downstream, launcher_of
 from harness.planner import JobPlan, job_dir, plan, select
 from records.errors import UserError
 from records.schema import IN_FLIGHT, UNFINISHED
@@ -99,11 +99,6 @@ def _launch(
     if final is None and wait:
         return launcher.wait([row["id"] for row in rows], progress, timeout)
     return final
-
-
-# Ends a cluster may take back: SLURM requeues a job whose node failed, or that was
-# preempted, when its requeue policy says so; such a job is followed until it is seen again.
-REQUEUABLE = ("NODE_FAIL", "PREEMPTED")
 
 
 def refresh(store: Store, rows: list[Row]) -> bool:

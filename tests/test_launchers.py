@@ -205,7 +205,8 @@ def test_a_host_failure_reads_as_one_in_the_store_whatever_code_srun_passed_on(t
 def test_only_host_failures_are_retried_and_no_more_than_max_retries(tmp_path):
     """The store's side of the retry (no SLURM runs here: the jobs chosen would be submitted,
     and none is): a job's own failure is never retried, nor a host failure whose attempts
-    have used up ``max_retries``, which then says so; a host failure whose attempt the queue
+    have used up ``max_retries``, which then says so, nor a NODE_FAIL (SLURM requeues it); a
+    host failure whose attempt the queue
     has not reported yet waits for it. The retry itself is tests/test_multinode.py's."""
     from harness import config as cluster_config
     from harness.launchers.slurm import retry_host_failures
@@ -217,18 +218,19 @@ def test_only_host_failures_are_retried_and_no_more_than_max_retries(tmp_path):
     path = write_cluster(
         tmp_path, "retries", {"kind": "slurm", "slurm": {"max_retries": 1}},
         {"v100": {"gres": "gpu:v100"}},
-        tiny_sweep(gpu_types=["v100"], models=["resnest_tiny_basic"], seeds=[0, 1, 2, 3]),
+        tiny_sweep(gpu_types=["v100"], models=["resnest_tiny_basic"], seeds=[0, 1, 2, 3, 4]),
     )  # fmt: skip
     config = cluster_config.load(path)
     store = open_store(None, config.results_dir)
     record_plan(config, store)
-    own, used_up, unseen, diverged = (row["id"] for row in store.jobs("retries"))
+    own, used_up, unseen, diverged, node_fail = (row["id"] for row in store.jobs("retries"))
     host = "host failure on node1: Connection closed by peer"
     store.set_states([
         (own, "failed", {"reason": "FAILED exit code 1: ValueError: bad shape"}),
         (used_up, "failed", {"reason": host, "attempt": 1}),
         (unseen, "failed", {"reason": host}),
         (diverged, "failed", {"reason": "diverged"}),
+        (node_fail, "failed", {"reason": "NODE_FAIL: a node of the job failed"}),
     ])  # fmt: skip
     store.record_attempts([
         {"job_id": own, "attempt": 0, "state": "failed", "host_failure": False},
@@ -237,6 +239,9 @@ def test_only_host_failures_are_retried_and_no_more_than_max_retries(tmp_path):
         {"job_id": used_up, "attempt": 1, "state": "failed", "host_failure": True,
          "hosts": "node2"},
         {"job_id": diverged, "attempt": 0, "state": "failed", "host_failure": False},
+        # SLURM requeues a job whose node failed itself (tests/test_multinode.py): not twice
+        {"job_id": node_fail, "attempt": 0, "state": "failed", "host_failure": True,
+         "hosts": "node[1-2]"},
     ])  # fmt: skip
     assert retry_host_failures(config, store, store.jobs("retries")) == []
     rows = {row["id"]: row for row in store.jobs("retries")}
@@ -244,6 +249,7 @@ def test_only_host_failures_are_retried_and_no_more_than_max_retries(tmp_path):
     assert rows[used_up]["reason"] == f"{host} (retried 1 time(s) on other hosts)"
     assert rows[own]["reason"].startswith("FAILED exit code 1")
     assert rows[unseen]["reason"] == host
+    assert rows[node_fail]["reason"] == "NODE_FAIL: a node of the job failed"
     # Looked at again: said once, not twice
     assert retry_host_failures(config, store, store.jobs("retries")) == []
     assert store.job(used_up)["reason"] == f"{host} (retried 1 time(s) on other hosts)"

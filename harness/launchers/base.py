@@ -164,8 +164,12 @@ def downstream(rows: list[Row], chosen: list[Row]) -> tuple[list[Row], list[str]
 
 
 # Reasons of failures that belong to the job's host, not to the job (SLURM's NODE_FAIL and
-# BOOT_FAIL; a job's exit EXIT_HOST): the SLURM launcher retries them on another host.
+# BOOT_FAIL; a job's exit EXIT_HOST): the SLURM launcher retries them on another host, but
+# for those SLURM takes back itself (REQUEUABLE).
 HOST_FAILURE = ("host failure", "NODE_FAIL", "BOOT_FAIL")
+# Ends a cluster may take back: SLURM requeues a job whose node failed, or that was
+# preempted, when its requeue policy says so; such a job is followed until it is seen again.
+REQUEUABLE = ("NODE_FAIL", "PREEMPTED")
 
 
 def judge_exit(code: int, last_line: str) -> tuple[str, str | None]:

@@ -1,13 +1,17 @@
-"""Reading SLURM's accounting: ``sacct`` lines to records, and a record to the store's state
-and reason (with the job's own last error line from its log)."""
+"""Reading SLURM's accounting: ``sacct`` lines to records, a record to the store's state and
+reason (with the job's own last error line from its log), and ``poll``, which brings a
+sweep's rows and attempts up to date from one sacct call."""
 
 from __future__ import annotations
 
 import datetime
 import re
+import time
 from pathlib import Path
+from typing import Any
 
-from harness.launchers.base import judge_exit
+from harness.launchers.base import HOST_FAILURE, PREFIXES, Row, judge_exit, not_run
+from harness.launchers.slurm_site import _run
 from records.spec import (
     EXIT_ALREADY_RUNNING,
     EXIT_DIVERGED,
@@ -16,6 +20,7 @@ from records.spec import (
     EXIT_REQUEUE,
     EXIT_USER_ERROR,
 )
+from records.store import Store
 
 SACCT_FIELDS = ("JobID", "State", "ExitCode", "Reason", "Start", "End", "Submit", "NodeList")
 # The fields every line has; those after them came later (a recorded output may lack them).
@@ -32,6 +37,7 @@ FAILED_REASONS = {
     "DEADLINE": "DEADLINE: the job reached its deadline",
 }
 NOT_RUN = "not run: a job it depends on did not succeed"
+PREFIX = PREFIXES["slurm"]
 JOB_CODES = (EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_PARITY, EXIT_ALREADY_RUNNING, EXIT_HOST)
 
 
@@ -138,3 +144,90 @@ def _job_line(log_err: Path | None) -> str:
     job = [line for line in lines if not line.startswith("srun:")]
     text = job[-1] if job else (lines[-1] if lines else "")
     return text + (f" (first to end: {tasks[0]})" if tasks and job else "")
+
+
+# -- following the jobs ---------------------------------------------------------------------
+
+
+def sacct_states(slurm_ids: list[str], since: float | None = None) -> dict[str, dict[str, str]]:
+    """One sacct call for many jobs: SLURM id -> {State, ExitCode, Reason, ...}. ``since``
+    (a Unix time before the jobs were submitted) keeps out older jobs that had the same ids
+    (job ids wrap around, and a rebuilt cluster counts from 1 again)."""
+    if not slurm_ids:
+        return {}
+    roots = sorted({i.split("_")[0] for i in slurm_ids})
+    cmd = ["sacct", "-X", "-n", "-P", "-D", "--format=" + ",".join(SACCT_FIELDS), "-j",
+           ",".join(roots)]  # fmt: skip
+    if since is not None:
+        cmd += ["-S", time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since))]
+    return parse_sacct(_run(cmd))
+
+
+def log_paths(job: Row) -> list[Path]:
+    """submitit's stdout and stderr of rank 0 for a SLURM job of the store."""
+    slurm_id = (job.get("launcher_job_id") or "").removeprefix(PREFIX)
+    folder = Path(job["job_dir"]).parent.parent / "slurm"
+    return [folder / f"{slurm_id}_0_log.out", folder / f"{slurm_id}_0_log.err"]
+
+
+def poll(store: Store, rows: list[Row]) -> dict[str, str]:
+    """Update the store from one sacct call; return id -> store state for ``rows``."""
+    followed = {
+        row["id"]: row["launcher_job_id"].removeprefix(PREFIX)
+        for row in rows
+        if (row.get("launcher_job_id") or "").startswith(PREFIX)
+    }
+    submitted = [row["submitted_at"] for row in rows if row.get("submitted_at")]
+    records = sacct_states(list(followed.values()), min(submitted) - 60 if submitted else None)
+    attempts = store.latest_attempts(list(followed))
+    new: dict[str, tuple[str, str | None]] = {}
+    seen: list[dict[str, Any]] = []
+    for row in rows:
+        record = records.get(followed.get(row["id"], ""))
+        if record is None:
+            new[row["id"]] = (row["state"], row["reason"])
+        elif row["state"] == "cancelled":
+            new[row["id"]] = ("cancelled", row["reason"])  # by the harness: keep why
+        else:
+            new[row["id"]] = map_state(record, log_paths(row)[1])
+    changes = []
+    for row in rows:
+        state, reason = new[row["id"]]
+        # SLURM cancels a job whose parent failed (kill-on-invalid-dep); sacct does not always
+        # say it was for the dependency: name the parent that did not succeed either way.
+        if reason == NOT_RUN or (state == "cancelled" and reason in ("CANCELLED", "None", "")):
+            for parent in row["depends_on"] or []:
+                parent_state = new[parent][0] if parent in new else store.job(parent)["state"]
+                if parent_state in ("failed", "cancelled"):
+                    reason = not_run(parent, parent_state)
+                    break
+        attempt = max(row["attempt"], attempts.get(row["id"], row["attempt"]))
+        if (state, reason, attempt) != (row["state"], row["reason"], row["attempt"]):
+            changes.append((row["id"], state, {"reason": reason, "attempt": attempt}))
+            record = records.get(followed.get(row["id"], ""))
+            if record is not None:  # what the queue saw of this attempt: when and where
+                seen.append(
+                    attempt_of(row["id"], attempt, followed[row["id"]], state, record)
+                    | {"reason": reason, "host_failure": host_failed(state, reason)}
+                )
+    store.set_states(changes)
+    store.record_attempts(seen)
+    return {job_id: state for job_id, (state, _) in new.items()}
+
+
+def host_failed(state: str, reason: str | None) -> bool:
+    """Whether a job's end belongs to its host rather than to the job (``HOST_FAILURE``)."""
+    return state == "failed" and (reason or "").startswith(HOST_FAILURE)
+
+
+def attempt_of(
+    job_id: str, attempt: int, slurm_id: str, state: str, record: dict[str, str]
+) -> dict[str, Any]:
+    """An attempt's row from its sacct record: the queue's own times (Submit, Start, End) and
+    nodes, which the figures of queue wait use."""
+    return {
+        "job_id": job_id, "attempt": attempt, "launcher_job_id": PREFIX + slurm_id,
+        "state": state, "submitted_at": timestamp(record.get("Submit")),
+        "started_at": timestamp(record.get("Start")), "ended_at": timestamp(record.get("End")),
+        "hosts": hosts_of(record),
+    }  # fmt: skip

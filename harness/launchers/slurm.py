@@ -18,7 +18,8 @@ makes a failed parent cancel exactly its own dependants, rather than leave them 
 ever. A sweep of 1,000 training jobs with their transfer, export and inference jobs is a
 handful of sbatch calls: four per GPU type.
 
-States come from ``sacct``, one call for all the jobs being followed, polled with backoff.
+States come from ``sacct`` (``harness.launchers.sacct.poll``), one call for all the jobs being
+followed, polled with backoff.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from typing import Any
 
 from harness.config import ClusterConfig
 from harness.launchers.base import (
-    HOST_FAILURE,
     PREFIXES,
+    REQUEUABLE,
     BaseLauncher,
     Row,
     downstream,
@@ -43,14 +44,7 @@ from harness.launchers.base import (
     setup_lines,
     spec_for,
 )
-from harness.launchers.sacct import (
-    NOT_RUN,
-    SACCT_FIELDS,
-    hosts_of,
-    map_state,
-    parse_sacct,
-    timestamp,
-)
+from harness.launchers.sacct import host_failed, log_paths, poll
 from harness.launchers.slurm_site import (
     _run,
     check_gpu_types,
@@ -256,11 +250,13 @@ def top_up(config: ClusterConfig, store: Store, rows: list[Row]) -> int:
 def retry_host_failures(config: ClusterConfig, store: Store, rows: list[Row]) -> list[str]:
     """Submit again the sweep's jobs whose last attempt failed because of its host, up to
     ``launcher.slurm.max_retries`` times each, with the hosts of their failed attempts
-    excluded, and with the jobs after them that were not run for it. A job over several
+    excluded, and with the jobs after them that were not run for it. A NODE_FAIL is left to
+    SLURM, which requeues the job itself (its node is down meanwhile). A job over several
     nodes is retried without exclusion: which of its hosts failed is not known (rank 0
     reports a peer that stopped answering), and SLURM runs nothing on a node that is down.
     Returns the ids retried."""
-    failed = [row for row in rows if host_failed(row["state"], row["reason"])]
+    failed = [row for row in rows if host_failed(row["state"], row["reason"])
+              and not row["reason"].startswith(REQUEUABLE)]  # fmt: skip
     if not failed:
         return []
     tries = store.attempts_of([row["id"] for row in failed])
@@ -328,91 +324,7 @@ def _chains(
     return out + [([job], None) for job in alone]
 
 
-# -- following the jobs ---------------------------------------------------------------------
-
-
-def sacct_states(slurm_ids: list[str], since: float | None = None) -> dict[str, dict[str, str]]:
-    """One sacct call for many jobs: SLURM id -> {State, ExitCode, Reason, ...}. ``since``
-    (a Unix time before the jobs were submitted) keeps out older jobs that had the same ids
-    (job ids wrap around, and a rebuilt cluster counts from 1 again)."""
-    if not slurm_ids:
-        return {}
-    roots = sorted({i.split("_")[0] for i in slurm_ids})
-    cmd = ["sacct", "-X", "-n", "-P", "-D", "--format=" + ",".join(SACCT_FIELDS), "-j",
-           ",".join(roots)]  # fmt: skip
-    if since is not None:
-        cmd += ["-S", time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since))]
-    return parse_sacct(_run(cmd))
-
-
-def log_paths(job: Row) -> list[Path]:
-    """submitit's stdout and stderr of rank 0 for a SLURM job of the store."""
-    slurm_id = (job.get("launcher_job_id") or "").removeprefix(PREFIX)
-    folder = Path(job["job_dir"]).parent.parent / "slurm"
-    return [folder / f"{slurm_id}_0_log.out", folder / f"{slurm_id}_0_log.err"]
-
-
-def poll(store: Store, rows: list[Row]) -> dict[str, str]:
-    """Update the store from one sacct call; return id -> store state for ``rows``."""
-    followed = {
-        row["id"]: row["launcher_job_id"].removeprefix(PREFIX)
-        for row in rows
-        if (row.get("launcher_job_id") or "").startswith(PREFIX)
-    }
-    submitted = [row["submitted_at"] for row in rows if row.get("submitted_at")]
-    records = sacct_states(list(followed.values()), min(submitted) - 60 if submitted else None)
-    attempts = store.latest_attempts(list(followed))
-    new: dict[str, tuple[str, str | None]] = {}
-    seen: list[dict[str, Any]] = []
-    for row in rows:
-        record = records.get(followed.get(row["id"], ""))
-        if record is None:
-            new[row["id"]] = (row["state"], row["reason"])
-        elif row["state"] == "cancelled":
-            new[row["id"]] = ("cancelled", row["reason"])  # by the harness: keep why
-        else:
-            new[row["id"]] = map_state(record, log_paths(row)[1])
-    changes = []
-    for row in rows:
-        state, reason = new[row["id"]]
-        # SLURM cancels a job whose parent failed (kill-on-invalid-dep); sacct does not always
-        # say it was for the dependency: name the parent that did not succeed either way.
-        if reason == NOT_RUN or (state == "cancelled" and reason in ("CANCELLED", "None", "")):
-            for parent in row["depends_on"] or []:
-                parent_state = new[parent][0] if parent in new else store.job(parent)["state"]
-                if parent_state in ("failed", "cancelled"):
-                    reason = not_run(parent, parent_state)
-                    break
-        attempt = max(row["attempt"], attempts.get(row["id"], row["attempt"]))
-        if (state, reason, attempt) != (row["state"], row["reason"], row["attempt"]):
-            changes.append((row["id"], state, {"reason": reason, "attempt": attempt}))
-            record = records.get(followed.get(row["id"], ""))
-            if record is not None:  # what the queue saw of this attempt: when and where
-                seen.append(
-                    attempt_of(row["id"], attempt, followed[row["id"]], state, record)
-                    | {"reason": reason, "host_failure": host_failed(state, reason)}
-                )
-    store.set_states(changes)
-    store.record_attempts(seen)
-    return {job_id: state for job_id, (state, _) in new.items()}
-
-
-def host_failed(state: str, reason: str | None) -> bool:
-    """Whether a job's end belongs to its host rather than to the job (``HOST_FAILURE``)."""
-    return state == "failed" and (reason or "").startswith(HOST_FAILURE)
-
-
-def attempt_of(
-    job_id: str, attempt: int, slurm_id: str, state: str, record: dict[str, str]
-) -> dict[str, Any]:
-    """An attempt's row from its sacct record: the queue's own times (Submit, Start, End) and
-    nodes, which the figures of queue wait use."""
-    return {
-        "job_id": job_id, "attempt": attempt, "launcher_job_id": PREFIX + slurm_id,
-        "state": state, "submitted_at": timestamp(record.get("Submit")),
-        "started_at": timestamp(record.get("Start")), "ended_at": timestamp(record.get("End")),
-        "hosts": hosts_of(record),
-    }  # fmt: skip
+# -- following the jobs (states from sacct: harness.launchers.sacct) --------------------------
 
 
 def wait(
