@@ -102,6 +102,11 @@ class SlurmSettings(_Strict):
     # How many times a job whose failure belongs to its host (NODE_FAIL, a rendezvous or
     # connection error, a collective timeout) is submitted again, with that host excluded
     max_retries: int = Field(default=1, ge=0)
+    # Jobs left waiting for room are submitted by a feeder job, from a compute node, as room
+    # frees (nothing stays running on the login node); false: by status and submit --wait
+    feeder: bool = True
+    # Where the feeder (one CPU, a few minutes) runs; by default the cluster's default partition
+    feeder_partition: str | None = None
 
 
 class RaySettings(_Strict):

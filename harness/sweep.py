@@ -37,7 +37,7 @@ def placement(config: ClusterConfig, jobs: list[JobPlan]) -> list[str]:
         environment = environment_for(config, gpu_type)
         head = f"{gpu_type} ({per_node * nodes} GPU{'s' if per_node * nodes > 1 else ''}):"
         if kind == "slurm":
-            from harness.launchers.slurm import sbatch_parameters
+            from harness.launchers.slurm_site import sbatch_parameters
 
             params = sbatch_parameters(gpu, per_node, nodes)
             flags = [
@@ -107,7 +107,10 @@ def refresh(store: Store, rows: list[Row]) -> bool:
     the jobs' new records from their outboxes (``harness.collect``); whether anything was
     asked or stored (if not, ``rows`` are as current as the store)."""
     from harness.collect import collect
+    from harness.launchers import feeder
 
+    if feeder.collect(store, rows):  # waiting jobs a feeder has submitted since
+        rows = store.jobs_by_ids([row["id"] for row in rows])
     held: dict[str, list[Row]] = {}
     for row in rows:
         name = launcher_of(row)

@@ -7,7 +7,8 @@
 # Debian's slurmctld, slurmd, slurmdbd, munge and mariadb-server, started as plain daemons
 # (no systemd), as root. Accounting through slurmdbd, so that sacct works. Two fake GPU
 # types, v100 and a100 (gres.conf with AutoDetect=off and /dev/null, /dev/zero as devices),
-# in two partitions: gpu (default) and debug.
+# in two partitions: gpu (default) and debug. Associations, limits and QOS are enforced, as
+# at a site (root's association comes with the cluster; tests add QOS limits of their own).
 set -euo pipefail
 
 state=${SLURM_LOCAL_DIR:-/var/lib/resnest-bench-slurm}
@@ -56,6 +57,7 @@ GresTypes=gpu
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStorageTRES=gres/gpu,gres/gpu:v100,gres/gpu:a100
+AccountingStorageEnforce=associations,limits,qos
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 MinJobAge=5

@@ -48,7 +48,13 @@ def pytest_configure(config):
 
 # The modules of the shared SLURM clusters and of Ray: under pytest-xdist they run one test at
 # a time, all on one worker (two node-failure tests at once would kill each other's nodes).
-CLUSTER_MODULES = ("test_slurm.py", "test_multinode.py", "test_ray.py", "test_multinode_ray.py")
+CLUSTER_MODULES = (
+    "test_slurm.py",
+    "test_slurm_limits.py",
+    "test_multinode.py",
+    "test_ray.py",
+    "test_multinode_ray.py",
+)
 CLUSTER_MARKERS = ("slurm", "ray")
 
 

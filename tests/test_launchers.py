@@ -1,5 +1,6 @@
 """Launcher logic that needs no cluster: sbatch options from cluster.yaml, sacct states."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -202,27 +203,33 @@ def test_a_host_failure_reads_as_one_in_the_store_whatever_code_srun_passed_on(t
     assert not host_failed(*map_state({"State": "OUT_OF_MEMORY"}))
 
 
-def test_only_host_failures_are_retried_and_no_more_than_max_retries(tmp_path):
-    """The store's side of the retry (no SLURM runs here: the jobs chosen would be submitted,
-    and none is): a job's own failure is never retried, nor a host failure whose attempts
-    have used up ``max_retries``, which then says so, nor a NODE_FAIL (SLURM requeues it); a
-    host failure whose attempt the queue
-    has not reported yet waits for it. The retry itself is tests/test_multinode.py's."""
+def five_planned_jobs(tmp_path, name: str, slurm: dict):
+    """A SLURM sweep's five training jobs, planned into a SQLite store (no SLURM runs)."""
     from harness import config as cluster_config
-    from harness.launchers.slurm import retry_host_failures
     from harness.sweep import record_plan
     from records.store import open_store
 
     from .jobtools import tiny_sweep, write_cluster
 
     path = write_cluster(
-        tmp_path, "retries", {"kind": "slurm", "slurm": {"max_retries": 1}},
-        {"v100": {"gres": "gpu:v100"}},
+        tmp_path, name, {"kind": "slurm", "slurm": slurm}, {"v100": {"gres": "gpu:v100"}},
         tiny_sweep(gpu_types=["v100"], models=["resnest_tiny_basic"], seeds=[0, 1, 2, 3, 4]),
     )  # fmt: skip
     config = cluster_config.load(path)
     store = open_store(None, config.results_dir)
     record_plan(config, store)
+    return config, store
+
+
+def test_only_host_failures_are_retried_and_no_more_than_max_retries(tmp_path):
+    """The store's side of the retry (no SLURM runs here: the jobs chosen would be submitted,
+    and none is): a job's own failure is never retried, nor a host failure whose attempts
+    have used up ``max_retries``, which then says so, nor a NODE_FAIL (SLURM requeues it); a
+    host failure whose attempt the queue
+    has not reported yet waits for it. The retry itself is tests/test_multinode.py's."""
+    from harness.launchers.slurm import retry_host_failures
+
+    config, store = five_planned_jobs(tmp_path, "retries", {"max_retries": 1})
     own, used_up, unseen, diverged, node_fail = (row["id"] for row in store.jobs("retries"))
     host = "host failure on node1: Connection closed by peer"
     store.set_states([
@@ -253,3 +260,34 @@ def test_only_host_failures_are_retried_and_no_more_than_max_retries(tmp_path):
     # Looked at again: said once, not twice
     assert retry_host_failures(config, store, store.jobs("retries")) == []
     assert store.job(used_up)["reason"] == f"{host} (retried 1 time(s) on other hosts)"
+
+
+def test_what_a_feeder_logged_reaches_the_store_for_the_attempt_it_fed_alone(tmp_path):
+    """The harness's side of the feeder (the feeder itself: tests/test_slurm_limits.py): the
+    feed log's whole lines reach the store, a torn last line (a feeder cut off mid-write)
+    and an entry for an earlier attempt do not, and a job no longer waiting keeps its state;
+    collecting twice changes nothing more."""
+    from harness.launchers import feeder
+
+    config, store = five_planned_jobs(tmp_path, "fed", {})
+    sent, stale, dropped, torn, gone = (row["id"] for row in store.jobs("fed"))
+    store.set_states([(i, "waiting", {"reason": "waiting for room: 5", "attempt": 1})
+                      for i in (sent, stale, dropped, torn)])  # fmt: skip
+    store.set_states([(gone, "cancelled", {"reason": "cancelled by the user", "attempt": 1})])
+    log = feeder.folder_of(config) / feeder.LOG
+    log.parent.mkdir(parents=True)
+    lines = [{"feeder": "40"}, {"id": sent, "attempt": 1, "slurm": "41_0"},
+             {"id": stale, "attempt": 0, "slurm": "7"}, {"feeder": "42"},
+             {"id": dropped, "attempt": 1, "not_run": f"not run: depends on {sent}, which failed"},
+             {"id": gone, "attempt": 1, "slurm": "43"}]  # fmt: skip
+    log.write_text("".join(json.dumps(line) + "\n" for line in lines)
+                   + json.dumps({"id": torn, "attempt": 1, "slurm": "44"})[:20])  # fmt: skip
+    assert feeder.read_log(log).feeders == ["40", "42"]
+    assert feeder.collect(store, store.jobs("fed")) == 2
+    rows = {row["id"]: row for row in store.jobs("fed")}
+    assert (rows[sent]["state"], rows[sent]["launcher_job_id"]) == ("submitted", "slurm:41_0")
+    assert (rows[dropped]["state"], rows[dropped]["reason"]) == (
+        "cancelled", f"not run: depends on {sent}, which failed")  # fmt: skip
+    assert rows[stale]["state"] == rows[torn]["state"] == "waiting"
+    assert rows[gone]["state"] == "cancelled" and rows[gone]["launcher_job_id"] is None
+    assert feeder.collect(store, store.jobs("fed")) == 0

@@ -668,12 +668,14 @@ def test_arrays_are_cut_under_the_sites_max_array_size_and_chains_hold_chunk_by_
 
 def test_a_sweep_over_the_submit_limit_waits_for_room_and_runs_every_job_once(tmp_path):
     """A limit of 3 queued jobs (``launcher.slurm.max_queued``; every job of the user counts)
-    and a sweep of 4 training jobs and their transfers (8 jobs): submit queues what fits and
-    keeps the rest waiting, saying why; each status submits waiting jobs as room frees, never
+    and a sweep of 4 training jobs and their transfers (8 jobs), with no feeder job
+    (``feeder: false``; the feeder: test_slurm_limits.py): submit queues what fits and keeps
+    the rest waiting, saying why; each status submits waiting jobs as room frees, never
     more than 3 of them in the queue at once; a failed training job's transfer is not run,
     and every other job runs exactly once."""
+    settings = {"array_parallelism": 2, "max_queued": 3, "feeder": False}
     path = write_cluster(
-        tmp_path, "limited", {"kind": "slurm", "slurm": {"array_parallelism": 2, "max_queued": 3}},
+        tmp_path, "limited", {"kind": "slurm", "slurm": settings},
         {"v100": {"partition": "gpu", "gres": "gpu:v100", "cpus_per_gpu": 1}},
         tiny_sweep(models=["resnest_tiny_basic"], gpu_types=["v100"], seeds=[0, 1, 2, 3],
                    stages=["train", "transfer"], transfer_to=["synthetic"], transfer_epochs=1),

@@ -16,7 +16,9 @@ array has succeeded. A job with several parents (the winner's export) goes out o
 with ``--dependency=afterok:<parent>:<parent>...``. Either way ``--kill-on-invalid-dep=yes``
 makes a failed parent cancel exactly its own dependants, rather than leave them pending for
 ever. A sweep of 1,000 training jobs with their transfer, export and inference jobs is a
-handful of sbatch calls: four per GPU type.
+handful of sbatch calls: four per GPU type (``harness.launchers.slurm_submit``). Jobs over
+the site's submit limits wait in the store, and a feeder job brings them in from the
+cluster as room frees (``harness.launchers.feeder``).
 
 States come from ``sacct`` (``harness.launchers.sacct.poll``), one call for all the jobs being
 followed, polled with backoff.
@@ -24,39 +26,33 @@ followed, polled with backoff.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 from harness.config import ClusterConfig
+from harness.launchers import feeder
 from harness.launchers.base import (
     PREFIXES,
     REQUEUABLE,
     BaseLauncher,
     Row,
     downstream,
-    environment_of,
     not_run,
     progress_bar,
-    setup_lines,
-    spec_for,
 )
 from harness.launchers.sacct import host_failed, log_paths, poll
 from harness.launchers.slurm_site import (
     _run,
     check_gpu_types,
     fit,
-    max_array_size,
-    sbatch_parameters,
     submit_room,
 )
+from harness.launchers.slurm_submit import Submission
 from harness.planner import layout
 from records.errors import UserError
 from records.schema import ENDED, IN_FLIGHT
-from records.spec import SPEC_FILE
 from records.store import Store
 
 PREFIX = PREFIXES["slurm"]
@@ -64,34 +60,30 @@ POLL_MIN_S = 1.0
 POLL_MAX_S = 30.0
 
 
-def _executor(folder: Path, params: dict[str, Any], job_name: str, python: str | None = None):
-    """A submitit executor; ``python`` is the interpreter the batch script starts on the node
-    (after the ``setup`` lines in ``params``, so it may come from them)."""
-    import submitit
-
-    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=3, python=python)
-    executor.update_parameters(job_name=job_name, **params)
-    return executor
-
-
 def submit(config: ClusterConfig, store: Store, jobs: list[Row]) -> dict[str, str]:
     """Submit ``jobs`` (store rows in dependency order), as many as the site's limits leave
-    room for; the others wait in the store (state ``waiting``, with the reason) until
-    ``top_up`` finds room. Return id -> SLURM job id of those submitted."""
+    room for; the others wait in the store (state ``waiting``, with the reason), and a
+    feeder job submits them as room frees (``harness.launchers.feeder``; else ``top_up``).
+    Return id -> SLURM job id of those submitted."""
     store.set_states([(job["id"], "pending", {"attempt": job["attempt"], "reason": None})
                       for job in jobs])  # fmt: skip
     room, why = submit_room(config)
+    left: list[Row] = []
     if room is not None and room < len(jobs):
-        chosen = fit(jobs, room)
-        store.set_states([
-            (job["id"], "waiting", {"reason": f"waiting for room: {why}",
-                                    "launcher_job_id": None})
-            for job in jobs if job["id"] not in chosen
-        ])  # fmt: skip
+        feeding = config.launcher.slurm.feeder  # the feeder counts against the limit too
+        chosen = fit(jobs, max(0, room - 1) if feeding else room)
+        left = [job for job in jobs if job["id"] not in chosen]
+        reason = {"reason": f"waiting for room: {why}", "launcher_job_id": None}
+        store.set_states([(job["id"], "waiting", reason) for job in left])
         jobs = [job for job in jobs if job["id"] in chosen]
-    if not jobs:
-        return {}
-    submission = _Submission(config, store, jobs)
+    submitted = _submit_now(config, store, jobs) if jobs else {}
+    if left and config.launcher.slurm.feeder:
+        feeder.start(config, store, after=list(submitted.values()))
+    return submitted
+
+
+def _submit_now(config: ClusterConfig, store: Store, jobs: list[Row]) -> dict[str, str]:
+    submission = Submission.from_store(config, store, jobs)
     try:
         submission.run()
     except Exception as exc:
@@ -113,107 +105,6 @@ def submit(config: ClusterConfig, store: Store, jobs: list[Row]) -> dict[str, st
         for job in jobs
     ])  # fmt: skip
     return submission.submitted
-
-
-class _Submission:
-    """The sbatch calls of one submission: arrays first, then stage after stage."""
-
-    def __init__(self, config: ClusterConfig, store: Store, jobs: list[Row]) -> None:
-        self.config, self.store, self.jobs = config, store, jobs
-        self.folder = Path(config.results_dir).resolve() / config.name / "slurm"
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.ids = {job["id"] for job in jobs}
-        # Every job's folder, for its children's specs: one query for parents not submitted.
-        self.folders = {job["id"]: job["job_dir"] for job in jobs}
-        outside = {p for job in jobs for p in job["depends_on"] or []} - self.ids
-        outside_rows = store.jobs_by_ids(sorted(outside))
-        self.folders |= {row["id"]: row["job_dir"] for row in outside_rows}
-        # Parents from an earlier submission still in the queue: waited on by their SLURM id
-        # (the others have succeeded).
-        self.flying = {
-            row["id"]: row["launcher_job_id"].removeprefix(PREFIX)
-            for row in outside_rows
-            if row["state"] in IN_FLIGHT and (row["launcher_job_id"] or "").startswith(PREFIX)
-        }
-        self.submitted: dict[str, str] = {}
-        self.position: dict[str, tuple[str, int]] = {}  # job id -> (array's SLURM id, task)
-        self.sizes: dict[str, int] = {}  # SLURM array id -> tasks
-
-    def parents(self, job: Row) -> list[str]:
-        """The job's parents in this submission (others have succeeded already, or are in
-        the queue from an earlier one: ``flying_parents``)."""
-        return [p for p in job["depends_on"] or [] if p in self.ids]
-
-    def flying_parents(self, job: Row) -> list[str]:
-        return [self.flying[p] for p in job["depends_on"] or [] if p in self.flying]
-
-    def run(self) -> None:
-        name = self.config.name
-        # Jobs with nothing to wait for: one array per GPU type and job shape.
-        groups: dict[tuple, list[Row]] = defaultdict(list)
-        for job in self.jobs:
-            if not self.parents(job) and not self.flying_parents(job):
-                key = (job["gpu_type"], layout(self.config, job), job.get("exclude"))
-                groups[key].append(job)
-        size = max_array_size()
-        for (gpu_type, *_), group in groups.items():
-            for start in range(0, len(group), size):  # chunks the site's MaxArraySize allows
-                self.send(group[start : start + size], f"{name}-{gpu_type}")
-        # Then, stage after stage, the jobs whose parents are submitted.
-        waiting = [job for job in self.jobs if job["id"] not in self.submitted]
-        while waiting:
-            ready = [j for j in waiting if all(p in self.submitted for p in self.parents(j))]
-            if not ready:  # a plan is ordered parents first: this is a broken store
-                raise RuntimeError("error: jobs that wait on each other in a circle")
-            chained = [j for j in ready if not self.flying_parents(j)]
-            chains = _chains(chained, self.parents, self.position, self.sizes, self.config)
-            chains += [([j], None) for j in ready if self.flying_parents(j)]
-            for group, array in chains:
-                if array is not None:  # task i waits on task i of the parents' array
-                    self.send(group, f"{name}-{group[0]['stage']}", f"aftercorr:{array}")
-                    continue
-                (job,) = group
-                ids = [self.submitted[p] for p in self.parents(job)] + self.flying_parents(job)
-                self.send(group, f"{name}-{job['stage']}", "afterok:" + ":".join(ids))
-            waiting = [job for job in waiting if job["id"] not in self.submitted]
-
-    def send(self, group: list[Row], name: str, dependency: str | None = None) -> None:
-        """One sbatch: the jobs of ``group`` (same sbatch options), as an array if several."""
-        from jobs.slurm_task import SlurmTask
-
-        first = group[0]
-        environment = environment_of(self.config, first)
-        params = sbatch_parameters(self.config.gpu_types[first["gpu_type"]],
-                                   *layout(self.config, first))  # fmt: skip
-        lines = setup_lines(environment)
-        if lines:
-            params["setup"] = lines
-        if first.get("exclude"):  # a retry after a host failure: not on that host again
-            params["exclude"] = first["exclude"]
-        if len(group) > 1:
-            params["array_parallelism"] = self.config.launcher.slurm.array_parallelism
-        if dependency:
-            params["dependency"] = dependency
-            params["additional_parameters"] = {**params.get("additional_parameters", {}),
-                                               "kill-on-invalid-dep": "yes"}  # fmt: skip
-        executor = _executor(self.folder, params, name, environment.python)
-        requeue = self.config.launcher.slurm.requeue_on_preemption
-
-        def task(job: Row) -> SlurmTask:  # its spec file is written on the node, as it starts
-            # A SQLite store is the harness's alone: the job's records travel in its outbox.
-            spec = spec_for(self.store, job, self.folders, direct=not self.store.is_sqlite)
-            return SlurmTask(os.path.join(job["job_dir"], SPEC_FILE), requeue, spec.to_json())
-
-        if len(group) == 1:
-            self.submitted[first["id"]] = executor.submit(task(first)).job_id
-            return
-        with executor.batch():
-            handles = [executor.submit(task(job)) for job in group]
-        array = handles[0].job_id.split("_")[0]
-        self.sizes[array] = len(handles)
-        for index, (job, handle) in enumerate(zip(group, handles, strict=True)):
-            self.submitted[job["id"]] = handle.job_id
-            self.position[job["id"]] = (array, index)
 
 
 def top_up(config: ClusterConfig, store: Store, rows: list[Row]) -> int:
@@ -286,42 +177,16 @@ def retry_host_failures(config: ClusterConfig, store: Store, rows: list[Row]) ->
 
 def look_after(config: ClusterConfig, store: Store, rows: list[Row]) -> None:
     """What the harness does for a SLURM sweep each time it looks at it (``status``,
-    ``submit --wait``): retry host failures, then submit waiting jobs as room frees."""
-    if retry_host_failures(config, store, rows):
+    ``submit --wait``): retry host failures, then submit waiting jobs as room frees, unless
+    the sweep's feeder is in the queue to do it (what the feeders sent is read in first)."""
+    if feeder.collect(store, rows) + len(retry_host_failures(config, store, rows)):
+        rows = store.jobs_by_ids([row["id"] for row in rows])
+    waiting = any(row["state"] == "waiting" for row in rows)
+    if not waiting or feeder.current(feeder.folder_of(config)):
+        return
+    if feeder.collect(store, rows):  # the last feeder's work, read after it left the queue
         rows = store.jobs_by_ids([row["id"] for row in rows])
     top_up(config, store, rows)
-
-
-def _chains(
-    ready: list[Row],
-    parents: Any,
-    position: dict[str, tuple[str, int]],
-    sizes: dict[str, int],
-    config: ClusterConfig,
-) -> list[tuple[list[Row], str | None]]:
-    """The ready jobs in groups: (jobs, the parents' array) where the group is one array
-    chained task by task to an array already submitted (each job has one parent, task i of
-    that array, and every task has one such child: a transfer per training job of a GPU
-    type, an export per transfer...); (one job, None) for the others (several parents, as
-    the winner's export; or a parent not in an array), which wait with afterok."""
-    alike: dict[tuple, list[Row]] = defaultdict(list)
-    alone: list[Row] = []
-    for job in ready:
-        mine = parents(job)
-        if len(mine) == 1 and mine[0] in position:
-            key = (position[mine[0]][0], job["stage"], job["dataset"], job["gpu_type"],
-                   layout(config, job), job.get("exclude"))  # fmt: skip
-            alike[key].append(job)
-        else:
-            alone.append(job)
-    out: list[tuple[list[Row], str | None]] = []
-    for (array, *_), group in alike.items():
-        group.sort(key=lambda job: position[parents(job)[0]][1])
-        if [position[parents(job)[0]][1] for job in group] == list(range(sizes[array])):
-            out.append((group, array))
-        else:
-            alone += group
-    return out + [([job], None) for job in alone]
 
 
 # -- following the jobs (states from sacct: harness.launchers.sacct) --------------------------
@@ -399,6 +264,8 @@ class SlurmLauncher(BaseLauncher):
         """All recorded as cancelled (so that sacct's CANCELLED keeps the user's reason),
         then scancel for those in the queue."""
         super().cancel(jobs)
+        if any(job["state"] == "waiting" for job in jobs):  # nothing more to feed
+            feeder.stop(Path(jobs[0]["job_dir"]).parent.parent / "slurm")
         cancel([(job["launcher_job_id"] or "").removeprefix(PREFIX) for job in jobs
                 if (job["launcher_job_id"] or "").startswith(PREFIX)])  # fmt: skip
 

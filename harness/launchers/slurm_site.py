@@ -165,7 +165,7 @@ def site_limits(config: ClusterConfig) -> list[tuple[int, str, str | None]]:
         return []
     found: list[tuple[int, str, str | None]] = []
     try:
-        assocs = _run(["sacctmgr", "-nP", "show", "assoc", f"where user={_user()}",
+        assocs = _run(["sacctmgr", "-nP", "show", "assoc", "where", f"user={_user()}",
                        "format=MaxSubmit,GrpSubmit,DefaultQOS"], timeout=30)  # fmt: skip
         qos_table = _run(["sacctmgr", "-nP", "show", "qos",
                           "format=Name,MaxSubmitPU,GrpSubmit"], timeout=30)  # fmt: skip
