@@ -179,7 +179,7 @@ def bench_status(store: Store, n_jobs: int, repeats: int, folder: Path) -> None:
     final record too), which status collects into the store: the first time every outbox
     (all the jobs just ended or started), again only those of the running jobs, each of which
     has written one more epoch since the last status."""
-    from harness.launchers import slurm
+    from harness.launchers import sacct as slurm  # where poll reads sacct
 
     rows = job_rows(n_jobs, prefix="st")
     now = time.time()

@@ -28,30 +28,102 @@ def write_records(conn: Any, records: Iterable[dict[str, Any]]) -> int:
     """``Store.write_records`` inside a transaction of the caller's (the collector writes an
     outbox's records and how far it has read it in one)."""
     count, epochs_of = 0, set()
+    batch = _Batch(conn)
     for record in records:
-        _write_record(conn, record)
+        _write_record(conn, record, batch)
         count += 1
         if record["kind"] == "epoch":
             epochs_of.add(record.get("job_id", ""))
+    batch.flush()
     summaries.refresh(conn, epochs_of)  # in the same transaction as the epochs
     return count
+
+
+class _Batch:
+    """Upserts gathered by table and shape, each group then sent as one executemany (the
+    records of 10,000 outboxes are tens of thousands of rows: one statement each costs
+    seconds). Of rows with one key, the one that would win one by one is sent: the last where
+    a row updates, the first where it does nothing on conflict."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.groups: dict[tuple, tuple[Table, dict[tuple, dict[str, Any]]]] = {}
+
+    def add(
+        self,
+        table: Table,
+        row: dict[str, Any],
+        keys: tuple[str, ...],
+        update_columns: tuple[str, ...] | None = None,
+        fill_only: tuple[str, ...] = (),
+    ) -> None:
+        """``update_columns``: those a conflict sets (None: all but the keys; (): none);
+        of them, those in ``fill_only`` only where nothing is stored yet."""
+        columns = (
+            tuple(c for c in row if c not in keys) if update_columns is None else update_columns
+        )
+        shape = (table.name, tuple(row), keys, tuple(columns), fill_only)
+        rows = self.groups.setdefault(shape, (table, {}))[1]
+        key = tuple(row[k] for k in keys)
+        if columns or key not in rows:  # one row per key in a statement: the one that wins
+            rows[key] = row
+
+    def attempt(self, row: dict[str, Any], fill_only: tuple[str, ...] = ()) -> None:
+        """An attempt's row, or the columns given set (None: keep what is stored)."""
+        values = {k: v for k, v in row.items() if v is not None}
+        self.add(attempts, values, ("job_id", "attempt"), fill_only=fill_only)
+
+    def flush(self) -> None:
+        for (_, _, keys, columns, fill_only), (table, rows) in self.groups.items():
+            statement = _dialect_insert(self.conn)(table)
+            if columns:
+                changes = {
+                    c: func.coalesce(table.c[c], statement.excluded[c])
+                    if c in fill_only
+                    else statement.excluded[c]
+                    for c in columns
+                }
+                statement = statement.on_conflict_do_update(index_elements=list(keys), set_=changes)
+            else:
+                statement = statement.on_conflict_do_nothing(index_elements=list(keys))
+            self.conn.execute(statement, list(rows.values()))
+        self.groups.clear()
+
+
+def upsert_many(
+    conn: Any, table: Table, rows: Iterable[dict[str, Any]], keys: tuple[str, ...]
+) -> None:
+    """``upsert`` of many rows, in as few statements as their shapes allow."""
+    batch = _Batch(conn)
+    for row in rows:
+        batch.add(table, row, keys)
+    batch.flush()
+
+
+def write_attempts(conn: Any, rows: Iterable[dict[str, Any]]) -> None:
+    """Attempts' rows (job_id, attempt and any other columns; None keeps what is stored)."""
+    batch = _Batch(conn)
+    for row in rows:
+        batch.attempt(row)
+    batch.flush()
 
 
 _ONE_PER_ATTEMPT = {"final": results, "provenance": provenance}
 
 
-def _write_record(conn: Any, record: dict[str, Any]) -> None:
+def _write_record(conn: Any, record: dict[str, Any], batch: _Batch) -> None:
+    """One record's rows: into ``batch`` those written by key; the job's model at once."""
     kind, job_id, attempt = record["kind"], record.get("job_id", ""), record.get("attempt", 0)
     if kind == "epoch":
         row = {"job_id": job_id, "attempt": attempt, "epoch": record["epoch"]}
         extra = ("images", "steps", "world_size", "warmup", "telemetry_source", "energy_method")
         row.update({k: record.get(k) for k in (*EPOCH_FIELDS, *extra)})
         row["recorded_at"] = record.get("time")
-        upsert(conn, epochs, row, ("job_id", "attempt", "epoch"))
+        batch.add(epochs, row, ("job_id", "attempt", "epoch"))
     elif kind == "artifact":
         row = {k: record.get(k) for k in ("path", "bytes", "sha256")}
         row["kind"] = record.get("artifact")
-        upsert(conn, artifacts, {"job_id": job_id, **row}, ("job_id", "path"))
+        batch.add(artifacts, {"job_id": job_id, **row}, ("job_id", "path"))
     elif kind == "inference":
         row = {
             "job_id": job_id,
@@ -60,7 +132,7 @@ def _write_record(conn: Any, record: dict[str, Any]) -> None:
             "batch_size": record["batch_size"],
             "measurement": {k: v for k, v in record.items() if k not in ("uid", "kind")},
         }
-        upsert(conn, inference, row, ("job_id", "attempt", "runtime", "batch_size"))
+        batch.add(inference, row, ("job_id", "attempt", "runtime", "batch_size"))
     elif kind == "telemetry":
         for sample in record.get("samples", []):
             row = {
@@ -70,13 +142,13 @@ def _write_record(conn: Any, record: dict[str, Any]) -> None:
                 "gpu_index": sample.get("gpu_index", -1),
                 "sample": sample,
             }
-            upsert(conn, telemetry, row, ("job_id", "attempt", "time", "gpu_index"))
+            batch.add(telemetry, row, ("job_id", "attempt", "time", "gpu_index"))
     elif kind == "start":
         # Where the attempt ran, and when it began if its launcher has not said (sacct's
         # Start, the allocation's, comes before the job's first record and wins).
         hosts = record.get("hosts")
         spec = record.get("spec") or {}
-        _attempt(conn, {"job_id": job_id, "attempt": attempt, "started_at": record.get("time"),
+        batch.attempt({"job_id": job_id, "attempt": attempt, "started_at": record.get("time"),
                         "submitted_at": spec.get("submitted_at"),
                         "hosts": ",".join(hosts) if hosts else None},
                  fill_only=("started_at", "submitted_at"))  # fmt: skip
@@ -92,11 +164,10 @@ def _write_record(conn: Any, record: dict[str, Any]) -> None:
         table = _ONE_PER_ATTEMPT[kind]
         row = {"job_id": job_id, "attempt": attempt}
         row.update({c.name: record.get(c.name) for c in table.columns if c.name not in row})
-        upsert(conn, table, row, ("job_id", "attempt"))
+        batch.add(table, row, ("job_id", "attempt"))
     uid = record.get("uid")
     if uid:
-        upsert(
-            conn,
+        batch.add(
             events,
             {
                 "uid": uid,
@@ -109,27 +180,6 @@ def _write_record(conn: Any, record: dict[str, Any]) -> None:
             ("uid",),
             update_columns=(),
         )
-
-
-def _attempt(conn: Any, row: dict[str, Any], fill_only: tuple[str, ...] = ()) -> None:
-    """Insert an attempt's row, or set the columns given (None: keep what is stored); those
-    in ``fill_only`` are set only where nothing is stored yet."""
-    values = {k: v for k, v in row.items() if v is not None}
-    statement = _dialect_insert(conn)(attempts).values(**values)
-    changes = {
-        name: func.coalesce(attempts.c[name], statement.excluded[name])
-        if name in fill_only
-        else statement.excluded[name]
-        for name in values
-        if name not in ("job_id", "attempt")
-    }
-    if changes:
-        statement = statement.on_conflict_do_update(
-            index_elements=["job_id", "attempt"], set_=changes
-        )
-    else:
-        statement = statement.on_conflict_do_nothing(index_elements=["job_id", "attempt"])
-    conn.execute(statement)
 
 
 def upsert(

@@ -31,7 +31,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 
 from records import summaries
 from records.errors import StoreError, StoreMissing
-from records.rows import _attempt, upsert, write_records
+from records.rows import upsert, upsert_many, write_attempts, write_records
 from records.schema import (
     EPOCH_FIELDS,
     SCHEMA_VERSION,
@@ -301,8 +301,7 @@ class Store:
         collection cut short anywhere stores all of this or none of it."""
         with self.begin() as conn:
             count = write_records(conn, records)
-            for cursor in cursors:
-                upsert(conn, outboxes, cursor, ("job_id",))
+            upsert_many(conn, outboxes, cursors, ("job_id",))
         return count
 
     def progress_of(self, job_ids: list[str]) -> dict[str, list[tuple]]:
@@ -346,8 +345,7 @@ class Store:
         """What a launcher saw of attempts (job_id, attempt and any other columns); a value
         left out, or None, keeps the one stored."""
         with self.begin() as conn:
-            for row in rows:
-                _attempt(conn, row)
+            write_attempts(conn, rows)
 
     def rebuild_summaries(self) -> int:
         """Recompute every job's summary from its epoch rows; returns how many jobs."""

@@ -114,7 +114,7 @@ def merged_epochs(conn: Any, job_ids: Iterable[str] | None = None) -> dict[str, 
 def refresh(conn: Any, job_ids: Iterable[str] | None = None) -> int:
     """Recompute the summaries of ``job_ids`` (of every job: None) from their epoch rows, in
     the caller's transaction. Returns how many."""
-    from records.store import upsert  # the store calls this module: import at use
+    from records.rows import upsert_many  # which calls this module: import at use
 
     ids = None if job_ids is None else set(job_ids)
     if ids is None:
@@ -122,6 +122,6 @@ def refresh(conn: Any, job_ids: Iterable[str] | None = None) -> int:
     elif not ids:
         return 0
     merged = merged_epochs(conn, ids)
-    for job_id, job_epochs in merged.items():
-        upsert(conn, summaries, {"job_id": job_id, **summarise(job_epochs)}, ("job_id",))
+    rows = [{"job_id": job_id, **summarise(e)} for job_id, e in merged.items()]
+    upsert_many(conn, summaries, rows, ("job_id",))
     return len(merged)

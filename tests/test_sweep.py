@@ -99,6 +99,46 @@ def test_status_lists_jobs(finished_sweep):
     assert result.stdout.splitlines()[0] == "sweep local-test: 8 succeeded"
 
 
+def test_status_watch_redraws_while_the_sweep_runs_and_ends_with_it(tmp_path):
+    """``status --watch`` on a sweep that is running: it redraws every ``--every`` seconds
+    (a frame per redraw, each headed by its time; no cursor codes where stdout is not a
+    terminal) and returns by itself, exit 0, once every job has ended, its last frame
+    showing them all ended."""
+    import re
+    import time
+
+    path = sweep_yaml(tmp_path, models=["resnest_tiny_basic"], gpu_types=["cpu-a"],
+                      stages=["train"], seeds=[0, 1, 2, 3], epochs=3)  # fmt: skip
+    log = (tmp_path / "submit.log").open("w")
+    submit = subprocess.Popen([str(EXE), "submit", str(path), "-q"], cwd=tmp_path,
+                              stdout=log, stderr=log)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while True:  # until a job runs (the store and its rows exist)
+            status = cli("status", "-c", str(path), "--format", "json", cwd=tmp_path)
+            if (
+                status.returncode == 0
+                and "running" in status.stdout
+                and "succeeded" not in status.stdout
+            ):
+                break
+            assert submit.poll() is None, (tmp_path / "submit.log").read_text()
+            assert time.monotonic() < deadline, "no job ran within 300 s"
+            time.sleep(0.2)
+        watched = cli("status", "-c", str(path), "--watch", "--every", "0.5", cwd=tmp_path)
+        assert submit.wait(timeout=300) == 0
+    finally:
+        submit.kill()
+        log.close()
+    assert watched.returncode == 0, watched.stderr
+    head = r"(?m)^\d\d:\d\d:\d\d \(every 0.5 s; Ctrl-C stops watching, not the jobs\)$"
+    frames = re.split(head, watched.stdout)[1:]
+    assert len(frames) >= 2, watched.stdout
+    assert "\x1b[" not in watched.stdout
+    assert "running" in frames[0]
+    assert frames[-1].strip().splitlines()[0] == "sweep local-test: 4 succeeded"
+
+
 def doomed_training_job(tmp_path: Path, path: Path):
     """The cpu-b training job of the sweep, made to fail when it saves (a file where its
     checkpoint folder must go), with the transfer job that waits on it and its folder."""

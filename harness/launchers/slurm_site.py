@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from harness.config import ClusterConfig, GpuType
@@ -164,11 +165,12 @@ def site_limits(config: ClusterConfig) -> list[tuple[int, str, str | None]]:
     if not any(word in enforce for word in ("limits", "qos", "associations")):
         return []
     found: list[tuple[int, str, str | None]] = []
-    try:
-        assocs = _run(["sacctmgr", "-nP", "show", "assoc", "where", f"user={_user()}",
-                       "format=MaxSubmit,GrpSubmit,DefaultQOS"], timeout=30)  # fmt: skip
-        qos_table = _run(["sacctmgr", "-nP", "show", "qos",
-                          "format=Name,MaxSubmitPU,GrpSubmit"], timeout=30)  # fmt: skip
+    asks = (["sacctmgr", "-nP", "show", "assoc", "where", f"user={_user()}",
+             "format=MaxSubmit,GrpSubmit,DefaultQOS"],
+            ["sacctmgr", "-nP", "show", "qos", "format=Name,MaxSubmitPU,GrpSubmit"])  # fmt: skip
+    try:  # both at once: each is a round trip to slurmdbd
+        with ThreadPoolExecutor(2) as pool:
+            assocs, qos_table = pool.map(lambda cmd: _run(cmd, timeout=30), asks)
     except UserError:  # no accounting to ask: sbatch itself will say
         return []
     default_qos = "normal"

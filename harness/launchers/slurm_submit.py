@@ -57,7 +57,6 @@ class Submission:
         self.flying = flying
         self.submitted: dict[str, str] = {}
         self.position: dict[str, tuple[str, int]] = {}  # job id -> (array's SLURM id, task)
-        self.sizes: dict[str, int] = {}  # SLURM array id -> tasks
 
     @classmethod
     def from_store(cls, config: ClusterConfig, store: Store, jobs: list[Row]) -> Submission:
@@ -107,7 +106,7 @@ class Submission:
             if not ready:  # a plan is ordered parents first: this is a broken store
                 raise RuntimeError("error: jobs that wait on each other in a circle")
             chained = [j for j in ready if not self.flying_parents(j)]
-            chains = array_chains(chained, self.parents, self.position, self.sizes, self.config)
+            chains = array_chains(chained, self.parents, self.position, self.config)
             chains += [([j], None) for j in ready if self.flying_parents(j)]
             for group, array in chains:
                 if array is not None:  # task i waits on task i of the parents' array
@@ -149,7 +148,6 @@ class Submission:
         with executor.batch():
             handles = [executor.submit(task(job)) for job in group]
         array = handles[0].job_id.split("_")[0]
-        self.sizes[array] = len(handles)
         for index, (job, handle) in enumerate(zip(group, handles, strict=True)):
             self.submitted[job["id"]] = handle.job_id
             self.position[job["id"]] = (array, index)
@@ -159,13 +157,13 @@ def array_chains(
     ready: list[Row],
     parents: Any,
     position: dict[str, tuple[str, int]],
-    sizes: dict[str, int],
     config: ClusterConfig,
 ) -> list[tuple[list[Row], str | None]]:
     """The ready jobs in groups: (jobs, the parents' array) where the group is one array
     chained task by task to an array already submitted (each job has one parent, task i of
-    that array, and every task has one such child: a transfer per training job of a GPU
-    type, an export per transfer...); (one job, None) for the others (several parents, as
+    that array, and tasks 0 to k-1 have one such child each: a transfer per training job of
+    a GPU type, an export per transfer...; the first k where a site's limits let only those
+    go now); (one job, None) for the others (several parents, as
     the winner's export; or a parent not in an array), which wait with afterok."""
     alike: dict[tuple, list[Row]] = defaultdict(list)
     alone: list[Row] = []
@@ -180,7 +178,7 @@ def array_chains(
     out: list[tuple[list[Row], str | None]] = []
     for (array, *_), group in alike.items():
         group.sort(key=lambda job: position[parents(job)[0]][1])
-        if [position[parents(job)[0]][1] for job in group] == list(range(sizes[array])):
+        if [position[parents(job)[0]][1] for job in group] == list(range(len(group))):
             out.append((group, array))
         else:
             alone += group
