@@ -42,8 +42,10 @@ def write_records(conn: Any, records: Iterable[dict[str, Any]]) -> int:
 class _Batch:
     """Upserts gathered by table and shape, each group then sent as one executemany (the
     records of 10,000 outboxes are tens of thousands of rows: one statement each costs
-    seconds). Of rows with one key, the one that would win one by one is sent: the last where
-    a row updates, the first where it does nothing on conflict."""
+    seconds). Of rows with one key and shape, the one that would win one by one is sent: the
+    last where a row updates (its ``fill_only`` columns as the first gave them), the first
+    where it does nothing on conflict. Rows of one key in different shapes (an attempt's
+    columns left out where None) go in separate statements, in the order the shapes came."""
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
@@ -65,8 +67,11 @@ class _Batch:
         shape = (table.name, tuple(row), keys, tuple(columns), fill_only)
         rows = self.groups.setdefault(shape, (table, {}))[1]
         key = tuple(row[k] for k in keys)
-        if columns or key not in rows:  # one row per key in a statement: the one that wins
-            rows[key] = row
+        if key in rows and not columns:  # nothing set on conflict: the first one stays
+            return
+        if key in rows and fill_only:  # those only filled keep the first value given
+            row = {**row, **{c: rows[key][c] for c in fill_only if rows[key].get(c) is not None}}
+        rows[key] = row  # one row per key in a statement: the one that wins
 
     def attempt(self, row: dict[str, Any], fill_only: tuple[str, ...] = ()) -> None:
         """An attempt's row, or the columns given set (None: keep what is stored)."""

@@ -291,3 +291,47 @@ def test_what_a_feeder_logged_reaches_the_store_for_the_attempt_it_fed_alone(tmp
     assert rows[stale]["state"] == rows[torn]["state"] == "waiting"
     assert rows[gone]["state"] == "cancelled" and rows[gone]["launcher_job_id"] is None
     assert feeder.collect(store, store.jobs("fed")) == 0
+
+
+def test_waiting_jobs_cancelled_are_withdrawn_from_the_feed(tmp_path):
+    """A waiting job the user cancels: the feed is dropped (status starts a new feeder for
+    the jobs still waiting) and the log says not to run it, so that a feeder still running
+    skips it; what a feeder had sent of it is cancelled in SLURM (ids here that no queue
+    holds: scancel refuses them and nothing else is touched)."""
+    from harness.cli.recovery import _cancel_jobs
+    from harness.launchers import feeder
+
+    config, store = five_planned_jobs(tmp_path, "withdrawn", {})
+    sent, kept, *_ = (row["id"] for row in store.jobs("withdrawn"))
+    store.set_states([(i, "waiting", {"reason": "waiting for room: 5"}) for i in (sent, kept)])
+    folder = feeder.folder_of(config)
+    folder.mkdir(parents=True)
+    (folder / feeder.FEED).write_text("{}")
+    (folder / feeder.LOG).write_text(json.dumps({"id": sent, "attempt": 0, "slurm": "999999991"})
+                                     + "\n")  # fmt: skip
+    _cancel_jobs(store, [store.job(sent)])
+    assert not (folder / feeder.FEED).exists()
+    log = feeder.read_log(folder / feeder.LOG)
+    assert log.not_run[(sent, 0)] == "cancelled by the user"
+    assert (sent, 0) in log.settled and (kept, 0) not in log.settled
+    assert store.job(sent)["state"] == "cancelled"
+    assert feeder.collect(store, store.jobs("withdrawn")) == 0  # nothing revived
+    assert store.job(kept)["state"] == "waiting"
+
+
+def test_a_start_record_replayed_in_one_collection_keeps_the_first_start(tmp_path):
+    """Two start records of one attempt in one write (a requeued job's two starts read in one
+    collection): the attempt keeps the first start time, as row by row; a later record of
+    another attempt is its own row."""
+    from records.store import open_store
+
+    store = open_store(None, str(tmp_path))
+    at = {"submitted_at": 90.0}
+    store.write_records([
+        {"kind": "start", "job_id": "j1", "attempt": 0, "time": 100.0, "hosts": ["a"], "spec": at},
+        {"kind": "start", "job_id": "j1", "attempt": 0, "time": 200.0, "hosts": ["b"], "spec": at},
+        {"kind": "start", "job_id": "j1", "attempt": 1, "time": 300.0, "hosts": ["b"]},
+    ])  # fmt: skip
+    first, second = store.attempts_of(["j1"])["j1"]
+    assert (first["started_at"], first["submitted_at"], first["hosts"]) == (100.0, 90.0, "b")
+    assert (second["attempt"], second["started_at"]) == (1, 300.0)

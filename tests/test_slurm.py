@@ -594,10 +594,30 @@ def slurm_conf_changed():
 
 @contextlib.contextmanager
 def max_array_size(size: int):
-    """The cluster's MaxArraySize set to ``size`` for the block (``scontrol reconfigure``
-    applies it; the other tests' arrays have at most two tasks, so they are not affected)."""
+    """The cluster's MaxArraySize set to ``size`` for the block (the other tests' arrays
+    have at most two tasks, so they are not affected)."""
     with slurm_conf_changed():
         yield from _with_max_array_size(size)
+
+
+def restart_slurmctld() -> None:
+    """slurmctld started again on its slurm.conf (its jobs kept in its state folder): SLURM
+    22.05's ``scontrol reconfigure`` shows a new MaxArraySize but keeps checking arrays
+    against the one it started with."""
+    pid_file = Path(os.environ.get("SLURM_LOCAL_DIR", "/var/lib/resnest-bench-slurm"))
+    pid = int((pid_file / "run" / "slurmctld.pid").read_text())
+    subprocess.run(["scontrol", "shutdown", "slurmctld"], check=True, timeout=60)
+
+    def gone() -> bool:  # exited (a zombie, if this process started it, has too)
+        try:
+            return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            return True
+
+    wait_until(gone, 60, "slurmctld to stop")
+    subprocess.run(["slurmctld"], check=True, timeout=60)
+    wait_until(lambda: subprocess.run(["sinfo", "-h"], capture_output=True).returncode == 0,
+               60, "slurmctld to answer")  # fmt: skip
 
 
 def _with_max_array_size(size: int):
@@ -612,12 +632,12 @@ def _with_max_array_size(size: int):
                      if line.startswith("MaxArraySize")), "")  # fmt: skip
 
     try:
-        subprocess.run(["scontrol", "reconfigure"], check=True, timeout=60)
+        restart_slurmctld()
         wait_until(lambda: shown() == str(size), 30, f"MaxArraySize={size}")
         yield
     finally:
         conf.write_text(before)
-        subprocess.run(["scontrol", "reconfigure"], check=False, timeout=60)
+        restart_slurmctld()
         wait_until(lambda: shown() not in ("", str(size)), 30, "MaxArraySize back")
 
 

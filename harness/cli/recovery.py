@@ -62,6 +62,10 @@ def _cancel_jobs(store, jobs: list[dict]) -> None:
         if name is None:
             for job in group:
                 store.set_state(job["id"], "cancelled", reason="cancelled by the user")
+            if any(job["state"] == "waiting" for job in group):  # held by a feeder, maybe
+                from harness.launchers import feeder
+
+                feeder.withdraw([job for job in group if job["state"] == "waiting"])
         else:
             launchers.get(name, store).cancel(group)
 

@@ -44,7 +44,7 @@ PREFIX = PREFIXES["slurm"]
 FEED = "feed.json"
 LOG = "feed.jsonl"
 LATER_S = 60  # with no room now: the next try starts this much later
-ALIVE = {"PENDING", "RUNNING", "CONFIGURING", "SUSPENDED", "REQUEUED", "RESIZING"}
+ALIVE = {"PENDING", "RUNNING", "CONFIGURING", "SUSPENDED", "REQUEUED", "RESIZING", "UNKNOWN"}
 
 
 def folder_of(config: ClusterConfig) -> Path:
@@ -129,9 +129,17 @@ def collect(store: Store, rows: list[Row]) -> int:
 
 
 def _queue_state(slurm_id: str) -> str:
-    out = subprocess.run(["squeue", "-h", "-j", slurm_id, "-o", "%T"], capture_output=True,
-                         text=True, timeout=30)  # fmt: skip
-    return out.stdout.strip() if out.returncode == 0 else ""
+    """The job's state in the queue; "" once SLURM no longer lists it; "UNKNOWN" where the
+    queue cannot be asked (taken as alive: two parties feeding one sweep is worse than a
+    wait)."""
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", slurm_id, "-o", "%T"], capture_output=True,
+                             text=True, timeout=30)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return "UNKNOWN"
+    if out.returncode != 0:
+        return "" if "Invalid job id" in out.stderr else "UNKNOWN"
+    return out.stdout.strip()
 
 
 def current(folder: Path) -> str | None:
@@ -207,12 +215,29 @@ def start(config: ClusterConfig, store: Store, after: list[str]) -> str | None:
     return feeder
 
 
-def stop(folder: Path) -> None:
-    """Cancel the sweep's feeder and drop its feed (a cancelled sweep feeds nothing more)."""
-    feeder = current(folder)
-    if feeder:
-        subprocess.run(["scancel", feeder], capture_output=True, timeout=60)
-    (folder / FEED).unlink(missing_ok=True)
+def withdraw(rows: list[Row]) -> None:
+    """Waiting jobs cancelled by the user: their sweep's feeder is stopped (``status``
+    starts a new one for the jobs still waiting), what a feeder had already sent of them is
+    cancelled in SLURM, and the log says they are not to be run, for any feeder still
+    running."""
+    by_folder: dict[Path, list[Row]] = {}
+    for row in rows:
+        if row.get("job_dir"):
+            by_folder.setdefault(Path(row["job_dir"]).parent.parent / "slurm", []).append(row)
+    for folder, group in by_folder.items():
+        if not (folder / LOG).exists() and not (folder / FEED).exists():
+            continue
+        running = current(folder)
+        if running:
+            subprocess.run(["scancel", running], capture_output=True, timeout=60)
+        (folder / FEED).unlink(missing_ok=True)
+        fed = read_log(folder / LOG).fed
+        keys = [(row["id"], row["attempt"]) for row in group]
+        sent = [fed[key] for key in keys if key in fed]
+        if sent:
+            subprocess.run(["scancel", *sent], capture_output=True, timeout=60)
+        said = "cancelled by the user"
+        append(folder / LOG, [{"id": i, "attempt": a, "not_run": said} for i, a in keys])
 
 
 def submit_feeder(config: ClusterConfig, folder: Path, after: list[str], gpu_type: str) -> str:
@@ -266,8 +291,12 @@ def feed(config: ClusterConfig, folder: Path) -> tuple[int, int, str | None]:
     jobs = [job for job in plan["jobs"] if (job["id"], job["attempt"]) not in log.settled]
     if not jobs:
         return 0, 0, None
-    queued = dict(plan["queued"])
-    queued |= {job_id: slurm_id for (job_id, _), slurm_id in log.fed.items()}
+    # Parents in the queue: those the feed names, and those of this feed's own jobs that a
+    # feeder sent (at the attempt the feed holds: an older attempt's id is not the job's).
+    mine = {(job["id"], job["attempt"]) for job in plan["jobs"]}
+    queued = {job_id: slurm_id for (job_id, attempt), slurm_id in log.fed.items()
+              if (job_id, attempt) in mine}  # fmt: skip
+    queued |= plan["queued"]
     records = sacct_states(list(queued.values()), plan["since"])
     states = dict(plan["states"])
     for parent, slurm_id in queued.items():
@@ -300,18 +329,18 @@ def feed(config: ClusterConfig, folder: Path) -> tuple[int, int, str | None]:
         def spec_text(job: Row) -> str:
             return json.dumps({**json.loads(job["spec_text"]), "submitted_at": now})
 
-        submission = Submission(config, chosen, plan["folders"], flying, spec_text)
+        def sent_now(group: list[Row], ids: dict[str, str]) -> None:  # logged at once
+            append(log_path, [{"id": j["id"], "attempt": j["attempt"], "slurm": ids[j["id"]]}
+                              for j in group])  # fmt: skip
+
+        log_path = folder / LOG
+        submission = Submission(config, chosen, plan["folders"], flying, spec_text, sent_now)
         try:
             submission.run()
-        except Exception as exc:
-            if submission.submitted:
-                subprocess.run(["scancel", *submission.submitted.values()],
-                               capture_output=True, timeout=60)  # fmt: skip
+        except Exception as exc:  # what went out is logged and stays: the rest waits on
             append(folder / LOG, [{"error": f"sbatch refused ({exc})", "at": now}])
             raise UserError(f"feeder: sbatch refused the waiting jobs ({exc})") from None
         sent = submission.submitted
-        append(folder / LOG, [{"id": job["id"], "attempt": job["attempt"], "slurm": sent[job["id"]]}
-                              for job in chosen])  # fmt: skip
     left = len(jobs) - len(sent) - len(not_run_now)
     following = None
     if left:

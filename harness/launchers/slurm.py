@@ -65,6 +65,10 @@ def submit(config: ClusterConfig, store: Store, jobs: list[Row]) -> dict[str, st
     room for; the others wait in the store (state ``waiting``, with the reason), and a
     feeder job submits them as room frees (``harness.launchers.feeder``; else ``top_up``).
     Return id -> SLURM job id of those submitted."""
+    if any(job.get("state") == "waiting" for job in jobs) and feeder.current(
+        feeder.folder_of(config)
+    ):
+        jobs = [job for job in jobs if job.get("state") != "waiting"]  # the feeder's to send
     store.set_states([(job["id"], "pending", {"attempt": job["attempt"], "reason": None})
                       for job in jobs])  # fmt: skip
     room, why = submit_room(config)
@@ -264,8 +268,6 @@ class SlurmLauncher(BaseLauncher):
         """All recorded as cancelled (so that sacct's CANCELLED keeps the user's reason),
         then scancel for those in the queue."""
         super().cancel(jobs)
-        if any(job["state"] == "waiting" for job in jobs):  # nothing more to feed
-            feeder.stop(Path(jobs[0]["job_dir"]).parent.parent / "slurm")
         cancel([(job["launcher_job_id"] or "").removeprefix(PREFIX) for job in jobs
                 if (job["launcher_job_id"] or "").startswith(PREFIX)])  # fmt: skip
 

@@ -46,8 +46,10 @@ class Submission:
         folders: dict[str, str],
         flying: dict[str, str],
         spec_text: Callable[[Row], str],
+        on_sent: Callable[[list[Row], dict[str, str]], None] | None = None,
     ) -> None:
-        self.config, self.jobs, self.spec_text = config, jobs, spec_text
+        """``on_sent(group, submitted)``: called after each sbatch with the jobs it sent."""
+        self.config, self.jobs, self.spec_text, self.on_sent = config, jobs, spec_text, on_sent
         self.folder = Path(config.results_dir).resolve() / config.name / "slurm"
         self.folder.mkdir(parents=True, exist_ok=True)
         self.ids = {job["id"] for job in jobs}
@@ -144,13 +146,15 @@ class Submission:
 
         if len(group) == 1:
             self.submitted[first["id"]] = executor.submit(task(first)).job_id
-            return
-        with executor.batch():
-            handles = [executor.submit(task(job)) for job in group]
-        array = handles[0].job_id.split("_")[0]
-        for index, (job, handle) in enumerate(zip(group, handles, strict=True)):
-            self.submitted[job["id"]] = handle.job_id
-            self.position[job["id"]] = (array, index)
+        else:
+            with executor.batch():
+                handles = [executor.submit(task(job)) for job in group]
+            array = handles[0].job_id.split("_")[0]
+            for index, (job, handle) in enumerate(zip(group, handles, strict=True)):
+                self.submitted[job["id"]] = handle.job_id
+                self.position[job["id"]] = (array, index)
+        if self.on_sent is not None:
+            self.on_sent(group, self.submitted)
 
 
 def array_chains(
@@ -178,7 +182,10 @@ def array_chains(
     out: list[tuple[list[Row], str | None]] = []
     for (array, *_), group in alike.items():
         group.sort(key=lambda job: position[parents(job)[0]][1])
-        if [position[parents(job)[0]][1] for job in group] == list(range(len(group))):
+        # aftercorr pairs array tasks: a group of one goes out as a plain job, with afterok
+        if len(group) > 1 and [position[parents(j)[0]][1] for j in group] == list(
+            range(len(group))
+        ):
             out.append((group, array))
         else:
             alone += group
