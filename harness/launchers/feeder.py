@@ -35,6 +35,7 @@ from typing import Any
 
 from harness.config import ClusterConfig
 from harness.launchers.base import PREFIXES, Row, not_run, spec_for
+from harness.launchers.sacct import slurm_folder
 from harness.launchers.slurm_submit import Submission
 from records.errors import UserError
 from records.schema import IN_FLIGHT
@@ -111,7 +112,7 @@ def collect(store: Store, rows: list[Row]) -> int:
     waiting = {row["id"]: row for row in rows if row["state"] == "waiting" and row.get("job_dir")}
     if not waiting:
         return 0
-    folders = {Path(row["job_dir"]).parent.parent / "slurm" for row in waiting.values()}
+    folders = {slurm_folder(row) for row in waiting.values()}
     changes = []
     for folder in folders:
         log = read_log(folder / LOG)
@@ -223,7 +224,7 @@ def withdraw(rows: list[Row]) -> None:
     by_folder: dict[Path, list[Row]] = {}
     for row in rows:
         if row.get("job_dir"):
-            by_folder.setdefault(Path(row["job_dir"]).parent.parent / "slurm", []).append(row)
+            by_folder.setdefault(slurm_folder(row), []).append(row)
     for folder, group in by_folder.items():
         if not (folder / LOG).exists() and not (folder / FEED).exists():
             continue

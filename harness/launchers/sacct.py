@@ -163,10 +163,15 @@ def sacct_states(slurm_ids: list[str], since: float | None = None) -> dict[str, 
     return parse_sacct(_run(cmd))
 
 
+def slurm_folder(job: Row) -> Path:
+    """Where the job's sweep keeps its SLURM files (submitit's, the feed): beside ``jobs/``."""
+    return Path(job["job_dir"]).parent.parent / "slurm"
+
+
 def log_paths(job: Row) -> list[Path]:
     """submitit's stdout and stderr of rank 0 for a SLURM job of the store."""
     slurm_id = (job.get("launcher_job_id") or "").removeprefix(PREFIX)
-    folder = Path(job["job_dir"]).parent.parent / "slurm"
+    folder = slurm_folder(job)
     return [folder / f"{slurm_id}_0_log.out", folder / f"{slurm_id}_0_log.err"]
 
 
