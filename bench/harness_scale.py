@@ -11,7 +11,8 @@ its own, ``harness_scale``, and drops it at the end):
 - ``table``: ``resnest-bench table`` over ``--table-jobs`` finished training jobs of
   ``--epochs`` epochs each (< 2 s), run in this process as the command line runs it; also
   how long the store takes to rebuild every job's summary from the epoch rows (what an
-  ``ingest`` of that many jobs pays once);
+  ``ingest`` of that many jobs pays once); and ``resnest-bench status`` of that finished
+  sweep (< 2 s);
 - ``report``: ``resnest-bench report`` (tables and PNG plots) over ``--report-jobs`` jobs
   (< 10 s);
 - ``status``: ``resnest-bench status`` of a ``--status-jobs`` SLURM sweep, its states read
@@ -311,6 +312,8 @@ def bench_store(
     rows = args.table_jobs * args.epochs
     detail = f"({rows:,} epoch rows; summaries rebuilt in {rebuild:.1f} s)"
     line(f"table {args.table_jobs:,} x {args.epochs} epochs", result, 2.0, detail)
+    result = timed(lambda: quiet("status", "scale", "--store", store.url), args.repeats)
+    line(f"status of those {args.table_jobs:,}, ended", result, 2.0)
     bench_status(store, args.status_jobs, args.repeats, folder)
     store = Store(make_url("report"))
     fill(store, args.report_jobs, args.epochs)

@@ -7,6 +7,9 @@ long it waited in the queue; and an ETA for the sweep.
 - **s/epoch**: the wall time between the job's last two epoch records of its current attempt
   (evaluation, checkpoints and data loading included: what the next epoch will take), or,
   after its first epoch only, that epoch's measured training and evaluation seconds.
+  An ended job's figures come from its summary (``records.summaries.last_epoch``: the
+  last two of its epochs per epoch number, newest attempt's), so that status of a finished
+  sweep reads a row per job, not every epoch row.
 - **ETA**: the epochs left times that s/epoch, from the last epoch's record.
 - **queue wait**: from submission to start, of the job's current attempt: SLURM's own Submit
   and Start (sacct) where SLURM ran it, the harness's submission and the job's first record
@@ -27,7 +30,7 @@ from functools import lru_cache
 from typing import Any
 
 from records.errors import UserError
-from records.schema import UNFINISHED
+from records.schema import ENDED, UNFINISHED
 from records.store import Store
 
 
@@ -57,26 +60,28 @@ def job_progress(
     known)."""
     now = time.time() if now is None else now
     ids = [row["id"] for row in rows]
-    measured = store.progress_of(
-        [
-            row["id"]
-            for row in rows
-            if row["stage"] in ("train", "transfer")
-            and row["state"] not in ("pending", "waiting", "submitted")
-        ]
-    )
+    started = [
+        row
+        for row in rows
+        if row["stage"] in ("train", "transfer")
+        and row["state"] not in ("pending", "waiting", "submitted")
+    ]
+    measured = store.progress_of([row["id"] for row in started if row["state"] not in ENDED])
+    ended = store.last_epochs([row["id"] for row in started if row["state"] in ENDED])
     tries = store.attempts_of(ids)
     out: dict[str, dict[str, Any]] = {}
     for row in rows:
-        epochs = measured.get(row["id"], [])
-        current = [e for e in epochs if e[0] == row["attempt"]] or epochs
-        k = max((e[1] for e in epochs), default=0)
         planned = planned_epochs(row)
-        epoch_s = None
-        if len(current) >= 2 and current[-1][2] and current[-2][2]:
-            epoch_s = current[-1][2] - current[-2][2]
-        elif current:
-            epoch_s = current[-1][3] or None
+        k, epoch_s = ended.get(row["id"], (None, None))
+        if row["id"] not in ended:
+            epochs = measured.get(row["id"], [])
+            current = [e for e in epochs if e[0] == row["attempt"]] or epochs
+            k = max((e[1] for e in epochs), default=0)
+            if len(current) >= 2 and current[-1][2] and current[-2][2]:
+                epoch_s = current[-1][2] - current[-2][2]
+            elif current:
+                epoch_s = current[-1][3] or None
+        k = k or 0
         eta = None
         if row["state"] == "running" and planned and epoch_s:
             last = current[-1][2] or now

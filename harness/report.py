@@ -12,14 +12,15 @@ from records.store import Store
 
 
 def status_rows(
-    store: Store, sweep: str, human: bool = True
+    store: Store, sweep: str, human: bool = True, rows: list[dict[str, Any]] | None = None
 ) -> tuple[dict[str, int], list[dict[str, Any]], str]:
     """Counts by state, a row per job, and the sweep's ETA line (``harness.progress`` says
     how each figure is made). ``human``: durations as text and epoch as "k/N"; otherwise
-    numbers in seconds, for csv and json."""
+    numbers in seconds, for csv and json. ``rows``: the sweep's job rows, where the caller
+    has just read them."""
     from harness.progress import duration, job_progress, sweep_eta
 
-    rows = store.jobs(sweep)
+    rows = store.jobs(sweep) if rows is None else rows
     counts = {state: 0 for state in STATES}
     for row in rows:
         counts[row["state"]] = counts.get(row["state"], 0) + 1

@@ -79,7 +79,7 @@ class _Batch:
         self.add(attempts, values, ("job_id", "attempt"), fill_only=fill_only)
 
     def flush(self) -> None:
-        for (_, _, keys, columns, fill_only), (table, rows) in self.groups.items():
+        for (_, names, keys, columns, fill_only), (table, rows) in self.groups.items():
             statement = _dialect_insert(self.conn)(table)
             if columns:
                 changes = {
@@ -91,8 +91,32 @@ class _Batch:
                 statement = statement.on_conflict_do_update(index_elements=list(keys), set_=changes)
             else:
                 statement = statement.on_conflict_do_nothing(index_elements=list(keys))
-            self.conn.execute(statement, list(rows.values()))
+            _executemany(self.conn, table, statement, names, rows.values())
         self.groups.clear()
+
+
+def _executemany(
+    conn: Any, table: Table, statement: Any, names: tuple[str, ...], rows: Iterable[dict]
+) -> None:
+    """``conn.execute(statement, rows)``, compiled once and handed to the driver's
+    executemany with each value converted by its column type's own bind processor (what
+    SQLAlchemy does per row, at about 20 us a row: 50,000 records of a collection cost a
+    second there)."""
+    dialect = conn.dialect
+    compiled = statement.compile(dialect=dialect, column_keys=list(names))
+    order = compiled.positiontup if dialect.positional else list(names)
+    if sorted(order) != sorted(names):  # a statement of another form: let SQLAlchemy bind it
+        conn.execute(statement, list(rows))
+        return
+    convert = [(n, table.c[n].type.dialect_impl(dialect).bind_processor(dialect)) for n in order]
+    if dialect.positional:
+        params: list[Any] = [
+            tuple(row[n] if f is None else f(row[n]) for n, f in convert) for row in rows
+        ]
+    else:
+        params = [{n: row[n] if f is None else f(row[n]) for n, f in convert} for row in rows]
+    if params:
+        conn.exec_driver_sql(compiled.string, params)
 
 
 def upsert_many(

@@ -36,6 +36,7 @@ from records.schema import (
     EPOCH_FIELDS,
     SCHEMA_VERSION,
     STATES,
+    among,
     artifacts,
     attempts,
     epochs,
@@ -50,6 +51,7 @@ from records.schema import (
     sweeps,
     telemetry,
 )
+from records.schema import summaries as job_summaries
 from records.spec import store_from_environment
 from records.sqlite_file import DAMAGED, _check_sqlite_file, _sqlite_pragmas, journal_mode_for
 
@@ -150,7 +152,7 @@ class Store:
                 current = conn.execute(select(schema_version.c.version)).scalar()
                 if current is not None and current < SCHEMA_VERSION:
                     _add_missing_columns(conn)
-                    if current < 4:  # the job summaries came with version 4
+                    if current < 6:  # summaries came with version 4, last epochs with 6
                         summaries.refresh(conn)
                     conn.execute(update(schema_version).values(version=SCHEMA_VERSION))
                 if current is None:
@@ -213,34 +215,41 @@ class Store:
 
     def jobs_by_ids(self, job_ids: list[str]) -> list[dict[str, Any]]:
         with self.begin() as conn:
-            query = select(jobs).where(jobs.c.id.in_(job_ids))
-            return [dict(row._mapping) for row in conn.execute(query)]
+            return [
+                dict(row._mapping)
+                for where in among(conn, jobs.c.id, job_ids)
+                for row in conn.execute(select(jobs).where(where))
+            ]
 
     def latest_attempts(self, job_ids: list[str]) -> dict[str, int]:
         """The newest attempt each job has reported records for."""
         if not job_ids:
             return {}
         with self.begin() as conn:
-            query = (
-                select(events.c.job_id, func.max(events.c.attempt))
-                .where(events.c.job_id.in_(job_ids))
-                .group_by(events.c.job_id)
-            )
-            return {job_id: attempt for job_id, attempt in conn.execute(query)}
+            query = select(events.c.job_id, func.max(events.c.attempt)).group_by(events.c.job_id)
+            return {
+                job_id: attempt
+                for where in among(conn, events.c.job_id, job_ids)
+                for job_id, attempt in conn.execute(query.where(where))
+            }
 
     def final_accuracies(self, job_ids: list[str]) -> dict[str, float]:
         """Final test accuracy of each job's newest succeeded attempt (jobs without one are
         left out)."""
         if not job_ids:
             return {}
+        query = (
+            select(results.c.job_id, results.c.final_test_acc)
+            .where(results.c.status == "succeeded")
+            .order_by(results.c.attempt)
+        )
         with self.begin() as conn:
-            query = (
-                select(results.c.job_id, results.c.final_test_acc)
-                .where(results.c.job_id.in_(job_ids), results.c.status == "succeeded")
-                .order_by(results.c.attempt)
-            )
-            found = {job_id: acc for job_id, acc in conn.execute(query) if acc is not None}
-        return found
+            return {
+                job_id: acc
+                for where in among(conn, results.c.job_id, job_ids)
+                for job_id, acc in conn.execute(query.where(where))
+                if acc is not None
+            }
 
     def set_state(self, job_id: str, state: str, **fields: Any) -> None:
         self.set_states([(job_id, state, fields)])
@@ -289,10 +298,8 @@ class Store:
         out)."""
         found: dict[str, dict[str, Any]] = {}
         with self.begin() as conn:
-            for start in range(0, len(job_ids), 10_000):  # SQLite's bound on parameters
-                query = select(outboxes).where(
-                    outboxes.c.job_id.in_(job_ids[start : start + 10_000])
-                )
+            for where in among(conn, outboxes.c.job_id, job_ids):
+                query = select(outboxes).where(where)
                 found.update({row.job_id: dict(row._mapping) for row in conn.execute(query)})
         return found
 
@@ -316,22 +323,29 @@ class Store:
             func.coalesce(epochs.c.epoch_time, 0) + func.coalesce(epochs.c.eval_time, 0),
         )
         with self.begin() as conn:
-            for start in range(0, len(job_ids), 10_000):
-                chunk = query.where(epochs.c.job_id.in_(job_ids[start : start + 10_000]))
+            for where in among(conn, epochs.c.job_id, job_ids):
+                chunk = query.where(where)
                 for job_id, *rest in conn.execute(chunk.order_by(epochs.c.attempt, epochs.c.epoch)):
                     found.setdefault(job_id, []).append(tuple(rest))
+        return found
+
+    def last_epochs(self, job_ids: list[str]) -> dict[str, tuple[int | None, float | None]]:
+        """Each job's newest epoch number and s/epoch, from its summary
+        (``records.summaries.last_epoch``): what status shows of an ended job."""
+        found: dict[str, tuple[int | None, float | None]] = {}
+        table = job_summaries
+        query = select(table.c.job_id, table.c.last_epoch, table.c.last_epoch_s)
+        with self.begin() as conn:
+            for where in among(conn, table.c.job_id, job_ids):
+                found.update({job_id: (k, s) for job_id, k, s in conn.execute(query.where(where))})
         return found
 
     def attempts_of(self, job_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
         """The attempts of many jobs, each job's in order (``attempts`` for one)."""
         found: dict[str, list[dict[str, Any]]] = {}
         with self.begin() as conn:
-            for start in range(0, len(job_ids), 10_000):
-                query = (
-                    select(attempts)
-                    .where(attempts.c.job_id.in_(job_ids[start : start + 10_000]))
-                    .order_by(attempts.c.attempt)
-                )
+            for where in among(conn, attempts.c.job_id, job_ids):
+                query = select(attempts).where(where).order_by(attempts.c.attempt)
                 for row in conn.execute(query):
                     found.setdefault(row.job_id, []).append(dict(row._mapping))
         return found

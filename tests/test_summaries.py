@@ -32,7 +32,12 @@ epoch = st.fixed_dictionaries(
         "images_per_sec": st.floats(0.1, 1e6),
         "test_acc": st.none() | st.floats(0, 1),
     },
-    optional={"gpu_util_mean": st.floats(0, 100), "energy_j": st.floats(0, 1e6)},
+    optional={
+        "gpu_util_mean": st.floats(0, 100),
+        "energy_j": st.floats(0, 1e6),
+        "eval_time": st.floats(0, 1e3),
+        "time": st.floats(1e9, 2e9),
+    },
 )
 # An attempt: the epoch it starts at (1: from scratch, as a rerun; later: resumed, as after
 # a requeue) and the epochs it reported before it ended.
@@ -88,6 +93,14 @@ def reference(rows: list) -> dict:
         for target in (0.3, 0.6, 0.9, *(x.test_acc for x in rows if x.test_acc is not None)):
             if r.test_acc is not None and r.test_acc >= target:
                 figures["reached"].setdefault(target, elapsed)
+    # status's epoch and s/epoch of the job once it has ended
+    last, before = rows[-1], rows[-2] if len(rows) > 1 else None
+    figures["last_epoch"] = last.epoch
+    one_attempt = before is not None and before.attempt == last.attempt
+    if one_attempt and last.recorded_at and before.recorded_at:
+        figures["last_epoch_s"] = last.recorded_at - before.recorded_at
+    else:
+        figures["last_epoch_s"] = ((last.epoch_time or 0.0) + (last.eval_time or 0.0)) or None
     return figures
 
 
@@ -112,8 +125,10 @@ def check(store: Store) -> None:
     for job_id, rows in merged.items():
         want, have = reference(rows), kept[job_id]
         assert have.epochs == len(rows)
-        for name in ("epoch_time", "images_per_sec", "epoch_time_cv", *TELEMETRY):
+        for name in ("epoch_time", "images_per_sec", "last_epoch", "last_epoch_s", *TELEMETRY):
             assert getattr(have, name) == want[name], (job_id, name)
+        # the CV in floats (exact sums) against statistics' exact fractions
+        assert have.epoch_time_cv == pytest.approx(want["epoch_time_cv"], rel=1e-12, abs=1e-15)
         targets = {0.3, 0.6, 0.9, *(r.test_acc for r in rows if r.test_acc is not None)}
         for target in targets:
             assert time_to(have.accuracy_steps, target) == want["reached"].get(target)
@@ -219,3 +234,40 @@ def test_many_state_changes_are_one_transaction_and_a_bad_one_writes_none(tmp_pa
     with pytest.raises(ValueError, match="unknown state 'lost'"):
         store.set_states([("j3", "succeeded", {}), ("j0", "lost", {})])
     assert {row["id"]: row["state"] for row in store.jobs("s")}["j3"] == "pending"
+
+
+def test_an_ended_jobs_epoch_and_s_per_epoch_in_status_are_those_its_epoch_rows_gave(tmp_path):
+    """Status reads an ended job's progress from its summary, a running one's from its epoch
+    rows: the same job shows the same epoch and s/epoch either way, after a requeue that
+    resumed part-way and after one that wrote a single epoch."""
+    from harness.progress import job_progress
+
+    def e(job: str, attempt: int, n: int, at: float) -> dict:
+        return {"kind": "epoch", "job_id": job, "attempt": attempt, "epoch": n, "time": at,
+                "epoch_time": 2.0 + n, "eval_time": 0.5, "images_per_sec": 10.0}  # fmt: skip
+
+    store = Store(f"sqlite:///{tmp_path / 'results.db'}")
+    store.add_sweep("s", {})
+    store.add_jobs("s", [{"id": j, **JOB, "gpu_type": "v100"} for j in ("a", "b", "c")])
+    store.write_records(
+        [e("a", 0, n, 100.0 + 10 * n) for n in (1, 2, 3, 4)]  # requeued at epoch 3
+        + [e("a", 1, n, 500.0 + 7 * n) for n in (3, 4, 5, 6)]
+        + [e("b", 0, n, 100.0 + 10 * n) for n in (1, 2, 3)]  # resumed for one epoch
+        + [e("b", 1, 4, 900.0)]
+        + [e("c", 0, 1, 100.0)]  # one epoch in all
+    )
+    attempt = {"a": 1, "b": 1, "c": 0}
+    rows = [{**row, "attempt": attempt[row["id"]]} for row in store.jobs("s")]
+    running = job_progress([{**row, "state": "running"} for row in rows], store, now=1000.0)
+    ended = job_progress([{**row, "state": "succeeded"} for row in rows], store, now=1000.0)
+    assert {j: (p["epoch"], p["epoch_s"]) for j, p in running.items()} == {
+        "a": (6, 7.0),
+        "b": (4, 6.5),
+        "c": (1, 3.5),
+    }
+    for job in "abc":
+        assert (ended[job]["epoch"], ended[job]["epoch_s"]) == (
+            running[job]["epoch"],
+            running[job]["epoch_s"],
+        )
+        assert ended[job]["eta_s"] is None and running[job]["eta_s"] is not None

@@ -182,16 +182,21 @@ def store_and_sweep(args: argparse.Namespace, create: bool = False):
     return config, store, sweep_name
 
 
-def _refresh(store, sweep_name: str, rows: list[dict] | None = None) -> None:
+def _refresh(store, sweep_name: str, rows: list[dict] | None = None) -> list[dict]:
     """Queue states from the cluster (sacct) and the jobs' new records from their outboxes
     before showing them; a machine without the cluster's tools shows the states last
-    recorded, and says so."""
+    recorded, and says so. Returns the rows as they are now (the sweep's, or those given)."""
     from harness.sweep import refresh
 
+    current = store.jobs(sweep_name) if rows is None else rows
     try:
-        refresh(store, store.jobs(sweep_name) if rows is None else rows)
+        changed = refresh(store, current)
     except UserError as exc:
         print(f"resnest-bench: states as last recorded ({exc})", file=sys.stderr)
+        changed = True
+    if not changed:
+        return current
+    return store.jobs(sweep_name) if rows is None else store.jobs_by_ids([r["id"] for r in rows])
 
 
 MACHINE_FORMATS = ("csv", "json", "parquet")

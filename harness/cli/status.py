@@ -20,36 +20,33 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.job:
         return _job_status(store, args)
     if not args.watch:
-        _refresh(store, sweep_name)
-        _look_after(config, store, sweep_name)
-        print(_status_text(store, sweep_name, args.format), end="")
+        rows = _look_after(config, store, sweep_name, _refresh(store, sweep_name))
+        print(_status_text(store, sweep_name, args.format, rows), end="")
         return 0
     # --watch: redrawn in place (on a terminal) until every job has ended
     tty = sys.stdout.isatty()
     try:
         while True:
-            _refresh(store, sweep_name)
-            _look_after(config, store, sweep_name)
-            text = _status_text(store, sweep_name, args.format)
+            rows = _look_after(config, store, sweep_name, _refresh(store, sweep_name))
+            text = _status_text(store, sweep_name, args.format, rows)
             stamp = time.strftime("%H:%M:%S")
             if tty:
                 sys.stdout.write("\x1b[H\x1b[J")
             print(f"{stamp} (every {args.every:g} s; Ctrl-C stops watching, not the jobs)")
             print(text, end="", flush=True)
-            if all(row["state"] in ENDED for row in store.jobs(sweep_name)):
+            if all(row["state"] in ENDED for row in rows):
                 return 0
             time.sleep(args.every)
     except KeyboardInterrupt:
         return 0
 
 
-def _look_after(config, store, sweep_name: str) -> None:
+def _look_after(config, store, sweep_name: str, rows: list[dict]) -> list[dict]:
     """For a SLURM sweep: retry its host failures and submit its waiting jobs that have room
     now (``slurm.look_after``); without the sweep's cluster.yaml (``--store``) there is
-    nothing to submit them with: say so."""
-    rows = store.jobs(sweep_name)
+    nothing to submit them with: say so. Returns the sweep's rows as they are now."""
     if not any(row["state"] in ("waiting", "failed") for row in rows):
-        return
+        return rows
     slurm = config is not None and config.name == sweep_name and config.launcher.kind == "slurm"
     if not slurm:
         if any(row["state"] == "waiting" for row in rows):
@@ -58,22 +55,24 @@ def _look_after(config, store, sweep_name: str) -> None:
                 "`submit CLUSTER_YAML` submits them as room frees",
                 file=sys.stderr,
             )
-        return
+        return rows
     from harness.launchers.slurm import look_after
 
     try:
-        look_after(config, store, rows)
+        changed = look_after(config, store, rows)
     except UserError as exc:
         print(f"resnest-bench: waiting jobs left waiting ({exc})", file=sys.stderr)
+        changed = True
+    return store.jobs(sweep_name) if changed else rows
 
 
-def _status_text(store, sweep_name: str, fmt: str) -> str:
+def _status_text(store, sweep_name: str, fmt: str, rows: list[dict] | None = None) -> str:
     """What status prints: for a reader the counts, the store and the ETA head the table;
     csv and json leave stdout to the rows alone, for a program to parse, and those go to
     stderr."""
     from harness.report import status_rows
 
-    counts, rows, eta = status_rows(store, sweep_name, human=fmt == "table")
+    counts, rows, eta = status_rows(store, sweep_name, human=fmt == "table", rows=rows)
     summary = f"sweep {sweep_name}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     head = [summary, store.describe(), eta]
     if fmt != "table":

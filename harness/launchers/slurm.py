@@ -179,18 +179,21 @@ def retry_host_failures(config: ClusterConfig, store: Store, rows: list[Row]) ->
     return [row["id"] for row in chosen]
 
 
-def look_after(config: ClusterConfig, store: Store, rows: list[Row]) -> None:
+def look_after(config: ClusterConfig, store: Store, rows: list[Row]) -> bool:
     """What the harness does for a SLURM sweep each time it looks at it (``status``,
     ``submit --wait``): retry host failures, then submit waiting jobs as room frees, unless
-    the sweep's feeder is in the queue to do it (what the feeders sent is read in first)."""
-    if feeder.collect(store, rows) + len(retry_host_failures(config, store, rows)):
+    the sweep's feeder is in the queue to do it (what the feeders sent is read in first).
+    Whether it changed any job's row."""
+    changed = bool(feeder.collect(store, rows) + len(retry_host_failures(config, store, rows)))
+    if changed:
         rows = store.jobs_by_ids([row["id"] for row in rows])
     waiting = any(row["state"] == "waiting" for row in rows)
     if not waiting or feeder.current(feeder.folder_of(config)):
-        return
+        return changed
     if feeder.collect(store, rows):  # the last feeder's work, read after it left the queue
         rows = store.jobs_by_ids([row["id"] for row in rows])
     top_up(config, store, rows)
+    return True
 
 
 # -- following the jobs (states from sacct: harness.launchers.sacct) --------------------------
