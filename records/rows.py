@@ -5,6 +5,7 @@ Every write is an upsert on the row's key, so a record replayed is stored once."
 from __future__ import annotations
 
 from collections.abc import Iterable
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Table, func, update
@@ -49,7 +50,8 @@ class _Batch:
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
-        self.groups: dict[tuple, tuple[Table, dict[tuple, dict[str, Any]]]] = {}
+        # shape -> (table, the columns a conflict sets, key -> row)
+        self.groups: dict[tuple, tuple[Table, tuple[str, ...], dict[tuple, dict[str, Any]]]] = {}
 
     def add(
         self,
@@ -61,12 +63,14 @@ class _Batch:
     ) -> None:
         """``update_columns``: those a conflict sets (None: all but the keys; (): none);
         of them, those in ``fill_only`` only where nothing is stored yet."""
-        columns = (
-            tuple(c for c in row if c not in keys) if update_columns is None else update_columns
-        )
-        shape = (table.name, tuple(row), keys, tuple(columns), fill_only)
-        rows = self.groups.setdefault(shape, (table, {}))[1]
-        key = tuple(row[k] for k in keys)
+        shape = (table.name, tuple(row), keys, update_columns, fill_only)
+        group = self.groups.get(shape)
+        if group is None:  # a new shape: the columns it sets, worked out once
+            if update_columns is None:
+                update_columns = tuple(c for c in row if c not in keys)
+            group = self.groups[shape] = (table, update_columns, {})
+        _, columns, rows = group
+        key = tuple([row[k] for k in keys])
         if key in rows and not columns:  # nothing set on conflict: the first one stays
             return
         if key in rows and fill_only:  # those only filled keep the first value given
@@ -79,7 +83,7 @@ class _Batch:
         self.add(attempts, values, ("job_id", "attempt"), fill_only=fill_only)
 
     def flush(self) -> None:
-        for (_, names, keys, columns, fill_only), (table, rows) in self.groups.items():
+        for (_, names, keys, _, fill_only), (table, columns, rows) in self.groups.items():
             statement = _dialect_insert(self.conn)(table)
             if columns:
                 changes = {
@@ -108,13 +112,21 @@ def _executemany(
     if sorted(order) != sorted(names):  # a statement of another form: let SQLAlchemy bind it
         conn.execute(statement, list(rows))
         return
-    convert = [(n, table.c[n].type.dialect_impl(dialect).bind_processor(dialect)) for n in order]
-    if dialect.positional:
-        params: list[Any] = [
-            tuple(row[n] if f is None else f(row[n]) for n, f in convert) for row in rows
-        ]
-    else:
-        params = [{n: row[n] if f is None else f(row[n]) for n, f in convert} for row in rows]
+    convert = [
+        (i, f)
+        for i, n in enumerate(order)
+        if (f := table.c[n].type.dialect_impl(dialect).bind_processor(dialect)) is not None
+    ]
+    values = itemgetter(*order) if len(order) > 1 else lambda row: (row[order[0]],)
+    params: list[Any] = [values(row) for row in rows]  # tuples, in the statement's order
+    if convert:  # only the columns whose type converts (JSON, on SQLite Boolean), per row
+        for number, row in enumerate(params):
+            row = list(row)
+            for i, f in convert:
+                row[i] = f(row[i])
+            params[number] = tuple(row)
+    if not dialect.positional:
+        params = [dict(zip(order, row, strict=True)) for row in params]
     if params:
         conn.exec_driver_sql(compiled.string, params)
 
