@@ -106,10 +106,16 @@ EOF
     } > "$state/hosts"
 }
 
-remove_network() {  # the bridge and the nodes' namespaces (their veth pairs go with them)
+remove_network() {  # the bridge, the nodes' namespaces and their veth pairs
     local i
     for i in $(ip netns list 2>/dev/null | awk '/^rbnode[0-9]+/ {print $1}'); do
         ip netns delete "$i" 2>/dev/null || true
+    done
+    # A namespace that a process still holds outlives its name, and keeps its veth pair: the
+    # host's end (rbnodeN-br) would make `ip link add` fail with "File exists". Deleting
+    # that end deletes the pair.
+    for i in $(ip -o link show 2>/dev/null | awk -F': ' '$2 ~ /^rbnode[0-9]+-br@/ {sub(/@.*/, "", $2); print $2}'); do
+        ip link delete "$i" 2>/dev/null || true
     done
     ip link delete "$bridge" 2>/dev/null || true
 }
@@ -118,8 +124,9 @@ start_network() {  # start_network N: the bridge, and a namespace on a veth pair
     local n=$1 i
     # A network left by a cluster whose daemons are gone (a killed run, a restored machine)
     # would make `ip link add` fail with "File exists": no live cluster owns it, so it goes.
-    if ip link show "$bridge" >/dev/null 2>&1 || ip netns list 2>/dev/null | grep -q '^rbnode[0-9]'; then
-        echo "slurm-nodes: removing a network no running cluster owns ($bridge, rbnode namespaces)" >&2
+    if ip link show "$bridge" >/dev/null 2>&1 || ip netns list 2>/dev/null | grep -q '^rbnode[0-9]' \
+        || ip -o link show 2>/dev/null | grep -q ': rbnode[0-9]*-br@'; then
+        echo "slurm-nodes: removing a network no running cluster owns ($bridge, rbnode namespaces and veth pairs)" >&2
         remove_network
     fi
     ip link add "$bridge" type bridge
