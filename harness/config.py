@@ -134,8 +134,9 @@ class Sweep(_Strict):
     datasets: list[Literal[DATASETS]] = Field(min_length=1)  # type: ignore[valid-type]
     transfer_to: list[Literal[DATASETS]] = []  # type: ignore[valid-type]
     recipe: Literal["study", "fast"] = "study"
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = {}  # the training jobs' recipe fields
     epochs: PositiveInt | None = None
+    transfer_overrides: dict[str, Any] = {}  # the transfer jobs' (their recipe is their own)
     transfer_epochs: PositiveInt | None = None
     seeds: list[Annotated[int, Field(ge=0, lt=2**32)]] = Field(default=[0], min_length=1)
     gpus_per_job: PositiveInt = 1  # per node: a job of N nodes has N x gpus_per_job GPUs
@@ -220,9 +221,24 @@ class Sweep(_Strict):
             get_recipe(self.recipe, "train", train)
         except RecipeError as exc:
             raise ValueError(f"overrides: {exc}") from None
-        if self.transfer_epochs is not None:
-            get_recipe(self.recipe, "transfer", {"epochs": self.transfer_epochs})
+        try:
+            get_recipe(self.recipe, "transfer", self.transfer_recipe_overrides())
+        except RecipeError as exc:
+            raise ValueError(f"transfer_overrides: {exc}") from None
         return self
+
+    def transfer_recipe_overrides(self) -> dict[str, Any]:
+        """What the transfer jobs change in their recipe: ``transfer_overrides``, with
+        ``transfer_epochs`` as its epochs."""
+        transfer = dict(self.transfer_overrides)
+        if self.transfer_epochs is not None:
+            if "epochs" in transfer:  # two values for one setting: neither silently wins
+                raise ValueError(
+                    f"transfer_overrides: epochs is {transfer['epochs']!r} here and "
+                    f"{self.transfer_epochs} in sweep.transfer_epochs: give it in one place"
+                )
+            transfer["epochs"] = self.transfer_epochs
+        return transfer
 
     @model_validator(mode="after")
     def _stages_in_order(self) -> Sweep:

@@ -130,7 +130,7 @@ class _Shared:
             overrides["epochs"] = sweep.epochs
         self.overrides: dict[str, dict[str, Any]] = {
             "train": overrides,
-            "transfer": {} if sweep.transfer_epochs is None else {"epochs": sweep.transfer_epochs},
+            "transfer": sweep.transfer_recipe_overrides(),
             "export": dict(sweep.export_options),
             "infer": dict(sweep.infer_options),
         }

@@ -126,6 +126,35 @@ def test_plan_ids_are_stable_and_change_only_with_their_spec(tmp_path):
     assert not {j.id for j in plan(cluster_config.load(write(tmp_path, data)))} & old
 
 
+def test_transfer_overrides_reach_the_transfer_jobs_alone(tmp_path):
+    """``overrides`` change the training jobs' recipe, ``transfer_overrides`` (with
+    ``transfer_epochs``) the transfer jobs' own; a sweep without them plans the ids it did."""
+    from jobs.recipe import get_recipe
+
+    data = base(tmp_path)
+    before = {j.id for j in plan(cluster_config.load(write(tmp_path, data)))}
+    changes = {"batch_size": 16, "memory_format": "contiguous"}
+    data["sweep"].update(
+        overrides={"batch_size": 48}, transfer_epochs=4, transfer_overrides=changes
+    )
+    jobs = plan(cluster_config.load(write(tmp_path, data)))
+    recipes = {
+        stage: {get_recipe(j.recipe, stage, j.overrides) for j in jobs if j.stage == stage}
+        for stage in ("train", "transfer")
+    }
+    (train,), (transfer,) = recipes["train"], recipes["transfer"]
+    assert (train.batch_size, train.epochs) == (48, 3)
+    assert (transfer.batch_size, transfer.epochs, transfer.memory_format) == (16, 4, "contiguous")
+    assert transfer.lr == get_recipe("study", "transfer").lr  # the rest is the transfer recipe's
+    assert all(j.spec.overrides == j.overrides for j in jobs if j.stage == "transfer")
+    del (
+        data["sweep"]["transfer_overrides"],
+        data["sweep"]["overrides"],
+        data["sweep"]["transfer_epochs"],
+    )
+    assert {j.id for j in plan(cluster_config.load(write(tmp_path, data)))} == before
+
+
 def test_only_selects_with_dependencies(tmp_path):
     jobs = plan(cluster_config.load(write(tmp_path, base(tmp_path))))
     chosen = select(jobs, ["stage=infer", "gpu_type=a100", "seed=1", "model=resnest50_basic"])
@@ -188,6 +217,17 @@ BAD = [
         {"sweep": {"epochs": 5, "overrides": {"epochs": 0}}},
         r"cluster.yaml: sweep.overrides: epochs is 0 here and 5 in sweep.epochs: give it in "
         r"one place",
+    ),
+    (
+        "transfer epochs given twice",
+        {"sweep": {"transfer_epochs": 5, "transfer_overrides": {"epochs": 2}}},
+        r"cluster.yaml: sweep.transfer_overrides: epochs is 2 here and 5 in "
+        r"sweep.transfer_epochs: give it in one place",
+    ),
+    (
+        "bad transfer override",
+        {"sweep": {"transfer_overrides": {"batch_size": 0}}},
+        r"cluster.yaml: sweep.transfer_overrides: batch_size",
     ),
     ("missing sweep", {"sweep": None}, r"sweep: Input should be a valid dictionary"),
 ]
