@@ -100,6 +100,38 @@ def test_sacct_states_map_onto_the_store(record, expected):
     assert map_state(record) == expected
 
 
+def test_a_dependency_slurm_dropped_though_the_parent_succeeded_is_named_as_such(
+    tmp_path, monkeypatch
+):
+    """SLURM cancels an aftercorr task split out after its parent task's record was purged
+    (seen on the single-node SLURM with MinJobAge=5: tasks 11 on of a 40-task transfer array
+    whose trainings had all ended): the reason says so, not that a parent did not succeed;
+    a transfer whose training failed names its parent. Recorded sacct lines: no cluster."""
+    from harness.launchers import sacct
+    from records.store import Store
+
+    store = Store(f"sqlite:///{tmp_path / 'results.db'}")
+    store.add_sweep("s", {})
+    job = {"model": "m", "dataset": "synthetic", "gpu_type": "v100", "gpus": 1, "seed": 0,
+           "repeat": 0, "spec": {}, "job_dir": str(tmp_path / "jobs" / "x")}  # fmt: skip
+    store.add_jobs("s", [
+        {**job, "id": "ta", "stage": "train", "depends_on": []},
+        {**job, "id": "tb", "stage": "train", "depends_on": []},
+        {**job, "id": "xa", "stage": "transfer", "depends_on": ["ta"]},
+        {**job, "id": "xb", "stage": "transfer", "depends_on": ["tb"]},
+    ])  # fmt: skip
+    store.set_states([("ta", "succeeded", {}), ("tb", "failed", {"reason": "diverged"})])
+    store.set_states([(j, "submitted", {"launcher_job_id": f"slurm:38_{i}", "submitted_at": 1e9})
+                      for i, j in enumerate(["xa", "xb"])])  # fmt: skip
+    when = "2026-12-06T17:11:32"
+    recorded = "".join(f"38_{i}|CANCELLED|0:0|Dependency|None|{when}|{when}|None\n" for i in (0, 1))
+    monkeypatch.setattr(sacct, "_run", lambda cmd, timeout=60: recorded)
+    rows = [row for row in store.jobs("s") if row["stage"] == "transfer"]
+    assert sacct.poll(store, rows) == {"xa": "cancelled", "xb": "cancelled"}
+    assert store.job("xa")["reason"] == sacct.DEPENDENCY_DROPPED
+    assert store.job("xb")["reason"] == "not run: depends on tb, which failed"
+
+
 def test_bad_input_reason_comes_from_the_log(tmp_path):
     err = tmp_path / "1_0_0_log.err"
     err.write_text("submitit INFO starting\nresnest-bench: error: no such dataset folder x\n")

@@ -37,6 +37,14 @@ FAILED_REASONS = {
     "DEADLINE": "DEADLINE: the job reached its deadline",
 }
 NOT_RUN = "not run: a job it depends on did not succeed"
+# SLURM splits an aftercorr array's pending tasks out a few at a time (SchedulerParameters
+# correspond_after_task_cnt, 10 by default); a task split out after its parent task's record
+# was purged (MinJobAge after it ended) is cancelled on a dependency its parent met.
+DEPENDENCY_DROPPED = (
+    "not run: SLURM cancelled it on its dependency, though every job it depends on "
+    "succeeded (an aftercorr task split out after its parent's record was purged); "
+    "rerun it"
+)
 PREFIX = PREFIXES["slurm"]
 JOB_CODES = (EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_PARITY, EXIT_ALREADY_RUNNING, EXIT_HOST)
 
@@ -201,11 +209,15 @@ def poll(store: Store, rows: list[Row]) -> dict[str, str]:
         # SLURM cancels a job whose parent failed (kill-on-invalid-dep); sacct does not always
         # say it was for the dependency: name the parent that did not succeed either way.
         if reason == NOT_RUN or (state == "cancelled" and reason in ("CANCELLED", "None", "")):
-            for parent in row["depends_on"] or []:
-                parent_state = new[parent][0] if parent in new else store.job(parent)["state"]
-                if parent_state in ("failed", "cancelled"):
-                    reason = not_run(parent, parent_state)
-                    break
+            parents = {
+                parent: new[parent][0] if parent in new else store.job(parent)["state"]
+                for parent in row["depends_on"] or []
+            }
+            failed = [(p, s) for p, s in parents.items() if s in ("failed", "cancelled")]
+            if failed:
+                reason = not_run(*failed[0])
+            elif reason == NOT_RUN and parents and set(parents.values()) == {"succeeded"}:
+                reason = DEPENDENCY_DROPPED
         attempt = max(row["attempt"], attempts.get(row["id"], row["attempt"]))
         if (state, reason, attempt) != (row["state"], row["reason"], row["attempt"]):
             changes.append((row["id"], state, {"reason": reason, "attempt": attempt}))
