@@ -132,6 +132,36 @@ def test_a_dependency_slurm_dropped_though_the_parent_succeeded_is_named_as_such
     assert store.job("xb")["reason"] == "not run: depends on tb, which failed"
 
 
+def test_jobs_whose_dependency_slurm_dropped_go_again_with_those_not_run_for_them(monkeypatch):
+    """What ``status`` and ``submit --wait`` submit again for such jobs: the job, as a new
+    attempt, and the jobs after it that were not run for it; not a job whose parent failed,
+    nor a waiting one (the feeder's or the top-up's). The sbatch side is stood in for here
+    (it is the launcher's own, shown on the real SLURM); the full-scale site-limits test
+    shows the whole on the real SLURM."""
+    from harness.launchers import slurm
+    from harness.launchers.sacct import DEPENDENCY_DROPPED
+
+    def row(job_id: str, state: str, reason: str | None, parents: list[str]) -> dict:
+        return {"id": job_id, "state": state, "reason": reason, "depends_on": parents,
+                "attempt": 0}  # fmt: skip
+
+    rows = [
+        row("ta", "succeeded", None, []),
+        row("tb", "failed", "diverged", []),
+        row("xa", "cancelled", DEPENDENCY_DROPPED, ["ta"]),
+        row("xb", "cancelled", "not run: depends on tb, which failed", ["tb"]),
+        row("ea", "cancelled", "not run: depends on xa, which cancelled", ["xa"]),
+        row("ia", "waiting", "waiting for room: 4 queued jobs per user", ["ea"]),
+    ]
+    sent = []
+    monkeypatch.setattr(slurm, "submit", lambda config, store, jobs: sent.extend(jobs))
+    assert slurm.retry_dropped_dependencies(None, None, rows) == ["xa"]
+    assert [(job["id"], job["attempt"]) for job in sent] == [("xa", 1), ("ea", 1)]
+    sent.clear()
+    assert slurm.retry_dropped_dependencies(None, None, rows[:2] + rows[3:]) == []
+    assert sent == []
+
+
 def test_bad_input_reason_comes_from_the_log(tmp_path):
     err = tmp_path / "1_0_0_log.err"
     err.write_text("submitit INFO starting\nresnest-bench: error: no such dataset folder x\n")

@@ -43,7 +43,7 @@ NOT_RUN = "not run: a job it depends on did not succeed"
 DEPENDENCY_DROPPED = (
     "not run: SLURM cancelled it on its dependency, though every job it depends on "
     "succeeded (an aftercorr task split out after its parent's record was purged); "
-    "rerun it"
+    "status -c CLUSTER_YAML submits it again"
 )
 PREFIX = PREFIXES["slurm"]
 JOB_CODES = (EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_PARITY, EXIT_ALREADY_RUNNING, EXIT_HOST)

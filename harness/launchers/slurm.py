@@ -42,7 +42,7 @@ from harness.launchers.base import (
     not_run,
     progress_bar,
 )
-from harness.launchers.sacct import host_failed, log_paths, poll
+from harness.launchers.sacct import DEPENDENCY_DROPPED, host_failed, log_paths, poll
 from harness.launchers.slurm_site import (
     _run,
     check_gpu_types,
@@ -179,12 +179,32 @@ def retry_host_failures(config: ClusterConfig, store: Store, rows: list[Row]) ->
     return [row["id"] for row in chosen]
 
 
+def retry_dropped_dependencies(config: ClusterConfig, store: Store, rows: list[Row]) -> list[str]:
+    """Submit again the sweep's jobs that SLURM cancelled on a dependency their parents met
+    (``sacct.DEPENDENCY_DROPPED``: an aftercorr task split out after its parent task's record
+    was purged), as new attempts, with the jobs after them that were not run for it. Their
+    parents have succeeded, so they go with no dependency, and SLURM cannot drop it again.
+    Returns the ids submitted again."""
+    dropped = [row for row in rows if row["state"] == "cancelled"
+               and row["reason"] == DEPENDENCY_DROPPED]  # fmt: skip
+    if not dropped:
+        return []
+    jobs, _ = downstream(rows, dropped)
+    again = [{**job, "attempt": job["attempt"] + 1} for job in jobs if job["state"] == "cancelled"]
+    submit(config, store, again)
+    return [row["id"] for row in dropped]
+
+
 def look_after(config: ClusterConfig, store: Store, rows: list[Row]) -> bool:
     """What the harness does for a SLURM sweep each time it looks at it (``status``,
-    ``submit --wait``): retry host failures, then submit waiting jobs as room frees, unless
-    the sweep's feeder is in the queue to do it (what the feeders sent is read in first).
-    Whether it changed any job's row."""
-    changed = bool(feeder.collect(store, rows) + len(retry_host_failures(config, store, rows)))
+    ``submit --wait``): retry host failures and dependencies SLURM dropped, then submit
+    waiting jobs as room frees, unless the sweep's feeder is in the queue to do it (what the
+    feeders sent is read in first). Whether it changed any job's row."""
+    changed = bool(
+        feeder.collect(store, rows)
+        + len(retry_host_failures(config, store, rows))
+        + len(retry_dropped_dependencies(config, store, rows))
+    )
     if changed:
         rows = store.jobs_by_ids([row["id"] for row in rows])
     waiting = any(row["state"] == "waiting" for row in rows)
