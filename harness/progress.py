@@ -9,7 +9,8 @@ long it waited in the queue; and an ETA for the sweep.
   after its first epoch only, that epoch's measured training and evaluation seconds.
   An ended job's figures come from its summary (``records.summaries.last_epoch``: the
   last two of its epochs per epoch number, newest attempt's), so that status of a finished
-  sweep reads a row per job, not every epoch row.
+  sweep reads a row per job, not every epoch row (from its epoch rows where a summary from
+  before schema 6 lacks them).
 - **ETA**: the epochs left times that s/epoch, from the last epoch's record.
 - **queue wait**: from submission to start, of the job's current attempt: SLURM's own Submit
   and Start (sacct) where SLURM ran it, the harness's submission and the job's first record
@@ -66,8 +67,9 @@ def job_progress(
         if row["stage"] in ("train", "transfer")
         and row["state"] not in ("pending", "waiting", "submitted")
     ]
-    measured = store.progress_of([row["id"] for row in started if row["state"] not in ENDED])
     ended = store.last_epochs([row["id"] for row in started if row["state"] in ENDED])
+    ended = {job_id: last for job_id, last in ended.items() if last[0] is not None}
+    measured = store.progress_of([row["id"] for row in started if row["id"] not in ended])
     tries = store.attempts_of(ids)
     out: dict[str, dict[str, Any]] = {}
     for row in rows:

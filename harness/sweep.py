@@ -109,7 +109,8 @@ def refresh(store: Store, rows: list[Row]) -> bool:
     from harness.collect import collect
     from harness.launchers import feeder
 
-    if feeder.collect(store, rows):  # waiting jobs a feeder has submitted since
+    fed = feeder.collect(store, rows)  # waiting jobs a feeder has submitted (or not run)
+    if fed:
         rows = store.jobs_by_ids([row["id"] for row in rows])
     held: dict[str, list[Row]] = {}
     for row in rows:
@@ -122,7 +123,7 @@ def refresh(store: Store, rows: list[Row]) -> bool:
         launchers.get(name, store).poll(group)
     # The rows as they were: a job that ended in this poll is still one to read.
     collected = collect(store, rows)
-    return bool(held) or collected > 0
+    return bool(held) or collected > 0 or fed > 0
 
 
 def record_plan(config: ClusterConfig, store: Store, jobs: list[JobPlan] | None = None) -> set[str]:

@@ -108,10 +108,11 @@ def _executemany(
     second there)."""
     dialect = conn.dialect
     compiled = statement.compile(dialect=dialect, column_keys=list(names))
-    order = compiled.positiontup if dialect.positional else list(names)
-    if sorted(order) != sorted(names):  # a statement of another form: let SQLAlchemy bind it
-        conn.execute(statement, list(rows))
+    binds = compiled.positiontup if dialect.positional else list(compiled.binds)
+    if sorted(binds) != sorted(names):  # binds of another kind (a column default's value,
+        conn.execute(statement, list(rows))  # a literal in the update): SQLAlchemy's to fill
         return
+    order = binds if dialect.positional else list(names)
     convert = [
         (i, f)
         for i, n in enumerate(order)

@@ -152,7 +152,10 @@ class Store:
                 current = conn.execute(select(schema_version.c.version)).scalar()
                 if current is not None and current < SCHEMA_VERSION:
                     _add_missing_columns(conn)
-                    if current < 6:  # summaries came with version 4, last epochs with 6
+                    # The summaries came with version 4. Those of version 4 and 5 lack the
+                    # last epoch (6): status reads an ended job's epochs where it is missing,
+                    # and the store fills it as the job's epochs are written (or an ingest).
+                    if current < 4:
                         summaries.refresh(conn)
                     conn.execute(update(schema_version).values(version=SCHEMA_VERSION))
                 if current is None:

@@ -89,6 +89,8 @@ def test_slurm_time_limits_in_minutes(limit, minutes):
         ({"State": "CANCELLED by 0", "Reason": "None"}, ("cancelled", "CANCELLED by 0")),
         ({"State": "CANCELLED", "Reason": "Dependency"},
          ("cancelled", "not run: a job it depends on did not succeed")),
+        # a person's scancel of a job waiting on its dependency: theirs, not SLURM's
+        ({"State": "CANCELLED by 0", "Reason": "Dependency"}, ("cancelled", "CANCELLED by 0")),
         ({"State": "FAILED", "ExitCode": "3:0"}, ("failed", "diverged")),
         ({"State": "FAILED", "ExitCode": "1:0"}, ("failed", "FAILED exit code 1")),
         ({"State": "FAILED", "ExitCode": "0:9"}, ("failed", "FAILED exit code 0 (signal 9)")),
@@ -134,8 +136,9 @@ def test_a_dependency_slurm_dropped_though_the_parent_succeeded_is_named_as_such
 
 def test_jobs_whose_dependency_slurm_dropped_go_again_with_those_not_run_for_them(monkeypatch):
     """What ``status`` and ``submit --wait`` submit again for such jobs: the job, as a new
-    attempt, and the jobs after it that were not run for it; not a job whose parent failed,
-    nor a waiting one (the feeder's or the top-up's). The sbatch side is stood in for here
+    attempt, and the jobs after it that were not run for it, and a job not run for a parent
+    that has gone again since; not a job whose parent failed, one a person cancelled, nor a
+    waiting one (the feeder's or the top-up's). The sbatch side is stood in for here
     (it is the launcher's own, shown on the real SLURM); the full-scale site-limits test
     shows the whole on the real SLURM."""
     from harness.launchers import slurm
@@ -150,15 +153,20 @@ def test_jobs_whose_dependency_slurm_dropped_go_again_with_those_not_run_for_the
         row("tb", "failed", "diverged", []),
         row("xa", "cancelled", DEPENDENCY_DROPPED, ["ta"]),
         row("xb", "cancelled", "not run: depends on tb, which failed", ["tb"]),
+        row("xc", "submitted", None, ["ta"]),  # submitted again: its dependency was dropped
         row("ea", "cancelled", "not run: depends on xa, which cancelled", ["xa"]),
+        # held by a feeder, which found xc's first attempt cancelled: not run for nothing
+        row("ec", "cancelled", "not run: depends on xc, which cancelled", ["xc"]),
         row("ia", "waiting", "waiting for room: 4 queued jobs per user", ["ea"]),
+        row("ib", "cancelled", "CANCELLED by 0", ["tb"]),  # a person's: stays
     ]
     sent = []
     monkeypatch.setattr(slurm, "submit", lambda config, store, jobs: sent.extend(jobs))
-    assert slurm.retry_dropped_dependencies(None, None, rows) == ["xa"]
-    assert [(job["id"], job["attempt"]) for job in sent] == [("xa", 1), ("ea", 1)]
+    assert slurm.retry_dropped_dependencies(None, None, rows) == ["xa", "ec"]
+    assert [(job["id"], job["attempt"]) for job in sent] == [("xa", 1), ("ea", 1), ("ec", 1)]
     sent.clear()
-    assert slurm.retry_dropped_dependencies(None, None, rows[:2] + rows[3:]) == []
+    settled = [r for r in rows if r["id"] not in ("xa", "ec")]
+    assert slurm.retry_dropped_dependencies(None, None, settled) == []
     assert sent == []
 
 

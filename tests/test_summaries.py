@@ -271,3 +271,8 @@ def test_an_ended_jobs_epoch_and_s_per_epoch_in_status_are_those_its_epoch_rows_
             running[job]["epoch_s"],
         )
         assert ended[job]["eta_s"] is None and running[job]["eta_s"] is not None
+    # A summary written before schema 6 has no last epoch: status reads the epoch rows.
+    with store.begin() as conn:
+        conn.execute(summaries.update().values(last_epoch=None, last_epoch_s=None))
+    older = job_progress([{**row, "state": "succeeded"} for row in rows], store, now=1000.0)
+    assert older == ended

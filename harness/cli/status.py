@@ -45,7 +45,9 @@ def _look_after(config, store, sweep_name: str, rows: list[dict]) -> list[dict]:
     """For a SLURM sweep: retry its host failures and submit its waiting jobs that have room
     now (``slurm.look_after``); without the sweep's cluster.yaml (``--store``) there is
     nothing to submit them with: say so. Returns the sweep's rows as they are now."""
-    if not any(row["state"] in ("waiting", "failed") for row in rows):
+    from harness.launchers.base import needs_care
+
+    if not any(needs_care(row) for row in rows):
         return rows
     slurm = config is not None and config.name == sweep_name and config.launcher.kind == "slurm"
     if not slurm:

@@ -135,6 +135,19 @@ def not_run(parent: str, state: str | None) -> str:
     return f"not run: depends on {parent}, which {state}"
 
 
+def not_run_for_a_parent(reason: str | None) -> bool:
+    """Whether ``reason`` is one of ``not_run``'s."""
+    return (reason or "").startswith("not run: depends on ")
+
+
+def needs_care(row: Row) -> bool:
+    """Whether a job is one a launcher's look at the sweep may act on (SLURM's
+    ``look_after``): waiting, failed, or not run."""
+    return row["state"] in ("waiting", "failed") or (
+        row["state"] == "cancelled" and (row["reason"] or "").startswith("not run: ")
+    )
+
+
 def downstream(rows: list[Row], chosen: list[Row]) -> tuple[list[Row], list[str]]:
     """The chosen jobs and every job downstream of them that has not succeeded and is not in
     flight (a transfer, export or inference not run because its training failed), in plan

@@ -116,7 +116,9 @@ def map_state(record: dict[str, str], log_err: Path | None = None) -> tuple[str,
     if state == "COMPLETED":
         return "succeeded", None
     if state == "CANCELLED":
-        if reason in ("Dependency", "DependencyNeverSatisfied"):
+        # SLURM's own cancel of a job whose dependency failed says no "by": a person's
+        # scancel of a job waiting on its dependency says "CANCELLED by UID", and stays so
+        if reason in ("Dependency", "DependencyNeverSatisfied") and record["State"] == state:
             return "cancelled", NOT_RUN
         return "cancelled", record["State"]
     if state in FAILED_REASONS:

@@ -39,7 +39,9 @@ from harness.launchers.base import (
     BaseLauncher,
     Row,
     downstream,
+    needs_care,
     not_run,
+    not_run_for_a_parent,
     progress_bar,
 )
 from harness.launchers.sacct import DEPENDENCY_DROPPED, host_failed, log_paths, poll
@@ -179,14 +181,29 @@ def retry_host_failures(config: ClusterConfig, store: Store, rows: list[Row]) ->
     return [row["id"] for row in chosen]
 
 
+def not_run_for_nothing(row: Row, by_id: dict[str, Row]) -> bool:
+    """A job cancelled as not run whose reason no longer holds: SLURM cancelled it on a
+    dependency its parents met (``sacct.DEPENDENCY_DROPPED``), or every parent it depends on
+    has succeeded or is on its way again (one that SLURM had dropped, submitted again while
+    a feeder held this job, which then found the parent's old attempt cancelled)."""
+    if row["state"] != "cancelled":
+        return False
+    if row["reason"] == DEPENDENCY_DROPPED:
+        return True
+    if not not_run_for_a_parent(row["reason"]):
+        return False
+    parents = [by_id.get(p) for p in row["depends_on"] or []]
+    going = ("succeeded", "pending", "waiting", *IN_FLIGHT)
+    return bool(parents) and all(p is not None and p["state"] in going for p in parents)
+
+
 def retry_dropped_dependencies(config: ClusterConfig, store: Store, rows: list[Row]) -> list[str]:
-    """Submit again the sweep's jobs that SLURM cancelled on a dependency their parents met
-    (``sacct.DEPENDENCY_DROPPED``: an aftercorr task split out after its parent task's record
-    was purged), as new attempts, with the jobs after them that were not run for it. Their
-    parents have succeeded, so they go with no dependency, and SLURM cannot drop it again.
-    Returns the ids submitted again."""
-    dropped = [row for row in rows if row["state"] == "cancelled"
-               and row["reason"] == DEPENDENCY_DROPPED]  # fmt: skip
+    """Submit again, as new attempts, the sweep's jobs not run for nothing
+    (``not_run_for_nothing``: above all those SLURM cancelled on a dependency their parents
+    met, an aftercorr task split out after its parent task's record was purged), with the
+    jobs after them that were not run for it. Returns the ids submitted again."""
+    by_id = {row["id"]: row for row in rows}
+    dropped = [row for row in rows if not_run_for_nothing(row, by_id)]
     if not dropped:
         return []
     jobs, _ = downstream(rows, dropped)
@@ -200,13 +217,12 @@ def look_after(config: ClusterConfig, store: Store, rows: list[Row]) -> bool:
     ``submit --wait``): retry host failures and dependencies SLURM dropped, then submit
     waiting jobs as room frees, unless the sweep's feeder is in the queue to do it (what the
     feeders sent is read in first). Whether it changed any job's row."""
-    changed = bool(
-        feeder.collect(store, rows)
-        + len(retry_host_failures(config, store, rows))
-        + len(retry_dropped_dependencies(config, store, rows))
-    )
-    if changed:
-        rows = store.jobs_by_ids([row["id"] for row in rows])
+    changed = False
+    for step in (feeder.collect, retry_host_failures, retry_dropped_dependencies):
+        done = step(store, rows) if step is feeder.collect else step(config, store, rows)
+        if done:  # the next step works on the rows as this one left them
+            changed = True
+            rows = store.jobs_by_ids([row["id"] for row in rows])
     waiting = any(row["state"] == "waiting" for row in rows)
     if not waiting or feeder.current(feeder.folder_of(config)):
         return changed
@@ -240,9 +256,10 @@ def wait(
             rows = store.jobs_by_ids(job_ids)
             states = poll(store, rows)
             collect(store, rows)  # the jobs' records, from their outboxes
-            if config is not None and ("waiting" in states.values() or "failed" in states.values()):
-                look_after(config, store, store.jobs_by_ids(job_ids))
-                states = {row["id"]: row["state"] for row in store.jobs_by_ids(job_ids)}
+            if config is not None:
+                rows = store.jobs_by_ids(job_ids)
+                if any(needs_care(row) for row in rows) and look_after(config, store, rows):
+                    states = {row["id"]: row["state"] for row in store.jobs_by_ids(job_ids)}
             done = sum(1 for s in states.values() if s in ENDED)
             bar.n = done
             counts: dict[str, int] = defaultdict(int)
