@@ -273,6 +273,36 @@ def test_a_host_failure_reads_as_one_in_the_store_whatever_code_srun_passed_on(t
     assert not host_failed(*map_state({"State": "OUT_OF_MEMORY"}))
 
 
+def test_a_host_failure_only_another_rank_saw_reads_as_one(tmp_path):
+    """srun (--kill-on-bad-exit) kills rank 0 when rank 1 ends first with the job's host
+    failure: rank 0's log then ends at its start, and rank 1's log has the line."""
+    from harness.launchers.sacct import err_logs
+
+    folder = tmp_path / "results" / "s" / "slurm"
+    folder.mkdir(parents=True)
+    (folder / "9_0_log.err").write_text("submitit INFO: Loading pickle: x/9_submitted.pkl\n")
+    (folder / "9_1_log.err").write_text(
+        "resnest-bench: host failure on node1: The client socket has timed out\n"
+    )
+    (folder / "19_0_log.err").write_text("resnest-bench: host failure on node7: not this job\n")
+    job = {"launcher_job_id": "slurm:9", "job_dir": str(tmp_path / "results" / "s" / "jobs" / "a")}
+    logs = err_logs(job)
+    assert [p.name for p in logs] == ["9_0_log.err", "9_1_log.err"]
+    for code in ("76:0", "0:9", "137:0"):
+        assert map_state({"State": "FAILED", "ExitCode": code}, logs) == (
+            "failed",
+            "host failure on node1: The client socket has timed out",
+        ), code
+    # rank 0's own line wins over another rank's
+    (folder / "9_0_log.err").write_text("resnest-bench: error: no such dataset folder x\n")
+    assert map_state({"State": "FAILED", "ExitCode": "2:0"}, err_logs(job))[1] == (
+        "bad input: no such dataset folder x"
+    )
+    # without the other ranks' logs (rank 0's alone), nothing says host failure
+    (folder / "9_0_log.err").write_text("submitit INFO: Loading pickle: x/9_submitted.pkl\n")
+    assert map_state({"State": "FAILED", "ExitCode": "0:9"}, logs[0])[1].startswith("FAILED")
+
+
 def five_planned_jobs(tmp_path, name: str, slurm: dict):
     """A SLURM sweep's five training jobs, planned into a SQLite store (no SLURM runs)."""
     from harness import config as cluster_config

@@ -101,8 +101,11 @@ def hosts_of(record: dict[str, str]) -> str | None:
     return None if not nodes or nodes.startswith("None") else nodes
 
 
-def map_state(record: dict[str, str], log_err: Path | None = None) -> tuple[str, str | None]:
-    """A sacct record -> (store state, reason)."""
+def map_state(
+    record: dict[str, str], log_err: Path | list[Path] | None = None
+) -> tuple[str, str | None]:
+    """A sacct record -> (store state, reason), reading the job's own line from ``log_err``
+    (rank 0's stderr, or every task's with rank 0's first: ``err_logs``)."""
     state = record["State"].split()[0]  # "CANCELLED by 0" -> "CANCELLED"
     reason = record.get("Reason", "")
     again = FAILED_REASONS.get(record.get("Previous", ""))
@@ -135,20 +138,33 @@ def map_state(record: dict[str, str], log_err: Path | None = None) -> tuple[str,
     return "failed", detail + (f": {last}" if last else "")
 
 
-def _job_line(log_err: Path | None) -> str:
-    """What rank 0's stderr says of the end: the job's own one-line error if it wrote one,
-    else its last line (an exception), with srun's line naming the first task that ended
-    badly and its node (``srun: error: node2: task 1: Exited with exit code 1``)."""
-    if log_err is None or not Path(log_err).is_file():
-        return ""
-    lines = [
+def _lines(log_err: Path) -> list[str]:
+    if not Path(log_err).is_file():
+        return []
+    return [
         re.sub(r"^\[rank\d+\]:\s*", "", line).strip()
         for line in Path(log_err).read_text(errors="replace").splitlines()
         if line.strip()
     ]
+
+
+def _job_line(log_err: Path | list[Path] | None) -> str:
+    """What the job's stderr says of the end: rank 0's own one-line error if it wrote one,
+    else another rank's host failure (srun kills the other tasks when one ends badly, so the
+    rank that met the failure first may be the only one to say it), else rank 0's last line
+    (an exception), with srun's line naming the first task that ended badly and its node
+    (``srun: error: node2: task 1: Exited with exit code 1``)."""
+    paths = [] if log_err is None else [log_err] if isinstance(log_err, Path | str) else log_err
+    if not paths:
+        return ""
+    lines = _lines(paths[0])
     own = [line for line in lines if line.startswith("resnest-bench:")]
     if own:
         return own[-1]
+    for other in paths[1:]:
+        theirs = [line for line in _lines(other) if line.startswith("resnest-bench: host failure")]
+        if theirs:
+            return theirs[-1]
     tasks = [line.removeprefix("srun: error: ") for line in lines
              if re.match(r"srun: error: \S+: tasks? [\d-]+: ", line)]  # fmt: skip
     job = [line for line in lines if not line.startswith("srun:")]
@@ -185,6 +201,14 @@ def log_paths(job: Row) -> list[Path]:
     return [folder / f"{slurm_id}_0_log.out", folder / f"{slurm_id}_0_log.err"]
 
 
+def err_logs(job: Row) -> list[Path]:
+    """Every task's stderr of a SLURM job of the store, rank 0's first."""
+    first = log_paths(job)[1]
+    slurm_id = first.name.removesuffix("_0_log.err")
+    others = sorted(first.parent.glob(f"{slurm_id}_*_log.err"), key=lambda p: p.name)
+    return [first, *(p for p in others if p != first)]
+
+
 def poll(store: Store, rows: list[Row]) -> dict[str, str]:
     """Update the store from one sacct call; return id -> store state for ``rows``."""
     followed = {
@@ -204,7 +228,9 @@ def poll(store: Store, rows: list[Row]) -> dict[str, str]:
         elif row["state"] == "cancelled":
             new[row["id"]] = ("cancelled", row["reason"])  # by the harness: keep why
         else:
-            new[row["id"]] = map_state(record, log_paths(row)[1])
+            # every task's log, read only for a job that ended badly
+            ended_badly = record["State"].split()[0] not in (*QUEUED, *ACTIVE, "COMPLETED")
+            new[row["id"]] = map_state(record, err_logs(row) if ended_badly else None)
     changes = []
     for row in rows:
         state, reason = new[row["id"]]
