@@ -5,6 +5,7 @@ The cluster's two GPU types, v100 and a100, are gres entries backed by /dev/null
 """
 
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -498,11 +499,52 @@ def status_json(path: Path, cwd: Path) -> list[dict]:
     return json.loads(result.stdout)
 
 
+def eta_after_epoch_2(path: Path, tmp_path: Path) -> tuple[dict, float, list[float]]:
+    """Follow a one-job sweep of 6 epochs with status until it shows epoch 2, then to its
+    end: (its row at epoch 2, the seconds from then to its final record, the gaps between its
+    epoch records)."""
+    seen: list[tuple[float, dict]] = []
+
+    def at_epoch_2() -> bool:
+        (row,) = status_json(path, tmp_path)
+        seen.append((time.time(), row))
+        assert (row["epoch"] or 0) <= 2, f"epoch 2 was never seen: {seen[-3:]}"
+        return row["epoch"] == 2
+
+    wait_until(at_epoch_2, 300, "epoch 2 of the job")
+    now, row = seen[-1]
+    assert row["epochs"] == 6 and row["eta_s"] is not None and row["epoch_s"] > 0
+    wait_until(lambda: status_json(path, tmp_path)[0]["state"] == "succeeded", 300, "the end")
+    store = store_of(tmp_path)
+    with store.begin() as conn:
+        ended = conn.execute(
+            select(func.max(events.c.time)).where(events.c.kind == "final")
+            .where(events.c.job_id == row["id"])
+        ).scalar()  # fmt: skip
+        times = conn.execute(
+            select(epochs.c.recorded_at).where(epochs.c.job_id == row["id"])
+            .order_by(epochs.c.epoch)
+        ).scalars().all()  # fmt: skip
+    assert len(times) == 6, times
+    # The ETA is the last epoch's pace times the epochs left, less the time since that
+    # epoch's record (status's clock ran a moment before `now`).
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    formula = 4 * gaps[0] - (now - times[1])
+    assert formula - 0.05 <= row["eta_s"] <= formula + 5, (row["eta_s"], formula, gaps)
+    return row, ended - now, gaps
+
+
 def test_queue_wait_shows_a_known_hold_and_the_eta_after_2_of_6_epochs_holds(tmp_path):
     """Another user's job holds the node's v100 for HOLD_S seconds; a one-job sweep on v100
     submitted meanwhile waits for it. Its queue wait (SLURM's Submit to Start) is the rest of
     the hold within a few seconds; after epoch 2 of 6 the job's ETA lies within 25% of the
-    time it really took to end; and status --job lists the attempt with its host."""
+    time it really took to end; and status --job lists the attempt with its host.
+
+    The ETA is the pace of epoch 2 carried forward, so it holds while the machine keeps its
+    pace. The suite runs in two workers on two cores, and the other worker's load can change
+    the pace half-way: a run whose later epochs' mean pace moved more than 25% from epoch
+    2's is disturbed, said so, and run again (a fresh one-job sweep, up to three in all). An
+    ETA that misses in a run at a steady pace fails at once."""
     hold_s = 25
     blocker = subprocess.run(
         ["sbatch", "--parsable", "-p", "gpu", "--gres=gpu:v100:1", "-c", "1", "-J", "holder",
@@ -525,44 +567,45 @@ def test_queue_wait_shows_a_known_hold_and_the_eta_after_2_of_6_epochs_holds(tmp
     (row,) = status_json(path, tmp_path)
     assert row["state"] == "submitted" and row["still_queued"]
     assert row["queue_wait_s"] is not None and row["queue_wait_s"] < 10  # waiting so far
-    seen: list[tuple[float, dict]] = []
-
-    def at_epoch_2() -> bool:
-        (row,) = status_json(path, tmp_path)
-        seen.append((time.time(), row))
-        assert (row["epoch"] or 0) <= 2, f"epoch 2 was never seen: {seen[-3:]}"
-        return row["epoch"] == 2
-
-    wait_until(at_epoch_2, 300, "epoch 2 of the job")
-    now, row = seen[-1]
-    assert row["epochs"] == 6 and row["eta_s"] is not None and row["epoch_s"] > 0
-    expected_wait = held_until - submitted_at
-    assert abs(row["queue_wait_s"] - expected_wait) < 4, (row["queue_wait_s"], expected_wait)
-    wait_until(lambda: status_json(path, tmp_path)[0]["state"] == "succeeded", 300, "the end")
-    store = store_of(tmp_path)
-    with store.begin() as conn:
-        ended = conn.execute(
-            select(func.max(events.c.time)).where(events.c.kind == "final")
-        ).scalar()
-    took = ended - now
-    assert abs(row["eta_s"] - took) <= 0.25 * took, (row["eta_s"], took, seen[-1])
-    shown = cli("status", "-c", str(path), "--job", row["id"][:8], cwd=tmp_path)
+    tries = []
+    for attempt in range(3):
+        if attempt:  # a fresh sweep of the same job, no hold
+            path = slurm_yaml(tmp_path, f"queued{attempt}", models=["resnest_tiny_basic"],
+                              gpu_types=["v100"], epochs=6, max_steps=30,
+                              target_accuracy=0.05)  # fmt: skip
+            assert cli("submit", str(path), "-q", cwd=tmp_path).returncode == 0
+        at_2, took, gaps = eta_after_epoch_2(path, tmp_path)
+        if not attempt:
+            first = at_2
+            expected_wait = held_until - submitted_at
+            assert abs(first["queue_wait_s"] - expected_wait) < 4, (first, expected_wait)
+        later = sum(gaps[1:]) / len(gaps[1:])
+        steady = abs(later - gaps[0]) <= 0.25 * gaps[0]
+        tries.append((at_2["eta_s"], took, [round(g, 2) for g in gaps]))
+        print(f"try {attempt + 1}: ETA after epoch 2 {at_2['eta_s']:.1f} s against "
+              f"{took:.1f} s taken; epoch gaps {tries[-1][2]}"
+              + ("" if steady else " (pace changed: disturbed)"))  # fmt: skip
+        if steady:
+            assert abs(at_2["eta_s"] - took) <= 0.25 * took, tries
+            break
+    else:
+        raise AssertionError(f"no run at a steady pace in three: {tries}")
+    shown = cli("status", "-c", str(path), "--job", at_2["id"][:8], cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert "vm" in shown.stdout and "slurm:" in shown.stdout, shown.stdout
     table = cli("status", "-c", str(path), cwd=tmp_path)
     assert "sweep ETA: ended" in table.stdout and "queue wait" in table.stdout
-    # The table: the median queue wait of the GPU type's runs (one here), and time to a
-    # trained network, the wait plus the time to the target.
-    tidy = cli("table", "-c", str(path), "--format", "json", cwd=tmp_path)
+    # The table of the held sweep: the median queue wait of the GPU type's runs (one here),
+    # and time to a trained network, the wait plus the time to the target.
+    held = slurm_yaml(tmp_path, "queued", models=["resnest_tiny_basic"], gpu_types=["v100"],
+                      epochs=6, max_steps=30, target_accuracy=0.05)  # fmt: skip
+    tidy = cli("table", "-c", str(held), "--format", "json", cwd=tmp_path)
     assert tidy.returncode == 0, tidy.stderr
     (v100,) = json.loads(tidy.stdout)
-    assert abs(v100["queue_wait_s"] - row["queue_wait_s"]) <= 0.1
+    assert abs(v100["queue_wait_s"] - first["queue_wait_s"]) <= 0.1
     trained = v100["queue_wait_s"] + v100["time_to_5pct_s"]
     assert abs(v100["time_to_trained_5pct_s"] - trained) <= 0.1
-    print(
-        f"queue wait {row['queue_wait_s']:.1f} s against a hold of {expected_wait:.1f} s; "
-        f"ETA after epoch 2 {row['eta_s']:.1f} s against {took:.1f} s taken"
-    )
+    print(f"queue wait {first['queue_wait_s']:.1f} s against a hold of {expected_wait:.1f} s")
 
 
 # -- a site's limits -------------------------------------------------------------------------
