@@ -38,8 +38,8 @@ from jobs import data, gpu_arch
 from jobs.checkpoint import CheckpointError, load_source, sha256_file
 from jobs.data import test_batch
 from jobs.reporter import reporter_for
-from jobs.run import Ended, guarded, main_for
 from jobs.runtimes import onnx_session
+from jobs.stage import Ended, guarded, main_for
 from records.outbox import read_outbox
 from records.spec import EXIT_PARITY, ExportSpec
 
@@ -265,7 +265,7 @@ def execute(spec: ExportSpec) -> tuple[int, int | None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return main_for("export", __doc__.splitlines()[0], argv)
+    return main_for("export", __doc__.splitlines()[0], execute, argv)
 
 
 if __name__ == "__main__":

@@ -34,8 +34,8 @@ from jobs import data, gpu_arch
 from jobs.checkpoint import CheckpointError
 from jobs.data import normalise
 from jobs.reporter import reporter_for
-from jobs.run import guarded, main_for
 from jobs.runtimes import onnx_session
+from jobs.stage import guarded, main_for
 from records.spec import InferSpec
 
 
@@ -328,7 +328,7 @@ def execute(spec: InferSpec) -> tuple[int, int | None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return main_for("infer", __doc__.splitlines()[0], argv)
+    return main_for("infer", __doc__.splitlines()[0], execute, argv)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from jobs import data, distributed
 from jobs.checkpoint import CheckpointError
 from jobs.recipe import RecipeError
 from jobs.reporter import NullReporter, Reporter, reporter_for
-from jobs.run import guarded, main_for
+from jobs.stage import guarded, main_for
 from jobs.stopping import Diverged, Requeue, StopFlag
 from jobs.trainer import Trainer
 from records.spec import EXIT_DIVERGED, EXIT_FAILED, EXIT_OK, EXIT_REQUEUE, TrainSpec
@@ -87,7 +87,8 @@ def _execute(spec: TrainSpec) -> tuple[int, int | None]:
 
 
 def main(argv: Sequence[str] | None = None, stage: str = "train") -> int:
-    return main_for(stage, f"Run one {stage} job (also under torchrun or as SLURM tasks).", argv)
+    description = f"Run one {stage} job (also under torchrun or as SLURM tasks)."
+    return main_for(stage, description, execute, argv)
 
 
 if __name__ == "__main__":

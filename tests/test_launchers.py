@@ -239,7 +239,7 @@ def test_a_rendezvous_that_cannot_connect_is_a_host_fault_and_the_jobs_own_error
 
     import torch.distributed as dist
 
-    from jobs.run import host_fault
+    from jobs.stage import host_fault
 
     with pytest.raises(Exception) as refused:  # a real store client, nobody listening
         dist.TCPStore("127.0.0.1", closed_port(), 2, False, datetime.timedelta(seconds=1))
