@@ -5,16 +5,15 @@ Every write is an upsert on the row's key, so a record replayed is stored once."
 from __future__ import annotations
 
 from collections.abc import Iterable
-from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Table, func, update
+from sqlalchemy import update
 
 from records import summaries
+from records.batch import Batch
 from records.schema import (
     EPOCH_FIELDS,
     artifacts,
-    attempts,
     epochs,
     events,
     inference,
@@ -29,7 +28,7 @@ def write_records(conn: Any, records: Iterable[dict[str, Any]]) -> int:
     """``Store.write_records`` inside a transaction of the caller's (the collector writes an
     outbox's records and how far it has read it in one)."""
     count, epochs_of = 0, set()
-    batch = _Batch(conn)
+    batch = Batch(conn)
     for record in records:
         _write_record(conn, record, batch)
         count += 1
@@ -40,120 +39,10 @@ def write_records(conn: Any, records: Iterable[dict[str, Any]]) -> int:
     return count
 
 
-class _Batch:
-    """Upserts gathered by table and shape, each group then sent as one executemany (the
-    records of 10,000 outboxes are tens of thousands of rows: one statement each costs
-    seconds). Of rows with one key and shape, the one that would win one by one is sent: the
-    last where a row updates (its ``fill_only`` columns as the first gave them), the first
-    where it does nothing on conflict. Rows of one key in different shapes (an attempt's
-    columns left out where None) go in separate statements, in the order the shapes came."""
-
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-        # shape -> (table, the columns a conflict sets, key -> row)
-        self.groups: dict[tuple, tuple[Table, tuple[str, ...], dict[tuple, dict[str, Any]]]] = {}
-
-    def add(
-        self,
-        table: Table,
-        row: dict[str, Any],
-        keys: tuple[str, ...],
-        update_columns: tuple[str, ...] | None = None,
-        fill_only: tuple[str, ...] = (),
-    ) -> None:
-        """``update_columns``: those a conflict sets (None: all but the keys; (): none);
-        of them, those in ``fill_only`` only where nothing is stored yet."""
-        shape = (table.name, tuple(row), keys, update_columns, fill_only)
-        group = self.groups.get(shape)
-        if group is None:  # a new shape: the columns it sets, worked out once
-            if update_columns is None:
-                update_columns = tuple(c for c in row if c not in keys)
-            group = self.groups[shape] = (table, update_columns, {})
-        _, columns, rows = group
-        key = tuple([row[k] for k in keys])
-        if key in rows and not columns:  # nothing set on conflict: the first one stays
-            return
-        if key in rows and fill_only:  # those only filled keep the first value given
-            row = {**row, **{c: rows[key][c] for c in fill_only if rows[key].get(c) is not None}}
-        rows[key] = row  # one row per key in a statement: the one that wins
-
-    def attempt(self, row: dict[str, Any], fill_only: tuple[str, ...] = ()) -> None:
-        """An attempt's row, or the columns given set (None: keep what is stored)."""
-        values = {k: v for k, v in row.items() if v is not None}
-        self.add(attempts, values, ("job_id", "attempt"), fill_only=fill_only)
-
-    def flush(self) -> None:
-        for (_, names, keys, _, fill_only), (table, columns, rows) in self.groups.items():
-            statement = _dialect_insert(self.conn)(table)
-            if columns:
-                changes = {
-                    c: func.coalesce(table.c[c], statement.excluded[c])
-                    if c in fill_only
-                    else statement.excluded[c]
-                    for c in columns
-                }
-                statement = statement.on_conflict_do_update(index_elements=list(keys), set_=changes)
-            else:
-                statement = statement.on_conflict_do_nothing(index_elements=list(keys))
-            _executemany(self.conn, table, statement, names, rows.values())
-        self.groups.clear()
-
-
-def _executemany(
-    conn: Any, table: Table, statement: Any, names: tuple[str, ...], rows: Iterable[dict]
-) -> None:
-    """``conn.execute(statement, rows)``, compiled once and handed to the driver's
-    executemany with each value converted by its column type's own bind processor (what
-    SQLAlchemy does per row, at about 20 us a row: 50,000 records of a collection cost a
-    second there)."""
-    dialect = conn.dialect
-    compiled = statement.compile(dialect=dialect, column_keys=list(names))
-    binds = compiled.positiontup if dialect.positional else list(compiled.binds)
-    if sorted(binds) != sorted(names):  # binds of another kind (a column default's value,
-        conn.execute(statement, list(rows))  # a literal in the update): SQLAlchemy's to fill
-        return
-    order = binds if dialect.positional else list(names)
-    convert = [
-        (i, f)
-        for i, n in enumerate(order)
-        if (f := table.c[n].type.dialect_impl(dialect).bind_processor(dialect)) is not None
-    ]
-    values = itemgetter(*order) if len(order) > 1 else lambda row: (row[order[0]],)
-    params: list[Any] = [values(row) for row in rows]  # tuples, in the statement's order
-    if convert:  # only the columns whose type converts (JSON, on SQLite Boolean), per row
-        for number, row in enumerate(params):
-            row = list(row)
-            for i, f in convert:
-                row[i] = f(row[i])
-            params[number] = tuple(row)
-    if not dialect.positional:
-        params = [dict(zip(order, row, strict=True)) for row in params]
-    if params:
-        conn.exec_driver_sql(compiled.string, params)
-
-
-def upsert_many(
-    conn: Any, table: Table, rows: Iterable[dict[str, Any]], keys: tuple[str, ...]
-) -> None:
-    """``upsert`` of many rows, in as few statements as their shapes allow."""
-    batch = _Batch(conn)
-    for row in rows:
-        batch.add(table, row, keys)
-    batch.flush()
-
-
-def write_attempts(conn: Any, rows: Iterable[dict[str, Any]]) -> None:
-    """Attempts' rows (job_id, attempt and any other columns; None keeps what is stored)."""
-    batch = _Batch(conn)
-    for row in rows:
-        batch.attempt(row)
-    batch.flush()
-
-
 _ONE_PER_ATTEMPT = {"final": results, "provenance": provenance}
 
 
-def _write_record(conn: Any, record: dict[str, Any], batch: _Batch) -> None:
+def _write_record(conn: Any, record: dict[str, Any], batch: Batch) -> None:
     """One record's rows: into ``batch`` those written by key; the job's model at once."""
     kind, job_id, attempt = record["kind"], record.get("job_id", ""), record.get("attempt", 0)
     if kind == "epoch":
@@ -222,30 +111,3 @@ def _write_record(conn: Any, record: dict[str, Any], batch: _Batch) -> None:
             ("uid",),
             update_columns=(),
         )
-
-
-def upsert(
-    conn: Any,
-    table: Table,
-    row: dict[str, Any],
-    keys: tuple[str, ...],
-    update_columns: tuple[str, ...] | None = None,
-) -> None:
-    statement = _dialect_insert(conn)(table).values(**row)
-    columns = [c for c in row if c not in keys] if update_columns is None else update_columns
-    if columns:
-        statement = statement.on_conflict_do_update(
-            index_elements=list(keys), set_={c: statement.excluded[c] for c in columns}
-        )
-    else:
-        statement = statement.on_conflict_do_nothing(index_elements=list(keys))
-    conn.execute(statement)
-
-
-def _dialect_insert(conn: Any) -> Any:
-    """The INSERT of the connection's dialect (both have ON CONFLICT)."""
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    return dialect_insert

@@ -30,8 +30,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from records import summaries
+from records.batch import upsert, upsert_many, write_attempts
 from records.errors import StoreError, StoreMissing
-from records.rows import upsert, upsert_many, write_attempts, write_records
+from records.rows import write_records
 from records.schema import (
     EPOCH_FIELDS,
     SCHEMA_VERSION,

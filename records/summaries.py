@@ -27,6 +27,7 @@ from typing import Any
 
 from sqlalchemy import delete, select
 
+from records.batch import upsert_many
 from records.schema import TELEMETRY, among, epochs, summaries
 
 CHUNK = 500  # job ids per query (SQLite's bound-parameter limit is far above this)
@@ -136,8 +137,6 @@ def merged_epochs(conn: Any, job_ids: Iterable[str] | None = None) -> dict[str, 
 def refresh(conn: Any, job_ids: Iterable[str] | None = None) -> int:
     """Recompute the summaries of ``job_ids`` (of every job: None) from their epoch rows, in
     the caller's transaction. Returns how many."""
-    from records.rows import upsert_many  # which calls this module: import at use
-
     ids = None if job_ids is None else set(job_ids)
     if ids is None:
         conn.execute(delete(summaries))
