@@ -103,22 +103,25 @@ class BaseLauncher:
 
 # How each launcher's ids start in the store's launcher_job_id column.
 PREFIXES = {"local": "pid:", "slurm": "slurm:", "ray": "ray:"}
-LAUNCHERS = {
-    "local": "harness.launchers.local:LocalLauncher",
-    "slurm": "harness.launchers.slurm:SlurmLauncher",
-    "ray": "harness.launchers.ray_launcher:RayLauncher",
-}
+_REGISTERED: dict[str, type[BaseLauncher]] = {}
 
 
-def get(name: str, store: Store, config: Any = None) -> Launcher:
-    """The launcher called ``name``; without the sweep's config it can poll, cancel and show
-    logs, but not check or submit."""
-    import importlib
+def register(name: str) -> Any:
+    """Class decorator: the launcher called ``name`` in ``launcher.kind`` (its module is named
+    in ``harness.launchers.MODULES``, and imported when the launcher is first asked for)."""
 
-    if name not in LAUNCHERS:
-        raise UserError(f"unknown launcher {name!r}; expected one of {', '.join(LAUNCHERS)}")
-    module, _, cls = LAUNCHERS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)(store, config)
+    def add(cls: type[BaseLauncher]) -> type[BaseLauncher]:
+        cls.name = name
+        cls.prefix = PREFIXES[name]
+        _REGISTERED[name] = cls
+        return cls
+
+    return add
+
+
+def registered(name: str) -> type[BaseLauncher]:
+    """The class registered as ``name`` (its module imported already)."""
+    return _REGISTERED[name]
 
 
 def launcher_of(row: Row) -> str | None:

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from harness.launchers.base import (
-    PREFIXES,
     BaseLauncher,
     Driver,
     Row,
     environment_of,
     job_command,
     last_line,
+    register,
     write_spec,
 )
 from records.errors import OutboxError, UserError
@@ -153,11 +153,10 @@ def missing_modules(stages: set[str]) -> list[str]:
     return missing
 
 
+@register("local")
 class LocalLauncher(BaseLauncher):
     """Jobs as processes of this machine; ``submit`` runs them to the end."""
 
-    name = "local"
-    prefix = PREFIXES["local"]
     jobs_share_host = True  # its jobs write even a SQLite store themselves
 
     def check(self, jobs: list[Row]) -> None:

@@ -39,6 +39,7 @@ from harness.launchers.base import (
     environment_of,
     job_command,
     last_line,
+    register,
     write_spec,
 )
 from harness.planner import layout
@@ -351,12 +352,10 @@ class RayTasks:
             self.ray.cancel(ref, force=True)
 
 
+@register("ray")
 class RayLauncher(BaseLauncher):
     """Jobs as Ray tasks, driven from this process; ``submit`` runs them to the end.
     ``cancel`` records the jobs as cancelled; the driving process stops its tasks at Ctrl-C."""
-
-    name = "ray"
-    prefix = PREFIX
 
     def check(self, jobs: list[Row]) -> None:
         """Connect, and check that the cluster can run the jobs; nothing runs yet."""

@@ -43,6 +43,7 @@ from harness.launchers.base import (
     not_run,
     not_run_for_a_parent,
     progress_bar,
+    register,
 )
 from harness.launchers.sacct import DEPENDENCY_DROPPED, host_failed, log_paths, poll
 from harness.launchers.slurm_site import (
@@ -285,11 +286,9 @@ def cancel(slurm_ids: list[str]) -> None:
         _run(["scancel", *slurm_ids])
 
 
+@register("slurm")
 class SlurmLauncher(BaseLauncher):
     """Jobs as SLURM jobs through submitit; ``submit`` returns once they are queued."""
-
-    name = "slurm"
-    prefix = PREFIX
 
     def check(self, jobs: list[Row]) -> None:
         check_gpu_types(self.sweep_config(), {job["gpu_type"] for job in jobs})
