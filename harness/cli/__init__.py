@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     module, _, name = args.func.partition(":")
-    command = getattr(importlib.import_module(f"harness.cli.{module}"), name)
+    command = getattr(importlib.import_module(module), name)
     try:
         code = command(args)
     except UserError as exc:

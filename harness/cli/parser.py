@@ -69,7 +69,7 @@ JOB_HELP = (
 # name, function, help, description, arguments, shared groups
 COMMANDS: list[dict[str, Any]] = [
     dict(
-        name="models", func="commands:cmd_models",
+        name="models", func="harness.cli.commands:cmd_models",
         help="list the named network configurations with their size and compute",
         description="List the model zoo's named configurations: block style, stage depths, "
         "radix, parameters, FLOPs (2 x multiply-adds, convolutions and linear layers) for one "
@@ -82,7 +82,7 @@ COMMANDS: list[dict[str, Any]] = [
         ],
     ),
     dict(
-        name="submit", func="commands:cmd_submit",
+        name="submit", func="harness.cli.commands:cmd_submit",
         help="plan a sweep from cluster.yaml and submit it",
         description="Validate cluster.yaml, expand the sweep's axes into jobs (train -> "
         "transfer -> export -> infer, each with an id hashed from its spec) and submit them. "
@@ -101,7 +101,7 @@ COMMANDS: list[dict[str, Any]] = [
         groups=["quiet", "wait"],
     ),
     dict(
-        name="status", func="status:cmd_status",
+        name="status", func="harness.cli.status:cmd_status",
         help="jobs of a sweep by state, failures with reasons",
         description="Counts by state, where the store is and how it is written, an ETA for "
         "the sweep, and a table of its jobs: per running training job epoch k of N, the last "
@@ -124,7 +124,7 @@ COMMANDS: list[dict[str, Any]] = [
         groups=["store"],
     ),
     dict(
-        name="table", func="commands:cmd_table",
+        name="table", func="harness.cli.commands:cmd_table",
         help="the GPU comparison table of a sweep",
         description="Rows: GPU types (per node count, where the sweep ran several); per "
         "model: median epoch time (warm-up excluded), images/s, speedup against the reference "
@@ -159,7 +159,7 @@ COMMANDS: list[dict[str, Any]] = [
         groups=["store"],
     ),
     dict(
-        name="report", func="commands:cmd_report",
+        name="report", func="harness.cli.commands:cmd_report",
         help="a static HTML report with plots of a sweep",
         description="Write an HTML page with PNG plots (seconds per epoch, throughput, energy "
         "per image, accuracy curves, utilisation over time), the comparison tables and each "
@@ -172,7 +172,7 @@ COMMANDS: list[dict[str, Any]] = [
         groups=["store"],
     ),
     dict(
-        name="rerun", func="commands:cmd_rerun",
+        name="rerun", func="harness.cli.commands:cmd_rerun",
         help="run chosen jobs again (new attempt), nothing else",
         description="Resubmit exactly the named jobs, or every failed and not-run job with "
         "--failed, as new attempts; other results stay.",
@@ -184,7 +184,7 @@ COMMANDS: list[dict[str, Any]] = [
         groups=["store", "quiet", "wait"],
     ),
     dict(
-        name="logs", func="commands:cmd_logs", help="a job's stdout and stderr",
+        name="logs", func="harness.cli.commands:cmd_logs", help="a job's stdout and stderr",
         args=[
             arg("job_id", metavar="JOB_ID", help="job id (a unique prefix will do)"),
             arg("-n", "--lines", type=positive_int, default=50),
@@ -192,7 +192,7 @@ COMMANDS: list[dict[str, Any]] = [
         groups=["store"], defaults={"sweep": None},
     ),
     dict(
-        name="cancel", func="recovery:cmd_cancel",
+        name="cancel", func="harness.cli.recovery:cmd_cancel",
         help="cancel named jobs, or a whole sweep with --sweep NAME / --all",
         description="Cancel the named jobs (ids or unique prefixes; every one must exist, or "
         "nothing is cancelled). A whole sweep is cancelled only when asked for explicitly: "
@@ -207,7 +207,7 @@ COMMANDS: list[dict[str, Any]] = [
         groups=["store"],
     ),
     dict(
-        name="ingest", func="recovery:cmd_ingest",
+        name="ingest", func="harness.cli.recovery:cmd_ingest",
         help="replay job outboxes into the results store",
         description="Write the records of outbox.jsonl files (a file, or every one under a "
         "folder) into the store; idempotent. With the sweep's cluster.yaml (-c) the sweep is "
@@ -223,7 +223,7 @@ COMMANDS: list[dict[str, Any]] = [
         groups=["store"],
     ),
     dict(
-        name="thin", func="recovery:cmd_thin",
+        name="thin", func="harness.cli.recovery:cmd_thin",
         help="drop a sweep's telemetry samples, keep its per-epoch figures",
         description="Delete the per-second telemetry samples of a sweep's finished jobs "
         "(succeeded, failed or cancelled), which are most of a store's size. What the tables "
@@ -238,17 +238,17 @@ COMMANDS: list[dict[str, Any]] = [
         groups=["store"],
     ),
     dict(
-        name="train", func="commands:cmd_job", job=True,
+        name="train", func="harness.cli.commands:cmd_job", job=True,
         help="train one network on one dataset, here and now",
         description=JOB_HELP.format(stage="train"),
     ),
     dict(
-        name="transfer", func="commands:cmd_job", job=True,
+        name="transfer", func="harness.cli.commands:cmd_job", job=True,
         help="fine-tune a trained network on another dataset, here and now",
         description=JOB_HELP.format(stage="transfer"),
     ),
     dict(
-        name="export", func="commands:cmd_job", job=True,
+        name="export", func="harness.cli.commands:cmd_job", job=True,
         help="export a trained network (ONNX, AOTInductor, Caffe2's ONNX), here and now",
         description="Run one export job in this process: from a training or transfer job's "
         "folder (or the best of several), write the state dict, ONNX (opset 18), the opset-11 "
@@ -257,7 +257,7 @@ COMMANDS: list[dict[str, Any]] = [
         "artifact off by more than --tolerance.",
     ),
     dict(
-        name="infer", func="commands:cmd_job", job=True,
+        name="infer", func="harness.cli.commands:cmd_job", job=True,
         help="measure an exported network in every runtime, here and now",
         description="Run one inference job in this process: the export's network in PyTorch "
         "eager, torch.compile, AOTInductor, ONNX Runtime (and its INT8) and Caffe2, at each "
