@@ -1,4 +1,5 @@
 import os
+import subprocess
 
 import pytest
 import torch
@@ -85,3 +86,24 @@ def pytest_xdist_make_scheduler(config, log):
             return _scope(nodeid)
 
     return ModulesWithClustersTogether(config, log)
+
+
+def _slurm_up() -> bool:
+    try:
+        ok = [
+            subprocess.run(cmd, capture_output=True, timeout=20).returncode == 0
+            for cmd in (["sinfo", "-h"], ["sacct", "-n", "-X", "-S", "now"])
+        ]
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return all(ok)
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    """The single-node SLURM of scripts/slurm-local.sh, up (the SLURM modules use it)."""
+    if not _slurm_up():
+        message = "no SLURM here: run scripts/slurm-local.sh up (.ci/run does)"
+        if os.environ.get("RESNEST_BENCH_TEST_SLURM"):
+            pytest.fail(message)  # CI started it: a cluster that is down is a failure
+        pytest.skip(message)

@@ -1,18 +1,10 @@
 """`table SWEEP --compare OTHER`: two sweeps of one store side by side."""
 
-import contextlib
-import io
 import json
 
-from harness.cli import main
 from records.store import Store
 
-
-def run(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(args))
-    return code, out.getvalue(), err.getvalue()
+from .jobtools import run
 
 
 def add_sweep(store: Store, name: str, epoch_time: float, gpu_types: tuple[str, ...]) -> None:

@@ -15,8 +15,15 @@ import pytest
 from jobs.data import FASHION_MNIST_SYSTEM_DIR
 
 from .conftest import CAFFE2_PYTHON, needs_caffe2
-from .jobtools import check_winner_deployed, records, run_job, store_of, tiny_sweep, write_cluster
-from .test_sweep import EXE
+from .jobtools import (
+    EXE,
+    check_winner_deployed,
+    records,
+    run_job,
+    store_of,
+    tiny_sweep,
+    write_cluster,
+)
 
 VARIANTS = ["resnest_tiny_bottleneck", "resnest_tiny_basic"]
 AOTI_VARIANT = "resnest_tiny_basic"

@@ -15,8 +15,7 @@ from harness.planner import plan
 from records.errors import UserError
 from records.store import provenance
 
-from .jobtools import second_python, store_of, tiny_sweep, write_cluster
-from .test_sweep import EXE
+from .jobtools import EXE, second_python, store_of, tiny_sweep, write_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 

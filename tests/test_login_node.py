@@ -36,7 +36,7 @@ sys.exit(code)
 """
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def login_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", WITHOUT_JOB_PACKAGES, *args],
         capture_output=True,
@@ -59,7 +59,7 @@ def cluster(tmp_path: Path, kind: str, stages: list[str]) -> Path:
 
 def test_plan_status_and_tables_run_without_torch(tmp_path):
     path = cluster(tmp_path, "slurm", ["train", "export", "infer"])
-    plan = cli("submit", str(path), "--dry-run", cwd=tmp_path)
+    plan = login_cli("submit", str(path), "--dry-run", cwd=tmp_path)
     assert plan.returncode == 0, plan.stderr
     assert "train" in plan.stdout and "infer" in plan.stdout
     # Results as the jobs would have left them, read on the login node.
@@ -79,15 +79,15 @@ def test_plan_status_and_tables_run_without_torch(tmp_path):
           "images_per_sec": 500.0, "warmup": n == 1, "test_acc": 0.5 + n / 10}
          for n in (1, 2, 3)]
     )  # fmt: skip
-    status = cli("status", config["name"], "--store", url, cwd=tmp_path)
+    status = login_cli("status", config["name"], "--store", url, cwd=tmp_path)
     assert status.returncode == 0, status.stderr
     assert "t1" in status.stdout and "succeeded" in status.stdout
-    table = cli("table", config["name"], "--store", url, "--format", "json", cwd=tmp_path)
+    table = login_cli("table", config["name"], "--store", url, "--format", "json", cwd=tmp_path)
     assert table.returncode == 0, table.stderr
     (row,) = json.loads(table.stdout)
     assert (row["gpu_type"], row["model"]) == ("v100", "resnest_tiny_basic")
     assert row["epoch_time_s"] > 0, row
-    parquet = cli("table", config["name"], "--store", url, "--format", "parquet", "--out",
+    parquet = login_cli("table", config["name"], "--store", url, "--format", "parquet", "--out",
                   str(tmp_path / "t.parquet"), cwd=tmp_path)  # fmt: skip
     assert parquet.returncode == 2 and not (tmp_path / "t.parquet").exists()
     assert parquet.stderr.strip() == (
@@ -97,7 +97,7 @@ def test_plan_status_and_tables_run_without_torch(tmp_path):
 
 def test_the_local_launcher_without_torch_is_one_line_naming_the_extras(tmp_path):
     path = cluster(tmp_path, "local", ["train", "export", "infer"])
-    result = cli("submit", str(path), "-q", cwd=tmp_path)
+    result = login_cli("submit", str(path), "-q", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line == (

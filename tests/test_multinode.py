@@ -18,34 +18,22 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from .jobtools import TINY, final_weights, job_cmd, job_env, records, store_of, write_cluster
-from .test_sweep import EXE
+from .jobtools import (
+    EXE,
+    STATE,
+    assert_same_weights_as_one_process,
+    checkpointed,
+    nodes_env,
+    processes_on,
+    records,
+    run_cli,
+    store_of,
+    wait_for,
+    write_cluster,
+)
 
 pytestmark = pytest.mark.slurm
-CONF = "/etc/slurm-nodes/slurm.conf"
-
-
-def nodes_env() -> dict[str, str]:
-    """The submitting environment for the two-node cluster; jobs inherit it. No loopback
-    rendezvous here: the ranks find each other by the first node's name."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in ("MASTER_ADDR", "MASTER_PORT", "GLOO_SOCKET_IFNAME")
-    }
-    # One OpenMP thread per rank, as the one-process run below has: the same sums in the
-    # same order.
-    env.update(SLURM_CONF=CONF, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return env
-
-
-def run_cli(tmp_path: Path, *args: str, env: dict | None = None, timeout: int = 600):
-    return subprocess.run(
-        [str(EXE), *args], capture_output=True, text=True, cwd=tmp_path,
-        env=env or nodes_env(), timeout=timeout,
-    )  # fmt: skip
 
 
 def submit_until_first_epoch(tmp_path: Path, path: Path, name: str, env: dict | None = None):
@@ -58,14 +46,6 @@ def submit_until_first_epoch(tmp_path: Path, path: Path, name: str, env: dict | 
     folder = Path(job["job_dir"])
     wait_for(lambda: checkpointed(folder), 300, "the first epoch's checkpoint")
     return store, job, folder
-
-
-def checkpointed(folder: Path) -> bool:
-    """Whether the job has recorded a checkpoint (the first epoch's follows its epoch
-    record by a moment: a node lost between the two resumes from the start)."""
-    return (folder / "outbox.jsonl").is_file() and any(
-        e["event"] == "checkpoint" for e in records(folder, "event")
-    )
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -113,47 +93,7 @@ def test_a_two_node_job_trains_across_hosts_exactly_as_one_process(tmp_path):
     assert_same_weights_as_one_process(folder, tmp_path, 2, 4)
 
 
-STATE = Path("/var/lib/resnest-bench-slurm-nodes")
 NODES = Path(__file__).resolve().parent.parent / "scripts" / "slurm-nodes.sh"
-
-
-def assert_same_weights_as_one_process(folder: Path, tmp_path: Path, epochs: int, steps: int):
-    """The final weights of a two-rank job equal those of one process here with the same
-    global batch of 32 in two strided micro-batches of 16 (BN running statistics are rank
-    0's alone in DDP, so they are not compared)."""
-    single = tmp_path / "single"
-    cmd = job_cmd(single, *TINY, "--epochs", str(epochs), "--max-steps", str(steps),
-                  "--set", "accum_steps=2")  # fmt: skip
-    result = subprocess.run(
-        cmd, capture_output=True, text=True, env={**job_env(), "OMP_NUM_THREADS": "1"},
-        timeout=600,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    a, b = final_weights(folder), final_weights(single)
-    params = [
-        k for k in a if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
-    ]
-    assert len(params) > 50
-    assert [k for k in params if not torch.equal(a[k], b[k])] == []
-
-
-def processes_on(node: str, fragment: str) -> list[int]:
-    """PIDs (as this machine sees them) of the processes of ``node`` whose command line holds
-    ``fragment``: those in the node's process namespace."""
-    holder = (STATE / "run" / f"holder-{node}.pid").read_text().strip()
-    namespace = os.readlink(f"/proc/{holder}/ns/pid")
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or entry.name == holder:
-            continue
-        try:
-            same = os.readlink(entry / "ns" / "pid") == namespace
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if same and fragment in command:
-            found.append(int(entry.name))
-    return found
 
 
 def logs_of(folder: Path) -> str:
@@ -161,16 +101,6 @@ def logs_of(folder: Path) -> str:
     logs = sorted((folder.parent.parent / "slurm").glob("*_log.*"))
     return "\n".join(f"== {p.name}\n" + "\n".join(p.read_text().splitlines()[-15:])
                      for p in logs)  # fmt: skip
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout:.0f} s")
 
 
 def test_a_hung_node_ends_the_job_within_the_collective_timeout_and_rerun_resumes_it(tmp_path):

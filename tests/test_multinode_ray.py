@@ -19,16 +19,18 @@ from pathlib import Path
 
 import pytest
 
-from .jobtools import records, store_of, write_cluster
-from .test_multinode import (
+from .jobtools import (
+    EXE,
     STATE,
     assert_same_weights_as_one_process,
     checkpointed,
     nodes_env,
     processes_on,
+    records,
+    store_of,
     wait_for,
+    write_cluster,
 )
-from .test_sweep import EXE
 
 pytestmark = pytest.mark.ray
 

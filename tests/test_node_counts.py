@@ -11,7 +11,7 @@ from harness.cli import main
 from harness.planner import layout, plan
 from records.store import Store
 
-from .test_plan import base, write
+from .jobtools import base, write
 
 
 def planned(tmp_path, **sweep):

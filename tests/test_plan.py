@@ -8,7 +8,6 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,35 +16,9 @@ from harness.planner import plan, select
 from records.errors import UserError
 from records.spec import from_dict
 
+from .jobtools import base, write
+
 EXE = Path(sysconfig.get_path("scripts")) / "resnest-bench"
-
-
-def base(tmp_path: Path) -> dict:
-    (tmp_path / "data").mkdir(exist_ok=True)
-    return {
-        "name": "t",
-        "results_dir": str(tmp_path / "results"),
-        "gpu_types": {
-            "v100": {"partition": "gpu", "gres": "gpu:v100"},
-            "a100": {"partition": "gpu", "gres": "gpu:a100"},
-        },
-        "sweep": {
-            "models": ["resnest50_bottleneck", "resnest50_basic"],
-            "datasets": ["cifar10"],
-            "transfer_to": ["cifar100"],
-            "gpu_types": ["v100", "a100"],
-            "seeds": [0, 1],
-            "stages": ["train", "transfer", "export", "infer"],
-            "data_dir": str(tmp_path / "data"),
-            "epochs": 3,
-        },
-    }
-
-
-def write(tmp_path: Path, data: dict | str) -> Path:
-    path = tmp_path / "cluster.yaml"
-    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
-    return path
 
 
 def test_the_shipped_cluster_yaml_is_valid():

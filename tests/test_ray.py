@@ -23,8 +23,7 @@ from harness import config as cluster_config
 from harness.planner import plan
 from records.store import epochs, events
 
-from .jobtools import store_of, tiny_sweep, write_cluster
-from .test_sweep import EXE
+from .jobtools import EXE, store_of, tiny_sweep, write_cluster
 
 pytestmark = pytest.mark.ray
 
@@ -95,7 +94,7 @@ def ray_ns():
         shutil.rmtree(HOME, ignore_errors=True)
 
 
-def cli(
+def cli_in(
     ns: str, *args: str, cwd: Path, timeout: int = 600, **kwargs
 ) -> subprocess.CompletedProcess:
     return in_ns(ns, str(EXE), *args, cwd=cwd, timeout=timeout, **kwargs)
@@ -130,7 +129,7 @@ def test_sweep_on_ray_custom_resources_then_a_failed_job_rerun_alone(ray_ns, tmp
     folder.mkdir(parents=True)
     (folder / "checkpoints").write_text("not a folder")  # this job fails when it saves
 
-    result = cli(ray_ns, "submit", str(path), "-q", cwd=tmp_path)
+    result = cli_in(ray_ns, "submit", str(path), "-q", cwd=tmp_path)
     assert result.returncode == 1, result.stderr
     assert "1 succeeded, 1 failed, 0 not run" in result.stderr
     assert all(is_loopback(address) for address in listening(ray_ns))  # workers too
@@ -141,11 +140,11 @@ def test_sweep_on_ray_custom_resources_then_a_failed_job_rerun_alone(ray_ns, tmp
     assert failed["state"] == "failed" and failed["reason"].startswith("exit code 1")
     assert failed["attempt"] == 1  # the retry policy: tried again once (max_retries: 1)
     assert (folder / "stderr.log").read_text().count("Traceback") == 2
-    table = cli(ray_ns, "table", "-c", str(path), "--format", "json", cwd=tmp_path)
+    table = cli_in(ray_ns, "table", "-c", str(path), "--format", "json", cwd=tmp_path)
     assert [r["gpu_type"] for r in json.loads(table.stdout)] == ["a100", "v100"]
 
     (folder / "checkpoints").unlink()
-    result = cli(ray_ns, "rerun", doomed.id[:8], "-q", "-c", str(path), cwd=tmp_path)
+    result = cli_in(ray_ns, "rerun", doomed.id[:8], "-q", "-c", str(path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "1 succeeded, 0 failed, 0 not run" in result.stderr
     after = {r["id"]: r for r in store.jobs("ray-e2e")}
@@ -153,7 +152,7 @@ def test_sweep_on_ray_custom_resources_then_a_failed_job_rerun_alone(ray_ns, tmp
     for job_id in set(rows) - {doomed.id}:  # the others: not run again
         assert after[job_id]["launcher_job_id"] == rows[job_id]["launcher_job_id"]
         assert after[job_id]["ended_at"] == rows[job_id]["ended_at"]
-    table = cli(ray_ns, "table", "-c", str(path), "--format", "json", cwd=tmp_path)
+    table = cli_in(ray_ns, "table", "-c", str(path), "--format", "json", cwd=tmp_path)
     rows = json.loads(table.stdout)
     assert [r["gpu_type"] for r in rows] == ["a100", "v100"]
     assert all(r["model"] == "resnest_tiny_basic" and r["runs"] == 1 for r in rows)
@@ -165,7 +164,7 @@ def test_a_refused_token_is_one_line(ray_ns, tmp_path, token):
     env = {"RAY_AUTH_TOKEN": secrets.token_hex(16)} if token else {"RAY_AUTH_MODE": "disabled"}
     if token is None:  # nothing set, and an empty home: no token at all
         env |= {"HOME": str(tmp_path), "RAY_AUTH_TOKEN": ""}
-    result = cli(ray_ns, "submit", str(path), "-q", cwd=tmp_path, env=env, timeout=300)
+    result = cli_in(ray_ns, "submit", str(path), "-q", cwd=tmp_path, env=env, timeout=300)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr and "InvalidAuthToken" not in result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
@@ -178,7 +177,7 @@ def test_two_worker_torch_trainer_job(ray_ns, tmp_path):
     path = ray_yaml(
         tmp_path, "ray-ddp", models=["resnest_tiny_basic"], gpu_types=["v100"], gpus_per_job=2
     )
-    result = cli(ray_ns, "submit", str(path), "-q", cwd=tmp_path)
+    result = cli_in(ray_ns, "submit", str(path), "-q", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     store = store_of(tmp_path)
     (job,) = store.jobs("ray-ddp")
@@ -200,7 +199,7 @@ def test_gpu_type_the_ray_cluster_lacks_fails_at_submission(ray_ns, tmp_path):
     data["gpu_types"]["k80"] = {"ray_resource": "k80", "cpus_per_gpu": 1}
     path.write_text(yaml.safe_dump(data))
     started = time.monotonic()
-    result = cli(ray_ns, "submit", str(path), "-q", cwd=tmp_path, timeout=120)
+    result = cli_in(ray_ns, "submit", str(path), "-q", cwd=tmp_path, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert (
         "resnest-bench: error: gpu_types.k80: the Ray cluster has no resource 'k80' "
@@ -210,7 +209,7 @@ def test_gpu_type_the_ray_cluster_lacks_fails_at_submission(ray_ns, tmp_path):
     data["gpu_types"]["k80"]["ray_resource"] = "a100"
     data["sweep"]["gpus_per_job"] = 2  # the cluster has one a100
     path.write_text(yaml.safe_dump(data))
-    result = cli(ray_ns, "submit", str(path), "-q", cwd=tmp_path, timeout=120)
+    result = cli_in(ray_ns, "submit", str(path), "-q", cwd=tmp_path, timeout=120)
     assert result.returncode == 2
     assert "gpu_types.k80: a job needs 2 a100 (2 GPU(s) x 1), the Ray cluster has 1" in (
         result.stderr
@@ -219,7 +218,7 @@ def test_gpu_type_the_ray_cluster_lacks_fails_at_submission(ray_ns, tmp_path):
     data["gpu_types"]["k80"]["ray_resource"] = "v100"  # two of them: room for two workers
     data["sweep"].update(gpus_per_job=1, nodes=[1, 2])  # one worker per node: needs two nodes
     path.write_text(yaml.safe_dump(data))
-    result = cli(ray_ns, "submit", str(path), "-q", cwd=tmp_path, timeout=120)
+    result = cli_in(ray_ns, "submit", str(path), "-q", cwd=tmp_path, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "sweep.nodes: a job of 2 nodes, the Ray cluster has 1 alive node(s)" in result.stderr
     assert {r["state"] for r in store_of(tmp_path).jobs("ray-k80")} == {"pending"}
@@ -233,7 +232,7 @@ def test_local_ray_started_for_the_sweep(ray_ns, tmp_path):
     data = yaml.safe_load(path.read_text())
     data["gpu_types"]["v100"] = {"cpus_per_gpu": 1}  # a fresh local Ray has no custom resources
     path.write_text(yaml.safe_dump(data))
-    result = cli(ray_ns, "submit", str(path), "-q", cwd=tmp_path)
+    result = cli_in(ray_ns, "submit", str(path), "-q", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "1 succeeded, 0 failed, 0 not run" in result.stderr
 

@@ -19,8 +19,7 @@ from harness.launchers.sacct import parse_sacct
 from harness.planner import plan
 from records.store import Store, epochs, events
 
-from .jobtools import job_env, records
-from .test_sweep import EXE, cli, doomed_training_job, sweep_yaml
+from .jobtools import EXE, cli, doomed_training_job, job_env, records, sweep_yaml
 
 
 def store_at(tmp_path: Path) -> Store:

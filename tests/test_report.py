@@ -7,8 +7,6 @@ import os
 import re
 import shutil
 import statistics
-import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
@@ -17,15 +15,10 @@ from sqlalchemy import select
 
 from records.store import epochs, jobs, results
 
-from .jobtools import store_of, tiny_sweep, write_cluster
-from .test_sweep import EXE
+from .jobtools import cli, store_of, tiny_sweep, write_cluster
 
 CHROMEDRIVER = shutil.which("chromedriver")
 CHROMIUM = shutil.which("chromium")
-
-
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(EXE), *args], capture_output=True, text=True, cwd=cwd, timeout=900)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from harness.render import cell
 from harness.report import TABLE_COLUMNS
 from records.store import Store
 
-from .test_compare import run
+from .jobtools import run
 
 JOB = {"model": "resnest_tiny_basic", "dataset": "cifar10", "stage": "train", "gpus": 1,
        "seed": 0, "repeat": 0, "spec": {}, "depends_on": []}  # fmt: skip

@@ -4,7 +4,6 @@ The cluster's two GPU types, v100 and a100, are gres entries backed by /dev/null
 /dev/zero: a stand-in for GPUs this machine does not have. The jobs run on the CPU.
 """
 
-import contextlib
 import itertools
 import json
 import os
@@ -23,47 +22,24 @@ from harness.planner import plan
 from records.store import epochs, events, provenance, results
 
 from .jobtools import (
+    EXE,
     check_winner_deployed,
+    cli,
+    max_array_size,
     second_python,
     store_of,
     tiny_sweep,
+    wait_for,
     write_cluster,
 )
 from .jobtools import records as records_of_job
-from .test_sweep import EXE
 
-pytestmark = pytest.mark.slurm
-
-
-def _slurm_up() -> bool:
-    try:
-        ok = [
-            subprocess.run(cmd, capture_output=True, timeout=20).returncode == 0
-            for cmd in (["sinfo", "-h"], ["sacct", "-n", "-X", "-S", "now"])
-        ]
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return all(ok)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def slurm():
-    if not _slurm_up():
-        message = "no SLURM here: run scripts/slurm-local.sh up (.ci/run does)"
-        if os.environ.get("RESNEST_BENCH_TEST_SLURM"):
-            pytest.fail(message)  # CI started it: a cluster that is down is a failure
-        pytest.skip(message)
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
 
 def env() -> dict[str, str]:
     # Jobs inherit the submitting environment (sbatch --export=ALL): keep DDP on loopback.
     return {**os.environ, "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo"}
-
-
-def cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(EXE), *args], capture_output=True, text=True, cwd=cwd, env=env(), timeout=timeout
-    )
 
 
 def slurm_yaml(tmp_path: Path, name: str, site_gpus: dict | None = None, **sweep) -> Path:
@@ -85,14 +61,6 @@ def sacct(*args: str) -> list[list[str]]:
         ["sacct", "-n", "-P", *args], capture_output=True, text=True, check=True, timeout=60
     ).stdout
     return [line.split("|") for line in out.splitlines() if line]
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
 
 
 # -- the sweep end to end ------------------------------------------------------------------
@@ -330,11 +298,11 @@ def test_requeued_job_resumes_from_its_checkpoint_without_duplicate_epochs(tmp_p
             return conn.execute(query).scalar()
 
     # 1. An operator requeues the running job: SLURM sends SIGTERM and requeues it itself.
-    wait_until(lambda: epochs_of(0) >= 1, 180, "the first epoch")
+    wait_for(lambda: epochs_of(0) >= 1, 180, "the first epoch")
     subprocess.run(["scontrol", "requeue", slurm_id], check=True, timeout=60)
     # 2. A time-limit notice (the USR2 submitit asks for): the job checkpoints and requeues
     #    itself with scontrol.
-    wait_until(lambda: epochs_of(1) >= 1, 180, "an epoch of the second attempt")
+    wait_for(lambda: epochs_of(1) >= 1, 180, "an epoch of the second attempt")
     subprocess.run(["scancel", "--signal=USR2", slurm_id], check=True, timeout=60)
 
     from harness.launchers import slurm
@@ -431,7 +399,7 @@ def test_cancel_uses_scancel(tmp_path):
             {i.split("_")[0] for i in ids}))}  # fmt: skip
         return states == {"CANCELLED"}
 
-    wait_until(all_cancelled, 60, "SLURM to cancel the jobs")
+    wait_for(all_cancelled, 60, "SLURM to cancel the jobs")
     status = cli("status", "-c", str(path), cwd=tmp_path)
     assert "sweep slurm-cancel: 2 cancelled" in status.stdout
     assert {r["reason"] for r in store.jobs("slurm-cancel")} == {"cancelled by the user"}
@@ -511,10 +479,10 @@ def eta_after_epoch_2(path: Path, tmp_path: Path) -> tuple[dict, float, list[flo
         assert (row["epoch"] or 0) <= 2, f"epoch 2 was never seen: {seen[-3:]}"
         return row["epoch"] == 2
 
-    wait_until(at_epoch_2, 300, "epoch 2 of the job")
+    wait_for(at_epoch_2, 300, "epoch 2 of the job")
     now, row = seen[-1]
     assert row["epochs"] == 6 and row["eta_s"] is not None and row["epoch_s"] > 0
-    wait_until(lambda: status_json(path, tmp_path)[0]["state"] == "succeeded", 300, "the end")
+    wait_for(lambda: status_json(path, tmp_path)[0]["state"] == "succeeded", 300, "the end")
     store = store_of(tmp_path)
     with store.begin() as conn:
         ended = conn.execute(
@@ -556,7 +524,7 @@ def test_queue_wait_shows_a_known_hold_and_the_eta_after_2_of_6_epochs_holds(tmp
         return subprocess.run(["squeue", "-h", "-j", blocker, "-o", field], capture_output=True,
                               text=True, timeout=30).stdout.strip()  # fmt: skip
 
-    wait_until(lambda: queue("%T") == "RUNNING", 30, "the holding job to start")
+    wait_for(lambda: queue("%T") == "RUNNING", 30, "the holding job to start")
     start = queue("%S")
     held_until = time.mktime(time.strptime(start, "%Y-%m-%dT%H:%M:%S")) + hold_s
     path = slurm_yaml(tmp_path, "queued", models=["resnest_tiny_basic"], gpu_types=["v100"],
@@ -622,66 +590,6 @@ def with_a_doomed_training_job(path: Path, tmp_path: Path, name: str, which: int
     folder.mkdir(parents=True)
     (folder / "checkpoints").write_text("not a folder")
     return jobs, trains, transfers, doomed
-
-
-@contextlib.contextmanager
-def slurm_conf_changed():
-    """Held while a test changes the cluster's slurm.conf: one such test at a time (the
-    tests run in two processes), each restoring what it found."""
-    import fcntl
-
-    with open("/tmp/resnest-bench-slurm-conf.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
-@contextlib.contextmanager
-def max_array_size(size: int):
-    """The cluster's MaxArraySize set to ``size`` for the block (the other tests' arrays
-    have at most two tasks, so they are not affected)."""
-    with slurm_conf_changed():
-        yield from _with_max_array_size(size)
-
-
-def restart_slurmctld() -> None:
-    """slurmctld started again on its slurm.conf (its jobs kept in its state folder): SLURM
-    22.05's ``scontrol reconfigure`` shows a new MaxArraySize but keeps checking arrays
-    against the one it started with."""
-    pid_file = Path(os.environ.get("SLURM_LOCAL_DIR", "/var/lib/resnest-bench-slurm"))
-    pid = int((pid_file / "run" / "slurmctld.pid").read_text())
-    subprocess.run(["scontrol", "shutdown", "slurmctld"], check=True, timeout=60)
-
-    def gone() -> bool:  # exited (a zombie, if this process started it, has too)
-        try:
-            return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
-        except FileNotFoundError:
-            return True
-
-    wait_until(gone, 60, "slurmctld to stop")
-    subprocess.run(["slurmctld"], check=True, timeout=60)
-    wait_until(lambda: subprocess.run(["sinfo", "-h"], capture_output=True).returncode == 0,
-               60, "slurmctld to answer")  # fmt: skip
-
-
-def _with_max_array_size(size: int):
-    conf = Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf"))
-    before = conf.read_text()
-    conf.write_text(before + f"MaxArraySize={size}\n")
-
-    def shown() -> str:
-        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
-                             timeout=30).stdout  # fmt: skip
-        return next((line.split("=")[1].strip() for line in out.splitlines()
-                     if line.startswith("MaxArraySize")), "")  # fmt: skip
-
-    try:
-        restart_slurmctld()
-        wait_until(lambda: shown() == str(size), 30, f"MaxArraySize={size}")
-        yield
-    finally:
-        conf.write_text(before)
-        restart_slurmctld()
-        wait_until(lambda: shown() not in ("", str(size)), 30, "MaxArraySize back")
 
 
 def test_arrays_are_cut_under_the_sites_max_array_size_and_chains_hold_chunk_by_chunk(tmp_path):
@@ -768,7 +676,7 @@ def test_a_sweep_over_the_submit_limit_waits_for_room_and_runs_every_job_once(tm
         return all(row["state"] in ("succeeded", "failed", "cancelled")
                    for row in json.loads(status.stdout))  # fmt: skip
 
-    wait_until(ended, 500, "the sweep to end")
+    wait_for(ended, 500, "the sweep to end")
     assert "waiting" in seen[0], seen
     assert any("running" in line for line in seen), seen  # the counts moved along the way
     store = store_of(tmp_path)

@@ -24,11 +24,10 @@ from harness.launchers.feeder import LOG, read_log
 from harness.planner import plan
 from records.schema import ENDED
 
+from .jobtools import cli, max_array_size, store_of, tiny_sweep, wait_for, write_cluster
 from .jobtools import records as records_of_job
-from .jobtools import store_of, tiny_sweep, write_cluster
-from .test_slurm import cli, max_array_size, slurm, wait_until  # noqa: F401 (the fixture)
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
 FULL = bool(os.environ.get("RESNEST_BENCH_FULL_SCALE"))
 TRAININGS, ARRAY, QUEUED = (125, 50, 80) if FULL else (4, 3, 4)
@@ -113,7 +112,7 @@ def test_a_sweep_over_the_sites_limits_is_fed_from_the_cluster_and_runs_every_jo
                     midway = status.stdout.splitlines()[0] if status.returncode == 0 else status
                 return not any(name.startswith("fed-") for name in names)
 
-            wait_until(drained, 3000 if FULL else 600, "the feeders to bring in the whole sweep")
+            wait_for(drained, 3000 if FULL else 600, "the feeders to bring in the whole sweep")
             took = time.monotonic() - started
             # SLURM may drop a chained task's dependency though its parent succeeded (an
             # aftercorr task split out after its parent task's record was purged): status
@@ -126,7 +125,7 @@ def test_a_sweep_over_the_sites_limits_is_fed_from_the_cluster_and_runs_every_jo
                 rows.update({row["id"]: row for row in json.loads(final.stdout)})
                 return all(row["state"] in ENDED for row in rows.values())
 
-            wait_until(ended, 1200 if FULL else 120, "the jobs status submitted again to end")
+            wait_for(ended, 1200 if FULL else 120, "the jobs status submitted again to end")
         assert midway is not None and "waiting" in midway, midway  # counts along the way
         assert re.search(r"\d+ (submitted|running)", midway), midway
         feed = read_log(log)

@@ -4,48 +4,15 @@ import json
 import os
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
 import yaml
 from sqlalchemy import func, select
 
-from harness import config as cluster_config
-from harness.planner import plan
 from records.store import Store, epochs, events, results
 
-from .jobtools import TINY, job_cmd, job_env, records
-
-EXE = Path(sysconfig.get_path("scripts")) / "resnest-bench"
-
-
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(EXE), *args], capture_output=True, text=True, cwd=cwd, timeout=900)
-
-
-def sweep_yaml(tmp_path: Path, **sweep) -> Path:
-    data = {
-        "name": "local-test",
-        "results_dir": str(tmp_path / "results"),
-        "launcher": {"kind": "local", "local": {"max_parallel": 2}},
-        "gpu_types": {"cpu-a": {"local": "cpu"}, "cpu-b": {"local": "cpu"}},
-        "sweep": {
-            "models": ["resnest_tiny_basic", "resnest_tiny_bottleneck"],
-            "datasets": ["synthetic"],
-            "transfer_to": ["synthetic"],
-            "gpu_types": ["cpu-a", "cpu-b"],
-            "stages": ["train", "transfer"],
-            "epochs": 2,
-            "transfer_epochs": 1,
-            "max_steps": 2,
-            "overrides": {"batch_size": 32},
-            **sweep,
-        },
-    }
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+from .jobtools import EXE, TINY, cli, doomed_training_job, job_cmd, job_env, records, sweep_yaml
 
 
 @pytest.fixture(scope="module")
@@ -137,18 +104,6 @@ def test_status_watch_redraws_while_the_sweep_runs_and_ends_with_it(tmp_path):
     assert "\x1b[" not in watched.stdout
     assert "running" in frames[0]
     assert frames[-1].strip().splitlines()[0] == "sweep local-test: 4 succeeded"
-
-
-def doomed_training_job(tmp_path: Path, path: Path):
-    """The cpu-b training job of the sweep, made to fail when it saves (a file where its
-    checkpoint folder must go), with the transfer job that waits on it and its folder."""
-    jobs = plan(cluster_config.load(path))
-    doomed = next(j for j in jobs if j.stage == "train" and j.gpu_type == "cpu-b")
-    dependant = next(j for j in jobs if doomed.id in j.depends_on)
-    folder = tmp_path / "results" / "local-test" / "jobs" / doomed.id
-    folder.mkdir(parents=True)
-    (folder / "checkpoints").write_text("not a folder")
-    return doomed, dependant, folder
 
 
 def test_a_failing_job_fails_alone_and_rerun_fixes_exactly_it(tmp_path):

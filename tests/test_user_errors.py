@@ -7,7 +7,6 @@ import contextlib
 import copy
 import hashlib
 import io
-import os
 import shutil
 import sqlite3
 import subprocess
@@ -18,17 +17,9 @@ import yaml
 
 from records.store import SCHEMA_VERSION, Store
 
-from .jobtools import write_cluster
-from .test_sweep import EXE
+from .jobtools import cli, write_cluster
 
 ROOT = Path(__file__).parents[1]
-
-
-def cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(EXE), *args], capture_output=True, text=True, cwd=cwd, timeout=300,
-        env={**os.environ, **(env or {})},
-    )  # fmt: skip
 
 
 def one_line_error(result: subprocess.CompletedProcess) -> str:
