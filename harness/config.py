@@ -23,8 +23,8 @@ from pydantic import (
 )
 
 from records.errors import SpecError, UserError
-from records.options import check as check_job_options
 from records.spec import DATASETS, STAGES, check_device
+from records.spec import check_options as check_job_options
 
 # SLURM's forms: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS.
 SLURM_TIME = r"^(\d+-\d+(:\d+){0,2}|\d+(:\d+){0,2})$"

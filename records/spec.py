@@ -18,6 +18,16 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from records.errors import SpecError, UserError
+from records.fields import (
+    check,
+    matching,
+    non_negative,
+    number,
+    one_of,
+    option,
+    positive,
+    settable,
+)
 
 # -- exit codes: how a job ends, and what a launcher does about it ------------------------
 EXIT_OK = 0
@@ -34,6 +44,7 @@ EXIT_HOST = 76
 STAGES = ("train", "transfer", "export", "infer")
 DATASETS = ("cifar10", "cifar100", "fashion-mnist", "synthetic")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+DEVICE = matching(DEVICE_PATTERN, "auto, cpu, cuda or cuda:N")
 FREEZE_PATTERN = re.compile(r"^(none|backbone|\d+)$")
 # The results store named by the user's environment: the harness's default, and the store a
 # job started by hand reports to (a launched job finds its store in its spec instead).
@@ -133,22 +144,54 @@ class _Spec:
 @dataclass
 class TrainSpec(_Spec):
     stage: ClassVar[str] = "train"
-    model: str = ""
-    dataset: str = ""
-    recipe: str = "study"
+    out_dir: str = option(
+        "", flag="--out", help="job folder: checkpoints, outbox.jsonl, logs (required)"
+    )
+    model: str = option("", help="a name from `resnest-bench models`")
+    dataset: str = option(
+        "", help="cifar10, cifar100, fashion-mnist or synthetic (a generated smoke set)"
+    )
+    recipe: str = option("study", help="study (the default) or fast")
+    # The recipe's fields set by --set KEY=VALUE, --epochs, --batch-size and --lr
     overrides: dict[str, Any] = field(default_factory=dict)
-    stem: str | None = None
-    data_dir: str = "data"
-    download: bool = False
-    device: str = "auto"
-    seed: int = 0
-    checkpoint_every: int = 1
-    check_every: int = 20  # steps between checks for a stop signal or a non-finite loss
+    stem: str | None = option(
+        None, parse=one_of(("deep", "classic", "cifar")), help="swap the stem"
+    )
+    data_dir: str = option(
+        "data",
+        help="dataset folder (default: ./data); for fashion-mnist, Debian's "
+        "/usr/share/datasets/fashion-mnist works as it is",
+    )
+    download: bool = option(
+        False, switch=True, help="download a missing CIFAR dataset into --data-dir"
+    )
+    device: str = option("auto", help="auto (CUDA if present), cuda or cpu")
+    seed: int = option(0, parse=int)
+    checkpoint_every: int = option(1, parse=int, help="epochs between checkpoints (default 1)")
+    check_every: int = option(
+        20,
+        parse=int,
+        help="steps between checks for SIGTERM/SIGUSR1 and a non-finite loss (default 20; "
+        "each check waits for the device)",
+    )
     keep_checkpoints: int = 3
-    target_accuracy: float | None = None
-    max_steps: int | None = None  # cap on steps per epoch, for smoke runs and benchmarks
-    expect_gpu: str | None = None  # a fragment of that GPU's name (e.g. v100), or cpu
-    telemetry_interval: float = 1.0  # seconds between samples; 0 turns telemetry off
+    target_accuracy: float | None = option(
+        None, parse=float, help="report the time to reach this test accuracy (a fraction, e.g. 0.9)"
+    )
+    max_steps: int | None = option(None, parse=int, help="cap the steps of each epoch (smoke runs)")
+    expect_gpu: str | None = option(
+        None,
+        metavar="NAME",
+        help="flag the run if the GPU's name does not contain NAME (e.g. V100), or if NAME is "
+        "cpu and it ran on a GPU",
+    )
+    telemetry_interval: float = option(
+        1.0,
+        parse=float,
+        metavar="S",
+        help="seconds between GPU telemetry samples (NVML; the CPU and process memory without "
+        "it); 0 turns telemetry off (default 1)",
+    )
 
     def __post_init__(self) -> None:
         for name in ("model", "dataset"):
@@ -160,8 +203,14 @@ class TrainSpec(_Spec):
 @dataclass
 class TransferSpec(TrainSpec):
     stage: ClassVar[str] = "transfer"
-    init_from: str = ""  # a checkpoint file or a training job's folder
-    freeze: str = "none"  # none | backbone | N (stem and the first N stages)
+    init_from: str = option(
+        "",
+        flag="--from",
+        help="training checkpoint, or a training job folder (its latest valid checkpoint)",
+    )
+    freeze: str = option(
+        "none", help="none (fine-tune all, the default), backbone, or N: stem and first N stages"
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -176,35 +225,48 @@ class TransferSpec(TrainSpec):
 @dataclass
 class _DeploySpec(_Spec):
     """An export or inference job. Its options (``options()``) are the ones a sweep sets
-    through ``export_options`` / ``infer_options``; they are checked by the very parser the
-    job's command line uses (``records.options``), so a plan and a job refuse a value in the
-    same words."""
+    through ``export_options`` / ``infer_options``; they are checked by the same parser of
+    each value as the job's command line (``records.fields``), so a plan and a job refuse a
+    value in the same words."""
 
-    dataset: str | None = None  # default: the trained network's dataset
-    data_dir: str = "data"
+    out_dir: str = option("", flag="--out", required=True, by_harness=True,
+                          help="job folder (artifacts/, outbox.jsonl)")  # fmt: skip
+    job_id: str = option("", by_harness=True, help="the sweep's id of this job")
+    attempt: int = option(0, parse=non_negative, by_harness=True, help="the attempt number")
+    gpu_type: str | None = option(
+        None, by_harness=True, help="the sweep's name for the GPU type asked for"
+    )
+    dataset: str | None = option(  # default: the trained network's dataset
+        None, by_harness=True, help="test images (default: the network's dataset)"
+    )
+    data_dir: str = option("data", by_harness=True)
 
     def __post_init__(self) -> None:
-        from records.options import check
-
-        check(self.stage, self.options())
+        check(type(self), self.options())
 
     def options(self) -> dict[str, Any]:
         """The options a sweep may set, as the job's parser names them."""
-        from records.options import settable
-
-        return {name: getattr(self, name) for name in settable(self.stage)}
+        return {name: getattr(self, name) for name in settable_options(self.stage)}
 
 
 @dataclass
 class ExportSpec(_DeploySpec):
     stage: ClassVar[str] = "export"
-    # Training or transfer job folders (their latest valid checkpoint) or checkpoint files;
-    # several: the one with the best final test accuracy is exported.
-    sources: list[str] = field(default_factory=list)
-    parity_images: int = 256
-    tolerance: float = 1e-4  # max |logit diff| between ONNX Runtime and PyTorch
-    no_aoti: bool = False
-    aoti_device: str = "auto"
+    sources: list[str] = option(
+        default_factory=list, flag="--from", many=True, required=True, metavar="SOURCE",
+        by_harness=True,
+        help="a training or transfer job folder (its latest valid checkpoint) or a checkpoint; "
+        "several job folders: export the one with the best final test accuracy",
+    )  # fmt: skip
+    parity_images: int = option(256, parse=positive)
+    tolerance: float = option(1e-4, parse=number(float, 0), help="max |logit diff|")
+    no_aoti: bool = option(False, switch=True, help="skip the AOTInductor package")
+    aoti_device: str = option(
+        "auto",
+        parse=DEVICE,
+        help="device the AOTInductor package is compiled for: cpu, cuda (default: cuda if "
+        "there is one)",
+    )
 
 
 RUNTIMES = ("eager", "compile", "aoti", "onnxruntime", "onnxruntime-int8", "caffe2")
@@ -214,22 +276,42 @@ DEFAULT_BATCHES = (1, 8, 64, 256)
 @dataclass
 class InferSpec(_DeploySpec):
     stage: ClassVar[str] = "infer"
-    source: str = ""  # an export job's folder
-    device: str = "auto"
-    runtimes: list[str] = field(default_factory=lambda: list(RUNTIMES))
-    batches: list[int] = field(default_factory=lambda: list(DEFAULT_BATCHES))
-    warmup: int = 3
-    iters: int = 20
-    threads: int | None = None  # default: torch's own thread count
-    test_images: int = 0  # 0: the whole test set
-    calibration_images: int = 256
-    caffe2_python: str = ""  # the Caffe2 interpreter; "": jobs.caffe2_runtime.default_python()
+    source: str = option("", flag="--from", required=True, by_harness=True,
+                         help="an export job's folder")  # fmt: skip
+    device: str = option("auto", parse=DEVICE, by_harness=True)
+    runtimes: list[str] = option(
+        default_factory=lambda: list(RUNTIMES), many=True, parse=one_of(RUNTIMES)
+    )
+    batches: list[int] = option(
+        default_factory=lambda: list(DEFAULT_BATCHES), many=True, parse=positive
+    )
+    warmup: int = option(3, parse=non_negative)
+    iters: int = option(20, parse=positive)
+    threads: int | None = option(None, parse=positive, help="default: torch's own thread count")
+    test_images: int = option(0, parse=non_negative, help="0: the whole test set")
+    calibration_images: int = option(256, parse=positive)
+    caffe2_python: str = option(
+        "",
+        help="the Caffe2 runtime's interpreter (default: $RESNEST_BENCH_CAFFE2_PYTHON, else "
+        "where scripts/caffe2-env.sh up puts it)",
+    )
 
 
 Spec = TrainSpec | TransferSpec | ExportSpec | InferSpec
 SPECS: dict[str, type[Any]] = {
     cls.stage: cls for cls in (TrainSpec, TransferSpec, ExportSpec, InferSpec)
 }
+
+
+def settable_options(stage: str) -> tuple[str, ...]:
+    """The option names a sweep may set for a job of ``stage`` (as in cluster.yaml)."""
+    return settable(SPECS[stage])
+
+
+def check_options(stage: str, options: dict[str, Any]) -> None:
+    """A sweep's ``export_options`` / ``infer_options`` checked for a job of ``stage`` as
+    its command line would check them: OptionError naming the option otherwise."""
+    check(SPECS[stage], options)
 
 
 # The field of a job's spec naming the job folders it reads (its parents'), by stage

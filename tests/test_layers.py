@@ -8,7 +8,9 @@ codes, record kinds, outbox, store, queries), then ``jobs`` (the compute node), 
 
 from __future__ import annotations
 
+import argparse
 import ast
+import dataclasses
 import inspect
 import json
 import re
@@ -17,6 +19,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("resnest", "records", "jobs", "harness")
@@ -134,22 +138,18 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return sorted(found)
 
 
-# The one cycle left: a spec checks its options with the job's parser, which builds specs.
-# Declaring each option once, on the spec's fields, removes it (then this set is empty).
-KNOWN_CYCLES = [["records.options", "records.spec"]]
-
-
 def test_the_import_graph_has_no_cycle():
     """No module imports, however lazily, one that imports it back: the dispatch of jobs.run
     and the stages, the launchers and the registry that loads them, the store's rows and the
-    summaries, and the CLI's table of commands are read as the imports they are."""
+    summaries, the specs and the job's command lines, and the CLI's table of commands are
+    read as the imports they are."""
     graph = import_graph()
-    assert cycles(graph) == KNOWN_CYCLES
+    assert cycles(graph) == []
     # The walker sees what importlib loads, and what a function imports:
     assert {"jobs.train", "jobs.export", "jobs.infer"} <= graph["jobs.run"]
     assert "harness.launchers.slurm" in graph["harness.launchers"]
     assert "harness.cli.recovery" in graph["harness.cli.parser"]
-    assert "records.options" in graph["records.spec"]  # imported inside a method
+    assert "jobs.run" in graph["harness.cli.commands"]  # imported inside a function
     # and finds a cycle where there is one
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
@@ -243,6 +243,85 @@ def test_one_spec_class_per_stage_written_once_and_read_back(tmp_path):
             assert spec.sources == parents and spec.no_aoti is True
         elif job.stage == "infer":
             assert spec.source == parents[0] and spec.batches == [1, 4]
+
+
+def test_each_job_option_is_a_spec_field_and_its_parsers_are_generated_from_it():
+    """A job's command line has an option per option field of its spec (and no other, but
+    the training job's --spec and its recipe shortcuts), each with the field's default; and
+    nothing else declares an option: no add_argument in the jobs, no option default outside
+    records.spec."""
+    from records.fields import options_of
+    from records.options import RECIPE_SHORTCUTS, parser_for
+    from records.spec import SPECS
+
+    for stage, cls in SPECS.items():
+        parser = parser_for(stage)
+        actions = {a.dest: a for a in parser._actions if a.dest != "help"}
+        extra = (
+            {"spec", "overrides", *RECIPE_SHORTCUTS} if stage in ("train", "transfer") else set()
+        )
+        assert set(actions) == set(options_of(cls)) | extra, stage
+        instance_defaults = {
+            name: (f.default_factory() if f.default is dataclasses.MISSING else f.default)
+            for name, (_, f) in options_of(cls).items()
+        }
+        assert {name: actions[name].default for name in options_of(cls)} == instance_defaults
+    declaring = [
+        str(path.relative_to(ROOT))
+        for package in PACKAGES
+        for path in modules(package)
+        if "add_argument(" in path.read_text()
+    ]
+    assert sorted(declaring) == ["harness/cli/parser.py", "jobs/run.py", "records/options.py"]
+
+
+def _argparse_says(stage: str, key: str, value) -> str | None:
+    """What the job's own parser says of ``--KEY VALUE`` (None: it takes it)."""
+    from records.options import parser_for
+
+    class Raising(argparse.ArgumentParser):
+        def error(self, message):
+            raise ValueError(message)
+
+    parser = parser_for(stage)
+    parser.__class__ = Raising
+    flag = "--" + key.replace("_", "-")
+    # one value as --KEY=VALUE: argparse would take a value such as -1e-5 for a flag
+    given = [flag, *map(str, value)] if isinstance(value, list) else [f"{flag}={value}"]
+    try:
+        parser.parse_args(["--from", "x", "--out", "o", *given])
+    except ValueError as exc:
+        return re.sub(r"^argument --([\w-]+):", lambda m: m[1].replace("-", "_") + ":", str(exc))
+    return None
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    stage_key=st.sampled_from([("export", k) for k in ("parity_images", "tolerance", "aoti_device")]
+                              + [("infer", k) for k in ("runtimes", "batches", "warmup", "iters",
+                                                        "threads", "test_images",
+                                                        "calibration_images")]),
+    value=st.one_of(st.integers(-3, 300), st.floats(-1, 2, allow_nan=False),
+                    st.sampled_from(["x", "cpu", "cuda:1", "tpu", "eager", "caffe2", "1e-3"]),
+                    st.lists(st.sampled_from([0, 1, 64, "eager", "tensorflow"]), min_size=1,
+                             max_size=3)),
+)  # fmt: skip
+def test_a_sweep_option_is_refused_at_plan_time_in_the_words_of_the_jobs_parser(stage_key, value):
+    """The plan's check of export_options / infer_options and the job's command line share
+    each option's parser of a value: whatever the value, they agree whether it is taken, and
+    when it is not, they say the same."""
+    from records.errors import OptionError
+    from records.spec import check_options
+
+    stage, key = stage_key
+    if isinstance(value, list) and key not in ("runtimes", "batches"):
+        value = value[0]  # a list is for the options of several values
+    try:
+        check_options(stage, {key: value})
+        plan = None
+    except OptionError as exc:
+        plan = str(exc)
+    assert plan == _argparse_says(stage, key, value), (stage, key, value)
 
 
 @pytest.mark.parametrize(

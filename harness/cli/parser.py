@@ -13,7 +13,7 @@ from typing import Any
 
 from harness import __version__
 from harness.render import FORMATS, TABLE_FORMATS
-from records.options import ADD_ARGUMENTS
+from records.options import add_arguments
 
 
 def positive_int(text: str) -> int:
@@ -288,6 +288,6 @@ def build_parser() -> argparse.ArgumentParser:
             for flags, options in GROUPS[group]:
                 p.add_argument(*flags, **options)
         if command.get("job"):
-            ADD_ARGUMENTS[command["name"]](p)
+            add_arguments(p, command["name"])
         p.set_defaults(func=command["func"], **command.get("defaults", {}))
     return parser
