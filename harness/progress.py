@@ -31,7 +31,7 @@ from functools import lru_cache
 from typing import Any
 
 from records.errors import UserError
-from records.schema import ENDED, UNFINISHED
+from records.schema import ENDED, HELD_BACK, NOT_STARTED, UNFINISHED
 from records.store import Store
 
 
@@ -64,8 +64,7 @@ def job_progress(
     started = [
         row
         for row in rows
-        if row["stage"] in ("train", "transfer")
-        and row["state"] not in ("pending", "waiting", "submitted")
+        if row["stage"] in ("train", "transfer") and row["state"] not in NOT_STARTED
     ]
     ended = store.last_epochs([row["id"] for row in started if row["state"] in ENDED])
     ended = {job_id: last for job_id, last in ended.items() if last[0] is not None}
@@ -93,7 +92,7 @@ def job_progress(
         wait, queued_now = None, row["state"] == "submitted"
         if queued_now and submitted:
             wait = max(0.0, now - submitted)
-        elif submitted and row["state"] not in ("pending", "waiting"):
+        elif submitted and row["state"] not in HELD_BACK:
             started = attempt.get("started_at") or row.get("started_at")
             wait = max(0.0, started - submitted) if started else None
         out[row["id"]] = {"epoch": k if planned else None, "epochs": planned,

@@ -7,7 +7,7 @@ from typing import Any
 
 from harness.figures import deployment_figures, figures
 from records import queries
-from records.schema import STATES
+from records.schema import NOT_STARTED, STATES
 from records.store import Store
 
 
@@ -28,7 +28,7 @@ def status_rows(
     table = []
     for row in rows:
         mine = progress[row["id"]]
-        started = row["state"] not in ("pending", "waiting", "submitted")
+        started = row["state"] not in NOT_STARTED
         entry = {
             "id": row["id"],
             "stage": row["stage"],

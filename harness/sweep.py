@@ -12,7 +12,7 @@ from harness.config import ClusterConfig
 from harness.launchers.base import REQUEUABLE, Row, downstream, launcher_of
 from harness.planner import JobPlan, job_dir, plan, select
 from records.errors import UserError
-from records.schema import IN_FLIGHT, UNFINISHED
+from records.schema import ENDED_BADLY, IN_FLIGHT, UNFINISHED
 from records.store import Store, open_store, url_for_jobs
 
 
@@ -161,7 +161,7 @@ def submit(
         if row["state"] in IN_FLIGHT and launcher_of(row) == "slurm":
             in_flight += 1
             continue
-        if row["state"] in ("failed", "cancelled"):
+        if row["state"] in ENDED_BADLY:
             row["attempt"] += 1
         todo.append(row)
     final = _launch(config, store, todo, progress, wait, timeout)
@@ -190,7 +190,7 @@ def rerun(
     refresh(store, rows)
     rows = store.jobs(config.name)
     if failed:
-        chosen = [row for row in rows if row["state"] in ("failed", "cancelled")]
+        chosen = [row for row in rows if row["state"] in ENDED_BADLY]
     else:
         chosen = []
         for job_id in job_ids:

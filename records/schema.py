@@ -4,7 +4,7 @@ record updates its row instead of adding one (see ``records.store``)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal, TypedDict, get_args
 
 from sqlalchemy import (
     JSON,
@@ -26,10 +26,14 @@ SCHEMA_VERSION = 6
 # A job's states: planned (pending); kept back by the harness until the cluster has room for
 # it under the site's limits (waiting); handed to the cluster (submitted: in its queue);
 # running; and the three ends.
-STATES = ("pending", "waiting", "submitted", "running", "succeeded", "failed", "cancelled")
+State = Literal["pending", "waiting", "submitted", "running", "succeeded", "failed", "cancelled"]
+STATES: tuple[State, ...] = get_args(State)
 ENDED = ("succeeded", "failed", "cancelled")
 UNFINISHED = ("pending", "waiting", "submitted", "running")
 IN_FLIGHT = ("submitted", "running")  # held by a cluster's queue
+NOT_STARTED = ("pending", "waiting", "submitted")  # no attempt of it has begun to run
+HELD_BACK = ("pending", "waiting")  # not (yet) handed to a cluster
+ENDED_BADLY = ("failed", "cancelled")  # the ends after which the jobs that depend on it do not run
 
 metadata = MetaData()
 
@@ -64,6 +68,34 @@ jobs = Table(
     Column("started_at", Float),
     Column("ended_at", Float),
 )
+
+
+class JobRow(TypedDict):
+    """A row of ``jobs`` as the store gives it (``Store.jobs``): what the harness passes
+    between its commands, its launchers and the store (``tests/test_layers.py`` holds it to
+    the table's columns)."""
+
+    id: str
+    sweep: str
+    stage: str
+    model: str
+    dataset: str
+    gpu_type: str
+    gpus: int
+    seed: int
+    repeat: int
+    spec: dict[str, Any]
+    depends_on: list[str] | None
+    state: State
+    attempt: int
+    reason: str | None
+    launcher_job_id: str | None
+    job_dir: str | None
+    submitted_at: float | None
+    started_at: float | None
+    ended_at: float | None
+
+
 EPOCH_FIELDS = (
     "train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_time", "data_time",
     "compute_time", "eval_time", "images_per_sec", "peak_mem_bytes",

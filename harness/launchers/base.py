@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from harness.config import JobEnvironment, environment_for
 from records.errors import UserError
-from records.schema import IN_FLIGHT
+from records.schema import ENDED_BADLY, IN_FLIGHT
 from records.spec import (
     EXIT_ALREADY_RUNNING,
     EXIT_DIVERGED,
@@ -402,9 +402,7 @@ class Driver:
         for job_id, job in list(self.waiting.items()):
             parents = job["depends_on"] or []
             states = [self.state_of(parent) for parent in parents]
-            blocked = [
-                p for p, s in zip(parents, states, strict=True) if s in ("failed", "cancelled")
-            ]
+            blocked = [p for p, s in zip(parents, states, strict=True) if s in ENDED_BADLY]
             if blocked:
                 del self.waiting[job_id]
                 self.finish(job_id, "cancelled", not_run(blocked[0], self.state_of(blocked[0])))

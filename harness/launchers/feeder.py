@@ -38,7 +38,7 @@ from harness.launchers.base import PREFIXES, Row, not_run, spec_for
 from harness.launchers.sacct import slurm_folder
 from harness.launchers.slurm_submit import Submission
 from records.errors import UserError
-from records.schema import IN_FLIGHT
+from records.schema import ENDED_BADLY, IN_FLIGHT
 from records.store import Store
 
 PREFIX = PREFIXES["slurm"]
@@ -308,7 +308,7 @@ def feed(config: ClusterConfig, folder: Path) -> tuple[int, int, str | None]:
     not_run_now: list[dict[str, Any]] = []
     for job in jobs:
         parents = job["depends_on"] or []
-        bad = next((p for p in parents if states.get(p) in ("failed", "cancelled")), None)
+        bad = next((p for p in parents if states.get(p) in ENDED_BADLY), None)
         if bad is not None:
             not_run_now.append({"id": job["id"], "attempt": job["attempt"],
                                 "not_run": not_run(bad, states[bad])})  # fmt: skip

@@ -12,6 +12,7 @@ from typing import Any
 
 from harness.launchers.base import HOST_FAILURE, PREFIXES, Row, judge_exit, not_run
 from harness.launchers.slurm_site import _run
+from records.schema import ENDED_BADLY
 from records.spec import (
     EXIT_ALREADY_RUNNING,
     EXIT_DIVERGED,
@@ -241,7 +242,7 @@ def poll(store: Store, rows: list[Row]) -> dict[str, str]:
                 parent: new[parent][0] if parent in new else store.job(parent)["state"]
                 for parent in row["depends_on"] or []
             }
-            failed = [(p, s) for p, s in parents.items() if s in ("failed", "cancelled")]
+            failed = [(p, s) for p, s in parents.items() if s in ENDED_BADLY]
             if failed:
                 reason = not_run(*failed[0])
             elif reason == NOT_RUN and parents and set(parents.values()) == {"succeeded"}:

@@ -55,7 +55,7 @@ from harness.launchers.slurm_site import (
 from harness.launchers.slurm_submit import Submission
 from harness.planner import layout
 from records.errors import UserError
-from records.schema import ENDED, IN_FLIGHT
+from records.schema import ENDED, ENDED_BADLY, IN_FLIGHT
 from records.store import Store
 
 PREFIX = PREFIXES["slurm"]
@@ -127,7 +127,7 @@ def top_up(config: ClusterConfig, store: Store, rows: list[Row]) -> int:
     not_run_now = []
     for row in waiting:
         parents = [by_id.get(p) or store.job(p) for p in row["depends_on"] or []]
-        ended_badly = [p for p in parents if p and p["state"] in ("failed", "cancelled")]
+        ended_badly = [p for p in parents if p and p["state"] in ENDED_BADLY]
         if ended_badly:
             reason = not_run(ended_badly[0]["id"], ended_badly[0]["state"])
             not_run_now.append((row["id"], "cancelled", {"reason": reason}))
