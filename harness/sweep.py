@@ -29,34 +29,14 @@ def placement(config: ClusterConfig, jobs: list[JobPlan]) -> list[str]:
     from harness.config import environment_for
     from harness.launchers.base import setup_lines
 
-    kind = config.launcher.kind
+    describe = launchers.class_of(config.launcher.kind).describe
     lines = []
     shapes = dict.fromkeys((j.gpu_type, j.gpus_per_node, j.nodes) for j in jobs)
     for gpu_type, per_node, nodes in shapes:
         gpu = config.gpu_types[gpu_type]
         environment = environment_for(config, gpu_type)
         head = f"{gpu_type} ({per_node * nodes} GPU{'s' if per_node * nodes > 1 else ''}):"
-        if kind == "slurm":
-            from harness.launchers.slurm_site import sbatch_parameters
-
-            params = sbatch_parameters(gpu, per_node, nodes)
-            flags = [
-                f"--{key.replace('_', '-')}={value}"
-                for key, value in params.items()
-                if value not in (None, {}, []) and key != "srun_args"
-            ]
-            flags += [f"(srun {' '.join(params['srun_args'])})"] if "srun_args" in params else []
-            what = "sbatch " + " ".join(flags)
-        elif kind == "ray":
-            from harness.launchers.ray_launcher import placement_for, resources_of
-
-            resources = {"CPU": gpu.cpus_per_gpu, "GPU": 1, **resources_of(gpu)}
-            workers = per_node * nodes
-            task = "a Ray task" if workers == 1 else f"{workers} Ray Train workers"
-            what = f"{task}, each {resources}"
-            what += f", {placement_for(nodes, per_node)}" if workers > 1 else ""
-        else:
-            what = f"a process here on {gpu.local or 'auto'}"
+        what = describe(gpu, per_node, nodes)
         lines.append(f"{head} {what}")
         for line in setup_lines(environment):
             lines.append(f"    {line}")
@@ -77,7 +57,7 @@ def _row(jobs_folder: str, job: JobPlan) -> Row:
         "gpus": job.gpus_per_node * job.nodes,
         "seed": job.seed,
         "repeat": job.repeat,
-        "spec": job.spec.to_dict(),
+        "spec": job.spec.to_dict() if job.spec else {},
         "depends_on": list(job.depends_on),
         "job_dir": os.path.join(jobs_folder, job.id),
     }
@@ -158,7 +138,8 @@ def submit(
         row = rows[job.id]
         if row["state"] == "succeeded":
             continue
-        if row["state"] in IN_FLIGHT and launcher_of(row) == "slurm":
+        holder = launcher_of(row)
+        if row["state"] in IN_FLIGHT and holder and launchers.class_of(holder).queued:
             in_flight += 1
             continue
         if row["state"] in ENDED_BADLY:

@@ -93,13 +93,10 @@ def _queued(config, launched: list[str], args, store) -> int:
     waiting = [row for row in rows if row["state"] == "waiting"]
     held = f", {len(waiting)} waiting for room ({waiting[0]['reason']})" if waiting else ""
     then = " (it also submits waiting jobs as room frees)" if waiting else ""
-    if waiting and config.launcher.kind == "slurm":
-        from harness.launchers import feeder
+    if waiting:
+        from harness import launchers
 
-        fed = feeder.current(feeder.folder_of(config))
-        if fed:
-            then = f"; feeder job {fed} submits the waiting jobs as room frees (nothing needs "
-            then += "to stay running here)"
+        then = launchers.get(config.launcher.kind, store, config).waiting_note() or then
     print(
         f"sweep {config.name!r}: {len(launched) - len(waiting)} job(s) queued on "
         f"{config.launcher.kind}{held}; follow with: resnest-bench status {config.name} "

@@ -12,6 +12,7 @@ import argparse
 from typing import Any
 
 from harness import __version__
+from harness.launchers import MODULES
 from harness.render import FORMATS, TABLE_FORMATS
 from records.options import add_arguments
 
@@ -89,7 +90,7 @@ COMMANDS: list[dict[str, Any]] = [
         "--dry-run prints the plan and submits nothing.",
         args=[
             arg("config", help="the sweep and site description (cluster.yaml)"),
-            arg("--launcher", choices=("local", "slurm", "ray"), help="override launcher.kind"),
+            arg("--launcher", choices=tuple(MODULES), help="override launcher.kind"),
             arg("--dry-run", action="store_true",
                 help="print the plan, and per GPU type the sbatch options, Ray resources or "
                 "device its jobs get (with its job environment); submit nothing"),

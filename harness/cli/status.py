@@ -42,15 +42,20 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _look_after(config, store, sweep_name: str, rows: list[dict]) -> list[dict]:
-    """For a SLURM sweep: retry its host failures and submit its waiting jobs that have room
-    now (``slurm.look_after``); without the sweep's cluster.yaml (``--store``) there is
-    nothing to submit them with: say so. Returns the sweep's rows as they are now."""
+    """For a sweep whose jobs wait in a queue: the launcher tends them (``look_after``: for
+    SLURM, retry host failures and submit waiting jobs that have room now); without the
+    sweep's cluster.yaml (``--store``) there is nothing to submit them with: say so. Returns
+    the sweep's rows as they are now."""
     from harness.launchers.base import needs_care
 
     if not any(needs_care(row) for row in rows):
         return rows
-    slurm = config is not None and config.name == sweep_name and config.launcher.kind == "slurm"
-    if not slurm:
+    from harness import launchers
+
+    launcher = None
+    if config is not None and config.name == sweep_name:
+        launcher = launchers.get(config.launcher.kind, store, config)
+    if launcher is None or not launcher.queued:
         if any(row["state"] == "waiting" for row in rows):
             print(
                 "resnest-bench: jobs wait for room in the queue; `status -c CLUSTER_YAML` or "
@@ -58,10 +63,8 @@ def _look_after(config, store, sweep_name: str, rows: list[dict]) -> list[dict]:
                 file=sys.stderr,
             )
         return rows
-    from harness.launchers.slurm import look_after
-
     try:
-        changed = look_after(config, store, rows)
+        changed = launcher.look_after(rows)
     except UserError as exc:
         print(f"resnest-bench: waiting jobs left waiting ({exc})", file=sys.stderr)
         changed = True

@@ -15,7 +15,7 @@ from harness.launchers.base import Launcher, launcher_of, registered
 from records.errors import UserError
 from records.store import Store
 
-__all__ = ["MODULES", "Launcher", "get", "launcher_of"]
+__all__ = ["MODULES", "Launcher", "class_of", "get", "launcher_of"]
 
 # launcher.kind -> the module that registers it
 MODULES = {
@@ -25,10 +25,15 @@ MODULES = {
 }
 
 
-def get(name: str, store: Store, config: Any = None) -> Launcher:
-    """The launcher called ``name``; without the sweep's config it can poll, cancel and show
-    logs, but not check or submit."""
+def class_of(name: str) -> type[Launcher]:
+    """The launcher class called ``name`` (its module imported on first use)."""
     if name not in MODULES:
         raise UserError(f"unknown launcher {name!r}; expected one of {', '.join(MODULES)}")
     importlib.import_module(MODULES[name])
-    return registered(name)(store, config)
+    return registered(name)
+
+
+def get(name: str, store: Store, config: Any = None) -> Launcher:
+    """The launcher called ``name``; without the sweep's config it can poll, cancel and show
+    logs, but not check or submit."""
+    return class_of(name)(store, config)

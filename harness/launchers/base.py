@@ -1,14 +1,11 @@
 """What every launcher is, and the rules they share.
 
-A launcher (local processes, SLURM, Ray) is chosen by name (``get``) and offers the same five
-operations: ``check`` that the cluster can run the jobs, ``submit`` them, ``poll`` their
-states, ``cancel`` them and name their ``logs``. From submission on, the launcher owns every
-state change of its jobs in the store. Jobs are store rows (``records.store``), given in
-dependency order, each at the attempt it is about to run.
-
-The local and Ray launchers run a sweep from the submitting process; both hand their jobs to
-one ``Driver``, which starts each job once its parents have succeeded, marks it not run when
-one of them did not, retries what the backend says to retry, and keeps the progress bar.
+A launcher (local processes, SLURM, Ray) is a subclass of ``Launcher``, registered by name
+and found by ``harness.launchers.get``; its verbs are documented on the class. Jobs are store
+rows (``records.store``), given in dependency order, each at the attempt it is about to run.
+The rules every launcher shares live here too: when a job is not run for a parent, how a
+job's exit reads, where its spec and logs go. The local and Ray launchers drive their jobs
+with one ``Driver`` (``harness.launchers.driver``).
 """
 
 from __future__ import annotations
@@ -17,13 +14,13 @@ import functools
 import shlex
 import sys
 import time
-from collections import Counter
+from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar
 
 from harness.config import JobEnvironment, environment_for
 from records.errors import UserError
-from records.schema import ENDED_BADLY, IN_FLIGHT
+from records.schema import IN_FLIGHT
 from records.spec import (
     EXIT_ALREADY_RUNNING,
     EXIT_DIVERGED,
@@ -39,39 +36,36 @@ from records.store import Store
 Row = dict[str, Any]
 
 
-class Launcher(Protocol):
-    """The operations the harness asks of a launcher."""
+class Launcher(ABC):
+    """A place where a sweep's jobs run: a subclass per kind, registered by name
+    (``register``), holding a store and the sweep's config when there is one. The harness
+    asks a launcher for these verbs alone (``harness.sweep`` and the CLI never ask which
+    launcher it is):
 
-    name: str
-    prefix: str  # how its ids start in the store's launcher_job_id column ("slurm:", ...)
+    - ``describe``: what ``submit --dry-run`` prints for a GPU type's jobs;
+    - ``check``: refuse, before anything runs, jobs the cluster cannot run (UserError);
+    - ``submit``: hand the jobs over (store rows in dependency order, each at the attempt it
+      is about to run); from then on the launcher owns every state change of its jobs;
+    - ``poll``: bring the jobs' states in the store up to date;
+    - ``wait``: follow jobs to their ends;
+    - ``look_after``: what the harness does for a sweep each time it looks at it (a queue's
+      waiting jobs submitted as room frees, host failures retried);
+    - ``cancel``: stop the jobs wherever they are;
+    - ``logs``: the files a job's stdout and stderr go to.
 
-    def check(self, jobs: list[Row]) -> None:
-        """Refuse, before anything runs, jobs the cluster cannot run (UserError)."""
+    The defaults are those of a launcher that drives its jobs from the submitting process
+    (local processes, Ray): the states in the store are current, there is nothing to wait for
+    once ``submit`` returns, cancelling records it, and logs are in the job folders.
+    """
 
-    def submit(self, jobs: list[Row], progress: bool = True) -> dict[str, str] | None:
-        """Hand the jobs over. A launcher that drives them to the end returns id -> final
-        state; one that leaves them in a queue returns None (follow them with ``poll``)."""
-
-    def poll(self, jobs: list[Row]) -> dict[str, str]:
-        """Bring the jobs' states in the store up to date; return id -> state."""
-
-    def cancel(self, jobs: list[Row]) -> None:
-        """Stop the jobs wherever they are, and record them as cancelled by the user."""
-
-    def logs(self, job: Row) -> list[Path]:
-        """The job's stdout and stderr files (which may not exist yet)."""
-
-
-class BaseLauncher:
-    """What the launchers have in common: a store, the sweep's config when there is one, and
-    the behaviour of a launcher that drives its jobs from the submitting process (the states
-    in the store are current; cancelling records it; logs are in the job folders)."""
-
-    name = ""
-    prefix = ""
+    name: ClassVar[str] = ""
+    prefix: ClassVar[str] = ""  # how its ids start in the store's launcher_job_id column
     # Whether its jobs run on the harness's own host, where they may write a SQLite store;
     # jobs on other hosts write a SQLite store's records to their outboxes alone.
-    jobs_share_host = False
+    jobs_share_host: ClassVar[bool] = False
+    # Whether its jobs wait in a cluster's queue and outlive the harness's process: one in
+    # flight there is followed rather than launched again, and ``look_after`` tends them.
+    queued: ClassVar[bool] = False
 
     def __init__(self, store: Store, config: Any = None) -> None:
         self.store = store
@@ -83,34 +77,64 @@ class BaseLauncher:
         return self.jobs_share_host or not self.store.is_sqlite
 
     def sweep_config(self) -> Any:
+        """The sweep's config, which submitting needs (UserError without it)."""
         if self.config is None:
             raise UserError(f"the {self.name} launcher needs the sweep's cluster.yaml to submit")
         return self.config
 
+    @classmethod
+    @abstractmethod
+    def describe(cls, gpu: Any, per_node: int, nodes: int) -> str:
+        """What a job of ``per_node`` x ``nodes`` GPUs of the GPU type ``gpu`` (its
+        ``gpu_types`` entry) is asked for, in one line."""
+
     def check(self, jobs: list[Row]) -> None:
+        """Refuse, before anything runs, jobs the cluster cannot run (UserError)."""
         self.sweep_config()
 
+    @abstractmethod
+    def submit(self, jobs: list[Row], progress: bool = True) -> dict[str, str] | None:
+        """Hand the jobs over. A launcher that drives them to the end returns id -> final
+        state; one that leaves them in a queue returns None (follow them with ``poll``)."""
+
     def poll(self, jobs: list[Row]) -> dict[str, str]:
+        """Bring the jobs' states in the store up to date; return id -> state."""
         return {job["id"]: job["state"] for job in jobs}
 
+    def wait(
+        self, job_ids: list[str], progress: bool = True, timeout: float | None = None
+    ) -> dict[str, str]:
+        """Follow the jobs until every one has ended (or ``timeout`` seconds); id -> state."""
+        return {row["id"]: row["state"] for row in self.store.jobs_by_ids(job_ids)}
+
+    def look_after(self, rows: list[Row]) -> bool:
+        """Tend a sweep's jobs as the harness looks at it; whether any row changed."""
+        return False
+
+    def waiting_note(self) -> str:
+        """What submit says of how its waiting jobs will be brought in ("" for nothing)."""
+        return ""
+
     def cancel(self, jobs: list[Row]) -> None:
+        """Stop the jobs wherever they are, and record them as cancelled by the user."""
         for job in jobs:
             self.store.set_state(job["id"], "cancelled", reason="cancelled by the user")
 
     def logs(self, job: Row) -> list[Path]:
+        """The job's stdout and stderr files (which may not exist yet)."""
         return folder_logs(job)
 
 
 # How each launcher's ids start in the store's launcher_job_id column.
 PREFIXES = {"local": "pid:", "slurm": "slurm:", "ray": "ray:"}
-_REGISTERED: dict[str, type[BaseLauncher]] = {}
+_REGISTERED: dict[str, type[Launcher]] = {}
 
 
 def register(name: str) -> Any:
     """Class decorator: the launcher called ``name`` in ``launcher.kind`` (its module is named
     in ``harness.launchers.MODULES``, and imported when the launcher is first asked for)."""
 
-    def add(cls: type[BaseLauncher]) -> type[BaseLauncher]:
+    def add(cls: type[Launcher]) -> type[Launcher]:
         cls.name = name
         cls.prefix = PREFIXES[name]
         _REGISTERED[name] = cls
@@ -119,7 +143,7 @@ def register(name: str) -> Any:
     return add
 
 
-def registered(name: str) -> type[BaseLauncher]:
+def registered(name: str) -> type[Launcher]:
     """The class registered as ``name`` (its module imported already)."""
     return _REGISTERED[name]
 
@@ -300,135 +324,3 @@ def write_spec(store: Store, job: Row, direct: bool = True) -> Path:
     from records.spec import SPEC_FILE, save
 
     return save(Path(job["job_dir"]) / SPEC_FILE, spec_for(store, job, direct=direct).to_json())
-
-
-class Backend(Protocol):
-    """How the Driver runs one job: start it, and hear when jobs end."""
-
-    def room(self) -> bool:
-        """Whether another job may start now."""
-
-    def start(self, job: Row) -> None:
-        """Start the job (its attempt set); record it as running with its launcher id."""
-
-    def ended(self) -> list[tuple[Row, int, str]]:
-        """Jobs that ended since the last call: (job, exit code, last line on stderr); may
-        wait a little for one."""
-
-    def retry(self, job: Row, code: int) -> bool:
-        """Whether a job that ended with ``code`` runs again, as its next attempt."""
-
-    def stop(self) -> None:
-        """Stop every job still running (the user pressed Ctrl-C)."""
-
-
-class Following(Protocol):
-    """A backend that follows a job another runner holds (exit ``EXIT_ALREADY_RUNNING``)
-    to its end, rather than marking it not run."""
-
-    def following(self, job: Row) -> None:
-        """Record that the job is followed (and who runs it)."""
-
-    def follow(self, job: Row) -> tuple[str, str | None] | None:
-        """The job's end, (state, reason), once its runner has let go; None until then."""
-
-
-class Driver:
-    """Runs store rows in dependency order through a backend, to the end of every one.
-
-    One failed job never stops the others; the jobs after it are marked as not run. A job
-    whose process ended with ``EXIT_ALREADY_RUNNING`` is followed to its end where the
-    backend can follow (``Following``), and marked not run where it cannot.
-    """
-
-    POLL_S = 0.2
-
-    def __init__(
-        self,
-        store: Store,
-        jobs: list[Row],
-        backend: Backend,
-        progress: bool = True,
-    ) -> None:
-        self.store = store
-        self.backend = backend
-        self.follows = hasattr(backend, "follow")
-        self.waiting = {job["id"]: job for job in jobs}
-        self.running: dict[str, Row] = {}
-        self.followed: dict[str, Row] = {}
-        self.final: dict[str, str] = {}
-        self.counts: Counter[str] = Counter()
-        self.outside: dict[str, str | None] = {}  # jobs outside this run: they stay put
-        self.bar = progress_bar(len(jobs), progress)
-
-    def run(self) -> dict[str, str]:
-        """Drive every job to its end; return id -> final state."""
-        try:
-            while self.waiting or self.running or self.followed:
-                self._check_followed()
-                self._start_ready()
-                for job, code, last in self.backend.ended():
-                    self._judge(job, code, last)
-                if not self.running and (self.waiting or self.followed):
-                    time.sleep(self.POLL_S)  # waiting on jobs outside this run
-        except KeyboardInterrupt:
-            self.backend.stop()
-            for job_id in [*self.running, *self.waiting, *self.followed]:
-                self.store.set_state(job_id, "cancelled", reason="interrupted by the user")
-            raise
-        finally:
-            self.bar.close()
-        return self.final
-
-    def state_of(self, job_id: str) -> str | None:
-        if job_id in self.final:
-            return self.final[job_id]
-        if job_id in self.waiting or job_id in self.running or job_id in self.followed:
-            return "pending"
-        if job_id not in self.outside:
-            row = self.store.job(job_id)
-            self.outside[job_id] = row["state"] if row else None
-        return self.outside[job_id]
-
-    def finish(self, job_id: str, state: str, reason: str | None = None, record: bool = True):
-        if record:
-            self.store.set_state(job_id, state, reason=reason)
-        self.final[job_id] = state
-        self.counts[state] += 1
-        self.bar.update(1)
-        self.bar.set_postfix(running=len(self.running), **self.counts)
-
-    def _start_ready(self) -> None:
-        for job_id, job in list(self.waiting.items()):
-            parents = job["depends_on"] or []
-            states = [self.state_of(parent) for parent in parents]
-            blocked = [p for p, s in zip(parents, states, strict=True) if s in ENDED_BADLY]
-            if blocked:
-                del self.waiting[job_id]
-                self.finish(job_id, "cancelled", not_run(blocked[0], self.state_of(blocked[0])))
-            elif all(s == "succeeded" for s in states) and self.backend.room():
-                del self.waiting[job_id]
-                self.running[job_id] = job
-                self.backend.start(job)
-
-    def _judge(self, job: Row, code: int, last: str) -> None:
-        job_id = job["id"]
-        del self.running[job_id]
-        if (self.store.job(job_id) or {}).get("state") == "cancelled":
-            self.finish(job_id, "cancelled", record=False)  # by `cancel`: keep its reason
-        elif code == EXIT_ALREADY_RUNNING and self.follows:
-            self.backend.following(job)  # type: ignore[attr-defined]
-            self.followed[job_id] = job
-        elif code not in (EXIT_OK, EXIT_ALREADY_RUNNING) and self.backend.retry(job, code):
-            job["attempt"] += 1
-            self.running[job_id] = job
-            self.backend.start(job)
-        else:
-            self.finish(job_id, *judge_exit(code, last))
-
-    def _check_followed(self) -> None:
-        for job_id, job in list(self.followed.items()):
-            ended = self.backend.follow(job)  # type: ignore[attr-defined]
-            if ended is not None:
-                del self.followed[job_id]
-                self.finish(job_id, *ended)

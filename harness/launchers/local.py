@@ -1,5 +1,5 @@
 """The local launcher: jobs as subprocesses of this machine, a few at a time, in dependency
-order (``base.Driver``). One failed job never stops the others; the jobs after it are marked
+order (``driver.Driver``). One failed job never stops the others; the jobs after it are marked
 as not run. A job stopped for requeue (exit 75) runs again as its next attempt, up to three
 times; a job another runner already holds is followed until that runner ends."""
 
@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.launchers.base import (
-    BaseLauncher,
-    Driver,
+    Launcher,
     Row,
     environment_of,
     job_command,
@@ -24,6 +23,7 @@ from harness.launchers.base import (
     register,
     write_spec,
 )
+from harness.launchers.driver import Backend, Driver
 from records.errors import OutboxError, UserError
 from records.lock import holder_of, is_held
 from records.outbox import NAME, final_state, read_outbox
@@ -62,8 +62,11 @@ def outcome(job_dir: Path) -> tuple[str, str | None]:
     return state, reason
 
 
-class Processes:
-    """The Driver's backend here: one subprocess per job, at most ``max_parallel`` at once."""
+class Processes(Backend):
+    """The Driver's backend here: one subprocess per job, at most ``max_parallel`` at once;
+    a job another runner holds is followed to its end."""
+
+    follows = True
 
     def __init__(self, store: Store, max_parallel: int, config: Any = None) -> None:
         self.store = store
@@ -154,10 +157,14 @@ def missing_modules(stages: set[str]) -> list[str]:
 
 
 @register("local")
-class LocalLauncher(BaseLauncher):
+class LocalLauncher(Launcher):
     """Jobs as processes of this machine; ``submit`` runs them to the end."""
 
     jobs_share_host = True  # its jobs write even a SQLite store themselves
+
+    @classmethod
+    def describe(cls, gpu: Any, per_node: int, nodes: int) -> str:
+        return f"a process here on {gpu.local or 'auto'}"
 
     def check(self, jobs: list[Row]) -> None:
         """The jobs run here, so this machine needs what they import: torch for every stage,

@@ -33,8 +33,7 @@ from typing import Any
 from harness.config import ClusterConfig, GpuType, JobEnvironment
 from harness.launchers.base import (
     PREFIXES,
-    BaseLauncher,
-    Driver,
+    Launcher,
     Row,
     environment_of,
     job_command,
@@ -42,6 +41,7 @@ from harness.launchers.base import (
     register,
     write_spec,
 )
+from harness.launchers.driver import Backend, Driver
 from harness.planner import layout
 from records.errors import UserError
 from records.spec import EXIT_ALREADY_RUNNING, EXIT_DIVERGED, EXIT_OK, EXIT_USER_ERROR
@@ -77,14 +77,13 @@ def connect(address: str) -> None:
         options["_node_ip_address"] = "127.0.0.1"
     # Ray's client retries a refused token for a while, a warning line each time, straight
     # on the process's stderr: keep those lines, and say in one line what went wrong.
+    failure: str | None = None
     with _stderr_kept(enabled=address != "local") as kept:
         try:
             ray.init(**options)
         except (ConnectionError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             failure = first
-        else:
-            failure = None
         said = kept.text()
     if failure is None:
         return
@@ -276,7 +275,7 @@ def placement_for(nodes: int, gpus_per_node: int) -> str:
     return "STRICT_SPREAD" if gpus_per_node == 1 else "SPREAD"
 
 
-class RayTasks:
+class RayTasks(Backend):
     """The Driver's backend on Ray: a task per job (a TorchTrainer's for DDP jobs)."""
 
     def __init__(self, config: ClusterConfig, store: Store, direct: bool) -> None:
@@ -288,8 +287,10 @@ class RayTasks:
         self.direct = direct
         self.settings = config.launcher.ray
         self.use_gpu = _uses_gpus()
-        self.single = ray.remote(run_job_process)
-        self.trainer = ray.remote(run_job_trainer)
+        # Ray's stubs type a remote function's .options().remote() by the function's own
+        # arguments, and the tasks' resources by keyword: held as Any here.
+        self.single: Any = ray.remote(run_job_process)
+        self.trainer: Any = ray.remote(run_job_trainer)
         self.running: dict[Any, Row] = {}
         self.retries: dict[str, int] = {}
 
@@ -353,9 +354,17 @@ class RayTasks:
 
 
 @register("ray")
-class RayLauncher(BaseLauncher):
+class RayLauncher(Launcher):
     """Jobs as Ray tasks, driven from this process; ``submit`` runs them to the end.
     ``cancel`` records the jobs as cancelled; the driving process stops its tasks at Ctrl-C."""
+
+    @classmethod
+    def describe(cls, gpu: Any, per_node: int, nodes: int) -> str:
+        resources = {"CPU": gpu.cpus_per_gpu, "GPU": 1, **resources_of(gpu)}
+        workers = per_node * nodes
+        task = "a Ray task" if workers == 1 else f"{workers} Ray Train workers"
+        what = f"{task}, each {resources}"
+        return what + (f", {placement_for(nodes, per_node)}" if workers > 1 else "")
 
     def check(self, jobs: list[Row]) -> None:
         """Connect, and check that the cluster can run the jobs; nothing runs yet."""

@@ -56,7 +56,7 @@ def _expand(job_id: str) -> list[str]:
     if not match:
         return [job_id]
     base, spec = match.groups()
-    out = []
+    out: list[str] = []
     for part in spec.split("%")[0].split(","):
         lo, _, hi = part.partition("-")
         out.extend(f"{base}_{i}" for i in range(int(lo), int(hi or lo) + 1))
@@ -239,7 +239,7 @@ def poll(store: Store, rows: list[Row]) -> dict[str, str]:
         # say it was for the dependency: name the parent that did not succeed either way.
         if reason == NOT_RUN or (state == "cancelled" and reason in ("CANCELLED", "None", "")):
             parents = {
-                parent: new[parent][0] if parent in new else store.job(parent)["state"]
+                parent: new[parent][0] if parent in new else (store.job(parent) or {}).get("state")
                 for parent in row["depends_on"] or []
             }
             failed = [(p, s) for p, s in parents.items() if s in ENDED_BADLY]

@@ -29,14 +29,16 @@ from __future__ import annotations
 import subprocess
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from harness.config import ClusterConfig
 from harness.launchers import feeder
 from harness.launchers.base import (
     PREFIXES,
     REQUEUABLE,
-    BaseLauncher,
+    Launcher,
     Row,
     downstream,
     needs_care,
@@ -50,6 +52,7 @@ from harness.launchers.slurm_site import (
     _run,
     check_gpu_types,
     fit,
+    sbatch_parameters,
     submit_room,
 )
 from harness.launchers.slurm_submit import Submission
@@ -219,9 +222,13 @@ def look_after(config: ClusterConfig, store: Store, rows: list[Row]) -> bool:
     waiting jobs as room frees, unless the sweep's feeder is in the queue to do it (what the
     feeders sent is read in first). Whether it changed any job's row."""
     changed = False
-    for step in (feeder.collect, retry_host_failures, retry_dropped_dependencies):
-        done = step(store, rows) if step is feeder.collect else step(config, store, rows)
-        if done:  # the next step works on the rows as this one left them
+    steps: list[Callable[[], Any]] = [
+        lambda: feeder.collect(store, rows),
+        lambda: retry_host_failures(config, store, rows),
+        lambda: retry_dropped_dependencies(config, store, rows),
+    ]
+    for step in steps:
+        if step():  # the next step works on the rows as this one left them
             changed = True
             rows = store.jobs_by_ids([row["id"] for row in rows])
     waiting = any(row["state"] == "waiting" for row in rows)
@@ -287,8 +294,31 @@ def cancel(slurm_ids: list[str]) -> None:
 
 
 @register("slurm")
-class SlurmLauncher(BaseLauncher):
+class SlurmLauncher(Launcher):
     """Jobs as SLURM jobs through submitit; ``submit`` returns once they are queued."""
+
+    queued = True
+
+    @classmethod
+    def describe(cls, gpu: Any, per_node: int, nodes: int) -> str:
+        params = sbatch_parameters(gpu, per_node, nodes)
+        flags = [
+            f"--{key.replace('_', '-')}={value}"
+            for key, value in params.items()
+            if value not in (None, {}, []) and key != "srun_args"
+        ]
+        flags += [f"(srun {' '.join(params['srun_args'])})"] if "srun_args" in params else []
+        return "sbatch " + " ".join(flags)
+
+    def look_after(self, rows: list[Row]) -> bool:
+        return look_after(self.sweep_config(), self.store, rows)
+
+    def waiting_note(self) -> str:
+        fed = feeder.current(feeder.folder_of(self.sweep_config()))
+        if not fed:
+            return ""
+        return (f"; feeder job {fed} submits the waiting jobs as room frees (nothing needs to "
+                "stay running here)")  # fmt: skip
 
     def check(self, jobs: list[Row]) -> None:
         check_gpu_types(self.sweep_config(), {job["gpu_type"] for job in jobs})
