@@ -70,11 +70,8 @@ def collect(
                 moved.append(_cursor(row["id"], 0, -1, 0, now))
             continue
         offset = cursor["offset"] if cursor else 0
-        unchanged = cursor is not None and (cursor["size"], cursor["mtime_ns"]) == (
-            stat.st_size,
-            stat.st_mtime_ns,
-        )
-        if unchanged:
+        seen = (stat.st_size, stat.st_mtime_ns)
+        if cursor is not None and (cursor["size"], cursor["mtime_ns"]) == seen:  # unchanged
             if row["state"] in ENDED:  # looked at again after its end: say when
                 moved.append({**cursor, "checked_at": now})
             continue

@@ -149,6 +149,8 @@ def _scaling(groups: dict, shapes: dict[str, tuple[str, int]], label: str, model
     if not measured or ips is None or not measured[0][1]:
         return None
     base_nodes, base_ips = measured[0]
+    if base_ips is None:
+        return None
     return round(ips / (nodes / base_nodes * base_ips), 3)
 
 
@@ -170,9 +172,10 @@ def headline(values: list[float | None]) -> tuple[float | None, str]:
     n = len(values)
     if n >= 5:
         ordered = sorted(values, key=lambda v: (v is None, v))[1:-1]
-        if any(v is None for v in ordered):
+        kept = [v for v in ordered if v is not None]
+        if len(kept) < len(ordered):
             return None, f"MLPerf (mean of {n - 2} of {n})"
-        return round(statistics.fmean(ordered), 4), f"MLPerf (mean of {n - 2} of {n})"
+        return round(statistics.fmean(kept), 4), f"MLPerf (mean of {n - 2} of {n})"
     return _median([v for v in values if v is not None]), "median"
 
 
@@ -270,9 +273,9 @@ def deployment_figures(store: Store, sweep: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _median(values: list[float]) -> float | None:
-    values = [v for v in values if v is not None]
-    return round(statistics.median(values), 4) if values else None
+def _median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(statistics.median(known), 4) if known else None
 
 
 def _pct(value: float | None) -> float | None:

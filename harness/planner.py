@@ -228,7 +228,7 @@ class _Kind:
             "download": sweep.download, "device": gpu.local or "auto",
             "max_steps": sweep.max_steps,
             "expect_gpu": gpu.gpu_name or ("cpu" if gpu.local == "cpu" else gpu_type),
-            "target_accuracy": (sweep.targets or [None])[0],
+            "target_accuracy": sweep.targets[0] if sweep.targets else None,
         }  # fmt: skip
         if self.stage == "transfer":
             return TransferSpec(init_from="-", **base, **training)

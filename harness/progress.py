@@ -93,8 +93,8 @@ def job_progress(
         if queued_now and submitted:
             wait = max(0.0, now - submitted)
         elif submitted and row["state"] not in HELD_BACK:
-            started = attempt.get("started_at") or row.get("started_at")
-            wait = max(0.0, started - submitted) if started else None
+            began = attempt.get("started_at") or row.get("started_at")
+            wait = max(0.0, began - submitted) if began else None
         out[row["id"]] = {"epoch": k if planned else None, "epochs": planned,
                           "epoch_s": epoch_s, "eta_s": eta, "queue_wait_s": wait,
                           "queued_now": queued_now}  # fmt: skip

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from records.errors import OptionError
 
 Parse = Callable[[str], Any]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,20 @@ def option(default: Any = MISSING, *, default_factory: Any = MISSING, **opt: Any
     )
 
 
-@functools.cache
+def per_class(compute: Callable[[type], T]) -> Callable[[type], T]:
+    """``compute`` of a class, once per class (``functools.cache`` would do, but a type
+    checker will not take a dataclass's class for a hashable key)."""
+    found: dict[type, T] = {}
+
+    def cached(cls: type) -> T:
+        if cls not in found:
+            found[cls] = compute(cls)
+        return found[cls]
+
+    return cached
+
+
+@per_class
 def options_of(cls: type) -> dict[str, tuple[Opt, dataclasses.Field]]:
     """The options of a spec class, in the order of its fields: name -> (Opt, field)."""
     return {
@@ -52,7 +65,7 @@ def options_of(cls: type) -> dict[str, tuple[Opt, dataclasses.Field]]:
     }
 
 
-@functools.cache
+@per_class
 def settable(cls: type) -> tuple[str, ...]:
     """The option names a sweep may set for a job of this spec class (as in cluster.yaml)."""
     return tuple(name for name, (opt, _) in options_of(cls).items() if not opt.by_harness)
@@ -116,12 +129,16 @@ def check(cls: type, options: dict[str, Any]) -> None:
     """Raise OptionError, naming the option, on anything in ``options`` (a sweep's, or a
     spec's own) that the job's command line would refuse, in the words it would use. (Every
     job of a sweep has the same options: each set is checked once, in name order.)"""
-    _check_once(cls, json.dumps(options, sort_keys=True, default=repr))
+    key = (cls, json.dumps(options, sort_keys=True, default=repr))
+    if key not in _CHECKED:
+        _check(cls, json.loads(key[1]))
+        _CHECKED.add(key)
 
 
-@functools.lru_cache(maxsize=256)
-def _check_once(cls: type, text: str) -> None:
-    options = json.loads(text)
+_CHECKED: set[tuple[type, str]] = set()
+
+
+def _check(cls: type, options: dict[str, Any]) -> None:
     known = settable(cls)
     declared = options_of(cls)
     for key, value in options.items():

@@ -58,7 +58,7 @@ def _add_option(parser: argparse.ArgumentParser, name: str, opt: Opt, field: Any
     metavar = opt.metavar or ("{" + ",".join(choices) + "}" if choices else None)
     metavar = metavar or flag.removeprefix("--").replace("-", "_").upper()
     parser.add_argument(
-        flag, dest=name, type=opt.parse, default=default, nargs="+" if opt.many else None,
+        flag, dest=name, type=opt.parse or str, default=default, nargs="+" if opt.many else None,
         required=opt.required, metavar=metavar, help=opt.help,
     )  # fmt: skip
 

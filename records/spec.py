@@ -7,7 +7,6 @@ No torch here: the harness builds and checks specs on a login node.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
@@ -25,6 +24,7 @@ from records.fields import (
     number,
     one_of,
     option,
+    per_class,
     positive,
     settable,
 )
@@ -74,7 +74,7 @@ def reporting_store(store: str | None) -> str | None:
     return None if store == OUTBOX_ONLY else store
 
 
-@functools.cache
+@per_class
 def _field_names(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls))
 

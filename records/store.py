@@ -382,7 +382,7 @@ def _add_missing_columns(conn: Any) -> None:
                 conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
 
-def store_problem(exc: SQLAlchemyError) -> str:
+def store_problem(exc: Exception) -> str:
     """The database's own first line about what went wrong (no SQL, no traceback)."""
     orig = getattr(exc, "orig", None)
     text_ = str(orig if orig is not None else exc).strip()

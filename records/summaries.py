@@ -72,8 +72,8 @@ def last_epoch(job_epochs: list[Any]) -> tuple[int | None, float | None]:
         return None, None
     last = job_epochs[-1]
     before = job_epochs[-2] if len(job_epochs) > 1 else None
-    one_attempt = before is not None and before.attempt == last.attempt
-    if one_attempt and last.recorded_at and before.recorded_at:
+    one_attempt = before is not None and before.attempt == last.attempt  # wrote both
+    if one_attempt and before is not None and last.recorded_at and before.recorded_at:
         return last.epoch, last.recorded_at - before.recorded_at
     return last.epoch, ((last.epoch_time or 0.0) + (last.eval_time or 0.0)) or None
 

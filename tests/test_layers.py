@@ -154,6 +154,38 @@ def test_the_import_graph_has_no_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
+def test_the_seams_are_typed_and_the_states_named_once():
+    """Job rows are records.schema.JobRow, held to the jobs table's columns; the state names
+    are one Literal type with their groups beside it, and no module of the harness writes a
+    group of them out again; and mypy passes over records/ and harness/ (the README's test
+    command runs it too; here with the checkout's cache)."""
+    from typing import get_args
+
+    from records import schema
+
+    assert set(schema.JobRow.__annotations__) == set(schema.jobs.c.keys())
+    assert get_args(schema.State) == schema.STATES
+    groups = [schema.ENDED, schema.UNFINISHED, schema.IN_FLIGHT, schema.NOT_STARTED,
+              schema.HELD_BACK, schema.ENDED_BADLY]  # fmt: skip
+    assert all(set(group) <= set(schema.STATES) for group in groups)
+    state = "|".join(schema.STATES)
+    written = re.compile(rf'\(\s*"(?:{state})"(?:\s*,\s*"(?:{state})")+\s*,?\s*\)')
+    named = {frozenset(group) for group in groups}
+    loose = [
+        f"{path.relative_to(ROOT)}: {match[0]}"
+        for package in ("harness", "records")
+        for path in modules(package)
+        if path.name != "schema.py"
+        for match in written.finditer(path.read_text())
+        if frozenset(re.findall(r'"(\w+)"', match[0])) in named
+    ]
+    assert loose == []
+    checked = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=600)  # fmt: skip
+    assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr[-2000:]
+    assert "no issues found" in checked.stdout
+
+
 def test_records_and_harness_load_no_torch_and_no_pandas():
     """Every module of ``records`` and ``harness`` imported in a fresh interpreter: the CLI
     starts on a login node without torch, and the pandas API's cost stays out of it."""
@@ -421,27 +453,41 @@ def test_the_outbox_format_is_described_once(tmp_path):
         read_outbox(writer.path)
 
 
-def test_launchers_share_one_protocol(tmp_path):
+def test_a_launcher_is_one_abstract_class_registered_by_name(tmp_path):
+    """One abstract class with documented verbs; each launcher a registered subclass that
+    implements them, imported when first asked for; the harness's sweep and CLI never ask
+    which launcher it is."""
     from harness import launchers
     from harness.launchers import MODULES
     from harness.launchers.base import Launcher
     from records.errors import UserError
     from records.store import Store
 
-    operations = [
-        name for name, _ in inspect.getmembers(Launcher, inspect.isfunction) if name[0] != "_"
-    ]
-    assert sorted(operations) == ["cancel", "check", "logs", "poll", "submit"]
+    verbs = ["describe", "check", "submit", "poll", "wait", "look_after", "waiting_note",
+             "cancel", "logs"]  # fmt: skip
+    public = {name for name, _ in inspect.getmembers(Launcher, callable) if name[0] != "_"}
+    assert public == {*verbs, "sweep_config"}
+    assert inspect.isabstract(Launcher)
+    assert Launcher.__abstractmethods__ == {"describe", "submit"}
+    for verb in verbs:
+        assert getattr(Launcher, verb).__doc__, verb  # each verb says what it does
     store = Store(f"sqlite:///{tmp_path / 'results.db'}")
     for name in MODULES:
         launcher = launchers.get(name, store)
-        assert launcher.name == name
-        for operation in operations:
-            assert callable(getattr(launcher, operation)), (name, operation)
+        assert isinstance(launcher, Launcher) and launcher.name == name
+        assert not inspect.isabstract(type(launcher))
+        assert type(launcher).__module__ == MODULES[name]
         row = {"id": "j", "launcher_job_id": launcher.prefix + "1", "job_dir": "/nowhere"}
         assert launchers.launcher_of(row) == name
     with pytest.raises(UserError, match="unknown launcher 'pbs'"):
         launchers.get("pbs", store)
+    names = re.compile(r"""["'](local|slurm|ray)["']""")
+    asking = [
+        str(path.relative_to(ROOT))
+        for path in [ROOT / "harness" / "sweep.py", *modules("harness/cli")]
+        if names.search(path.read_text())
+    ]
+    assert asking == []
     # The dependency rule is written once, in the Driver's module, for every launcher.
     rule = [
         str(path.relative_to(ROOT))
