@@ -57,6 +57,23 @@ CLUSTER_MODULES = (
     "test_multinode_ray.py",
 )
 CLUSTER_MARKERS = ("slurm", "ray")
+# The modules whose tests start a cluster, a sweep, a training job or an export (seconds to
+# minutes each on 2 cores): every test in them is marked slow, so that `pytest -m "not
+# slow"` is the quick loop of development. Tests of that kind in other modules carry the
+# mark themselves.
+SLOW_MODULES = (
+    *CLUSTER_MODULES,
+    "test_sweep.py",
+    "test_deploy.py",
+    "test_export.py",
+    "test_caffe2.py",
+    "test_fashion_mnist.py",
+    "test_train.py",
+    "test_ddp.py",
+    "test_recovery.py",
+    "test_report.py",
+    "test_job_environment.py",
+)
 
 
 def _scope(nodeid: str) -> str:
@@ -65,9 +82,12 @@ def _scope(nodeid: str) -> str:
 
 
 def pytest_collection_modifyitems(config, items):
-    """The cluster tests first (the longest unit of work), and a check that every test that
-    needs a cluster lives in one of the cluster modules."""
+    """The slow modules' tests marked slow, the cluster tests first (the longest unit of
+    work), and a check that every test that needs a cluster lives in one of the cluster
+    modules."""
     for item in items:
+        if item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
         if any(item.get_closest_marker(m) for m in CLUSTER_MARKERS):
             assert _scope(item.nodeid) == "clusters", (
                 f"{item.nodeid} needs a cluster: put it in one of {', '.join(CLUSTER_MODULES)}"
