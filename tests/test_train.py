@@ -3,7 +3,6 @@
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ import torch
 from records.spec import EXIT_DIVERGED, EXIT_REQUEUE, EXIT_USER_ERROR
 
 from .formats import write_cifar100
-from .jobtools import TINY, events, final_weights, job_cmd, job_env, records, run_job
+from .jobtools import TINY, events, final_weights, job_cmd, job_env, records, run_job, wait_for
 
 
 def test_epoch_reports_and_final_summary(tmp_path):
@@ -74,6 +73,11 @@ def test_train_loss_is_the_mean_over_the_epoch(tmp_path):
     assert reported != pytest.approx(losses[-1], rel=1e-4)
 
 
+def checkpointed_after(out, epoch: int) -> bool:
+    """Whether the job's outbox records its checkpoint at the end of ``epoch``."""
+    return any(e["epoch"] == epoch and e["step"] == 0 for e in events(out, "checkpoint"))
+
+
 def test_killed_mid_epoch_and_resumed_is_bitwise_identical(tmp_path):
     args = [*TINY, "--epochs", "3", "--max-steps", "12"]
     straight = tmp_path / "straight"
@@ -87,11 +91,11 @@ def test_killed_mid_epoch_and_resumed_is_bitwise_identical(tmp_path):
         stderr=subprocess.DEVNULL,
         text=True,
     )
-    # Wait for the end of epoch 1, then kill in the middle of epoch 2.
+    # Kill once epoch 1's checkpoint is saved (its record says so): in epoch 2, whatever
+    # the machine's pace.
     line = proc.stdout.readline()
     assert line.startswith("epoch   1/3"), line
-    epoch_time = records(killed, "epoch")[0]["epoch_time"]
-    time.sleep(epoch_time / 2)
+    wait_for(lambda: checkpointed_after(killed, 1), 120, "epoch 1's checkpoint record")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not records(killed, "final")
@@ -121,7 +125,9 @@ def test_preemption_signal_checkpoints_and_exits_for_requeue(tmp_path, signum):
         text=True,
     )
     assert proc.stdout.readline().startswith("epoch   1/4")
-    time.sleep(records(out, "epoch")[0]["epoch_time"] / 3)
+    # The signal once epoch 1's checkpoint is saved (its record says so): it lands in epoch
+    # 2, which checks for it after every step (--check-every 1).
+    wait_for(lambda: checkpointed_after(out, 1), 120, "epoch 1's checkpoint record")
     proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == EXIT_REQUEUE, stderr
