@@ -97,7 +97,9 @@ foreign_daemons() {
     done
     for pid in $(pgrep -x slurmctld; pgrep -x slurmd; pgrep -x slurmdbd); do
         case "$ours" in *" $pid "*) continue ;; esac
-        tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null \
+        # gone since pgrep, or a zombie (a daemon shut down, not yet reaped): not running
+        case "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" in "" | Z) continue ;; esac
+        tr '\0' '\n' 2>/dev/null <"/proc/$pid/environ" \
             | grep -qx 'SLURM_CONF=/etc/slurm-nodes/slurm.conf' && continue
         echo "$(cat "/proc/$pid/comm" 2>/dev/null) (pid $pid)"
     done
