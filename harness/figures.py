@@ -92,7 +92,8 @@ def _figures(
     cost = None
     if price is not None and train_times:
         cost = round(statistics.median(train_times) / 3600 * g.get("gpus", [1])[0] * price, 4)
-    med = {name: _median(g.get(name, [])) for name in (*TELEMETRY, "images_per_sec")}
+    med = {name: _median(g.get(name, []), None) for name in TELEMETRY}
+    med["images_per_sec"] = _median(g.get("images_per_sec", []))
     return {
         "epoch_time_s": epoch_time,
         "images_per_s": med["images_per_sec"],
@@ -273,9 +274,14 @@ def deployment_figures(store: Store, sweep: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _median(values: list[float | None]) -> float | None:
+def _median(values: list[float | None], digits: int | None = 4) -> float | None:
+    """The median of the known values, rounded to ``digits`` (None: not rounded, for a
+    figure rounded once where it is shown: rounding twice can move its last digit)."""
     known = [v for v in values if v is not None]
-    return round(statistics.median(known), 4) if known else None
+    if not known:
+        return None
+    middle = statistics.median(known)
+    return middle if digits is None else round(middle, digits)
 
 
 def _pct(value: float | None) -> float | None:
