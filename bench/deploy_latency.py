@@ -26,17 +26,18 @@ import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from jobs import data
-from jobs.caffe2_runtime import Caffe2Error, Caffe2Runtime
 from jobs.data import normalise
 from jobs.export import export_all, load_trained
-from jobs.infer import logits_of, quantize_int8, time_batches
-from jobs.runtimes import onnx_session
+from jobs.infer import logits_of, time_batches
+from jobs.runtimes import Runtime, Setting, Unavailable, create
 
 VARIANTS = ("resnest50_bottleneck", "resnest50_basic")
 FASHION = "/usr/share/datasets/fashion-mnist"
@@ -53,6 +54,12 @@ def train(model: str, folder: Path, steps: int, data_dir: str, lr: float) -> Pat
     ]  # fmt: skip
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return folder
+
+
+def prepared(name: str, setting: Setting) -> tuple[Runtime, dict[str, Any]]:
+    """The runtime ``name``, prepared, and its record."""
+    runtime = create(name, setting)
+    return runtime, runtime.prepare()
 
 
 def main() -> None:
@@ -90,48 +97,36 @@ def main() -> None:
             source = Path(given)
         else:
             source = train(variant, work / variant, args.train_steps, args.data_dir, args.lr)
-        model, _ = load_trained(source)
-        paths = export_all(model, torch.from_numpy(images[:2]), work / f"{variant}-export",
-                           aoti=None)  # fmt: skip
-        int8 = quantize_int8(paths["onnx"], calibration)
-        files = {"onnxruntime": paths["onnx"], "onnxruntime-int8": int8}
-        log = work / f"{variant}-caffe2.log"
-
-        def runner(name: str, threads: int, model=model, files=files, log=log, paths=paths):
-            """The runtime with ``threads`` threads: an fp32 NCHW batch -> logits."""
-            if name == "caffe2":
-                return Caffe2Runtime(paths["onnx_opset11"], log, args.caffe2_python, threads)
-            if name == "eager":
-                torch.set_num_threads(threads)
-
-                def eager(x: np.ndarray) -> np.ndarray:
-                    with torch.no_grad():
-                        return model(torch.from_numpy(x)).numpy()
-
-                return eager
-            session = onnx_session(files[name], threads=threads)
-            return lambda x: session.run(None, {"images": x})[0]
-
-        sizes = {
-            "eager": paths["state_dict"].stat().st_size,
-            "onnxruntime": paths["onnx"].stat().st_size,
-            "onnxruntime-int8": int8.stat().st_size,
-            "caffe2": paths["onnx_opset11"].stat().st_size,
+        model, state = load_trained(source)
+        folder = work / f"{variant}-export"
+        export_all(model, torch.from_numpy(images[:2]), folder, aoti=None)
+        artifacts = {
+            "folder": folder,
+            "model_name": state["model_name"],
+            "num_classes": state["num_classes"],
+            "stem": state.get("stem") or "",
         }
+        caffe2 = str(args.caffe2_python or "")
+        setting = Setting(artifacts, torch.device("cpu"), args.threads, calibration, caffe2,
+                          work / f"{variant}-caffe2.log")  # fmt: skip
         reference = None
         base_ms = None
         accuracies = {}
+        info: dict[str, dict] = {}
         for name in ("eager", "onnxruntime", "onnxruntime-int8", "caffe2"):
             one = np.ascontiguousarray(images[:1])
             try:
-                timed, evaluated = runner(name, args.threads), runner(name, args.eval_threads)
-            except Caffe2Error as exc:
+                timed, info[name] = prepared(name, setting)
+                evaluated, _ = prepared(name, replace(setting, threads=args.eval_threads))
+            except Unavailable as exc:
                 print(f"{variant:<{w}}{name:<18}unavailable: {exc}", flush=True)
                 continue
+            torch.set_num_threads(args.threads)  # eager's threads are the process's
             timing = time_batches(timed, one, warmup=5, iters=args.iters)
+            torch.set_num_threads(args.eval_threads)
             logits = logits_of(evaluated, images, 256)
-            for run in (timed, evaluated):
-                getattr(run, "close", lambda: None)()
+            for made in (timed, evaluated):
+                made.close()
             if reference is None:
                 reference, base_ms = logits, timing["latency_p50_ms"]
             predicted = logits.argmax(1)
@@ -142,12 +137,12 @@ def main() -> None:
             print(
                 f"{variant:<{w}}{name:<18}{timing['latency_p50_ms']:8.2f}"
                 f"{base_ms / timing['latency_p50_ms']:8.2f}x{accuracy:8.2f}{agreement:9.2f}"
-                f"{diff:10.1e}{sizes[name] / 1e6:8.2f}",
+                f"{diff:10.1e}{info[name]['bytes'] / 1e6:8.2f}",
                 flush=True,
             )
             if name == "caffe2":
-                print(f"{'':<{w}}Caffe2: {timed.versions}", flush=True)
-        ratio = sizes["onnxruntime"] / sizes["onnxruntime-int8"]
+                print(f"{'':<{w}}Caffe2: {info[name]['versions']}", flush=True)
+        ratio = info["onnxruntime"]["bytes"] / info["onnxruntime-int8"]["bytes"]
         change = accuracies["onnxruntime-int8"] - accuracies["onnxruntime"]
         print(f"{'':<{w}}INT8 / fp32 ONNX size: 1/{ratio:.2f}; INT8 accuracy {change:+.2f} pt")
 

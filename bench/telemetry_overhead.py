@@ -20,6 +20,7 @@ import time
 import torch
 
 import resnest
+from jobs.device import resolve
 from jobs.telemetry import Sampler, open_source
 
 
@@ -59,9 +60,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    )
+    device = resolve(args.device)
     model = resnest.create(args.model, num_classes=10).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     images = torch.randn(args.batch, 3, 32, 32, device=device)

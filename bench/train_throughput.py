@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
 from jobs import distributed
+from jobs.device import resolve
 from jobs.reporter import NullReporter
 from jobs.stopping import StopFlag
 from jobs.timing import synchronize
@@ -70,7 +71,7 @@ FORMAT_LABEL = {"contiguous": "NCHW", "channels_last": "NHWC"}
 
 def measure(model: str, overrides: dict, args: argparse.Namespace) -> dict:
     env = distributed.detect()
-    device = distributed.select_device(env, args.device)
+    device = resolve(args.device, env.local_rank)
     with tempfile.TemporaryDirectory() as tmp:
         spec = TrainSpec(
             model=model,
@@ -183,7 +184,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
 
-    device = distributed.select_device(distributed.DistEnv(), args.device)
+    device = resolve(args.device)
     cuda = device.type == "cuda"
     args.steps = args.steps or (10 if cuda else 2)
     args.warmup = args.warmup or (5 if cuda else 1)

@@ -1,4 +1,5 @@
-"""The ``caffe2`` runtime: the export's opset-11 ONNX file in Caffe2, in an interpreter of its own.
+"""The ``caffe2`` runtime's process: the export's opset-11 ONNX file in Caffe2, in an
+interpreter of its own (the runtime itself is ``jobs.runtimes.Caffe2``).
 
 Caffe2 exists only in torch 1.10.2 and earlier, for Python 3.9 at the latest, so it cannot run
 in the job's interpreter. ``scripts/caffe2-env.sh up`` builds one; the job starts it once as a
@@ -34,7 +35,7 @@ class Caffe2Error(Exception):
     """Caffe2 cannot run this model here; the message says why (and how to fix it)."""
 
 
-class Caffe2Runtime:
+class Caffe2Process:
     """A Caffe2 child process holding one prepared model."""
 
     def __init__(

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+import resnest
+
 log = logging.getLogger(__name__)
 NAME = re.compile(r"^ckpt-e(\d{5})-s(\d{6})\.pt$")
 
@@ -124,3 +126,14 @@ def load_source(path: Path) -> dict[str, Any]:
             raise CheckpointError(f"{path}: no valid checkpoint in {path / 'checkpoints'}{why}")
         return state
     return load(path)
+
+
+def model_from(state: dict[str, Any], weights: dict[str, Any] | None = None) -> resnest.ResNeSt:
+    """The network a saved state describes (its ``model_name``, ``num_classes`` and ``stem``,
+    as checkpoints and an export's ``model.json`` hold them), with its weights: ``weights``,
+    else the state's own ``model``. In eval mode; a caller that trains sets ``train()``."""
+    model = resnest.create(
+        state["model_name"], num_classes=state["num_classes"], stem=state.get("stem") or None
+    )
+    model.load_state_dict(state["model"] if weights is None else weights)
+    return model.eval()

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from jobs import gpu_arch
 from records.errors import UserError
 
 
@@ -83,19 +82,6 @@ def first_host(nodelist: str) -> str:
         return prefix
     first = ranges.split(",")[0].split("-")[0]
     return prefix + first
-
-
-def select_device(env: DistEnv, requested: str = "auto") -> torch.device:
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' was asked for, but no CUDA device is visible")
-        device = torch.device("cuda", env.local_rank % torch.cuda.device_count())
-        gpu_arch.check(device)  # before anything runs: one line, not a kernel-image crash
-        torch.cuda.set_device(device)
-        return device
-    return torch.device(requested)
 
 
 # How long a rank waits in a collective (and at the rendezvous) for a peer that does not

@@ -33,10 +33,10 @@ from typing import Any
 
 import torch
 
-import resnest
-from jobs import data, gpu_arch
-from jobs.checkpoint import CheckpointError, load_source, sha256_file
+from jobs import data
+from jobs.checkpoint import CheckpointError, load_source, model_from, sha256_file
 from jobs.data import test_batch
+from jobs.device import resolve
 from jobs.reporter import reporter_for
 from jobs.runtimes import onnx_session
 from jobs.stage import Ended, guarded, main_for
@@ -58,11 +58,7 @@ class ParityError(Ended):
 def load_trained(source: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The network of a checkpoint (file) or of a job folder's latest valid checkpoint."""
     state = load_source(source)
-    model = resnest.create(
-        state["model_name"], num_classes=state["num_classes"], stem=state.get("stem") or None
-    )
-    model.load_state_dict(state["model"])
-    return model.eval(), state
+    return model_from(state), state
 
 
 def choose_winner(
@@ -186,11 +182,7 @@ def parity(model: torch.nn.Module, onnx_path: Path, images: torch.Tensor) -> dic
 def run(spec: ExportSpec) -> dict[str, Any]:
     """Export the network of the spec's source (or the winner of its sources)."""
     out = Path(spec.out_dir)
-    aoti = None if spec.no_aoti else spec.aoti_device
-    if aoti == "auto":
-        aoti = "cuda" if torch.cuda.is_available() else "cpu"
-    if aoti == "cuda":  # compiled for this GPU: one line, not a kernel-image crash
-        gpu_arch.check(torch.device("cuda", torch.cuda.current_device()))
+    aoti = None if spec.no_aoti else resolve(spec.aoti_device).type  # cuda: the current GPU
     reporter = reporter_for(out, spec.job_id, spec.attempt, spec.store)
     if not spec.sources:
         raise CheckpointError("an export job needs a source: a job folder or a checkpoint")

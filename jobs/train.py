@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from jobs import data, distributed
 from jobs.checkpoint import CheckpointError
+from jobs.device import resolve
 from jobs.recipe import RecipeError
 from jobs.reporter import NullReporter, Reporter, reporter_for
 from jobs.stage import guarded, main_for
@@ -28,7 +29,7 @@ from records.spec import EXIT_DIVERGED, EXIT_FAILED, EXIT_OK, EXIT_REQUEUE, Trai
 def run(spec: TrainSpec, reporter: Reporter | None = None) -> dict[str, Any]:
     """Run one job to the end. Raises Diverged, Requeue, or a user error."""
     env = distributed.detect()
-    device = distributed.select_device(env, spec.device)
+    device = resolve(spec.device, env.local_rank)
     rendezvous_s = distributed.init_process_group(env, device)
     if reporter is None:
         reporter = (

@@ -20,7 +20,7 @@ from torch import nn
 
 import resnest
 from jobs import checkpoint, data, distributed, memory_format, telemetry
-from jobs.checkpoint import load_source
+from jobs.checkpoint import CheckpointError, load_source, model_from
 from jobs.loader import PIPELINES, DeviceLoader
 from jobs.provenance import params_digest, provenance
 from jobs.recipe import RecipeError, as_dict, get_recipe
@@ -134,10 +134,12 @@ class Trainer:
         if not isinstance(self.spec, TransferSpec):
             return resnest.create(self.spec.model, num_classes=num_classes, stem=self.spec.stem)
         source = load_source(Path(self.spec.init_from))
-        model = resnest.create(
-            self.spec.model, num_classes=source["num_classes"], stem=source.get("stem") or None
-        )
-        model.load_state_dict(source["model"])
+        if source["model_name"] != self.spec.model:
+            raise CheckpointError(
+                f"{self.spec.init_from}: a {source['model_name']} checkpoint; this job's "
+                f"model is {self.spec.model}"
+            )
+        model = model_from(source).train()
         model.reset_classifier(num_classes)
         return model
 

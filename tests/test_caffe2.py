@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import resnest
-from jobs.caffe2_runtime import Caffe2Error, Caffe2Runtime
+from jobs.caffe2_runtime import Caffe2Error, Caffe2Process
 from jobs.caffe2_worker import adjust
 
 from .conftest import CAFFE2_PYTHON, needs_caffe2, randomize_
@@ -74,7 +74,7 @@ def test_a_rewritten_pad_and_a_named_pool_run_in_caffe2_as_in_eager(tmp_path):
     model = Padded()
     path = export(model, tmp_path / "padded.onnx", 11)
     x = np.random.default_rng(0).standard_normal((3, 3, 16, 16)).astype(np.float32)
-    runtime = Caffe2Runtime(path, tmp_path / "caffe2.log", threads=1)
+    runtime = Caffe2Process(path, tmp_path / "caffe2.log", threads=1)
     try:
         got = runtime(x)
     finally:
@@ -141,7 +141,7 @@ class RadixSoftmax(nn.Module):
 
 
 def caffe2_vs_eager(model: nn.Module, path: Path, x: np.ndarray) -> float:
-    runtime = Caffe2Runtime(path, path.with_suffix(".log"), threads=1)
+    runtime = Caffe2Process(path, path.with_suffix(".log"), threads=1)
     try:
         got = runtime(x)
     finally:
@@ -171,4 +171,4 @@ def test_a_missing_model_file_is_named(tmp_path):
     python = tmp_path / "python"
     python.touch()  # the interpreter is checked first: it must exist for this message
     with pytest.raises(Caffe2Error, match=r"^no model.caffe2.onnx in .*: export again"):
-        Caffe2Runtime(tmp_path / "model.caffe2.onnx", tmp_path / "log", python=python)
+        Caffe2Process(tmp_path / "model.caffe2.onnx", tmp_path / "log", python=python)

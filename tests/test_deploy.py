@@ -295,7 +295,7 @@ def test_an_aoti_package_for_another_device_or_a_broken_one_is_a_row(exports, tm
 
 
 def test_a_runtime_that_crashes_costs_its_row_not_the_job():
-    from jobs.infer import Unavailable, isolated
+    from jobs.runtimes import Unavailable, isolated
 
     isolated("print('fine')", what="a runtime")  # runs, nothing raised
     with pytest.raises(

@@ -199,6 +199,15 @@ def test_transfer_with_a_frozen_backbone(tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in backbone)  # BN statistics too
     start = records(out, "start")[0]
     assert start["recipe"]["lr"] == 0.001 and start["recipe"]["schedule"] == "step"
+    # Another network than the checkpoint's: one line naming both, not a state-dict dump.
+    other = ["--model", "resnest_tiny_bottleneck", "--dataset", "synthetic"]
+    result = run_job(tmp_path / "other", "--from", str(source), *other, stage="transfer")
+    assert result.returncode == EXIT_USER_ERROR, result.stderr
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert (
+        f"{source}: a resnest_tiny_basic checkpoint; this job's model is "
+        "resnest_tiny_bottleneck" in result.stderr
+    )
 
 
 def test_bad_input_is_one_line(tmp_path):
