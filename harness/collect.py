@@ -29,13 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from records.outbox import NAME, read_from
-from records.schema import ENDED, IN_FLIGHT
+from records.schema import ENDED, IN_FLIGHT, JobRow
 from records.store import Store
 
 GRACE_S = 60.0
 
 
-def due(row: dict[str, Any], cursor: dict[str, Any] | None, now: float) -> bool:
+def due(row: JobRow, cursor: dict[str, Any] | None, now: float) -> bool:
     """Whether the job's outbox may have records the store lacks."""
     if row["state"] in IN_FLIGHT:
         return True
@@ -47,9 +47,7 @@ def due(row: dict[str, Any], cursor: dict[str, Any] | None, now: float) -> bool:
     return (cursor["checked_at"] or 0.0) <= ended + GRACE_S
 
 
-def collect(
-    store: Store, rows: list[dict[str, Any]], force: bool = False, quiet: bool = False
-) -> int:
+def collect(store: Store, rows: list[JobRow], force: bool = False, quiet: bool = False) -> int:
     """Read the new records of the outboxes of ``rows`` (store job rows) into the store;
     ``force``: look at each of them, due or not. Returns how many records were stored."""
     now = time.time()

@@ -31,7 +31,7 @@ from functools import lru_cache
 from typing import Any
 
 from records.errors import UserError
-from records.schema import ENDED, HELD_BACK, NOT_STARTED, UNFINISHED
+from records.schema import ENDED, HELD_BACK, NOT_STARTED, UNFINISHED, JobRow
 from records.store import Store
 
 
@@ -45,7 +45,7 @@ def _planned(recipe: str, stage: str, overrides: str) -> int | None:
         return None
 
 
-def planned_epochs(row: dict[str, Any]) -> int | None:
+def planned_epochs(row: JobRow) -> int | None:
     """The epochs a training or transfer job's recipe plans (None for other stages)."""
     spec = row.get("spec") or {}
     if row.get("stage") not in ("train", "transfer"):
@@ -55,7 +55,7 @@ def planned_epochs(row: dict[str, Any]) -> int | None:
 
 
 def job_progress(
-    rows: list[dict[str, Any]], store: Store, now: float | None = None
+    rows: list[JobRow], store: Store, now: float | None = None
 ) -> dict[str, dict[str, Any]]:
     """job id -> {epoch, epochs, epoch_s, eta_s, queue_wait_s, queued_now} (None where not
     known)."""
@@ -101,7 +101,7 @@ def job_progress(
     return out
 
 
-def sweep_eta(rows: list[dict[str, Any]], progress: dict[str, dict[str, Any]]) -> str:
+def sweep_eta(rows: list[JobRow], progress: dict[str, dict[str, Any]]) -> str:
     """The sweep's ETA as a line for status (see the module's note for how it is made)."""
     unfinished = [row for row in rows if row["state"] in UNFINISHED]
     if not unfinished:

@@ -7,12 +7,12 @@ from typing import Any
 
 from harness.figures import deployment_figures, figures
 from records import queries
-from records.schema import NOT_STARTED, STATES, State
+from records.schema import NOT_STARTED, STATES, JobRow, State
 from records.store import Store
 
 
 def status_rows(
-    store: Store, sweep: str, human: bool = True, rows: list[dict[str, Any]] | None = None
+    store: Store, sweep: str, human: bool = True, rows: list[JobRow] | None = None
 ) -> tuple[dict[State, int], list[dict[str, Any]], str]:
     """Counts by state, a row per job, and the sweep's ETA line (``harness.progress`` says
     how each figure is made). ``human``: durations as text and epoch as "k/N"; otherwise

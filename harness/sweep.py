@@ -12,7 +12,7 @@ from harness.config import ClusterConfig
 from harness.launchers.base import REQUEUABLE, Row, downstream, launcher_of
 from harness.planner import JobPlan, job_dir, plan, select
 from records.errors import UserError
-from records.schema import ENDED_BADLY, IN_FLIGHT, UNFINISHED
+from records.schema import ENDED_BADLY, IN_FLIGHT, UNFINISHED, PlannedJob
 from records.store import Store, open_store, url_for_jobs
 
 
@@ -45,7 +45,7 @@ def placement(config: ClusterConfig, jobs: list[JobPlan]) -> list[str]:
     return lines
 
 
-def _row(jobs_folder: str, job: JobPlan) -> Row:
+def _row(jobs_folder: str, job: JobPlan) -> PlannedJob:
     """The store's row of a planned job (its folder in ``jobs_folder``); its spec is the
     planned spec's dict."""
     return {

@@ -3,6 +3,7 @@ record updates its row instead of adding one (see ``records.store``)."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from typing import Any, Literal, TypedDict, get_args
 
@@ -21,6 +22,11 @@ from sqlalchemy import (
     any_,
     bindparam,
 )
+
+if sys.version_info >= (3, 11):
+    from typing import NotRequired
+else:  # pydantic's dependency
+    from typing_extensions import NotRequired
 
 SCHEMA_VERSION = 6
 # A job's states: planned (pending); kept back by the harness until the cluster has room for
@@ -70,13 +76,10 @@ jobs = Table(
 )
 
 
-class JobRow(TypedDict):
-    """A row of ``jobs`` as the store gives it (``Store.jobs``): what the harness passes
-    between its commands, its launchers and the store (``tests/test_layers.py`` holds it to
-    the table's columns)."""
+class PlannedJob(TypedDict):
+    """What the plan gives a job's row (``Store.add_jobs``); the store adds the rest."""
 
     id: str
-    sweep: str
     stage: str
     model: str
     dataset: str
@@ -86,14 +89,25 @@ class JobRow(TypedDict):
     repeat: int
     spec: dict[str, Any]
     depends_on: list[str] | None
+    job_dir: str  # always planned: the folder the job writes its outbox in
+
+
+class JobRow(PlannedJob):
+    """A row of ``jobs`` as the store gives it (``Store.jobs``): what the harness passes
+    between its commands, its launchers and the store (``tests/test_layers.py`` holds its
+    required keys to the table's columns). Two keys are the harness's own, never stored: a
+    retry's ``exclude`` and a feeder's ``spec_text``."""
+
+    sweep: str
     state: State
     attempt: int
     reason: str | None
     launcher_job_id: str | None
-    job_dir: str | None
     submitted_at: float | None
     started_at: float | None
     ended_at: float | None
+    exclude: NotRequired[str]  # a retry after a host failure: hosts it must not land on
+    spec_text: NotRequired[str]  # a job in a feeder's feed: its spec file's text
 
 
 EPOCH_FIELDS = (

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     bindparam,
@@ -37,6 +37,8 @@ from records.schema import (
     EPOCH_FIELDS,
     SCHEMA_VERSION,
     STATES,
+    JobRow,
+    PlannedJob,
     among,
     artifacts,
     attempts,
@@ -55,6 +57,12 @@ from records.schema import (
 from records.schema import summaries as job_summaries
 from records.spec import store_from_environment
 from records.sqlite_file import DAMAGED, _check_sqlite_file, _sqlite_pragmas, journal_mode_for
+
+
+def _job_row(row: Any) -> JobRow:
+    """A row of the jobs table, as the harness's type says it is (the columns are held to
+    ``JobRow`` by ``tests/test_layers.py``)."""
+    return cast(JobRow, dict(row._mapping))
 
 
 def default_url(results_dir: str | Path) -> str:
@@ -189,12 +197,12 @@ class Store:
                 update_columns=("config",),
             )
 
-    def add_jobs(self, sweep: str, rows: Iterable[dict[str, Any]]) -> list[str]:
+    def add_jobs(self, sweep: str, rows: Iterable[PlannedJob]) -> list[str]:
         """Insert planned jobs that the store does not hold yet; return their ids."""
         rows = list(rows)
         with self.begin() as conn:
             known = set(conn.execute(select(jobs.c.id).where(jobs.c.sweep == sweep)).scalars())
-            new = [
+            new: list[dict[str, Any]] = [
                 {**row, "sweep": sweep, "state": "pending", "attempt": 0}
                 for row in rows
                 if row["id"] not in known
@@ -203,24 +211,24 @@ class Store:
                 conn.execute(insert(jobs), new)
         return [row["id"] for row in new]
 
-    def jobs(self, sweep: str | None = None) -> list[dict[str, Any]]:
+    def jobs(self, sweep: str | None = None) -> list[JobRow]:
         query = select(jobs)
         if sweep is not None:
             query = query.where(jobs.c.sweep == sweep)
         with self.begin() as conn:
-            return [dict(row._mapping) for row in conn.execute(query)]
+            return [_job_row(row) for row in conn.execute(query)]
 
-    def job(self, job_id: str) -> dict[str, Any] | None:
+    def job(self, job_id: str) -> JobRow | None:
         with self.begin() as conn:
             matches = conn.execute(select(jobs).where(jobs.c.id.startswith(job_id))).all()
         if len(matches) > 1:
             raise StoreError(f"job id {job_id!r} is ambiguous: {len(matches)} jobs start with it")
-        return dict(matches[0]._mapping) if matches else None
+        return _job_row(matches[0]) if matches else None
 
-    def jobs_by_ids(self, job_ids: list[str]) -> list[dict[str, Any]]:
+    def jobs_by_ids(self, job_ids: list[str]) -> list[JobRow]:
         with self.begin() as conn:
             return [
-                dict(row._mapping)
+                _job_row(row)
                 for where in among(conn, jobs.c.id, job_ids)
                 for row in conn.execute(select(jobs).where(where))
             ]

@@ -163,7 +163,10 @@ def test_the_seams_are_typed_and_the_states_named_once():
 
     from records import schema
 
-    assert set(schema.JobRow.__annotations__) == set(schema.jobs.c.keys())
+    keys = schema.JobRow.__annotations__  # strings here: the module's annotations are lazy
+    optional = {key for key, kind in keys.items() if "NotRequired" in str(kind)}
+    assert set(keys) - optional == set(schema.jobs.c.keys())
+    assert optional == {"exclude", "spec_text"}  # the harness's own, never stored
     assert get_args(schema.State) == schema.STATES
     groups = [schema.ENDED, schema.UNFINISHED, schema.IN_FLIGHT, schema.NOT_STARTED,
               schema.HELD_BACK, schema.ENDED_BADLY]  # fmt: skip
@@ -496,3 +499,61 @@ def test_a_launcher_is_one_abstract_class_registered_by_name(tmp_path):
         if "not run: depends on" in path.read_text()
     ]
     assert rule == ["harness/launchers/base.py"]
+
+
+def test_a_runtime_is_a_class_registered_by_name_and_a_model_and_a_device_resolve_once(
+    tmp_path,
+):
+    """Each runtime a registered subclass of one abstract class, under the infer job's names;
+    the network is rebuilt from a saved state in one function, and ``auto`` resolved in one."""
+    import numpy as np
+    import torch
+
+    import resnest
+    from jobs import runtimes
+    from jobs.checkpoint import model_from
+    from jobs.device import DeviceError, resolve
+    from records.spec import RUNTIMES
+
+    assert tuple(runtimes.RUNTIMES) == RUNTIMES
+    assert inspect.isabstract(runtimes.Runtime)
+    assert runtimes.Runtime.__abstractmethods__ == {"prepare", "run"}
+    for verb in ("prepare", "run", "times", "close"):
+        assert getattr(runtimes.Runtime, verb).__doc__, verb
+    for name, cls in runtimes.RUNTIMES.items():
+        assert issubclass(cls, runtimes.Runtime) and cls.name == name
+        assert not inspect.isabstract(cls) and cls.__doc__, name
+    assert issubclass(runtimes.RUNTIMES["onnxruntime-int8"], runtimes.RUNTIMES["onnxruntime"])
+    assert issubclass(runtimes.RUNTIMES["compile"], runtimes.RUNTIMES["eager"])
+    with pytest.raises(ValueError, match="unknown runtime 'tvm'"):
+        runtimes.create("tvm", None)
+
+    def holding(text: str) -> list[str]:
+        return [str(p.relative_to(ROOT)) for p in modules("jobs") if text in p.read_text()]
+
+    # A network from a saved state: model_from; a fresh one (the trainer's): resnest.create.
+    assert holding("resnest.create(") == ["jobs/checkpoint.py", "jobs/trainer.py"]
+    assert holding("cuda.is_available()") == ["jobs/device.py"]
+    assert resolve("auto") == torch.device("cpu") == resolve("cpu")  # no GPU here
+    with pytest.raises(DeviceError, match=r"^device 'cuda' was asked for, but no CUDA"):
+        resolve("cuda")
+
+    # The eager runtime on an export's files gives the saved network's logits.
+    torch.manual_seed(0)
+    model = resnest.create("resnest_tiny_basic", num_classes=10).eval()
+    torch.save(model.state_dict(), tmp_path / "model.state_dict.pt")
+    artifacts = {"folder": tmp_path, "model_name": "resnest_tiny_basic", "num_classes": 10}
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x).numpy()
+        rebuilt = model_from({**artifacts, "model": model.state_dict()})(x).numpy()
+    np.testing.assert_array_equal(rebuilt, expected)
+    setting = runtimes.Setting(artifacts, torch.device("cpu"), 1, x.numpy())
+    eager = runtimes.create("eager", setting)
+    info = eager.prepare()
+    assert info["bytes"] == (tmp_path / "model.state_dict.pt").stat().st_size
+    np.testing.assert_allclose(eager.run(x.numpy()), expected, rtol=0, atol=1e-6)
+    times = eager.times(x.numpy(), warmup=1, iters=4)
+    assert len(times) == 4 and all(t > 0 for t in times)
+    eager.close()
+    eager.close()  # twice: nothing left to free

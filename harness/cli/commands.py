@@ -13,7 +13,7 @@ from pathlib import Path
 
 from harness.render import render
 from records.errors import UserError
-from records.schema import ENDED
+from records.schema import ENDED, JobRow
 
 DEFAULT_CONFIG = "cluster.yaml"
 
@@ -179,7 +179,7 @@ def store_and_sweep(args: argparse.Namespace, create: bool = False):
     return config, store, sweep_name
 
 
-def _refresh(store, sweep_name: str, rows: list[dict] | None = None) -> list[dict]:
+def _refresh(store, sweep_name: str, rows: list[JobRow] | None = None) -> list[JobRow]:
     """Queue states from the cluster (sacct) and the jobs' new records from their outboxes
     before showing them; a machine without the cluster's tools shows the states last
     recorded, and says so. Returns the rows as they are now (the sweep's, or those given)."""

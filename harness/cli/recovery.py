@@ -8,7 +8,7 @@ import sys
 
 from harness.cli.commands import open_store_of, store_and_sweep
 from records.errors import UserError
-from records.schema import ENDED, UNFINISHED
+from records.schema import ENDED, UNFINISHED, JobRow
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -50,12 +50,12 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cancel_jobs(store, jobs: list[dict]) -> None:
+def _cancel_jobs(store, jobs: list[JobRow]) -> None:
     """Each job is cancelled by the launcher that holds it; a job no launcher holds yet
     (pending) is only recorded as cancelled."""
     from harness import launchers
 
-    held: dict[str | None, list[dict]] = {}
+    held: dict[str | None, list[JobRow]] = {}
     for job in jobs:
         held.setdefault(launchers.launcher_of(job), []).append(job)
     for name, group in held.items():

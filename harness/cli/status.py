@@ -12,7 +12,7 @@ import time
 from harness.cli.commands import _refresh, store_and_sweep
 from harness.render import render
 from records.errors import UserError
-from records.schema import ENDED
+from records.schema import ENDED, JobRow
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -41,7 +41,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
 
 
-def _look_after(config, store, sweep_name: str, rows: list[dict]) -> list[dict]:
+def _look_after(config, store, sweep_name: str, rows: list[JobRow]) -> list[JobRow]:
     """For a sweep whose jobs wait in a queue: the launcher tends them (``look_after``: for
     SLURM, retry host failures and submit waiting jobs that have room now); without the
     sweep's cluster.yaml (``--store``) there is nothing to submit them with: say so. Returns
@@ -71,19 +71,19 @@ def _look_after(config, store, sweep_name: str, rows: list[dict]) -> list[dict]:
     return store.jobs(sweep_name) if changed else rows
 
 
-def _status_text(store, sweep_name: str, fmt: str, rows: list[dict] | None = None) -> str:
+def _status_text(store, sweep_name: str, fmt: str, rows: list[JobRow] | None = None) -> str:
     """What status prints: for a reader the counts, the store and the ETA head the table;
     csv and json leave stdout to the rows alone, for a program to parse, and those go to
     stderr."""
     from harness.report import status_rows
 
-    counts, rows, eta = status_rows(store, sweep_name, human=fmt == "table", rows=rows)
+    counts, table, eta = status_rows(store, sweep_name, human=fmt == "table", rows=rows)
     summary = f"sweep {sweep_name}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     head = [summary, store.describe(), eta]
     if fmt != "table":
         print("\n".join(head), file=sys.stderr)
-        return render(rows, fmt) + "\n"
-    return "\n".join([*head, render(rows, fmt)]) + "\n"
+        return render(table, fmt) + "\n"
+    return "\n".join([*head, render(table, fmt)]) + "\n"
 
 
 def _job_status(store, args: argparse.Namespace) -> int:

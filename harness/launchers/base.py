@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from harness.config import JobEnvironment, environment_for
 from records.errors import UserError
-from records.schema import IN_FLIGHT
+from records.schema import IN_FLIGHT, JobRow
 from records.spec import (
     EXIT_ALREADY_RUNNING,
     EXIT_DIVERGED,
@@ -33,7 +33,14 @@ from records.spec import (
 )
 from records.store import Store
 
-Row = dict[str, Any]
+Row = JobRow
+
+
+def next_attempt(row: Row) -> Row:
+    """A copy of a job's row for its next attempt (the store's row is left as it is)."""
+    again = row.copy()
+    again["attempt"] = row["attempt"] + 1
+    return again
 
 
 class Launcher(ABC):

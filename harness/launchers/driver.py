@@ -136,7 +136,8 @@ class Driver:
     def _judge(self, job: Row, code: int, last: str) -> None:
         job_id = job["id"]
         del self.running[job_id]
-        if (self.store.job(job_id) or {}).get("state") == "cancelled":
+        stored = self.store.job(job_id)
+        if stored is not None and stored["state"] == "cancelled":
             self.finish(job_id, "cancelled", record=False)  # by `cancel`: keep its reason
         elif code == EXIT_ALREADY_RUNNING and self.follows:
             self.backend.following(job)

@@ -170,13 +170,13 @@ def write_feed(config: ClusterConfig, store: Store, rows: list[Row], folder: Pat
     folders = {p: row["job_dir"] for p, row in outside.items()}
     folders |= {row["id"]: row["job_dir"] for row in waiting}
     direct = not store.is_sqlite  # a SQLite store is the harness's: records go by outbox
-    submitted = [row["submitted_at"] for row in rows if row.get("submitted_at")]
+    submitted = [t for row in rows if (t := row.get("submitted_at"))]
     feed = {
         "sweep": config.name,
         "since": (min(submitted) if submitted else time.time()) - 60,
         "folders": folders,
         "queued": {
-            p: row["launcher_job_id"].removeprefix(PREFIX)
+            p: (row["launcher_job_id"] or "").removeprefix(PREFIX)
             for p, row in outside.items()
             if row["state"] in IN_FLIGHT and (row["launcher_job_id"] or "").startswith(PREFIX)
         },

@@ -210,14 +210,20 @@ def err_logs(job: Row) -> list[Path]:
     return [first, *(p for p in others if p != first)]
 
 
+def state_of(store: Store, job_id: str) -> str | None:
+    """The state the store holds for a job (None: no such job)."""
+    row = store.job(job_id)
+    return None if row is None else row["state"]
+
+
 def poll(store: Store, rows: list[Row]) -> dict[str, str]:
     """Update the store from one sacct call; return id -> store state for ``rows``."""
     followed = {
-        row["id"]: row["launcher_job_id"].removeprefix(PREFIX)
+        row["id"]: (row["launcher_job_id"] or "").removeprefix(PREFIX)
         for row in rows
         if (row.get("launcher_job_id") or "").startswith(PREFIX)
     }
-    submitted = [row["submitted_at"] for row in rows if row.get("submitted_at")]
+    submitted = [t for row in rows if (t := row.get("submitted_at"))]
     records = sacct_states(list(followed.values()), min(submitted) - 60 if submitted else None)
     attempts = store.latest_attempts(list(followed))
     new: dict[str, tuple[str, str | None]] = {}
@@ -239,7 +245,7 @@ def poll(store: Store, rows: list[Row]) -> dict[str, str]:
         # say it was for the dependency: name the parent that did not succeed either way.
         if reason == NOT_RUN or (state == "cancelled" and reason in ("CANCELLED", "None", "")):
             parents = {
-                parent: new[parent][0] if parent in new else (store.job(parent) or {}).get("state")
+                parent: new[parent][0] if parent in new else state_of(store, parent)
                 for parent in row["depends_on"] or []
             }
             failed = [(p, s) for p, s in parents.items() if s in ENDED_BADLY]

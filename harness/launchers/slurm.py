@@ -29,7 +29,6 @@ from __future__ import annotations
 import subprocess
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from harness.launchers.base import (
     Row,
     downstream,
     needs_care,
+    next_attempt,
     not_run,
     not_run_for_a_parent,
     progress_bar,
@@ -157,7 +157,7 @@ def retry_host_failures(config: ClusterConfig, store: Store, rows: list[Row]) ->
     reports a peer that stopped answering), and SLURM runs nothing on a node that is down.
     Returns the ids retried."""
     failed = [row for row in rows if host_failed(row["state"], row["reason"])
-              and not row["reason"].startswith(REQUEUABLE)]  # fmt: skip
+              and not (row["reason"] or "").startswith(REQUEUABLE)]  # fmt: skip
     if not failed:
         return []
     tries = store.attempts_of([row["id"] for row in failed])
@@ -168,20 +168,21 @@ def retry_host_failures(config: ClusterConfig, store: Store, rows: list[Row]) ->
         if not bad or bad[-1]["attempt"] != row["attempt"]:
             continue  # its attempt not seen by the queue (poll records it first)
         if len(bad) > limit:
-            if "retried" not in row["reason"]:
+            if "retried" not in (row["reason"] or ""):
                 said = f"{row['reason']} (retried {limit} time(s) on other hosts)"
                 given_up.append((row["id"], "failed", {"reason": said}))
             continue
         single = layout(config, row)[1] == 1  # one host per attempt: its name
-        exclude = ",".join(sorted({a["hosts"] for a in bad if a["hosts"]})) if single else None
-        chosen.append({**row, "attempt": row["attempt"] + 1, "exclude": exclude})
+        retry = next_attempt(row)
+        if single:  # one host per attempt: not on those again
+            retry["exclude"] = ",".join(sorted({a["hosts"] for a in bad if a["hosts"]}))
+        chosen.append(retry)
     store.set_states(given_up)
     if not chosen:
         return []
     ids = {row["id"] for row in chosen}
     jobs, _ = downstream(rows, chosen)  # and those not run for it: new attempts as well
-    submit(config, store, [job if job["id"] in ids else {**job, "attempt": job["attempt"] + 1}
-                           for job in jobs])  # fmt: skip
+    submit(config, store, [job if job["id"] in ids else next_attempt(job) for job in jobs])
     return [row["id"] for row in chosen]
 
 
@@ -211,7 +212,7 @@ def retry_dropped_dependencies(config: ClusterConfig, store: Store, rows: list[R
     if not dropped:
         return []
     jobs, _ = downstream(rows, dropped)
-    again = [{**job, "attempt": job["attempt"] + 1} for job in jobs if job["state"] == "cancelled"]
+    again = [next_attempt(job) for job in jobs if job["state"] == "cancelled"]
     submit(config, store, again)
     return [row["id"] for row in dropped]
 
@@ -221,16 +222,17 @@ def look_after(config: ClusterConfig, store: Store, rows: list[Row]) -> bool:
     ``submit --wait``): retry host failures and dependencies SLURM dropped, then submit
     waiting jobs as room frees, unless the sweep's feeder is in the queue to do it (what the
     feeders sent is read in first). Whether it changed any job's row."""
-    changed = False
-    steps: list[Callable[[], Any]] = [
-        lambda: feeder.collect(store, rows),
-        lambda: retry_host_failures(config, store, rows),
-        lambda: retry_dropped_dependencies(config, store, rows),
-    ]
-    for step in steps:
-        if step():  # the next step works on the rows as this one left them
-            changed = True
-            rows = store.jobs_by_ids([row["id"] for row in rows])
+    # Each step works on the rows as the one before left them.
+    fed = feeder.collect(store, rows)
+    if fed:
+        rows = store.jobs_by_ids([row["id"] for row in rows])
+    retried = retry_host_failures(config, store, rows)
+    if retried:
+        rows = store.jobs_by_ids([row["id"] for row in rows])
+    dropped = retry_dropped_dependencies(config, store, rows)
+    if dropped:
+        rows = store.jobs_by_ids([row["id"] for row in rows])
+    changed = bool(fed or retried or dropped)
     waiting = any(row["state"] == "waiting" for row in rows)
     if not waiting or feeder.current(feeder.folder_of(config)):
         return changed

@@ -69,7 +69,7 @@ class Submission:
         outside_rows = store.jobs_by_ids(sorted(outside))
         folders |= {row["id"]: row["job_dir"] for row in outside_rows}
         flying = {
-            row["id"]: row["launcher_job_id"].removeprefix(PREFIX)
+            row["id"]: (row["launcher_job_id"] or "").removeprefix(PREFIX)
             for row in outside_rows
             if row["state"] in IN_FLIGHT and (row["launcher_job_id"] or "").startswith(PREFIX)
         }
