@@ -62,7 +62,9 @@ def figures(
     models = sorted({model for _, model in groups})
     if reference in {gpu for gpu, _ in shapes.values()}:  # a GPU type: its fewest nodes
         reference = next(label for label in labels if shapes[label][0] == reference)
-    reference = reference or (labels[0] if labels else None)
+    timed = [label for label in labels if any(groups[(label, m)].get("epoch_time")
+                                             for m in models if (label, m) in groups)]  # fmt: skip
+    reference = reference or (timed or labels or [None])[0]  # the first with a timed run
     several = len({nodes for _, nodes in shapes.values()}) > 1
     rows = []
     for label in labels:
@@ -130,6 +132,7 @@ def _target_figures(g: dict[str, list], targets: list[float]) -> dict[str, Any]:
         out[f"reached_{key}"] = sum(t is not None for t in times) if times else None
     if targets:
         out["target_rule"] = rule if g.get(f"to {targets[0]}") else None
+        out["target_runs"] = len(g.get("target_runs", [])) or None  # the n of "reached k/n"
     out["queue_wait_s"] = _rounded(_median(g.get("queue_wait", [])), 1)
     for target in targets:
         trained = g.get(f"trained {target}", [])
@@ -203,10 +206,24 @@ def _groups(store: Store, sweep: str, targets: list[float] | None = None):
 
     waits = queries.queue_waits(store, sweep)
     groups: dict[tuple[str, str], dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    for job_id, run in queries.train_summaries(store, sweep).items():
+    trained = queries.train_summaries(store, sweep)
+    # A training run that failed before its first epoch did not reach the targets: MLPerf
+    # counts it among the runs, as the slowest.
+    unmeasured = [
+        job_id
+        for job_id, job in job_rows.items()
+        if targets and job.stage == "train" and job.state == "failed" and job_id not in trained
+    ]
+    for job_id in unmeasured:
+        g = groups[(label(job_id), job_rows[job_id].model)]
+        _to_targets(g, None, waits.get(job_id), targets or [])
+    for job_id, run in trained.items():
         job = job_rows[job_id]
+        if targets:
+            g = groups[(label(job_id), job.model)]
+            _to_targets(g, run.accuracy_steps, waits.get(job_id), targets)
         if run.epoch_time is None or run.images_per_sec is None:
-            continue  # no timed epoch: nothing to compare
+            continue  # no timed epoch: no time to compare
         g = groups[(label(job_id), job.model)]
         g["gpus"].append(job.gpus or 1)
         g["epoch_time"].append(run.epoch_time)
@@ -214,11 +231,6 @@ def _groups(store: Store, sweep: str, targets: list[float] | None = None):
         wait = waits.get(job_id)
         if wait is not None:
             g["queue_wait"].append(wait)
-        for target in targets or []:
-            to_target = summaries.time_to(run.accuracy_steps, target)
-            g[f"to {target}"].append(to_target)
-            if wait is not None:
-                g[f"trained {target}"].append(None if to_target is None else wait + to_target)
         g["images_per_sec"].append(run.images_per_sec)
         for name in TELEMETRY:
             if getattr(run, name) is not None:
@@ -235,6 +247,17 @@ def _groups(store: Store, sweep: str, targets: list[float] | None = None):
         if job.stage == "transfer":
             groups[(label(job_id), job.model)]["transfer_acc"].append(result.final_test_acc)
     return groups, shapes
+
+
+def _to_targets(g: dict[str, list], steps: Any, wait: float | None, targets: list[float]) -> None:
+    """A training run's time to each target (None: not reached; ``steps`` None: a run that
+    never measured an epoch), and with its queue wait, its time to a trained network."""
+    g["target_runs"].append(1)
+    for target in targets:
+        to_target = None if steps is None else summaries.time_to(steps, target)
+        g[f"to {target}"].append(to_target)
+        if wait is not None:
+            g[f"trained {target}"].append(None if to_target is None else wait + to_target)
 
 
 def deployment_figures(store: Store, sweep: str) -> list[dict[str, Any]]:

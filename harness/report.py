@@ -73,6 +73,11 @@ TABLE_COLUMNS = {
 }  # fmt: skip
 
 
+# Tidy figures that are not columns of their own: the row's label, the CV's flag (a "!" in
+# the CV column) and the n of "reached k/n".
+NOT_COLUMNS = ("row", "gpu_type", "nodes", "model", "cv_flag", "target_runs")
+
+
 def comparison(
     store: Store,
     sweep: str,
@@ -88,7 +93,7 @@ def comparison(
         row = wide.setdefault(tidy["row"], {"gpu_type": tidy["row"]})
         model = tidy["model"]
         columns = [(name, value) for name, value in tidy.items()
-                   if name not in ("row", "gpu_type", "nodes", "model", "cv_flag")]  # fmt: skip
+                   if name not in NOT_COLUMNS]  # fmt: skip
         if "scaling_efficiency" in tidy:  # the scaling column after the speedup
             columns.insert(3, columns.pop())
         for name, value in columns:
@@ -110,7 +115,7 @@ def _cell(name: str, value: Any, tidy: dict[str, Any]) -> Any:
     if name == "cv_pct":
         return f"{value:.1f}%" + (" !" if tidy["cv_flag"] else "")
     if name.startswith("reached_"):
-        return None if value is None else f"{value}/{tidy['runs']}"
+        return None if value is None else f"{value}/{tidy.get('target_runs') or tidy['runs']}"
     if name == "gpu_mismatch_runs":
         return value or None
     return value

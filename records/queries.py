@@ -27,10 +27,17 @@ from records.store import Store
 
 
 def sweep_jobs(store: Store, sweep: str) -> dict[str, Any]:
-    """Job id -> (id, stage, model, gpu_type, attempt, gpus) of every job of the sweep."""
+    """Job id -> (id, stage, model, gpu_type, attempt, gpus, state) of every job of the
+    sweep."""
     with store.begin() as conn:
         query = select(
-            jobs.c.id, jobs.c.stage, jobs.c.model, jobs.c.gpu_type, jobs.c.attempt, jobs.c.gpus
+            jobs.c.id,
+            jobs.c.stage,
+            jobs.c.model,
+            jobs.c.gpu_type,
+            jobs.c.attempt,
+            jobs.c.gpus,
+            jobs.c.state,
         ).where(jobs.c.sweep == sweep)
         return {row.id: row for row in conn.execute(query)}
 

@@ -113,11 +113,12 @@ def run(*args: str) -> tuple[int, str, str]:
 
 
 def expected_pairs(jobs: list[dict]) -> set[tuple[str, str]]:
-    """(GPU type, model) pairs the comparison has figures for: a training run with epochs, or
-    a finished transfer run."""
+    """(GPU type, model) pairs the comparison has figures for: a training run with epochs, a
+    training run that failed before its first (a run that did not reach the sweep's targets),
+    or a finished transfer run."""
     found = set()
     for j in jobs:
-        if j["stage"] == "train" and j["epochs"]:
+        if j["stage"] == "train" and (j["epochs"] or j["state"] == "failed"):
             found.add((j["gpu_type"], j["model"]))
         if j["stage"] == "transfer" and j["result"] and j["result"]["status"] == "succeeded":
             found.add((j["gpu_type"], j["model"]))

@@ -169,3 +169,34 @@ def test_a_target_out_of_range_is_one_line(tmp_path, targets, says):
     code, _, err = run("submit", str(path), "--dry-run")
     assert code == 2 and "Traceback" not in err
     assert err.count("\n") == 1 and "sweep.target_accuracy" in err and says in err, err
+
+
+def test_a_run_that_failed_before_its_first_epoch_counts_as_the_slowest(tmp_path):
+    """MLPerf counts every run that was started: one that failed before reporting an epoch
+    did not reach the target, so it is one of the n of "reached k/n" and the slowest run of
+    the olympic rule, not a run left out."""
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    # Four runs reach 80% at 20, 25, 30 and 35 s; a fifth failed before its first epoch.
+    runs = [[(20.0, 0.8)], [(10.0, 0.7), (15.0, 0.8)], [(30.0, 0.8)], [(35.0, 0.85)]]
+    fill(url, 0.8, runs)
+    store = Store(url)
+    store.add_jobs("ttt", [{"id": "crashed", "stage": "train", "model": "resnest_tiny_basic",
+                            "dataset": "synthetic", "gpu_type": "v100", "gpus": 1, "seed": 9,
+                            "repeat": 0, "spec": {}, "depends_on": [],
+                            "job_dir": "/nowhere/crashed"}])  # fmt: skip
+    code, out, err = run("table", "ttt", "--store", url, "--format", "json")
+    (before,) = json.loads(out)
+    # Still running, it is not a run that ended: four runs, the median of those.
+    assert before["reached_80pct"] == 4 and before["target_runs"] == 4
+    assert before["target_rule"] == "median" and before["time_to_80pct_s"] == 27.5
+    store.set_state("crashed", "failed", reason="FAILED exit code 1")
+    code, out, err = run("table", "ttt", "--store", url, "--format", "json")
+    assert code == 0, err
+    (row,) = json.loads(out)
+    assert row["runs"] == 4  # timed runs: the epoch figures are theirs
+    assert row["reached_80pct"] == 4 and row["target_runs"] == 5
+    # MLPerf: drop the fastest (20) and the failed one (the slowest): mean of 25, 30, 35.
+    assert row["target_rule"] == "MLPerf (mean of 3 of 5)" and row["time_to_80pct_s"] == 30.0
+    code, out, _ = run("table", "ttt", "--store", url)
+    (values,) = [line for line in out.splitlines() if line.startswith("v100")]
+    assert "4/5" in values.split(), out
