@@ -14,6 +14,7 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
+from harness import stats
 from records import queries, summaries
 from records.schema import TELEMETRY
 from records.spec import RUNTIMES
@@ -96,26 +97,75 @@ def _figures(
         cost = round(statistics.median(train_times) / 3600 * g.get("gpus", [1])[0] * price, 4)
     med = {name: _median(g.get(name, []), None) for name in TELEMETRY}
     med["images_per_sec"] = _median(g.get("images_per_sec", []))
+    return _with_intervals(
+        g,
+        targets,
+        {
+            "epoch_time_s": epoch_time,
+            "images_per_s": med["images_per_sec"],
+            "speedup": round(ref_time / epoch_time, 2) if epoch_time and ref_time else None,
+            "final_acc_pct": _pct(_median(g.get("final_acc", []))),
+            "best_acc_pct": _pct(_median(g.get("best_acc", []))),
+            **_target_figures(g, targets),
+            "transfer_acc_pct": _pct(_median(g.get("transfer_acc", []))),
+            "runs": runs,
+            "cv_pct": round(100 * cv, 4),
+            "cv_flag": round(100 * cv, 4) > 100 * CV_FLAG,
+            "gpu_util_pct": _rounded(med["gpu_util_mean"], 1),
+            "gpu_mem_gb": _rounded(med["gpu_mem_peak_bytes"], 3, 1e-9),
+            "power_w": _rounded(med["power_mean_w"], 1),
+            "energy_per_epoch_j": _rounded(med["energy_j"], 1),
+            "energy_per_image_mj": _rounded(med["energy_per_image_j"], 3, 1e3),
+            "cpu_util_pct": _rounded(med["cpu_util_mean"], 1),
+            "cost_per_run": cost,
+            "gpu_mismatch_runs": len(g.get("mismatch", [])),
+        },
+    )
+
+
+# The figures with a 95% interval over their runs (``harness.stats``): figure -> (the group's
+# per-run values, the headline's rule, the factor to the figure's unit, its digits).
+INTERVALS = {
+    "epoch_time_s": ("epoch_time", "median", 1.0, 4),
+    "images_per_s": ("images_per_sec", "median", 1.0, 4),
+    "final_acc_pct": ("final_acc", "median", 100.0, 2),
+    "energy_per_image_mj": ("energy_per_image_j", "median", 1e3, 3),
+}
+
+
+def run_values(store: Store, sweep: str) -> dict[tuple[str, str], dict[str, list]]:
+    """(row label, model) -> figure -> the per-run values behind it, in the figure's unit,
+    for the figures with an interval (time to a target: None for a run that did not get
+    there): what a comparison of two sweeps tests."""
+    targets = targets_of(store, sweep)
+    groups, _ = _groups(store, sweep, targets)
+    wanted = dict(INTERVALS)
+    for target in targets:
+        wanted[f"time_to_{target_key(target)}_s"] = (f"to {target}", "target", 1.0, 4)
     return {
-        "epoch_time_s": epoch_time,
-        "images_per_s": med["images_per_sec"],
-        "speedup": round(ref_time / epoch_time, 2) if epoch_time and ref_time else None,
-        "final_acc_pct": _pct(_median(g.get("final_acc", []))),
-        "best_acc_pct": _pct(_median(g.get("best_acc", []))),
-        **_target_figures(g, targets),
-        "transfer_acc_pct": _pct(_median(g.get("transfer_acc", []))),
-        "runs": runs,
-        "cv_pct": round(100 * cv, 4),
-        "cv_flag": round(100 * cv, 4) > 100 * CV_FLAG,
-        "gpu_util_pct": _rounded(med["gpu_util_mean"], 1),
-        "gpu_mem_gb": _rounded(med["gpu_mem_peak_bytes"], 3, 1e-9),
-        "power_w": _rounded(med["power_mean_w"], 1),
-        "energy_per_epoch_j": _rounded(med["energy_j"], 1),
-        "energy_per_image_mj": _rounded(med["energy_per_image_j"], 3, 1e3),
-        "cpu_util_pct": _rounded(med["cpu_util_mean"], 1),
-        "cost_per_run": cost,
-        "gpu_mismatch_runs": len(g.get("mismatch", [])),
+        key: {
+            figure: [None if v is None else v * factor for v in g.get(values, [])]
+            for figure, (values, _, factor, _) in wanted.items()
+        }
+        for key, g in groups.items()
     }
+
+
+def interval_names(figure: str) -> tuple[str, str]:
+    return f"{figure}_ci95_low", f"{figure}_ci95_high"
+
+
+def _with_intervals(g: dict[str, list], targets: list[float], row: dict[str, Any]) -> dict:
+    """``row`` with the 95% interval of each figure of ``INTERVALS`` and of the time to each
+    target, after the figures (None, None: fewer than two runs, or no figure)."""
+    wanted = dict(INTERVALS)
+    for target in targets:
+        wanted[f"time_to_{target_key(target)}_s"] = (f"to {target}", "target", 1.0, 4)
+    for figure, (values, rule, factor, digits) in wanted.items():
+        bounds = stats.interval(g.get(values, []), rule) if row[figure] is not None else (None,) * 2
+        for name, bound in zip(interval_names(figure), bounds, strict=True):
+            row[name] = _rounded(bound, digits, factor)
+    return row
 
 
 def _target_figures(g: dict[str, list], targets: list[float]) -> dict[str, Any]:

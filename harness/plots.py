@@ -44,8 +44,9 @@ def _finish(plt, fig, ax, path: Path, xlabel: str, ylabel: str, title: str, **gr
     plt.close(fig)
 
 
-def _grouped_bars(plt, path: Path, data, title: str, ylabel: str) -> None:
-    """``data``: {gpu_type: {model: value}} -> bars grouped by GPU type, one color per model."""
+def _grouped_bars(plt, path: Path, data, title: str, ylabel: str, errors=None) -> None:
+    """``data``: {gpu_type: {model: value}} -> bars grouped by GPU type, one color per model;
+    ``errors`` (the same shape): each bar's error bar, the half-width of its interval."""
     gpus = sorted(data)
     models = sorted({m for per in data.values() for m in per})
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
@@ -53,7 +54,9 @@ def _grouped_bars(plt, path: Path, data, title: str, ylabel: str) -> None:
     for i, model in enumerate(models):
         xs = [g + (i - (len(models) - 1) / 2) * width for g in range(len(gpus))]
         ys = [data[gpu].get(model, 0) or 0 for gpu in gpus]
-        ax.bar(xs, ys, width, label=model, color=COLORS[i % len(COLORS)])
+        spread = [((errors or {}).get(gpu) or {}).get(model) or 0 for gpu in gpus]
+        ax.bar(xs, ys, width, label=model, color=COLORS[i % len(COLORS)],
+               yerr=spread if any(spread) else None, capsize=3)  # fmt: skip
     ax.set_xticks(range(len(gpus)), gpus)
     ax.set_xlabel("GPU type")
     ax.set_ylabel(ylabel)
@@ -206,9 +209,15 @@ def _figures(out: Path, store: Store, sweep: str, table: list[dict]) -> list[tup
             }
             for row in table
         }
+        errors = {
+            gpu: {model: value * _percent(row.get(f"{model} {key} ±")) / 100
+                  for model, value in per.items() if row.get(f"{model} {key} ±")}
+            for row in table for gpu, per in [(row["gpu_type"], data[row["gpu_type"]])]
+        }  # fmt: skip
         if any(data.values()):
-            _grouped_bars(plt, out / name, data, title, ylabel)
-            figures.append((name, f"{title}, by GPU type and network variant."))
+            _grouped_bars(plt, out / name, data, title, ylabel, errors)
+            figures.append((name, f"{title}, by GPU type and network variant; error bars: "
+                                  "the 95% interval over the runs."))  # fmt: skip
     if _plot_accuracy(plt, out / "accuracy.png", queries.epoch_curves(store, sweep)):
         figures.append(
             ("accuracy.png", "Test accuracy after each epoch, one line per training job.")
@@ -219,6 +228,11 @@ def _figures(out: Path, store: Store, sweep: str, table: list[dict]) -> list[tup
     if _plot_latency(plt, out / "latency.png", store, sweep):
         figures.append(("latency.png", "Median inference latency per batch, per runtime."))
     return figures
+
+
+def _percent(shown: str | None) -> float:
+    """The number of an interval column's "±3.1%"."""
+    return float(shown.strip("±%")) if shown else 0.0
 
 
 def _provenance_rows(prov: list[Any]) -> list[dict[str, Any]]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from harness.figures import deployment_figures, figures
+from harness.figures import deployment_figures, figures, interval_names
+from harness.stats import half_width_pct, verdict
 from records import queries
 from records.schema import NOT_STARTED, STATES, JobRow, State
 from records.store import Store
@@ -93,12 +94,28 @@ def comparison(
         row = wide.setdefault(tidy["row"], {"gpu_type": tidy["row"]})
         model = tidy["model"]
         columns = [(name, value) for name, value in tidy.items()
-                   if name not in NOT_COLUMNS]  # fmt: skip
+                   if name not in NOT_COLUMNS and not name.endswith(BOUNDS)]  # fmt: skip
         if "scaling_efficiency" in tidy:  # the scaling column after the speedup
             columns.insert(3, columns.pop())
         for name, value in columns:
             row[f"{model} {_column(name)}"] = _cell(name, value, tidy)
+            low, high = interval_names(name)
+            if low in tidy:  # its interval, as one number, in a column after it
+                spread = half_width_pct(value, tidy[low], tidy[high])
+                row[f"{model} {_column(name)} {SPREAD}"] = (
+                    None if spread is None else f"±{spread:g}%"
+                )
     return list(wide.values())
+
+
+SPREAD = "±"  # the name's end of a figure's interval column in the wide table
+BOUNDS = ("_ci95_low", "_ci95_high")
+
+
+def without_spreads(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The wide table without its interval columns: the terminal's default (``--wide``
+    keeps them)."""
+    return [{k: v for k, v in row.items() if not k.endswith(" " + SPREAD)} for row in rows]
 
 
 def _column(name: str) -> str:
@@ -137,7 +154,10 @@ def study_tables(rows: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, A
     """The study's layout: a row per network variant, a column per GPU type and the average."""
     models = [model for model, _ in per_model_blocks(rows, keep_empty=True)]
     targets = dict.fromkeys(
-        key.split(" s to ", 1)[1] for row in rows for key in row if " s to " in key
+        key.split(" s to ", 1)[1]
+        for row in rows
+        for key in row
+        if " s to " in key and not key.endswith(" " + SPREAD)
     )
     tables = []
     for title, column in (*STUDY_TABLES, *((f"seconds to {t} test accuracy", f"s to {t}")
@@ -213,12 +233,31 @@ def deployment(store: Store, sweep: str) -> list[dict[str, Any]]:
     return rows
 
 
+# Which way is better, for the verdict of a comparison: True, a time (lower: "faster"); False,
+# a rate (higher: "faster"); None, neither ("higher" or "lower").
+DIRECTION = {"epoch_time_s": True, "images_per_s": False, "final_acc_pct": None,
+             "energy_per_image_mj": None}  # fmt: skip
+
+
 def side_by_side(
-    rows: list[dict[str, Any]], other: list[dict[str, Any]], name: str, other_name: str
-) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]], other: list[dict[str, Any]], name: str, other_name: str,
+    runs: dict | None = None, other_runs: dict | None = None, min_change: float = 1.0,
+) -> list[dict[str, Any]]:  # fmt: skip
     """Two sweeps' comparison rows joined on the GPU type: a row per GPU type and numeric
     figure measured in both, with both values, ``name`` / ``other_name`` and the change in
-    percent from the other sweep to this one."""
+    percent from the other sweep to this one. For a figure with per-run values in both
+    (``harness.figures.run_values``): the two-sided Mann-Whitney U p-value over those runs and
+    a verdict (``harness.stats.verdict``; a change below ``min_change`` percent is ``same``);
+    time to a target where a run did not get there is not tested."""
+    tested = {
+        (label, f"{model} {_column(figure)}"): (
+            figure,
+            values,
+            ((other_runs or {}).get((label, model)) or {}).get(figure),
+        )
+        for (label, model), figures in (runs or {}).items()
+        for figure, values in figures.items()
+    }
     theirs = {row["gpu_type"]: row for row in other}
     table = []
     for row in rows:
@@ -233,9 +272,22 @@ def side_by_side(
             if figure == "gpu_type" or not numbers:
                 continue
             ratio = value / then if then else None
+            p, said = _tested(tested.get((row["gpu_type"], figure)), min_change)
             table.append({
                 "gpu_type": row["gpu_type"], "figure": figure, name: value, other_name: then,
                 "ratio": None if ratio is None else round(ratio, 3),
                 "change %": None if ratio is None else round(100 * (ratio - 1), 1),
+                "p": None if p is None else round(p, 4), "verdict": said,
             })  # fmt: skip
     return table
+
+
+def _tested(found: tuple | None, min_change: float) -> tuple[float | None, str | None]:
+    """The p-value and verdict of one figure's runs in two sweeps (None, None: not tested)."""
+    if found is None:
+        return None, None
+    figure, mine, theirs = found
+    if not mine or not theirs or None in mine or None in theirs:
+        return None, None
+    lower_is_better = DIRECTION.get(figure, True)  # the rest are times to a target
+    return verdict(mine, theirs, lower_is_better, min_change)

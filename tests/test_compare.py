@@ -1,29 +1,41 @@
 """`table SWEEP --compare OTHER`: two sweeps of one store side by side."""
 
 import json
+import random
 
+import pytest
+
+from harness.stats import mann_whitney_p, verdict
 from records.store import Store
 
 from .jobtools import run
 
 
-def add_sweep(store: Store, name: str, epoch_time: float, gpu_types: tuple[str, ...]) -> None:
+def add_runs(
+    store: Store, name: str, runs: list[tuple[str, float]], images_per_sec: float | None = None
+) -> None:
+    """A sweep of one model whose runs are (GPU type, seconds per epoch), one job each;
+    images/s ``images_per_sec``, else 1,000 images an epoch."""
     store.add_sweep(name, {})
     rows, records = [], []
-    for gpu in gpu_types:
-        job_id = f"{name}-{gpu}"
+    for i, (gpu, epoch_time) in enumerate(runs):
+        job_id = f"{name}-{gpu}-{i}"
         rows.append({"id": job_id, "stage": "train", "model": "resnest_tiny_basic",
-                     "dataset": "cifar10", "gpu_type": gpu, "gpus": 1, "seed": 0, "repeat": 0,
+                     "dataset": "cifar10", "gpu_type": gpu, "gpus": 1, "seed": i, "repeat": 0,
                      "spec": {}, "depends_on": [], "job_dir": f"/nowhere/{job_id}"})  # fmt: skip
         for n in (1, 2, 3):  # the first is the warm-up epoch, left out of the medians
             records.append({"kind": "epoch", "job_id": job_id, "attempt": 0, "epoch": n,
                             "epoch_time": epoch_time * (5 if n == 1 else 1),
-                            "images_per_sec": 1000 / epoch_time, "warmup": n == 1,
-                            "test_acc": 0.5})  # fmt: skip
+                            "images_per_sec": images_per_sec or 1000 / epoch_time,
+                            "warmup": n == 1, "test_acc": 0.5})  # fmt: skip
     store.add_jobs(name, rows)
     for row in rows:
         store.set_state(row["id"], "succeeded")
     store.write_records(records)
+
+
+def add_sweep(store: Store, name: str, epoch_time: float, gpu_types: tuple[str, ...]) -> None:
+    add_runs(store, name, [(gpu, epoch_time) for gpu in gpu_types])
 
 
 def test_two_sweeps_side_by_side_per_gpu_type_and_figure(tmp_path):
@@ -46,3 +58,56 @@ def test_two_sweeps_side_by_side_per_gpu_type_and_figure(tmp_path):
     assert code == 2 and err.strip().splitlines() == [
         f"resnest-bench: error: --compare 'last-wek': no such sweep in {url}"
     ]
+
+
+def test_a_comparison_says_whether_a_change_is_real(tmp_path):
+    """Five runs a side, the new sweep 10% slower per epoch (2% CV), the images/s the same:
+    s/epoch is "slower" with its p-value, img/s "same"; a change smaller than --min-change
+    is "same"; a negative --min-change is one line."""
+    rng = random.Random(5)
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    store = Store(url)
+    add_runs(store, "before", [("v100", rng.gauss(10.0, 0.2)) for _ in range(5)], 1000.0)
+    add_runs(store, "after", [("v100", rng.gauss(11.0, 0.22)) for _ in range(5)], 1000.0)
+    code, out, err = run("table", "after", "--compare", "before", "--store", url,
+                         "--format", "json")  # fmt: skip
+    assert code == 0, err
+    by = {r["figure"]: r for r in json.loads(out)}
+    epoch, speed = by["resnest_tiny_basic s/epoch"], by["resnest_tiny_basic img/s"]
+    assert epoch["verdict"] == "slower" and epoch["p"] < 0.05, epoch
+    assert speed["verdict"] == "same" and speed["p"] >= 0.05, speed
+    code, out, _ = run("table", "after", "--compare", "before", "--store", url, "--format",
+                       "json", "--min-change", "20")  # fmt: skip
+    by = {r["figure"]: r for r in json.loads(out)}
+    assert by["resnest_tiny_basic s/epoch"]["verdict"] == "same"  # 10% < 20%
+    code, out, _ = run("table", "before", "--compare", "after", "--store", url)
+    assert code == 0 and "faster" in out, out  # the other way round
+    code, _, err = run("table", "after", "--compare", "before", "--store", url,
+                       "--min-change", "-1")  # fmt: skip
+    assert code == 2 and err.strip().splitlines() == [
+        "resnest-bench: error: --min-change -1: a change in percent, 0 or more"
+    ]
+
+
+def test_the_verdicts_error_rates_on_known_distributions():
+    """200 pairs of five-run samples from one distribution: at most 5% are called different;
+    a 10% slowdown at a 2% CV, five runs a side: called slower at least 95% of the time. The
+    test prints both rates (pytest -s)."""
+    rng = random.Random(11)
+    pairs = 200
+    false = sum(
+        verdict([rng.gauss(10, 0.2) for _ in range(5)], [rng.gauss(10, 0.2) for _ in range(5)],
+                True)[1] != "same"
+        for _ in range(pairs)
+    )  # fmt: skip
+    found = sum(
+        verdict([rng.gauss(11, 0.22) for _ in range(5)], [rng.gauss(10, 0.2) for _ in range(5)],
+                True)[1] == "slower"
+        for _ in range(pairs)
+    )  # fmt: skip
+    print(f"no change: {false / pairs:.1%} called different; 10% slower: {found / pairs:.1%} "
+          "called slower")  # fmt: skip
+    assert false / pairs <= 0.05 and found / pairs >= 0.95
+    # The exact test: 5 against 5 with no overlap is the smallest two-sided p there is.
+    assert mann_whitney_p([1, 2, 3, 4, 5], [6, 7, 8, 9, 10]) == pytest.approx(2 / 252)
+    assert mann_whitney_p([1.0, 2.0], [1.0, 2.0]) == 1.0  # ties: the normal approximation

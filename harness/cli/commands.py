@@ -121,12 +121,15 @@ def _finish(store, sweep_name: str, final: dict[str, str], args, skipped: int = 
     return 1 if counts["failed"] else 0
 
 
-def print_comparison(rows: list[dict], fmt: str) -> None:
-    from harness.report import per_model_blocks
+def print_comparison(rows: list[dict], fmt: str, wide: bool = False) -> None:
+    """The wide comparison: md and html whole; for the terminal a table per model, without
+    the intervals' columns unless ``wide``."""
+    from harness.report import per_model_blocks, without_spreads
 
     if fmt != "table":
         print(render(rows, fmt))
         return
+    rows = rows if wide else without_spreads(rows)
     if not rows:
         print("(no finished training jobs yet)")
     for model, block in per_model_blocks(rows):
@@ -215,10 +218,15 @@ def cmd_table(args: argparse.Namespace) -> int:
     if args.compare:
         from harness.report import side_by_side
 
+        if not args.min_change >= 0:  # NaN too
+            raise UserError(f"--min-change {args.min_change:g}: a change in percent, 0 or more")
         if args.compare not in store.sweeps():
             raise UserError(f"--compare {args.compare!r}: no such sweep in {store.url}")
+        from harness.figures import run_values
+
         other = comparison(store, args.compare, prices=prices_of(store, args.compare))
-        table = side_by_side(rows, other, sweep_name, args.compare)
+        table = side_by_side(rows, other, sweep_name, args.compare, run_values(store, sweep_name),
+                             run_values(store, args.compare), args.min_change)  # fmt: skip
         if table or args.format in MACHINE_FORMATS:
             return emit(table, args)
         print("(no figure measured in both sweeps)")
@@ -246,12 +254,13 @@ def cmd_table(args: argparse.Namespace) -> int:
     elif args.out:
         return emit(rows, args)  # md or html: the wide table
     else:
-        print_comparison(rows, args.format)
+        print_comparison(rows, args.format, wide=args.wide)
     if args.format == "table":
         print(
             "epoch times, images/s and telemetry: medians over the epochs after the first "
             "(warm-up) epoch, then over runs; CV across runs, ! above 5%; gpu mismatch: runs "
-            "whose GPU was not the GPU type asked for",
+            "whose GPU was not the GPU type asked for; ±: the 95% interval over the runs "
+            "(percentile bootstrap), as its larger distance from the figure, with --wide",
             file=sys.stderr,
         )
     return 0

@@ -152,10 +152,21 @@ COMMANDS: list[dict[str, Any]] = [
                 help="gpu: a row per GPU type, a column group per model (default); study: "
                 "the study's tables, a row per variant and a column per GPU type with the "
                 "average (test accuracy, seconds per epoch, transfer accuracy)"),
+            arg("--wide", action="store_true",
+                help="the terminal table with a ± column after each figure that has one: its "
+                "95%% interval over the runs (seeds x repeats; a percentile bootstrap of the "
+                "figure's rule), as its larger distance from the figure in percent; md and "
+                "html always have them, csv, json and parquet as FIGURE_ci95_low and _high"),
             arg("--compare", metavar="OTHER_SWEEP",
                 help="this sweep beside another of the same store (a new driver, torch or "
                 "recipe against the last sweep): a row per GPU type and figure, both values, "
-                "their ratio and the change in percent"),
+                "their ratio and the change in percent; for s/epoch, img/s, final accuracy, "
+                "energy per image and time to a target, the two-sided Mann-Whitney U p-value "
+                "over the two sweeps' runs and a verdict: faster, slower or same (higher or "
+                "lower for accuracy and energy)"),
+            arg("--min-change", metavar="PCT", type=float, default=1.0,
+                help="with --compare: the smallest change of the median, in percent, that "
+                "counts as faster or slower (default 1; p must also be below 0.05)"),
         ],
         groups=["store"],
     ),

@@ -1,0 +1,158 @@
+"""How sure a figure is: 95% confidence intervals over a figure's runs.
+
+A figure of the tables is a headline of per-run values (the median of the runs' epoch
+times; for time to a target, ``harness.figures.headline``: MLPerf's rule from five runs on).
+Its interval is a percentile bootstrap over the runs: the runs resampled with replacement
+``RESAMPLES`` times (from 100 runs on fewer, ``VALUES`` values in all and at least
+``MIN_RESAMPLES``: the interval is narrow there, and a table of 10,000 runs stays quick), the
+headline of each resample, and the 2.5th and 97.5th percentiles of those. The resampling is
+seeded, so a table printed twice gives the same intervals. Its coverage of a normal
+median (``tests/test_stats.py`` prints it) is a little short of 95% from five runs on, and
+far short with three.
+
+A run that never reached a target counts in its resamples as MLPerf counts it (the slowest);
+a resample whose headline is then "not reached" sits above every reached one, and an upper
+bound among those is unbounded (None). One run gives no interval across runs (None, never an
+interval of something else). Below five runs a bootstrap interval is narrower than the truth
+(with three runs it is the range of the three at best): the table shows the runs beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+RESAMPLES = 2000
+VALUES = 200_000
+MIN_RESAMPLES = 200
+LEVEL = 0.95
+SEED = 20261207
+
+
+def interval(values: Sequence[float | None], rule: str = "median") -> tuple[float | None, ...]:
+    """The (low, high) 95% bootstrap interval of the headline of ``values``: ``median`` (None
+    values left out), or ``target`` (``harness.figures.headline``'s rule, None: a run that
+    did not get there). (None, None) with fewer than two runs to resample."""
+    import numpy as np
+
+    if rule == "median":
+        values = [v for v in values if v is not None]
+    if len(values) < 2:
+        return (None, None)
+    data = np.array([np.inf if v is None else float(v) for v in values])
+    rng = np.random.default_rng(SEED)
+    resamples = max(MIN_RESAMPLES, min(RESAMPLES, VALUES // len(data)))
+    samples = data[rng.integers(0, len(data), (resamples, len(data)))]
+    heads = np.median(samples, axis=1) if rule == "median" else _target_headlines(samples)
+    # the resamples' own headlines as bounds (no interpolation: "not reached" is +inf)
+    low = np.percentile(heads, 50 * (1 - LEVEL), method="lower")
+    high = np.percentile(heads, 50 * (1 + LEVEL), method="higher")
+    return (
+        float(low) if np.isfinite(low) else None,
+        float(high) if np.isfinite(high) else None,
+    )
+
+
+def _target_headlines(samples):
+    """``headline`` of each row, a run that did not get there being +inf: from five runs on,
+    the mean without the fastest and the slowest (inf where a run left in did not get
+    there: two or more in the row); below five, the median of those that got there (inf
+    where none did)."""
+    import numpy as np
+
+    n = samples.shape[1]
+    if n >= 5:
+        finite = np.isfinite(samples)
+        missing = n - finite.sum(axis=1)
+        total = np.where(finite, samples, 0.0).sum(axis=1)
+        low = samples.min(axis=1)
+        high = np.where(finite, samples, -np.inf).max(axis=1)  # the slowest that got there
+        # one run missing: it is the slowest, dropped; none: drop the slowest that got there
+        kept = total - low - np.where(missing == 0, high, 0.0)
+        return np.where(missing <= 1, kept / (n - 2), np.inf)
+    samples = np.sort(samples, axis=1)
+    finite = np.where(np.isfinite(samples), samples, np.nan)
+    reached = np.isfinite(samples).any(axis=1)
+    heads = np.full(samples.shape[0], np.inf)
+    heads[reached] = np.nanmedian(finite[reached], axis=1)
+    return heads
+
+
+def half_width_pct(value: float | None, low: float | None, high: float | None) -> float | None:
+    """The interval as one number beside its figure: its larger distance from the figure, in
+    percent of it (``0.942 ±3.1%``); None where there is no interval or it is unbounded."""
+    if value is None or low is None or high is None or value == 0:
+        return None
+    return round(100 * max(high - value, value - low) / abs(value), 1)
+
+
+def mann_whitney_p(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """The two-sided p-value of the Mann-Whitney U test of samples ``a`` and ``b`` (None with
+    an empty side): exact (the distribution of U counted) where there are no ties and
+    ``len(a) * len(b) <= 400``; otherwise the normal approximation with the tie correction
+    and a continuity correction."""
+    n, m = len(a), len(b)
+    if not n or not m:
+        return None
+    u = sum((x > y) + 0.5 * (x == y) for x in a for y in b)
+    pooled = sorted([*a, *b])
+    ties = len(set(pooled)) < len(pooled)
+    if not ties and n * m <= 400:
+        counts = _u_counts(n, m)
+        total = sum(counts)
+        below = sum(counts[: int(u) + 1]) / total
+        above = sum(counts[int(u) :]) / total
+        return min(1.0, 2 * min(below, above))
+    import math
+    from collections import Counter
+
+    mean = n * m / 2
+    tie_term = sum(t**3 - t for t in Counter(pooled).values())
+    variance = n * m / 12 * ((n + m + 1) - tie_term / ((n + m) * (n + m - 1)))
+    if variance <= 0:
+        return 1.0
+    z = (abs(u - mean) - 0.5) / math.sqrt(variance)
+    return min(1.0, math.erfc(max(z, 0.0) / math.sqrt(2)))
+
+
+def _u_counts(n: int, m: int) -> list[int]:
+    """How many orderings of ``n`` and ``m`` distinct values give U = 0, 1, ..., n * m."""
+    # f[i][j][u]: rows of sizes i and j; the largest value is in the first sample (adds j to
+    # U) or in the second (adds nothing).
+    table: dict[tuple[int, int], list[int]] = {}
+    for i in range(n + 1):
+        for j in range(m + 1):
+            if i == 0 or j == 0:
+                table[i, j] = [1]
+                continue
+            with_a, with_b = table[i - 1, j], table[i, j - 1]
+            size = i * j + 1
+            row = [0] * size
+            for k, c in enumerate(with_a):
+                row[k + j] += c
+            for k, c in enumerate(with_b):
+                row[k] += c
+            table[i, j] = row
+    return table[n, m]
+
+
+def verdict(
+    this: Sequence[float], other: Sequence[float], lower_is_better: bool | None,
+    min_change_pct: float = 0.0, alpha: float = 0.05,
+) -> tuple[float | None, str | None]:  # fmt: skip
+    """(p, verdict) of this sweep's runs against the other's: ``faster``/``slower`` for a
+    figure of speed (``lower_is_better``: a time; False: a rate), ``higher``/``lower`` for
+    another (None); ``same`` where the Mann-Whitney p is not below ``alpha`` or the medians
+    differ by less than ``min_change_pct`` percent; None without runs on both sides."""
+    import statistics
+
+    p = mann_whitney_p(this, other)
+    if p is None:
+        return None, None
+    here, there = statistics.median(this), statistics.median(other)
+    change = 100 * (here - there) / abs(there) if there else float("inf")
+    if p >= alpha or abs(change) < min_change_pct or here == there:
+        return p, "same"
+    if lower_is_better is None:
+        return p, "higher" if here > there else "lower"
+    better = (here < there) == lower_is_better
+    return p, "faster" if better else "slower"
