@@ -74,9 +74,10 @@ def figures(
             if (label, model) not in groups and not every_model:
                 continue
             g = groups.get((label, model), {})
-            ref_time = _median(groups.get((reference, model), {}).get("epoch_time", []))
+            ref = groups.get((reference, model), {}).get("epoch_time", [])
             row = {"row": label, "gpu_type": gpu, "nodes": nodes, "model": model,
-                   **_figures(g, ref_time, (prices or {}).get(gpu), targets)}  # fmt: skip
+                   **_figures(g, _median(ref), (prices or {}).get(gpu), targets)}  # fmt: skip
+            row.update(_against_reference(g.get("epoch_time", []), ref, label == reference))
             if several:
                 row["scaling_efficiency"] = _scaling(groups, shapes, label, model)
             rows.append(row)
@@ -131,6 +132,19 @@ INTERVALS = {
     "final_acc_pct": ("final_acc", "median", 100.0, 2),
     "energy_per_image_mj": ("energy_per_image_j", "median", 1e3, 3),
 }
+
+
+def _against_reference(times: list[float], ref: list[float], is_reference: bool) -> dict:
+    """The speedup's 95% interval (``harness.stats.ratio_interval``), and this GPU type's
+    runs tested against the reference's (``harness.stats.verdict``: faster, slower or same,
+    a change under 1% being the same); None for the reference itself and where a side has
+    no runs."""
+    low = high = p = said = None
+    if not is_reference and times and ref:
+        low, high = stats.ratio_interval(ref, times)
+        p, said = stats.verdict(times, ref, lower_is_better=True, min_change_pct=1.0)
+    return {"speedup_ci95_low": _rounded(low, 2), "speedup_ci95_high": _rounded(high, 2),
+            "speedup_p": _rounded(p, 4), "speedup_verdict": said}  # fmt: skip
 
 
 def run_values(store: Store, sweep: str) -> dict[tuple[str, str], dict[str, list]]:

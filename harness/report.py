@@ -75,8 +75,18 @@ TABLE_COLUMNS = {
 
 
 # Tidy figures that are not columns of their own: the row's label, the CV's flag (a "!" in
-# the CV column) and the n of "reached k/n".
-NOT_COLUMNS = ("row", "gpu_type", "nodes", "model", "cv_flag", "target_runs")
+# the CV column), the n of "reached k/n", and the speedup's p and verdict (the verdict is a
+# column of its own after the speedup's interval: "vs ref").
+NOT_COLUMNS = (
+    "row",
+    "gpu_type",
+    "nodes",
+    "model",
+    "cv_flag",
+    "target_runs",
+    "speedup_p",
+    "speedup_verdict",
+)
 
 
 def comparison(
@@ -105,17 +115,21 @@ def comparison(
                 row[f"{model} {_column(name)} {SPREAD}"] = (
                     None if spread is None else f"±{spread:g}%"
                 )
+            if name == "speedup" and "speedup_verdict" in tidy:  # against the reference's runs
+                row[f"{model} {AGAINST}"] = tidy["speedup_verdict"]
     return list(wide.values())
 
 
 SPREAD = "±"  # the name's end of a figure's interval column in the wide table
+AGAINST = "vs ref"  # the speedup's verdict against the reference GPU type's runs
 BOUNDS = ("_ci95_low", "_ci95_high")
 
 
 def without_spreads(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The wide table without its interval columns: the terminal's default (``--wide``
-    keeps them)."""
-    return [{k: v for k, v in row.items() if not k.endswith(" " + SPREAD)} for row in rows]
+    """The wide table without its interval and verdict columns: the terminal's default
+    (``--wide`` keeps them)."""
+    wide_only = (" " + SPREAD, " " + AGAINST)
+    return [{k: v for k, v in row.items() if not k.endswith(wide_only)} for row in rows]
 
 
 def _column(name: str) -> str:

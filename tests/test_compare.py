@@ -111,3 +111,27 @@ def test_the_verdicts_error_rates_on_known_distributions():
     # The exact test: 5 against 5 with no overlap is the smallest two-sided p there is.
     assert mann_whitney_p([1, 2, 3, 4, 5], [6, 7, 8, 9, 10]) == pytest.approx(2 / 252)
     assert mann_whitney_p([1.0, 2.0], [1.0, 2.0]) == 1.0  # ties: the normal approximation
+
+
+def test_each_gpu_type_is_tested_against_the_reference(tmp_path):
+    """Within one sweep: the speedup gets its interval and a verdict from the GPU type's runs
+    against the reference type's; a type that runs as the reference does is the same."""
+    rng = random.Random(8)
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    runs = [("a100", rng.gauss(5.0, 0.1)) for _ in range(5)]
+    runs += [("a10", rng.gauss(5.0, 0.1)) for _ in range(5)]  # as fast as the a100
+    runs += [("v100", rng.gauss(10.0, 0.2)) for _ in range(5)]
+    add_runs(Store(url), "types", runs)
+    code, out, err = run("table", "types", "--reference", "a100", "--store", url,
+                         "--format", "json")  # fmt: skip
+    assert code == 0, err
+    by = {r["gpu_type"]: r for r in json.loads(out)}
+    assert by["a100"]["speedup_verdict"] is None and by["a100"]["speedup_ci95_low"] is None
+    v100 = by["v100"]
+    assert v100["speedup_verdict"] == "slower" and v100["speedup_p"] < 0.05
+    assert v100["speedup_ci95_low"] <= v100["speedup"] <= v100["speedup_ci95_high"] < 0.6
+    assert by["a10"]["speedup_verdict"] == "same", by["a10"]
+    assert by["a10"]["speedup_ci95_low"] <= 1.0 <= by["a10"]["speedup_ci95_high"]
+    code, out, _ = run("table", "types", "--reference", "a100", "--store", url, "--wide")
+    (line,) = [x for x in out.splitlines() if x.startswith("v100")]
+    assert "vs ref" in out and "slower" in line.split(), out

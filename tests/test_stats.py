@@ -98,6 +98,6 @@ def test_one_run_has_no_interval_anywhere(tmp_path):
     assert code == 0, err
     (row,) = json.loads(out)
     bounds = [value for name, value in row.items() if "_ci95_" in name]
-    assert len(bounds) == 2 * 5 and all(value is None for value in bounds)
+    assert len(bounds) == 2 * 6 and all(value is None for value in bounds)  # 5 and speedup
     code, wide, _ = run("table", "ttt", "--store", url, "--wide")
     assert code == 0 and "±" not in wide  # a column with no value in any row is left out
