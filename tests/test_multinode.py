@@ -261,6 +261,7 @@ def test_a_node_that_dies_mid_job_is_requeued_and_the_job_resumes_when_it_is_bac
 
     store, job, folder = submit_until_first_epoch(tmp_path, path, "dead-node", env)
     subprocess.run([str(NODES), "kill-node", "2"], check=True, capture_output=True, timeout=60)
+    held = None
     try:
 
         def requeued():
@@ -277,9 +278,20 @@ def test_a_node_that_dies_mid_job_is_requeued_and_the_job_resumes_when_it_is_bac
         wait_for(lambda: not any(processes_on("node1", name)
                                  for name in ("srun", "submitit", "slurmstepd")),
                  120, "the first run's end on node1")  # fmt: skip
+        # Held until the node has booted and settled: a real node takes minutes to come back,
+        # and registers long before a job lands on it. Here slurmd's first registrations and
+        # the requeued run's start can cross, and SLURM then kills the new step on node 2 (it
+        # happened once in CI: the run ended as a host failure and was retried, attempt 2).
+        slurm_id = row["launcher_job_id"].removeprefix("slurm:")
+        held = subprocess.run(["scontrol", "hold", slurm_id], env=env, capture_output=True,
+                              text=True, timeout=30)  # fmt: skip
+        assert held.returncode == 0, held.stderr
     finally:
         subprocess.run([str(NODES), "start-node", "2"], check=True, capture_output=True,
                        timeout=120)  # fmt: skip
+        if held is not None and held.returncode == 0:
+            time.sleep(5)  # its registrations done
+            subprocess.run(["scontrol", "release", slurm_id], env=env, check=True, timeout=30)
 
     def ended():
         status()
