@@ -117,8 +117,8 @@ def mann_whitney_p(a: Sequence[float], b: Sequence[float]) -> float | None:
     n, m = len(a), len(b)
     if not n or not m:
         return None
-    u = sum((x > y) + 0.5 * (x == y) for x in a for y in b)
     pooled = sorted([*a, *b])
+    u = _rank_sum(a, pooled) - n * (n + 1) / 2  # pairs with a above b, ties counted half
     ties = len(set(pooled)) < len(pooled)
     if not ties and n * m <= 400:
         counts = _u_counts(n, m)
@@ -136,6 +136,14 @@ def mann_whitney_p(a: Sequence[float], b: Sequence[float]) -> float | None:
         return 1.0
     z = (abs(u - mean) - 0.5) / math.sqrt(variance)
     return min(1.0, math.erfc(max(z, 0.0) / math.sqrt(2)))
+
+
+def _rank_sum(a: Sequence[float], pooled: list[float]) -> float:
+    """The sum of ``a``'s ranks (1-based; tied values share their mean rank) among the sorted
+    ``pooled`` values of both samples."""
+    import bisect
+
+    return sum((bisect.bisect_left(pooled, x) + bisect.bisect_right(pooled, x) + 1) / 2 for x in a)
 
 
 def _u_counts(n: int, m: int) -> list[int]:

@@ -101,3 +101,25 @@ def test_one_run_has_no_interval_anywhere(tmp_path):
     assert len(bounds) == 2 * 6 and all(value is None for value in bounds)  # 5 and speedup
     code, wide, _ = run("table", "ttt", "--store", url, "--wide")
     assert code == 0 and "±" not in wide  # a column with no value in any row is left out
+
+
+@given(
+    st.lists(st.integers(0, 10_000), min_size=2, max_size=11, unique=True),
+    st.integers(1, 10),
+)
+def test_the_exact_mann_whitney_p_is_the_share_of_orderings_as_extreme(values, cut):
+    """Without ties, the exact p is what counting every split of the pooled runs gives."""
+    from itertools import combinations
+
+    from harness.stats import mann_whitney_p
+
+    cut = min(cut, len(values) - 1)
+    a, b = values[:cut], values[cut:]
+    u = sum(x > y for x in a for y in b)
+    us = [
+        sum(x > y for x in pick for y in set(values) - set(pick))
+        for pick in combinations(values, len(a))
+    ]
+    below = sum(v <= u for v in us) / len(us)
+    above = sum(v >= u for v in us) / len(us)
+    assert mann_whitney_p(a, b) == pytest.approx(min(1.0, 2 * min(below, above)))
