@@ -117,8 +117,13 @@ def main() -> None:
             one = np.ascontiguousarray(images[:1])
             try:
                 timed, info[name] = prepared(name, setting)
+            except Unavailable as exc:
+                print(f"{variant:<{w}}{name:<18}unavailable: {exc}", flush=True)
+                continue
+            try:
                 evaluated, _ = prepared(name, replace(setting, threads=args.eval_threads))
             except Unavailable as exc:
+                timed.close()
                 print(f"{variant:<{w}}{name:<18}unavailable: {exc}", flush=True)
                 continue
             torch.set_num_threads(args.threads)  # eager's threads are the process's

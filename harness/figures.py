@@ -271,14 +271,7 @@ def _groups(store: Store, sweep: str, targets: list[float] | None = None):
     waits = queries.queue_waits(store, sweep)
     groups: dict[tuple[str, str], dict[str, list]] = defaultdict(lambda: defaultdict(list))
     trained = queries.train_summaries(store, sweep)
-    # A training run that failed before its first epoch did not reach the targets: MLPerf
-    # counts it among the runs, as the slowest.
-    unmeasured = [
-        job_id
-        for job_id, job in job_rows.items()
-        if targets and job.stage == "train" and job.state == "failed" and job_id not in trained
-    ]
-    for job_id in unmeasured:
+    for job_id in _failed_before_an_epoch(store, job_rows, trained) if targets else []:
         g = groups[(label(job_id), job_rows[job_id].model)]
         _to_targets(g, None, waits.get(job_id), targets or [])
     for job_id, run in trained.items():
@@ -311,6 +304,26 @@ def _groups(store: Store, sweep: str, targets: list[float] | None = None):
         if job.stage == "transfer":
             groups[(label(job_id), job.model)]["transfer_acc"].append(result.final_test_acc)
     return groups, shapes
+
+
+def _failed_before_an_epoch(store: Store, job_rows: dict, trained: dict) -> list[str]:
+    """Training runs that started and failed before their first epoch record: runs that did
+    not reach the targets, which MLPerf counts among the runs, as the slowest. Not those that
+    never ran, nor bad input (the run was not made), nor a failure of the host (not the
+    run's: the harness retries it, or gave up on the hosts)."""
+    failed = [
+        job_id
+        for job_id, job in job_rows.items()
+        if job.stage == "train" and job.state == "failed" and job_id not in trained
+    ]
+    tries = store.attempts_of(failed) if failed else {}
+    counted = []
+    for job_id in failed:
+        last = (tries.get(job_id) or [{}])[-1]
+        started = last.get("started_at") is not None and not last.get("host_failure")
+        if started and not (job_rows[job_id].reason or "").startswith("bad input"):
+            counted.append(job_id)
+    return counted
 
 
 def _to_targets(g: dict[str, list], steps: Any, wait: float | None, targets: list[float]) -> None:

@@ -217,7 +217,8 @@ def _figures(out: Path, store: Store, sweep: str, table: list[dict]) -> list[tup
         if any(data.values()):
             _grouped_bars(plt, out / name, data, title, ylabel, errors)
             figures.append((name, f"{title}, by GPU type and network variant; error bars: "
-                                  "the 95% interval over the runs."))  # fmt: skip
+                                  "the 95% interval over the runs, as its larger distance "
+                                  "from the figure on both sides."))  # fmt: skip
     if _plot_accuracy(plt, out / "accuracy.png", queries.epoch_curves(store, sweep)):
         figures.append(
             ("accuracy.png", "Test accuracy after each epoch, one line per training job.")

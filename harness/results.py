@@ -135,7 +135,18 @@ def deployment_comparison(store: str | Store, sweep: str) -> Any:
     return frame(deployment_figures(_store(store), sweep))
 
 
-TEXT = {"row", "gpu_type", "model", "dataset", "runtime", "target_rule", "provider", "reason"}
+TEXT = {
+    "row",
+    "gpu_type",
+    "model",
+    "dataset",
+    "runtime",
+    "target_rule",
+    "provider",
+    "reason",
+    "speedup_verdict",
+    "verdict",
+}
 
 
 def frame(rows: list[dict[str, Any]]) -> Any:

@@ -134,8 +134,10 @@ def run_job(spec: InferSpec) -> list[dict[str, Any]]:
         runtime = runtimes.create(name, setting)
         try:
             info = runtime.prepare()
-        except runtimes.Unavailable as exc:
-            runtime.close()
+        except BaseException as exc:
+            runtime.close()  # whatever prepare had started
+            if not isinstance(exc, runtimes.Unavailable):
+                raise
             row = {"runtime": name, "batch_size": 0, "available": False, "reason": str(exc)}
             reporter.report("inference", row)
             rows.append(row)

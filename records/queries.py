@@ -27,8 +27,8 @@ from records.store import Store
 
 
 def sweep_jobs(store: Store, sweep: str) -> dict[str, Any]:
-    """Job id -> (id, stage, model, gpu_type, attempt, gpus, state) of every job of the
-    sweep."""
+    """Job id -> (id, stage, model, gpu_type, attempt, gpus, state, reason) of every job of
+    the sweep."""
     with store.begin() as conn:
         query = select(
             jobs.c.id,
@@ -38,6 +38,7 @@ def sweep_jobs(store: Store, sweep: str) -> dict[str, Any]:
             jobs.c.attempt,
             jobs.c.gpus,
             jobs.c.state,
+            jobs.c.reason,
         ).where(jobs.c.sweep == sweep)
         return {row.id: row for row in conn.execute(query)}
 

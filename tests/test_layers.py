@@ -502,7 +502,7 @@ def test_a_launcher_is_one_abstract_class_registered_by_name(tmp_path):
 
 
 def test_a_runtime_is_a_class_registered_by_name_and_a_model_and_a_device_resolve_once(
-    tmp_path,
+    tmp_path, monkeypatch
 ):
     """Each runtime a registered subclass of one abstract class, under the infer job's names;
     the network is rebuilt from a saved state in one function, and ``auto`` resolved in one."""
@@ -534,7 +534,8 @@ def test_a_runtime_is_a_class_registered_by_name_and_a_model_and_a_device_resolv
     # A network from a saved state: model_from; a fresh one (the trainer's): resnest.create.
     assert holding("resnest.create(") == ["jobs/checkpoint.py", "jobs/trainer.py"]
     assert holding("cuda.is_available()") == ["jobs/device.py"]
-    assert resolve("auto") == torch.device("cpu") == resolve("cpu")  # no GPU here
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as here, on any machine
+    assert resolve("auto") == torch.device("cpu") == resolve("cpu")
     with pytest.raises(DeviceError, match=r"^device 'cuda' was asked for, but no CUDA"):
         resolve("cuda")
 

@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -558,7 +559,8 @@ def test_queue_wait_shows_a_known_hold_and_the_eta_after_2_of_6_epochs_holds(tmp
             assert abs(at_2["eta_s"] - took) <= 0.25 * took, tries
             break
     else:  # the machine's pace, not the ETA: nothing to judge it against
-        print(f"no run at a steady pace in three: the ETA held to its formula only: {tries}")
+        warnings.warn(f"no run at a steady pace in three: the ETA held to its formula only: "
+                      f"{tries}", stacklevel=1)  # fmt: skip
     shown = cli("status", "-c", str(path), "--job", at_2["id"][:8], cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert "vm" in shown.stdout and "slurm:" in shown.stdout, shown.stdout

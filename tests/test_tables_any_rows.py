@@ -113,12 +113,12 @@ def run(*args: str) -> tuple[int, str, str]:
 
 
 def expected_pairs(jobs: list[dict]) -> set[tuple[str, str]]:
-    """(GPU type, model) pairs the comparison has figures for: a training run with epochs, a
-    training run that failed before its first (a run that did not reach the sweep's targets),
-    or a finished transfer run."""
+    """(GPU type, model) pairs the comparison has figures for: a training run with epochs, or
+    a finished transfer run (a run that failed before its first epoch counts only where it
+    started, and these runs write no start record)."""
     found = set()
     for j in jobs:
-        if j["stage"] == "train" and (j["epochs"] or j["state"] == "failed"):
+        if j["stage"] == "train" and j["epochs"]:
             found.add((j["gpu_type"], j["model"]))
         if j["stage"] == "transfer" and j["result"] and j["result"]["status"] == "succeeded":
             found.add((j["gpu_type"], j["model"]))

@@ -181,15 +181,26 @@ def test_a_run_that_failed_before_its_first_epoch_counts_as_the_slowest(tmp_path
     runs = [[(20.0, 0.8)], [(10.0, 0.7), (15.0, 0.8)], [(30.0, 0.8)], [(35.0, 0.85)]]
     fill(url, 0.8, runs)
     store = Store(url)
-    store.add_jobs("ttt", [{"id": "crashed", "stage": "train", "model": "resnest_tiny_basic",
-                            "dataset": "synthetic", "gpu_type": "v100", "gpus": 1, "seed": 9,
+    store.add_jobs("ttt", [{"id": name, "stage": "train", "model": "resnest_tiny_basic",
+                            "dataset": "synthetic", "gpu_type": "v100", "gpus": 1, "seed": 9 + i,
                             "repeat": 0, "spec": {}, "depends_on": [],
-                            "job_dir": "/nowhere/crashed"}])  # fmt: skip
+                            "job_dir": f"/nowhere/{name}"}
+                           for i, name in enumerate(("crashed", "refused", "lost"))])  # fmt: skip
+    store.write_records([{"kind": "start", "job_id": "crashed", "attempt": 0, "time": 1.0e9,
+                          "hosts": ["node1"], "spec": {}}])  # fmt: skip
     code, out, err = run("table", "ttt", "--store", url, "--format", "json")
     (before,) = json.loads(out)
     # Still running, it is not a run that ended: four runs, the median of those.
     assert before["reached_80pct"] == 4 and before["target_runs"] == 4
     assert before["target_rule"] == "median" and before["time_to_80pct_s"] == 27.5
+    # Failures that are not the run's: bad input (it never ran), and a host that failed it.
+    store.set_state("refused", "failed", reason="bad input: --lr -1: expected a number > 0")
+    store.write_records([{"kind": "start", "job_id": "lost", "attempt": 0, "time": 1.0e9,
+                          "hosts": ["node2"], "spec": {}}])  # fmt: skip
+    store.record_attempts([{"job_id": "lost", "attempt": 0, "host_failure": True}])
+    store.set_state("lost", "failed", reason="host failure on node2: connection reset")
+    code, out, err = run("table", "ttt", "--store", url, "--format", "json")
+    assert json.loads(out)[0]["target_runs"] == 4, out
     store.set_state("crashed", "failed", reason="FAILED exit code 1")
     code, out, err = run("table", "ttt", "--store", url, "--format", "json")
     assert code == 0, err
