@@ -147,15 +147,21 @@ def _against_reference(times: list[float], ref: list[float], is_reference: bool)
             "speedup_p": _rounded(p, 4), "speedup_verdict": said}  # fmt: skip
 
 
+def with_targets(targets: list[float]) -> dict[str, tuple[str, str, float, int]]:
+    """``INTERVALS``, and the time to each target (its runs' times, the headline's rule)."""
+    wanted = dict(INTERVALS)
+    for target in targets:
+        wanted[f"time_to_{target_key(target)}_s"] = (f"to {target}", "target", 1.0, 4)
+    return wanted
+
+
 def run_values(store: Store, sweep: str) -> dict[tuple[str, str], dict[str, list]]:
     """(row label, model) -> figure -> the per-run values behind it, in the figure's unit,
     for the figures with an interval (time to a target: None for a run that did not get
     there): what a comparison of two sweeps tests."""
     targets = targets_of(store, sweep)
     groups, _ = _groups(store, sweep, targets)
-    wanted = dict(INTERVALS)
-    for target in targets:
-        wanted[f"time_to_{target_key(target)}_s"] = (f"to {target}", "target", 1.0, 4)
+    wanted = with_targets(targets)
     return {
         key: {
             figure: [None if v is None else v * factor for v in g.get(values, [])]
@@ -172,9 +178,7 @@ def interval_names(figure: str) -> tuple[str, str]:
 def _with_intervals(g: dict[str, list], targets: list[float], row: dict[str, Any]) -> dict:
     """``row`` with the 95% interval of each figure of ``INTERVALS`` and of the time to each
     target, after the figures (None, None: fewer than two runs, or no figure)."""
-    wanted = dict(INTERVALS)
-    for target in targets:
-        wanted[f"time_to_{target_key(target)}_s"] = (f"to {target}", "target", 1.0, 4)
+    wanted = with_targets(targets)
     for figure, (values, rule, factor, digits) in wanted.items():
         bounds = stats.interval(g.get(values, []), rule) if row[figure] is not None else (None,) * 2
         for name, bound in zip(interval_names(figure), bounds, strict=True):
