@@ -249,6 +249,15 @@ class Sweep(_Strict):
         return self
 
 
+class Reference(_Strict):
+    """A figure's expected value on a GPU type, for ``table --check``: the figure regresses
+    when its 95% interval lies wholly beyond the value moved by ``tolerance_pct`` the worse
+    way (``harness.references``)."""
+
+    value: float = Field(allow_inf_nan=False)
+    tolerance_pct: NonNegativeFloat = 0.0
+
+
 class ClusterConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     results_dir: str = "results"
@@ -256,6 +265,37 @@ class ClusterConfig(_Strict):
     launcher: Launcher = Launcher()
     gpu_types: dict[str, GpuType] = Field(min_length=1)
     sweep: Sweep
+    # GPU type -> model -> figure (a tidy name: epoch_time_s, images_per_s, final_acc_pct,
+    # energy_per_image_mj, time_to_93pct_s) -> its reference
+    references: dict[str, dict[str, dict[str, Reference]]] = {}
+
+    @model_validator(mode="after")
+    def _references_known(self) -> ClusterConfig:
+        """Each reference names a GPU type of gpu_types, a model of the zoo and a figure
+        with an interval (the time to a target: one of sweep.target_accuracy)."""
+        if not self.references:
+            return self
+        from harness.figures import with_targets
+        from resnest import list_models
+
+        figures = with_targets(self.sweep.targets)
+        models = list_models()
+        for gpu, by_model in self.references.items():
+            if gpu not in self.gpu_types:
+                raise ValueError(
+                    f"references: {gpu!r} is not a GPU type of gpu_types "
+                    f"({', '.join(self.gpu_types)})"
+                )
+            for model, by_figure in by_model.items():
+                if model not in models:
+                    raise ValueError(f"references.{gpu}: unknown model {model!r}")
+                for figure in by_figure:
+                    if figure not in figures:
+                        raise ValueError(
+                            f"references.{gpu}.{model}: unknown figure {figure!r}; expected "
+                            f"one of {', '.join(figures)}"
+                        )
+        return self
 
     @model_validator(mode="after")
     def _nodes_reachable(self) -> ClusterConfig:

@@ -10,9 +10,10 @@ they are.
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections import defaultdict
-from typing import Any
+from typing import Any, NamedTuple
 
 from harness import stats
 from records import queries, summaries
@@ -124,13 +125,33 @@ def _figures(
     )
 
 
-# The figures with a 95% interval over their runs (``harness.stats``): figure -> (the group's
-# per-run values, the headline's rule, the factor to the figure's unit, its digits).
+class Headline(NamedTuple):
+    """A figure with a 95% interval over its runs: where its per-run values are in a group
+    of runs (``_groups``), the headline's rule (``median``, or ``target``: MLPerf's), the
+    factor to the figure's unit and its digits; which way is better, and whether it is a
+    speed (its verdicts say faster or slower, others higher or lower)."""
+
+    values: str
+    rule: str
+    factor: float
+    digits: int
+    better: str  # "lower" or "higher"
+    speed: bool
+
+    @property
+    def lower_is_better(self) -> bool | None:
+        """``harness.stats.verdict``'s direction: for a speed, whether lower is better;
+        None for another figure (its verdicts are higher or lower)."""
+        return self.better == "lower" if self.speed else None
+
+
+# The figures with an interval, which comparisons test and references check (with the time
+# to each of the sweep's targets: ``with_targets``).
 INTERVALS = {
-    "epoch_time_s": ("epoch_time", "median", 1.0, 4),
-    "images_per_s": ("images_per_sec", "median", 1.0, 4),
-    "final_acc_pct": ("final_acc", "median", 100.0, 2),
-    "energy_per_image_mj": ("energy_per_image_j", "median", 1e3, 3),
+    "epoch_time_s": Headline("epoch_time", "median", 1.0, 4, "lower", True),
+    "images_per_s": Headline("images_per_sec", "median", 1.0, 4, "higher", True),
+    "final_acc_pct": Headline("final_acc", "median", 100.0, 2, "higher", False),
+    "energy_per_image_mj": Headline("energy_per_image_j", "median", 1e3, 3, "lower", False),
 }
 
 
@@ -147,12 +168,25 @@ def _against_reference(times: list[float], ref: list[float], is_reference: bool)
             "speedup_p": _rounded(p, 4), "speedup_verdict": said}  # fmt: skip
 
 
-def with_targets(targets: list[float]) -> dict[str, tuple[str, str, float, int]]:
+def with_targets(targets: list[float]) -> dict[str, Headline]:
     """``INTERVALS``, and the time to each target (its runs' times, the headline's rule)."""
     wanted = dict(INTERVALS)
     for target in targets:
-        wanted[f"time_to_{target_key(target)}_s"] = (f"to {target}", "target", 1.0, 4)
+        wanted[f"time_to_{target_key(target)}_s"] = Headline(
+            f"to {target}", "target", 1.0, 4, "lower", True
+        )
     return wanted
+
+
+def headline_of(figure: str) -> Headline:
+    """The ``Headline`` of a figure with an interval (``time_to_90pct_s`` included); KeyError
+    for another."""
+    if figure in INTERVALS:
+        return INTERVALS[figure]
+    found = re.fullmatch(r"time_to_(\d+(?:\.\d+)?)pct_s", figure)
+    if found is None:
+        raise KeyError(figure)
+    return with_targets([float(found[1]) / 100])[figure]
 
 
 def run_values(store: Store, sweep: str) -> dict[tuple[str, str], dict[str, list]]:
@@ -165,7 +199,7 @@ def run_values(store: Store, sweep: str) -> dict[tuple[str, str], dict[str, list
     return {
         key: {
             figure: [None if v is None else v * factor for v in g.get(values, [])]
-            for figure, (values, _, factor, _) in wanted.items()
+            for figure, (values, _, factor, *_) in wanted.items()
         }
         for key, g in groups.items()
     }
@@ -179,7 +213,7 @@ def _with_intervals(g: dict[str, list], targets: list[float], row: dict[str, Any
     """``row`` with the 95% interval of each figure of ``INTERVALS`` and of the time to each
     target, after the figures (None, None: fewer than two runs, or no figure)."""
     wanted = with_targets(targets)
-    for figure, (values, rule, factor, digits) in wanted.items():
+    for figure, (values, rule, factor, digits, *_) in wanted.items():
         bounds = stats.interval(g.get(values, []), rule) if row[figure] is not None else (None,) * 2
         for name, bound in zip(interval_names(figure), bounds, strict=True):
             row[name] = _rounded(bound, digits, factor)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from harness.figures import deployment_figures, figures, interval_names
+from harness.figures import deployment_figures, figures, headline_of, interval_names
 from harness.stats import half_width_pct, verdict
 from records import queries
 from records.schema import NOT_STARTED, STATES, JobRow, State
@@ -247,12 +247,6 @@ def deployment(store: Store, sweep: str) -> list[dict[str, Any]]:
     return rows
 
 
-# Which way is better, for the verdict of a comparison: True, a time (lower: "faster"); False,
-# a rate (higher: "faster"); None, neither ("higher" or "lower").
-DIRECTION = {"epoch_time_s": True, "images_per_s": False, "final_acc_pct": None,
-             "energy_per_image_mj": None}  # fmt: skip
-
-
 def side_by_side(
     rows: list[dict[str, Any]], other: list[dict[str, Any]], name: str, other_name: str,
     runs: dict | None = None, other_runs: dict | None = None, min_change: float = 1.0,
@@ -296,6 +290,16 @@ def side_by_side(
     return table
 
 
+def tested_columns(runs: dict) -> dict[str, tuple[str, str]]:
+    """The figure column of ``side_by_side`` -> (model, tidy figure) for the figures it tests
+    (``runs``: ``harness.figures.run_values``)."""
+    return {
+        f"{model} {_column(figure)}": (model, figure)
+        for (_, model), figures in runs.items()
+        for figure in figures
+    }
+
+
 def _tested(found: tuple | None, min_change: float) -> tuple[float | None, str | None]:
     """The p-value and verdict of one figure's runs in two sweeps (None, None: not tested)."""
     if found is None:
@@ -303,5 +307,4 @@ def _tested(found: tuple | None, min_change: float) -> tuple[float | None, str |
     figure, mine, theirs = found
     if not mine or not theirs or None in mine or None in theirs:
         return None, None
-    lower_is_better = DIRECTION.get(figure, True)  # the rest are times to a target
-    return verdict(mine, theirs, lower_is_better, min_change)
+    return verdict(mine, theirs, headline_of(figure).lower_is_better, min_change)

@@ -205,7 +205,8 @@ MACHINE_FORMATS = ("csv", "json", "parquet")
 def cmd_table(args: argparse.Namespace) -> int:
     from harness.report import comparison, prices_of
 
-    _, store, sweep_name = store_and_sweep(args)
+    config, store, sweep_name = store_and_sweep(args)
+    _gate_flags(args)
     if args.format == "parquet" and not args.out:
         raise UserError("--format parquet writes a file: name it with --out FILE")
     if args.out and args.format == "table":
@@ -225,12 +226,21 @@ def cmd_table(args: argparse.Namespace) -> int:
         from harness.figures import run_values
 
         other = comparison(store, args.compare, prices=prices_of(store, args.compare))
-        table = side_by_side(rows, other, sweep_name, args.compare, run_values(store, sweep_name),
+        runs = run_values(store, sweep_name)
+        table = side_by_side(rows, other, sweep_name, args.compare, runs,
                              run_values(store, args.compare), args.min_change)  # fmt: skip
+        if args.fail_on_regression:
+            from harness.references import compared
+            from harness.report import tested_columns
+
+            outcomes = compared(table, tested_columns(runs))
+            return _gate(outcomes, args, f"{sweep_name} against {args.compare}")
         if table or args.format in MACHINE_FORMATS:
             return emit(table, args)
         print("(no figure measured in both sweeps)")
         return 0
+    if args.check:
+        return _check(store, sweep_name, config, args, prices)
     measured = [row["gpu_type"] for row in rows]
     types = {label.split(" (", 1)[0] for label in measured}  # "v100 (2 nodes)": a v100 row
     if args.reference and args.reference not in {*measured, *types}:
@@ -264,6 +274,61 @@ def cmd_table(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _gate_flags(args: argparse.Namespace) -> None:
+    if args.junit and not (args.check or args.fail_on_regression):
+        raise UserError(
+            "--junit FILE writes the gate's outcome: add --check or --fail-on-regression"
+        )
+    if args.fail_on_regression and not args.compare:
+        raise UserError(
+            "--fail-on-regression needs --compare OTHER_SWEEP (against references: --check)"
+        )
+    if args.check and (args.compare or args.deploy):
+        raise UserError(
+            "--check holds this sweep to its references: not with --compare or --deploy"
+        )
+
+
+def _check(store, sweep_name: str, config, args: argparse.Namespace, prices) -> int:
+    """``table --check``: the sweep's figures against the references of the cluster.yaml
+    given (else of the sweep as submitted)."""
+    from harness import figures
+    from harness.references import check
+
+    if config is not None:
+        references = {gpu: {model: {figure: ref.model_dump() for figure, ref in by_figure.items()}
+                            for model, by_figure in by_model.items()}
+                      for gpu, by_model in config.references.items()}  # fmt: skip
+        where = _config_path(args)
+    else:
+        references = (store.sweep_config(sweep_name) or {}).get("references") or {}
+        where = f"sweep {sweep_name!r} as submitted"
+    if not references:
+        raise UserError(f"--check: no references in {where} (cluster.yaml's references:)")
+    rows = figures.figures(store, sweep_name, prices=prices)
+    outcomes = check(rows, references)
+    if not outcomes:
+        raise UserError(
+            f"--check: none of the references in {where} is for a GPU type and model that "
+            f"sweep {sweep_name!r} ran"
+        )
+    return _gate(outcomes, args, f"{sweep_name} against its references")
+
+
+def _gate(outcomes: list, args: argparse.Namespace, suite: str) -> int:
+    """One line per outcome (regressions on stderr), a count, JUnit XML with --junit; 1 when
+    a figure regressed or a reference had nothing to check."""
+    from harness.references import write_junit
+
+    for outcome in outcomes:
+        print(outcome.line, file=sys.stderr if outcome.failed else sys.stdout)
+    failed = sum(outcome.failed for outcome in outcomes)
+    print(f"{suite}: {len(outcomes) - failed} of {len(outcomes)} figures passed")
+    if args.junit:
+        write_junit(outcomes, args.junit, suite)
+    return 1 if failed else 0
 
 
 def _deploy_table(store, sweep_name: str, args: argparse.Namespace) -> int:

@@ -167,6 +167,18 @@ COMMANDS: list[dict[str, Any]] = [
             arg("--min-change", metavar="PCT", type=float, default=1.0,
                 help="with --compare: the smallest change of the median, in percent, that "
                 "counts as faster or slower (default 1; p must also be below 0.05)"),
+            arg("--check", action="store_true",
+                help="hold the sweep's figures to the references of its cluster.yaml "
+                "(references: GPU type -> model -> figure -> {value, tolerance_pct}): a line "
+                "per reference, exit 1 when a figure's whole 95%% interval is worse than the "
+                "reference beyond its tolerance (one run: its value), or nothing measured it"),
+            arg("--fail-on-regression", action="store_true",
+                help="with --compare: a line per figure tested, exit 1 when one is worse "
+                "(slower, lower accuracy, more energy) with p below 0.05 by at least "
+                "--min-change percent"),
+            arg("--junit", metavar="FILE",
+                help="with --check or --fail-on-regression: also write the outcome as JUnit "
+                "XML into FILE (a test case per figure), for a CI system to show"),
         ],
         groups=["store"],
     ),
