@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import statistics
 from collections import defaultdict
+from collections.abc import Collection
 from typing import Any, NamedTuple
 
 from harness import stats
@@ -36,6 +37,7 @@ def figures(
     reference: str | None = None,
     prices: dict[str, float] | None = None,
     every_model: bool = False,
+    exclude_hosts: Collection[str] = (),
 ) -> list[dict[str, Any]]:
     """A row per GPU type (``gpu_type``, ``nodes``; ``row`` is the table's row label) and
     model, for every pair the sweep trained or transferred (``every_model``: for every model
@@ -57,9 +59,13 @@ def figures(
     a trained network, ``time_to_trained_90pct_s``: per run, its queue wait plus its time to
     the target, headlined as time to the target is (runs whose wait is not known are left
     out of it).
+
+    ``hosts``: how many hosts the timed runs came from; ``outlier_hosts``: those whose
+    runs' epoch times are outliers against the other hosts' (``harness.stats.outlier_hosts``),
+    comma-separated. Runs on ``exclude_hosts`` are left out of every figure.
     """
     targets = targets_of(store, sweep)
-    groups, shapes = _groups(store, sweep, targets)
+    groups, shapes = _groups(store, sweep, targets, exclude_hosts)
     labels = sorted(shapes, key=lambda label: shapes[label])
     models = sorted({model for _, model in groups})
     if reference in {gpu for gpu, _ in shapes.values()}:  # a GPU type: its fewest nodes
@@ -99,6 +105,7 @@ def _figures(
         cost = round(statistics.median(train_times) / 3600 * g.get("gpus", [1])[0] * price, 4)
     med = {name: _median(g.get(name, []), None) for name in TELEMETRY}
     med["images_per_sec"] = _median(g.get("images_per_sec", []))
+    outliers = stats.outlier_hosts(g.get("epoch_time", []), g.get("host", []))
     return _with_intervals(
         g,
         targets,
@@ -121,6 +128,8 @@ def _figures(
             "cpu_util_pct": _rounded(med["cpu_util_mean"], 1),
             "cost_per_run": cost,
             "gpu_mismatch_runs": len(g.get("mismatch", [])),
+            "hosts": len({host for host in g.get("host", []) if host}) or None,
+            "outlier_hosts": ", ".join(outliers) or None,
         },
     )
 
@@ -189,12 +198,14 @@ def headline_of(figure: str) -> Headline:
     return with_targets([float(found[1]) / 100])[figure]
 
 
-def run_values(store: Store, sweep: str) -> dict[tuple[str, str], dict[str, list]]:
+def run_values(
+    store: Store, sweep: str, exclude_hosts: Collection[str] = ()
+) -> dict[tuple[str, str], dict[str, list]]:
     """(row label, model) -> figure -> the per-run values behind it, in the figure's unit,
     for the figures with an interval (time to a target: None for a run that did not get
     there): what a comparison of two sweeps tests."""
     targets = targets_of(store, sweep)
-    groups, _ = _groups(store, sweep, targets)
+    groups, _ = _groups(store, sweep, targets, exclude_hosts)
     wanted = with_targets(targets)
     return {
         key: {
@@ -285,12 +296,22 @@ def headline(values: list[float | None]) -> tuple[float | None, str]:
     return _median([v for v in values if v is not None]), "median"
 
 
-def _groups(store: Store, sweep: str, targets: list[float] | None = None):
+def _groups(
+    store: Store,
+    sweep: str,
+    targets: list[float] | None = None,
+    exclude_hosts: Collection[str] = (),
+):
     """(row label, model) -> lists of per-run figures: each training run's median over its
-    timed epochs, its final result; each transfer run's final accuracy. Also row label ->
-    (GPU type, nodes): the label is the GPU type, with the node count where the sweep ran
-    several (``v100 (2 nodes)``)."""
-    job_rows = queries.sweep_jobs(store, sweep)
+    timed epochs (and its host), its final result; each transfer run's final accuracy. Also
+    row label -> (GPU type, nodes): the label is the GPU type, with the node count where the
+    sweep ran several (``v100 (2 nodes)``). Runs on ``exclude_hosts`` are left out."""
+    host_of = queries.hosts(store, sweep)
+    job_rows = {
+        job_id: job
+        for job_id, job in queries.sweep_jobs(store, sweep).items()
+        if host_of.get(job_id) not in exclude_hosts
+    }
     mismatched = queries.mismatched_jobs(store, sweep)
     final = queries.final_results(store, sweep)
     per_node = ((store.sweep_config(sweep) or {}).get("sweep") or {}).get("gpus_per_job") or 1
@@ -313,7 +334,9 @@ def _groups(store: Store, sweep: str, targets: list[float] | None = None):
         g = groups[(label(job_id), job_rows[job_id].model)]
         _to_targets(g, None, waits.get(job_id), targets or [])
     for job_id, run in trained.items():
-        job = job_rows[job_id]
+        job = job_rows.get(job_id)
+        if job is None:
+            continue  # on an excluded host
         if targets:
             g = groups[(label(job_id), job.model)]
             _to_targets(g, run.accuracy_steps, waits.get(job_id), targets)
@@ -321,6 +344,7 @@ def _groups(store: Store, sweep: str, targets: list[float] | None = None):
             continue  # no timed epoch: no time to compare
         g = groups[(label(job_id), job.model)]
         g["gpus"].append(job.gpus or 1)
+        g["host"].append(host_of.get(job_id))
         g["epoch_time"].append(run.epoch_time)
         g["epoch_time_cv"].append(run.epoch_time_cv)
         wait = waits.get(job_id)
@@ -338,8 +362,8 @@ def _groups(store: Store, sweep: str, targets: list[float] | None = None):
             g["final_acc"].append(result.final_test_acc)
             g["best_acc"].append(result.best_test_acc)
     for job_id, result in final.items():
-        job = job_rows[job_id]
-        if job.stage == "transfer":
+        job = job_rows.get(job_id)
+        if job is not None and job.stage == "transfer":
             groups[(label(job_id), job.model)]["transfer_acc"].append(result.final_test_acc)
     return groups, shapes
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Collection
 from typing import Any
 
 from harness.figures import deployment_figures, figures, headline_of, interval_names
@@ -70,13 +71,14 @@ TABLE_COLUMNS = {
     "cv_pct": "CV", "gpu_util_pct": "GPU util %", "gpu_mem_gb": "GPU mem GB",
     "power_w": "power W", "energy_per_epoch_j": "J/epoch", "energy_per_image_mj": "mJ/img",
     "cpu_util_pct": "CPU util %", "cost_per_run": "$/run", "gpu_mismatch_runs": "gpu mismatch",
-    "queue_wait_s": "queue wait s",
+    "queue_wait_s": "queue wait s", "hosts": "hosts",
 }  # fmt: skip
 
 
 # Tidy figures that are not columns of their own: the row's label, the CV's flag (a "!" in
-# the CV column), the n of "reached k/n", and the speedup's p and verdict (the verdict is a
-# column of its own after the speedup's interval: "vs ref").
+# the CV column), the n of "reached k/n", the speedup's p and verdict (the verdict is a
+# column of its own after the speedup's interval: "vs ref"), and the outlier hosts (named
+# in the hosts column).
 NOT_COLUMNS = (
     "row",
     "gpu_type",
@@ -86,6 +88,7 @@ NOT_COLUMNS = (
     "target_runs",
     "speedup_p",
     "speedup_verdict",
+    "outlier_hosts",
 )
 
 
@@ -94,13 +97,15 @@ def comparison(
     sweep: str,
     reference: str | None = None,
     prices: dict[str, float] | None = None,
+    exclude_hosts: Collection[str] = (),
 ) -> list[dict[str, Any]]:
     """The study's comparison as the terminal shows it: a row per GPU type (with its node
     count where the sweep ran several), a group of columns per model, from the tidy figures
     of ``harness.figures.figures`` (which says how each is made). Formatted here: the CV as
-    text with ``!`` above 5%, the runs that reached a target as "2/3"."""
+    text with ``!`` above 5%, the runs that reached a target as "2/3", the hosts as "4 ! h3"
+    where h3's runs are outliers."""
     wide: dict[str, dict[str, Any]] = {}
-    for tidy in figures(store, sweep, reference, prices, every_model=True):
+    for tidy in figures(store, sweep, reference, prices, True, exclude_hosts):
         row = wide.setdefault(tidy["row"], {"gpu_type": tidy["row"]})
         model = tidy["model"]
         columns = [(name, value) for name, value in tidy.items()
@@ -149,6 +154,8 @@ def _cell(name: str, value: Any, tidy: dict[str, Any]) -> Any:
         return None if value is None else f"{value}/{tidy.get('target_runs') or tidy['runs']}"
     if name == "gpu_mismatch_runs":
         return value or None
+    if name == "hosts" and tidy.get("outlier_hosts"):
+        return f"{value} ! {tidy['outlier_hosts']}"
     return value
 
 

@@ -188,3 +188,36 @@ def verdict(
         return p, "higher" if here > there else "lower"
     better = (here < there) == lower_is_better
     return p, "faster" if better else "slower"
+
+
+# Iglewicz and Hoaglin's rule for a modified z-score; at 3.0, one GPU type in twenty of four
+# alike hosts had one flagged (tests/test_hosts.py prints the rates)
+OUTLIER_MADS = 3.5
+MAD_FLOOR_PCT = 1.0
+
+
+def outlier_hosts(values: Sequence[float], hosts: Sequence[str | None]) -> list[str]:
+    """The hosts whose runs are outliers against the other hosts': the median of a host's
+    runs more than ``OUTLIER_MADS`` scaled MADs (1.4826 x the median absolute deviation, an
+    estimate of sigma that a few slow runs do not inflate) from the median of the runs on
+    every other host. The spread is at least ``MAD_FLOOR_PCT`` percent of that median, so
+    that hosts of near-identical runs do not flag a difference of 0.1%. Needs three hosts:
+    with two, which one is off cannot be told. ``values`` and ``hosts`` pair up, a run of an
+    unknown host (None) being left out."""
+    import statistics
+
+    by_host: dict[str, list[float]] = {}
+    for value, host in zip(values, hosts, strict=True):
+        if host is not None and value is not None:
+            by_host.setdefault(host, []).append(value)
+    if len(by_host) < 3:
+        return []
+    flagged = []
+    for host, mine in by_host.items():
+        others = [v for other, vs in by_host.items() if other != host for v in vs]
+        center = statistics.median(others)
+        mad = 1.4826 * statistics.median(abs(v - center) for v in others)
+        spread = max(mad, MAD_FLOOR_PCT / 100 * abs(center))
+        if abs(statistics.median(mine) - center) > OUTLIER_MADS * spread:
+            flagged.append(host)
+    return sorted(flagged)

@@ -180,6 +180,18 @@ def provenance_rows(store: Store, sweep: str) -> list[Any]:
         ).all()
 
 
+def hosts(store: Store, sweep: str) -> dict[str, str]:
+    """Job id -> the host its newest attempt with a provenance ran on (rank 0's)."""
+    with store.begin() as conn:
+        rows = conn.execute(
+            select(provenance.c.job_id, provenance.c.host)
+            .join(jobs, jobs.c.id == provenance.c.job_id)
+            .where(jobs.c.sweep == sweep, provenance.c.host.is_not(None))
+            .order_by(provenance.c.attempt)
+        )
+        return {job_id: host for job_id, host in rows}
+
+
 def queue_waits(store: Store, sweep: str) -> dict[str, float]:
     """Job id -> seconds it waited in a queue, submission to start, over all its attempts:
     the attempts' own times where the launcher recorded them (SLURM: sacct's Submit and

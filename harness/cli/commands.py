@@ -215,7 +215,8 @@ def cmd_table(args: argparse.Namespace) -> int:
     if args.deploy:
         return _deploy_table(store, sweep_name, args)
     prices = prices_of(store, sweep_name)
-    rows = comparison(store, sweep_name, args.reference, prices=prices)
+    excluded = _excluded_hosts(store, sweep_name, args.exclude_host)
+    rows = comparison(store, sweep_name, args.reference, prices, excluded)
     if args.compare:
         from harness.report import side_by_side
 
@@ -226,7 +227,7 @@ def cmd_table(args: argparse.Namespace) -> int:
         from harness.figures import run_values
 
         other = comparison(store, args.compare, prices=prices_of(store, args.compare))
-        runs = run_values(store, sweep_name)
+        runs = run_values(store, sweep_name, excluded)
         table = side_by_side(rows, other, sweep_name, args.compare, runs,
                              run_values(store, args.compare), args.min_change)  # fmt: skip
         if args.fail_on_regression:
@@ -240,7 +241,7 @@ def cmd_table(args: argparse.Namespace) -> int:
         print("(no figure measured in both sweeps)")
         return 0
     if args.check:
-        return _check(store, sweep_name, config, args, prices)
+        return _check(store, sweep_name, config, args, prices, excluded)
     measured = [row["gpu_type"] for row in rows]
     types = {label.split(" (", 1)[0] for label in measured}  # "v100 (2 nodes)": a v100 row
     if args.reference and args.reference not in {*measured, *types}:
@@ -260,7 +261,8 @@ def cmd_table(args: argparse.Namespace) -> int:
     elif args.format in MACHINE_FORMATS:  # the tidy figures, a row per GPU type and model
         from harness import figures
 
-        return emit(figures.figures(store, sweep_name, args.reference, prices), args)
+        return emit(figures.figures(store, sweep_name, args.reference, prices, False, excluded),
+                    args)  # fmt: skip
     elif args.out:
         return emit(rows, args)  # md or html: the wide table
     else:
@@ -270,10 +272,28 @@ def cmd_table(args: argparse.Namespace) -> int:
             "epoch times, images/s and telemetry: medians over the epochs after the first "
             "(warm-up) epoch, then over runs; CV across runs, ! above 5%; gpu mismatch: runs "
             "whose GPU was not the GPU type asked for; ±: the 95% interval over the runs "
-            "(percentile bootstrap), as its larger distance from the figure, with --wide",
+            "(percentile bootstrap), as its larger distance from the figure, with --wide; "
+            "hosts: how many the runs came from, ! naming one whose runs are outliers against "
+            "the other hosts' (over 3.5 MADs from their median; --exclude-host HOST)",
             file=sys.stderr,
         )
     return 0
+
+
+def _excluded_hosts(store, sweep_name: str, hosts: list[str]) -> set[str]:
+    """``--exclude-host``'s hosts, each one that ran a job of the sweep."""
+    if not hosts:
+        return set()
+    from records.queries import hosts as hosts_of
+
+    known = set(hosts_of(store, sweep_name).values())
+    for host in hosts:
+        if host not in known:
+            raise UserError(
+                f"--exclude-host {host!r}: no job of sweep {sweep_name!r} ran there (its "
+                f"hosts: {', '.join(sorted(known)) or 'none recorded'})"
+            )
+    return set(hosts)
 
 
 def _gate_flags(args: argparse.Namespace) -> None:
@@ -291,7 +311,7 @@ def _gate_flags(args: argparse.Namespace) -> None:
         )
 
 
-def _check(store, sweep_name: str, config, args: argparse.Namespace, prices) -> int:
+def _check(store, sweep_name: str, config, args: argparse.Namespace, prices, excluded) -> int:
     """``table --check``: the sweep's figures against the references of the cluster.yaml
     given (else of the sweep as submitted)."""
     from harness import figures
@@ -307,7 +327,7 @@ def _check(store, sweep_name: str, config, args: argparse.Namespace, prices) -> 
         where = f"sweep {sweep_name!r} as submitted"
     if not references:
         raise UserError(f"--check: no references in {where} (cluster.yaml's references:)")
-    rows = figures.figures(store, sweep_name, prices=prices)
+    rows = figures.figures(store, sweep_name, prices=prices, exclude_hosts=excluded)
     outcomes = check(rows, references)
     if not outcomes:
         raise UserError(

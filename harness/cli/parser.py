@@ -167,6 +167,10 @@ COMMANDS: list[dict[str, Any]] = [
             arg("--min-change", metavar="PCT", type=float, default=1.0,
                 help="with --compare: the smallest change of the median, in percent, that "
                 "counts as faster or slower (default 1; p must also be below 0.05)"),
+            arg("--exclude-host", action="append", default=[], metavar="HOST",
+                help="leave the runs of HOST out of every figure (a host flagged in the hosts "
+                "column: its runs are outliers against the other hosts of their GPU type); "
+                "repeatable"),
             arg("--check", action="store_true",
                 help="hold the sweep's figures to the references of its cluster.yaml "
                 "(references: GPU type -> model -> figure -> {value, tolerance_pct}): a line "
