@@ -275,7 +275,7 @@ class ClusterConfig(_Strict):
         with an interval (the time to a target: one of sweep.target_accuracy)."""
         if not self.references:
             return self
-        from harness.figures import with_targets
+        from harness.headlines import with_targets
         from resnest import list_models
 
         figures = with_targets(self.sweep.targets)

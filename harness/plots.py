@@ -269,11 +269,7 @@ def build(store: Store, sweep: str, out: Path) -> Path:
         f"<h3>{html.escape(title)}</h3>{_table_html(t)}" for title, t in study_tables(table)
     )
     deployed = deployment(store, sweep)
-    images = "".join(
-        f'<figure><img src="{name}" alt="{html.escape(caption)}" width="700" height="400">'
-        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-        for name, caption in figures
-    )
+    images = _images(figures, 700)
     mismatches = sum(1 for p in prov if p.gpu_mismatch)
     flag = (
         f'<p class="flag">{mismatches} run(s) ran on a GPU other than the type asked for: see '
@@ -281,13 +277,7 @@ def build(store: Store, sweep: str, out: Path) -> Path:
         if mismatches
         else ""
     )
-    page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>resnest-bench: {html.escape(sweep)}</title>
-<style>{STYLE}</style></head>
-<body>
-<h1>Sweep {html.escape(sweep)}</h1>
+    body = f"""<h1>Sweep {html.escape(sweep)}</h1>
 <p>Generated {time.strftime("%Y-%m-%d %H:%M:%S")} from {html.escape(store.url.split("://")[0])}
 store. Epoch times, throughput and telemetry are medians over the epochs after the first
 (warm-up) epoch, then over runs; CV is across runs and flagged (!) above 5%.</p>
@@ -302,10 +292,79 @@ store. Epoch times, throughput and telemetry are medians over the epochs after t
 {images or "<p>(nothing measured yet)</p>"}
 <h2>Provenance</h2>
 {_table_html(prov_rows)}
-</body></html>
+"""
+    return _page(out, sweep, body)
+
+
+def _page(out: Path, title: str, body: str) -> Path:
+    """``out/index.html`` with ``body``, written whole and renamed; its path."""
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>resnest-bench: {html.escape(title)}</title>
+<style>{STYLE}</style></head>
+<body>
+{body}</body></html>
 """
     path = out / "index.html"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(page)
     os.replace(tmp, path)
     return path
+
+
+def _images(images: list[tuple[str, str]], width: int) -> str:
+    return "".join(
+        f'<figure><img src="{name}" alt="{html.escape(caption)}" width="{width}" height="400">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        for name, caption in images
+    )
+
+
+def build_history(store: Store, series: list, out: Path) -> Path:
+    """``resnest-bench history --out``: a page with a plot per figure over the store's sweeps
+    (a line per GPU type and model, each point with its 95% interval, a dashed line at each
+    step) and the table of steps with what changed; returns the page's path."""
+    from harness.history import as_rows
+    from harness.report import _column
+
+    out.mkdir(parents=True, exist_ok=True)
+    plt = _pyplot()
+    by_figure: dict[str, list] = defaultdict(list)
+    for s in series:
+        by_figure[s.figure].append(s)
+    order = {name: i for i, name in enumerate(store.sweeps())}
+    images = []
+    for i, (figure, lines) in enumerate(sorted(by_figure.items())):
+        sweeps = sorted({p.sweep for s in lines for p in s.points}, key=order.__getitem__)
+        x_of = {name: x for x, name in enumerate(sweeps)}
+        fig, ax = plt.subplots(figsize=(9, 4), dpi=100)
+        for k, s in enumerate(lines):
+            shown = [p for p in s.points if p.value is not None]
+            xs = [x_of[p.sweep] for p in shown]
+            ys = [p.value for p in shown]
+            below = [p.value - p.low if p.low is not None else 0 for p in shown]
+            above = [p.high - p.value if p.high is not None else 0 for p in shown]
+            color = COLORS[k % len(COLORS)]
+            ax.errorbar(xs, ys, yerr=[below, above], marker="o", ms=3, capsize=2,
+                        color=color, label=f"{s.row} {s.model}")  # fmt: skip
+            for step in s.steps:
+                ax.axvline(x_of[step.after] - 0.5, color=color, linestyle="--", alpha=0.6)
+        ax.set_xticks(range(len(sweeps)), sweeps, rotation=60, ha="right", fontsize=7)
+        name = f"history_{i}.png"
+        _finish(plt, fig, ax, out / name, "sweep (in the order submitted)", _column(figure),
+                f"{_column(figure)} across sweeps")  # fmt: skip
+        images.append((name, f"{_column(figure)} ({figure}) per GPU type and network, each "
+                             "point the sweep's figure with its 95% interval over the runs; "
+                             "dashed: a step"))  # fmt: skip
+    body = f"""<h1>History across {len(order)} sweeps</h1>
+<p>Generated {time.strftime("%Y-%m-%d %H:%M:%S")} from {html.escape(store.url.split("://")[0])}
+store. A step: the level of a figure changed between two sweeps (Mann-Whitney U over the
+runs on either side, p below 0.01 over the cuts tried, and a change of the median at least the
+minimum), with what differs in the runs' provenance across it.</p>
+<h2>Steps</h2>
+{_table_html(as_rows(series))}
+<h2>Plots</h2>
+{_images(images, 900) or "<p>(nothing measured yet)</p>"}
+"""
+    return _page(out, "history", body)

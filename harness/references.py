@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.figures import headline_of, interval_names
+from harness.figures import interval_names
+from harness.headlines import headline_of
 from records.errors import UserError
 
 PASSED, REGRESSED, NOT_MEASURED = "passed", "regressed", "not measured"

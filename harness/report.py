@@ -6,7 +6,8 @@ import statistics
 from collections.abc import Collection
 from typing import Any
 
-from harness.figures import deployment_figures, figures, headline_of, interval_names
+from harness.figures import deployment_figures, figures, interval_names
+from harness.headlines import headline_of
 from harness.stats import half_width_pct, verdict
 from records import queries
 from records.schema import NOT_STARTED, STATES, JobRow, State

@@ -19,6 +19,8 @@ interval of something else). Below five runs a bootstrap interval is narrower th
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections.abc import Sequence
 
 RESAMPLES = 2000
@@ -119,7 +121,42 @@ def mann_whitney_p(a: Sequence[float], b: Sequence[float]) -> float | None:
         return None
     pooled = sorted([*a, *b])
     u = _rank_sum(a, pooled) - n * (n + 1) / 2  # pairs with a above b, ties counted half
-    ties = len(set(pooled)) < len(pooled)
+    return _u_p(u, n, m, pooled)
+
+
+def split_p_values(groups: Sequence[Sequence[float]]) -> list[tuple[float, float] | None]:
+    """For each way to cut ``groups`` (a series, such as the runs of each sweep in turn) in
+    two, after group 1, 2, ..., k-1: ``mann_whitney_p`` of the runs before the cut against
+    those after it, with the size of U's departure from its mean in standard deviations
+    (which tells cuts apart where p underflows to 0); None where a side has no runs. The
+    values are ranked once, so a series of many runs is tested at every cut in one pass."""
+    import math
+    from collections import Counter
+
+    pooled = sorted(v for group in groups for v in group)
+    sums = [_rank_sum(group, pooled) for group in groups]
+    tie_term = sum(t**3 - t for t in Counter(pooled).values())
+    total = len(pooled)
+    out: list[tuple[float, float] | None] = []
+    n = 0
+    rank_sum = 0.0
+    for group, group_sum in zip(groups[:-1], sums[:-1], strict=True):
+        n += len(group)
+        rank_sum += group_sum
+        m = total - n
+        if not n or not m:
+            out.append(None)
+            continue
+        u = rank_sum - n * (n + 1) / 2
+        variance = n * m / 12 * ((total + 1) - tie_term / (total * (total - 1)))
+        z = abs(u - n * m / 2) / math.sqrt(variance) if variance > 0 else 0.0
+        out.append((_u_p(u, n, m, pooled), z))
+    return out
+
+
+def _u_p(u: float, n: int, m: int, pooled: list[float]) -> float:
+    """The two-sided p-value of U for samples of ``n`` and ``m`` (``pooled``: both, sorted)."""
+    ties = any(x == y for x, y in itertools.pairwise(pooled))
     if not ties and n * m <= 400:
         counts = _u_counts(n, m)
         total = sum(counts)
@@ -130,7 +167,7 @@ def mann_whitney_p(a: Sequence[float], b: Sequence[float]) -> float | None:
     from collections import Counter
 
     mean = n * m / 2
-    tie_term = sum(t**3 - t for t in Counter(pooled).values())
+    tie_term = sum(t**3 - t for t in Counter(pooled).values()) if ties else 0
     variance = n * m / 12 * ((n + m + 1) - tie_term / ((n + m) * (n + m - 1)))
     if variance <= 0:
         return 1.0
@@ -146,6 +183,7 @@ def _rank_sum(a: Sequence[float], pooled: list[float]) -> float:
     return sum((bisect.bisect_left(pooled, x) + bisect.bisect_right(pooled, x) + 1) / 2 for x in a)
 
 
+@functools.lru_cache(maxsize=64)
 def _u_counts(n: int, m: int) -> list[int]:
     """How many orderings of ``n`` and ``m`` distinct values give U = 0, 1, ..., n * m."""
     # f[i][j][u]: rows of sizes i and j; the largest value is in the first sample (adds j to

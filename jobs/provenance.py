@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from jobs import telemetry
+from records import packages
 from records.spec import TrainSpec
 
 
@@ -66,7 +67,9 @@ def provenance(
         )
     info["python"] = sys.executable
     info["code_commit"] = code_commit()
-    info["packages_sha256"] = packages_digest()
+    names = installed_packages()
+    info["packages_sha256"] = packages.digest(names)
+    info["packages"] = packages.pack(names)  # the list whole, for history's diffs
     info["environment"] = environment_record(spec.environment, os.environ)
     match = telemetry.gpu_matches(spec.expect_gpu, info["gpu_name"], device.type)
     info["gpu_mismatch"] = None if match is None else not match
@@ -120,13 +123,17 @@ def code_commit() -> str | None:
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
-def packages_digest() -> str:
-    """A sha256 over the installed distributions (name==version, sorted): two jobs with the
-    same digest ran on the same package set."""
+def installed_packages() -> list[str]:
+    """The installed distributions, ``name==version`` (names normalised), sorted."""
     from importlib.metadata import distributions
 
-    names = sorted(
+    return sorted(
         {f"{re.sub(r'[-_.]+', '-', d.metadata['Name'] or '').lower()}=={d.version}"
          for d in distributions()}
     )  # fmt: skip
-    return hashlib.sha256("\n".join(names).encode()).hexdigest()
+
+
+def packages_digest() -> str:
+    """A sha256 over the installed distributions (name==version, sorted): two jobs with the
+    same digest ran on the same package set."""
+    return packages.digest(installed_packages())

@@ -77,6 +77,7 @@ class Provenance(TypedDict, total=False):
     environment: dict[str, Any] | None  # setup lines, python asked for, variables' values
     code_commit: str | None  # git commit (+dirty) where the code is a checkout
     packages_sha256: str  # sha256 of the installed distributions' name==version list
+    packages: str  # that list whole (``records.packages.pack``), kept once per digest
 
 
 class Artifact(TypedDict):

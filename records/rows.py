@@ -18,6 +18,7 @@ from records.schema import (
     events,
     inference,
     jobs,
+    package_lists,
     provenance,
     results,
     telemetry,
@@ -96,6 +97,10 @@ def _write_record(conn: Any, record: dict[str, Any], batch: Batch) -> None:
         row = {"job_id": job_id, "attempt": attempt}
         row.update({c.name: record.get(c.name) for c in table.columns if c.name not in row})
         batch.add(table, row, ("job_id", "attempt"))
+        if kind == "provenance" and record.get("packages") and record.get("packages_sha256"):
+            listed = {"sha256": record["packages_sha256"], "packages": record["packages"]}
+            batch.add(package_lists, listed, ("sha256",), update_columns=())
+            record = {k: v for k, v in record.items() if k != "packages"}  # kept once, above
     uid = record.get("uid")
     if uid:
         batch.add(

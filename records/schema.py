@@ -28,7 +28,7 @@ if sys.version_info >= (3, 11):
 else:  # pydantic's dependency
     from typing_extensions import NotRequired
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # A job's states: planned (pending); kept back by the harness until the cluster has room for
 # it under the site's limits (waiting); handed to the cluster (submitted: in its queue);
 # running; and the three ends.
@@ -229,6 +229,14 @@ provenance = Table(
     Column("environment", JSON),  # the GPU type's setup, python and variables as the job saw them
     Column("code_commit", String(60)),  # git commit of the code (+dirty), where a checkout
     Column("packages_sha256", String(64)),  # of the installed name==version list
+)
+# Version 7: each environment's installed packages whole (``records.packages``), once per
+# packages_sha256 of the provenance.
+package_lists = Table(
+    "package_lists",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("packages", Text),
 )
 # Version 5: how far the harness has read each job's outbox (``harness.collect``): the byte
 # offset after the last whole line stored, and the file's size and mtime when it was read.

@@ -48,6 +48,7 @@ from records.schema import (
     jobs,
     metadata,
     outboxes,
+    package_lists,
     provenance,
     results,
     schema_version,
@@ -350,6 +351,18 @@ class Store:
         with self.begin() as conn:
             for where in among(conn, table.c.job_id, job_ids):
                 found.update({job_id: (k, s) for job_id, k, s in conn.execute(query.where(where))})
+        return found
+
+    def package_lists(self, digests: list[str]) -> dict[str, dict[str, str]]:
+        """packages_sha256 -> the package set's name -> version (``records.packages``), for
+        those of ``digests`` the store keeps."""
+        from records.packages import unpack
+
+        found: dict[str, dict[str, str]] = {}
+        with self.begin() as conn:
+            for where in among(conn, package_lists.c.sha256, digests):
+                query = select(package_lists.c.sha256, package_lists.c.packages).where(where)
+                found.update({digest: unpack(text) for digest, text in conn.execute(query)})
         return found
 
     def attempts_of(self, job_ids: list[str]) -> dict[str, list[dict[str, Any]]]:

@@ -12,6 +12,7 @@ from harness import config as cluster_config
 from harness.launchers.base import job_command
 from harness.launchers.ray_launcher import check_environments
 from harness.planner import plan
+from records import packages
 from records.errors import UserError
 from records.store import provenance
 
@@ -58,6 +59,10 @@ def test_setup_python_and_env_reach_a_local_job_and_its_provenance(tmp_path):
         capture_output=True, text=True, cwd=tmp_path, check=True,
     ).stdout.strip()  # fmt: skip
     assert row["packages_sha256"] == here and len(here) == 64
+    # and the list whole, once per package set, for history's diffs
+    (listed,) = store_of(tmp_path).package_lists([here]).values()
+    assert packages.digest(sorted(f"{n}=={v}" for n, v in listed.items())) == here
+    assert "torch" in listed
     environment = row["environment"]
     assert environment["setup"] == [
         "export RB_SITE=all-types",

@@ -125,7 +125,7 @@ COMMANDS: list[dict[str, Any]] = [
         groups=["store"],
     ),
     dict(
-        name="table", func="harness.cli.commands:cmd_table",
+        name="table", func="harness.cli.tables:cmd_table",
         help="the GPU comparison table of a sweep",
         description="Rows: GPU types (per node count, where the sweep ran several); per "
         "model: median epoch time (warm-up excluded), images/s, speedup against the reference "
@@ -187,7 +187,7 @@ COMMANDS: list[dict[str, Any]] = [
         groups=["store"],
     ),
     dict(
-        name="report", func="harness.cli.commands:cmd_report",
+        name="report", func="harness.cli.tables:cmd_report",
         help="a static HTML report with plots of a sweep",
         description="Write an HTML page with PNG plots (seconds per epoch, throughput, energy "
         "per image, accuracy curves, utilisation over time), the comparison tables and each "
@@ -196,6 +196,28 @@ COMMANDS: list[dict[str, Any]] = [
             arg("sweep", nargs="?"),
             arg("--out",
                 help="folder for index.html and the plots (default: RESULTS/SWEEP/report)"),
+        ],
+        groups=["store"],
+    ),
+    dict(
+        name="history", func="harness.cli.tables:cmd_history",
+        help="each figure across the sweeps of a store, its steps, and what changed at each",
+        description="Per GPU type, model and figure with an interval (s/epoch, img/s, final "
+        "accuracy, energy per image, time to a target), the sweeps of the store in the "
+        "order they were submitted. Lists the steps: where the figure's level changed "
+        "significantly (binary segmentation, Mann-Whitney U over the runs on either side), "
+        "and for each what differs in the runs' provenance between the sweeps on its two "
+        "sides (GPU, driver, CUDA, cuDNN, torch, the code's commit, packages with both "
+        "versions). --out DIR also plots each figure with its intervals.",
+        args=[
+            arg("--out", metavar="DIR",
+                help="write DIR/index.html: a plot per figure across the sweeps, with the "
+                "intervals and the steps, and the table of steps"),
+            arg("--format", choices=("table", "md", "csv", "json"), default="table",
+                help="the steps' table format (default: table)"),
+            arg("--min-change", metavar="PCT", type=float, default=1.0,
+                help="the smallest change of the median, in percent, that is a step "
+                "(default 1)"),
         ],
         groups=["store"],
     ),
