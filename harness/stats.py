@@ -59,7 +59,8 @@ def ratio_interval(
 ) -> tuple[float | None, float | None]:
     """The 95% bootstrap interval of median(``over``) / median(``under``), each side's runs
     resampled on their own (a speedup: the reference's s/epoch over this GPU type's); (None,
-    None) where a side has fewer than two runs."""
+    None) where a side has fewer than two runs or a resample divides 0 by 0; an upper bound
+    of None where more than one resample in forty divides by a median of 0 (unbounded)."""
     import numpy as np
 
     if len(over) < 2 or len(under) < 2:
@@ -72,10 +73,14 @@ def ratio_interval(
         picks = data[rng.integers(0, len(data), (resamples, len(data)))]
         medians.append(np.median(picks, axis=1))
     count = min(len(medians[0]), len(medians[1]))
-    ratios = medians[0][:count] / medians[1][:count]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = medians[0][:count] / medians[1][:count]
+    if np.isnan(ratios).any():  # 0 / 0: no ratio
+        return (None, None)
     low = np.percentile(ratios, 50 * (1 - LEVEL), method="lower")
     high = np.percentile(ratios, 50 * (1 + LEVEL), method="higher")
-    return float(low), float(high)
+    # x / 0 is unbounded: an upper bound of None, as a target not reached
+    return float(low), float(high) if np.isfinite(high) else None
 
 
 def _target_headlines(samples):

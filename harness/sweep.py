@@ -122,10 +122,12 @@ def submit(
     progress: bool = True,
     wait: bool = False,
     timeout: float | None = None,
+    jobs: list[JobPlan] | None = None,
 ) -> dict[str, Any]:
-    """Plan, record and launch the sweep; jobs that already succeeded, and jobs still in a
-    cluster's queue from an earlier submission, are skipped."""
-    jobs = select(plan(config), only)
+    """Plan, record and launch the sweep (or only ``jobs``, planned already); jobs that
+    already succeeded, and jobs still in a cluster's queue from an earlier submission, are
+    skipped."""
+    jobs = select(plan(config), only) if jobs is None else jobs
     store = store_for(config)
     record_plan(config, store, jobs)
     rows_now = store.jobs(config.name)

@@ -52,6 +52,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from harness.planner import plan, select
 
     config = cluster_config.load(args.config)
+    given = [flag for flag, value in (("--budget", args.budget is not None),
+             ("--resolve", args.resolve), ("--compare", args.compare),
+             ("--min-change", args.min_change != 1.0)) if value]  # fmt: skip
+    if given and not args.until_resolved:
+        raise UserError(f"{given[0]} goes with --until-resolved")
+    if args.until_resolved and args.dry_run:
+        raise UserError("--until-resolved runs the sweep: not with --dry-run")
     if args.launcher:
         config = cluster_config.with_launcher(config, args.launcher, args.config)
     if args.dry_run:
@@ -73,6 +80,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 0
     from harness import sweep
 
+    if args.until_resolved:
+        return _until_resolved(config, args)
     outcome = sweep.submit(
         config, args.only, progress=not args.quiet, wait=args.wait, timeout=args.timeout
     )
@@ -87,6 +96,40 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return _finish(
         outcome["store"], config.name, outcome["final"], args, skipped=outcome["skipped"]
     )
+
+
+def _until_resolved(config, args: argparse.Namespace) -> int:
+    """``submit --until-resolved``: its options checked before anything runs, the waves
+    (``harness.resolve``), what stayed unresolved, and the table."""
+    from harness.headlines import with_targets
+    from harness.resolve import until_resolved
+    from harness.sweep import store_for
+
+    if not args.min_change >= 0:  # NaN too
+        raise UserError(f"--min-change {args.min_change:g}: a change in percent, 0 or more")
+    if args.budget is not None and args.budget < 0:
+        raise UserError(f"--budget {args.budget}: a number of training runs, 0 or more")
+    known = with_targets(config.sweep.targets)
+    for figure in args.resolve:
+        if figure not in known:
+            raise UserError(f"--resolve {figure!r}: expected one of {', '.join(known)}")
+    if args.compare and args.compare not in store_for(config).sweeps():
+        raise UserError(f"--compare {args.compare!r}: no such sweep in the store of {args.config}")
+    outcome = until_resolved(config, args)
+    for comparison in outcome["unresolved"]:
+        print(f"unresolved: {comparison.describe()}", file=sys.stderr)
+    resolved = len(outcome["judged"]) - len(outcome["unresolved"])
+    why = ""
+    if outcome["unresolved"]:
+        why = (
+            f"; the budget of {outcome['budget']} added runs is spent"
+            if (outcome["spent"] >= outcome["budget"])
+            else "; more runs could not be planned"
+        )
+    print(f"until resolved: {resolved} of {len(outcome['judged'])} comparisons resolved "
+          f"after {outcome['waves']} wave(s), {outcome['spent']} run(s) added{why}",
+          file=sys.stderr)  # fmt: skip
+    return _finish(outcome["store"], config.name, outcome["final"], args)
 
 
 def _queued(config, launched: list[str], args, store) -> int:

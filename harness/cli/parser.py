@@ -98,6 +98,26 @@ COMMANDS: list[dict[str, Any]] = [
                 help="only jobs matching (stage, model, dataset, gpu_type, seed, repeat or "
                 "id), with the jobs they depend on; repeatable"),
             arg("--format", choices=FORMATS, default="table", help="plan output format"),
+            arg("--until-resolved", action="store_true",
+                help="wait for the sweep, then add runs (one more repeat of each seed) only "
+                "for the cells whose comparisons are still unclear (models on a GPU type, "
+                "each GPU type against the first, this sweep against --compare), wave after "
+                "wave, until every one is resolved or --budget is spent: a comparison is "
+                "resolved when its ratio's 95%% interval lies wholly beyond 1 +- PCT/100 "
+                "(with a Mann-Whitney p below 0.05) or wholly within it"),
+            arg("--min-change", metavar="PCT", type=float, default=1.0,
+                help="with --until-resolved: the smallest change, in percent, that counts "
+                "(default 1)"),
+            arg("--budget", metavar="N", type=int,
+                help="with --until-resolved: the most training runs to add in all (default: "
+                "as many as the first wave ran)"),
+            arg("--resolve", metavar="FIGURE", action="append", default=[],
+                help="with --until-resolved: a figure to resolve (epoch_time_s, "
+                "images_per_s, final_acc_pct, energy_per_image_mj, time_to_93pct_s); "
+                "repeatable (default: epoch_time_s)"),
+            arg("--compare", metavar="OTHER_SWEEP",
+                help="with --until-resolved: also resolve each GPU type and model against "
+                "the same in OTHER_SWEEP of the store"),
         ],
         groups=["quiet", "wait"],
     ),
