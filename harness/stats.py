@@ -20,7 +20,6 @@ interval of something else). Below five runs a bootstrap interval is narrower th
 from __future__ import annotations
 
 import functools
-import itertools
 from collections.abc import Sequence
 
 RESAMPLES = 2000
@@ -41,10 +40,13 @@ def interval(values: Sequence[float | None], rule: str = "median") -> tuple[floa
     if len(values) < 2:
         return (None, None)
     data = np.array([np.inf if v is None else float(v) for v in values])
-    rng = np.random.default_rng(SEED)
-    resamples = max(MIN_RESAMPLES, min(RESAMPLES, VALUES // len(data)))
-    samples = data[rng.integers(0, len(data), (resamples, len(data)))]
-    heads = np.median(samples, axis=1) if rule == "median" else _target_headlines(samples)
+    picks, picks_sorted = _resample_indices(len(data))
+    if rule == "median":  # of sorted values, sorted picks are sorted: the median is the middle
+        data.sort()
+        middle = data[picks_sorted[:, [(len(data) - 1) // 2, len(data) // 2]]]
+        heads = middle.sum(axis=1) / 2
+    else:
+        heads = _target_headlines(data[picks])
     # the resamples' own headlines as bounds (no interpolation: "not reached" is +inf)
     low = np.percentile(heads, 50 * (1 - LEVEL), method="lower")
     high = np.percentile(heads, 50 * (1 + LEVEL), method="higher")
@@ -52,6 +54,21 @@ def interval(values: Sequence[float | None], rule: str = "median") -> tuple[floa
         float(low) if np.isfinite(low) else None,
         float(high) if np.isfinite(high) else None,
     )
+
+
+@functools.lru_cache(maxsize=16)
+def _resample_indices(n: int):
+    """The resamples of ``n`` runs: rows of indices drawn with replacement from the seeded
+    generator, and the same rows sorted; read-only, drawn once per ``n`` (a history of many
+    sweeps asks for the same ``n`` thousands of times)."""
+    import numpy as np
+
+    rng = np.random.default_rng(SEED)
+    resamples = max(MIN_RESAMPLES, min(RESAMPLES, VALUES // n))
+    picks = rng.integers(0, n, (resamples, n))
+    picks_sorted = np.sort(picks, axis=1)
+    picks.flags.writeable = picks_sorted.flags.writeable = False
+    return picks, picks_sorted
 
 
 def ratio_interval(
@@ -155,24 +172,26 @@ def split_p_values(groups: Sequence[Sequence[float]]) -> list[tuple[float, float
         u = rank_sum - n * (n + 1) / 2
         variance = n * m / 12 * ((total + 1) - tie_term / (total * (total - 1)))
         z = abs(u - n * m / 2) / math.sqrt(variance) if variance > 0 else 0.0
-        out.append((_u_p(u, n, m, pooled), z))
+        out.append((_u_p(u, n, m, pooled, tie_term), z))
     return out
 
 
-def _u_p(u: float, n: int, m: int, pooled: list[float]) -> float:
-    """The two-sided p-value of U for samples of ``n`` and ``m`` (``pooled``: both, sorted)."""
-    ties = any(x == y for x, y in itertools.pairwise(pooled))
-    if not ties and n * m <= 400:
+def _u_p(u: float, n: int, m: int, pooled: list[float], tie_term: int | None = None) -> float:
+    """The two-sided p-value of U for samples of ``n`` and ``m`` (``pooled``: both, sorted;
+    ``tie_term``: the sum of t^3 - t over its runs of t equal values, where known)."""
+    from collections import Counter
+
+    if tie_term is None:
+        tie_term = sum(t**3 - t for t in Counter(pooled).values())
+    if not tie_term and n * m <= 400:
         counts = _u_counts(n, m)
         total = sum(counts)
         below = sum(counts[: int(u) + 1]) / total
         above = sum(counts[int(u) :]) / total
         return min(1.0, 2 * min(below, above))
     import math
-    from collections import Counter
 
     mean = n * m / 2
-    tie_term = sum(t**3 - t for t in Counter(pooled).values()) if ties else 0
     variance = n * m / 12 * ((n + m + 1) - tie_term / ((n + m) * (n + m - 1)))
     if variance <= 0:
         return 1.0
