@@ -55,6 +55,27 @@ def render(rows: Sequence[Mapping[str, Any]], fmt: str = "table") -> str:
     raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
 
 
+def wrapped(rows: Sequence[Mapping[str, Any]], width: int = 120) -> str:
+    """A text table no wider than ``width``: where it would be wider, its columns go into
+    tables one under another, each led by the first column (the row's label)."""
+    columns = columns_of(rows)
+    whole = render(rows, "table")
+    if not rows or max(len(line) for line in whole.splitlines()) <= width:
+        return whole
+    full = [{c: row.get(c) for c in columns} for row in rows]
+    label, rest = columns[0], columns[1:]
+    parts: list[str] = []
+    chunk: list[str] = []
+    for column in rest:
+        trial = _text_table(full, [label, *chunk, column])
+        if chunk and max(len(line) for line in trial.splitlines()) > width:
+            parts.append(_text_table(full, [label, *chunk]))
+            chunk = []
+        chunk.append(column)
+    parts.append(_text_table(full, [label, *chunk]))
+    return "\n\n".join(parts)
+
+
 def cell(value: Any) -> str:
     if value is None:
         return "-"

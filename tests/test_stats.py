@@ -123,3 +123,52 @@ def test_the_exact_mann_whitney_p_is_the_share_of_orderings_as_extreme(values, c
     below = sum(v <= u for v in us) / len(us)
     above = sum(v >= u for v in us) / len(us)
     assert mann_whitney_p(a, b) == pytest.approx(min(1.0, 2 * min(below, above)))
+
+
+def test_the_terminal_table_of_every_figure_stays_within_120_columns(tmp_path):
+    """A sweep with every figure (targets, GPU telemetry, a price, several hosts, a CV flag):
+    each line of `table` and `table --wide` is at most 120 characters, and no figure is lost
+    (the columns go into tables one under another, each led by the GPU type)."""
+    from records.store import Store
+
+    rng = random.Random(1)
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    store = Store(url)
+    store.add_sweep("full", {"sweep": {"target_accuracy": [0.6, 0.7]},
+                             "gpu_types": {"v100": {"price_per_gpu_hour": 2.5}}})  # fmt: skip
+    rows, records = [], []
+    for i in range(30):
+        job_id = f"full-{i}"
+        gpu = ("v100", "a100", "h100")[i % 3]
+        model = ("resnest50_bottleneck", "resnest50_basic")[i // 3 % 2]
+        rows.append({"id": job_id, "stage": "train", "model": model, "dataset": "cifar10",
+                     "gpu_type": gpu, "gpus": 1, "seed": i, "repeat": 0, "spec": {},
+                     "depends_on": [], "job_dir": f"/nowhere/{job_id}"})  # fmt: skip
+        for n in (1, 2, 3, 4):
+            records.append({"kind": "epoch", "job_id": job_id, "attempt": 0, "epoch": n,
+                            "epoch_time": rng.gauss(120.0, 9.0), "images_per_sec": 416.7,
+                            "warmup": n == 1, "test_acc": 0.2 * n, "images": 50000,
+                            "gpu_util_mean": 93.1, "gpu_mem_peak_bytes": 1.2e10,
+                            "power_mean_w": 251.3, "energy_j": 30156.0,
+                            "energy_per_image_j": 0.6031})  # fmt: skip
+        records.append({"kind": "final", "job_id": job_id, "attempt": 0,
+                        "status": "succeeded", "final_test_acc": 0.8, "best_test_acc": 0.81,
+                        "train_time": 480.0})  # fmt: skip
+        records.append({"kind": "provenance", "job_id": job_id, "attempt": 0,
+                        "host": f"node{i % 4}"})  # fmt: skip
+    store.add_jobs("full", rows)
+    for row in rows:
+        store.set_state(row["id"], "succeeded")
+    store.write_records(records)
+    for args in ([], ["--wide"]):
+        code, out, err = run("table", "full", "--store", url, *args)
+        assert code == 0, err
+        lines = out.splitlines()
+        assert max(len(line) for line in lines) <= 120, max(lines, key=len)
+        headers = {word for line in lines if line.startswith("gpu_type") for word in
+                   line.split("  ") if word}  # fmt: skip
+        for figure in ("s/epoch", "img/s", "final acc %", "s to 60%", "reached 70%", "mJ/img",
+                       "GPU util %", "power W", "$/run", "hosts", "CV"):  # fmt: skip
+            assert figure in headers, (figure, headers)
+        if args:
+            assert "s/epoch ±" in headers and "vs ref" in headers

@@ -12,11 +12,12 @@ import os
 import sys
 from pathlib import Path
 
-from harness.render import render
+from harness.render import render, wrapped
 from records.errors import UserError
 from records.schema import ENDED, JobRow
 
 DEFAULT_CONFIG = "cluster.yaml"
+WIDTH = 120  # the terminal table's width at most: a wider one is cut into tables one under another
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -178,7 +179,7 @@ def print_comparison(rows: list[dict], fmt: str, wide: bool = False) -> None:
         print("(no finished training jobs yet)")
     for model, block in per_model_blocks(rows):
         print(f"\n{model}")
-        print(render(block, "table"))
+        print(wrapped(block, WIDTH))
 
 
 def _config_path(args: argparse.Namespace) -> str:
