@@ -254,7 +254,7 @@ class Reference(_Strict):
     when its 95% interval lies wholly beyond the value moved by ``tolerance_pct`` the worse
     way (``harness.references``)."""
 
-    value: float = Field(allow_inf_nan=False)
+    value: float = Field(gt=0, allow_inf_nan=False)  # times, rates, accuracy, energy
     tolerance_pct: NonNegativeFloat = 0.0
 
 

@@ -348,6 +348,9 @@ def build_history(store: Store, series: list, out: Path) -> Path:
             color = COLORS[k % len(COLORS)]
             ax.errorbar(xs, ys, yerr=[below, above], marker="o", ms=3, capsize=2,
                         color=color, label=f"{s.row} {s.model}")  # fmt: skip
+            open_ = [(x, p.value) for x, p in zip(xs, shown, strict=True) if p.high is None]
+            if open_:  # an interval unbounded above (a target some resamples never reach)
+                ax.plot(*zip(*open_, strict=True), "^", color=color, ms=7, fillstyle="none")
             for step in s.steps:
                 ax.axvline(x_of[step.after] - 0.5, color=color, linestyle="--", alpha=0.6)
         ax.set_xticks(range(len(sweeps)), sweeps, rotation=60, ha="right", fontsize=7)
@@ -355,8 +358,9 @@ def build_history(store: Store, series: list, out: Path) -> Path:
         _finish(plt, fig, ax, out / name, "sweep (in the order submitted)", _column(figure),
                 f"{_column(figure)} across sweeps")  # fmt: skip
         images.append((name, f"{_column(figure)} ({figure}) per GPU type and network, each "
-                             "point the sweep's figure with its 95% interval over the runs; "
-                             "dashed: a step"))  # fmt: skip
+                             "point the sweep's figure with its 95% interval over the runs "
+                             "(an open triangle: the interval is unbounded above); dashed: a "
+                             "step"))  # fmt: skip
     body = f"""<h1>History across {len(order)} sweeps</h1>
 <p>Generated {time.strftime("%Y-%m-%d %H:%M:%S")} from {html.escape(store.url.split("://")[0])}
 store. A step: the level of a figure changed between two sweeps (Mann-Whitney U over the

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.figures import interval_names
+from harness.figures import headline, interval_names
 from harness.headlines import headline_of
 from records.errors import UserError
 
@@ -40,27 +40,37 @@ class Outcome:
         return self.result != PASSED
 
 
-def check(rows: list[dict[str, Any]], references: dict[str, Any]) -> list[Outcome]:
+def check(
+    rows: list[dict[str, Any]],
+    references: dict[str, Any],
+    planned: set[tuple[str, str]],
+    counts: dict[tuple[str, str], dict[str, int]] | None = None,
+) -> list[Outcome]:
     """Each reference (GPU type -> model -> figure -> ``{value, tolerance_pct}``) against
     the tidy rows of ``harness.figures.figures``: on a GPU type's row of the fewest nodes
-    (its other node counts have figures of their own). References of a GPU type or a model
-    that the sweep did not run are not checked."""
+    (its other node counts have figures of their own). References of a GPU type and model
+    that the sweep did not plan (``planned``: its training jobs' (GPU type, model)) are not
+    checked; one it planned but has no figures of is not measured. ``counts``: (row, model)
+    -> figure -> how many runs measured it (the line's run count)."""
     outcomes = []
     for gpu, models in sorted(references.items()):
         shapes = [r for r in rows if r["gpu_type"] == gpu]
-        if not shapes:
-            continue
-        fewest = min(r["nodes"] for r in shapes)
+        fewest = min((r["nodes"] for r in shapes), default=1)
         for model, wanted in sorted(models.items()):
             row = next((r for r in shapes if r["nodes"] == fewest and r["model"] == model), None)
-            if row is None:
+            if row is None and (gpu, model) not in planned:
                 continue
+            row = row or {"row": gpu, "gpu_type": gpu, "model": model, "runs": 0}
+            measured = (counts or {}).get((row["row"], model), {})
             for figure, ref in sorted(wanted.items()):
-                outcomes.append(_judge(row, figure, float(ref["value"]), ref["tolerance_pct"]))
+                outcomes.append(_judge(row, figure, float(ref["value"]), ref["tolerance_pct"],
+                                       measured.get(figure)))  # fmt: skip
     return outcomes
 
 
-def _judge(row: dict[str, Any], figure: str, ref: float, tolerance: float) -> Outcome:
+def _judge(
+    row: dict[str, Any], figure: str, ref: float, tolerance: float, measured: int | None
+) -> Outcome:
     better = headline_of(figure).better
     value = row.get(figure)
     low, high = (row.get(name) for name in interval_names(figure))
@@ -73,6 +83,8 @@ def _judge(row: dict[str, Any], figure: str, ref: float, tolerance: float) -> Ou
     limits = f"against the reference {ref:g} ± {tolerance:g}%"
     to_target = headline_of(figure).rule == "target"
     runs = row.get("target_runs") if to_target else row.get("runs")
+    if measured is not None and not to_target:  # this figure's own runs (accuracy: finished)
+        runs = measured
     if not runs or (value is None and not to_target):
         return outcome(NOT_MEASURED, f"was not measured: nothing to hold {limits}")
     if value is None:  # a time to a target that the runs' headline did not reach
@@ -93,10 +105,19 @@ def _bound(value: float | None) -> str:
     return "open" if value is None else f"{value:g}"
 
 
-def compared(table: list[dict[str, Any]], names: dict[str, tuple[str, str]]) -> list[Outcome]:
+def compared(
+    table: list[dict[str, Any]],
+    names: dict[str, tuple[str, str]],
+    runs: dict[tuple[str, str], dict[str, list]],
+    other_runs: dict[tuple[str, str], dict[str, list]],
+    other: str,
+) -> list[Outcome]:
     """The figures of ``harness.report.side_by_side`` that were tested, as outcomes: a
     verdict the worse way (slower; lower accuracy, higher energy) is a regression. ``names``:
-    the table's figure column -> (model, tidy figure name)."""
+    the table's figure column -> (model, tidy figure name). Also, from the two sweeps' runs
+    (``harness.figures.run_values``): a target the other sweep's runs reached and this
+    sweep's did not is a regression, and a GPU type and model the other sweep measured and
+    this one did not is not measured."""
     outcomes = []
     for item in table:
         said = item.get("verdict")
@@ -110,6 +131,20 @@ def compared(table: list[dict[str, Any]], names: dict[str, tuple[str, str]]) -> 
         text = f"{item['gpu_type']} {item['figure']} {how}p={item['p']:.3g}: {said}"
         result = REGRESSED if worse else PASSED
         outcomes.append(Outcome(item["gpu_type"], model, figure, result, f"{result}: {text}"))
+    for (row, model), theirs in sorted(other_runs.items()):
+        mine = runs.get((row, model))
+        if mine is None or not mine.get("epoch_time_s"):
+            line = f"{NOT_MEASURED}: {row} {model} was measured in {other}, not in this sweep"
+            outcomes.append(Outcome(row, model, "runs", NOT_MEASURED, line))
+            continue
+        for figure, values in theirs.items():
+            if headline_of(figure).rule != "target" or not values:
+                continue
+            here, there = headline(mine.get(figure) or [])[0], headline(values)[0]
+            if here is None and there is not None and mine.get(figure):
+                line = (f"{REGRESSED}: {row} {model} {figure}: not reached (headline of "
+                        f"{len(mine[figure])} runs), {there:g} s in {other}")  # fmt: skip
+                outcomes.append(Outcome(row, model, figure, REGRESSED, line))
     return outcomes
 
 

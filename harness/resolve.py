@@ -105,11 +105,16 @@ def comparisons(
     for this, that, that_sweep in pairs:
         source = other if that_sweep != sweep else runs
         for figure in figures:
-            mine = [v for v in runs[this].get(figure, []) if v is not None]
-            theirs = [v for v in source[that].get(figure, []) if v is not None]
+            # a run that did not reach a target is the slowest, as the table counts it
+            mine = [_reached(v) for v in runs[this].get(figure, [])]
+            theirs = [_reached(v) for v in source[that].get(figure, [])]
             judged = judge(mine, theirs, figure, min_change)
             out.append(Comparison(figure, this, that, sweep, that_sweep or sweep, *judged))
     return out
+
+
+def _reached(value: float | None) -> float:
+    return float("inf") if value is None else value
 
 
 def next_wave(config: ClusterConfig, repeats: dict[tuple[str, str], int],
@@ -141,13 +146,16 @@ def until_resolved(config: ClusterConfig, args: Any) -> dict[str, Any]:
     outcome = sweep.submit(config, args.only, progress=not args.quiet, wait=True,
                            timeout=args.timeout)  # fmt: skip
     store = outcome["store"]
-    launched = store.jobs_by_ids(outcome["launched"])
+    trained = [row for row in store.jobs(config.name) if row["stage"] == "train"]
     budget = args.budget
-    if budget is None:  # at most as many training runs again as the first wave ran
-        budget = max(1, sum(1 for row in launched if row["stage"] == "train"))
+    if budget is None:  # at most as many training runs again as the sweep has
+        budget = max(1, len(trained))
     final = dict(outcome["final"] or {})
     spent, waves = 0, 1
-    repeats: dict[tuple[str, str], int] = {}
+    repeats: dict[tuple[str, str], int] = {}  # each cell's next repeat: after those stored
+    for row in trained:
+        cell = (row["gpu_type"], row["model"])
+        repeats[cell] = max(repeats.get(cell, 0), row["repeat"] + 1)
     while True:
         judged = comparisons(store, config.name, figures, args.min_change, args.compare)
         unresolved = [c for c in judged if c.state == UNRESOLVED]
@@ -166,10 +174,11 @@ def until_resolved(config: ClusterConfig, args: Any) -> dict[str, Any]:
             break
         for job in wave:
             repeats[(job.gpu_type, job.model)] = job.repeat + 1
-        spent += len(wave)
         waves += 1
         outcome = sweep.submit(config, [], progress=not args.quiet, wait=True,
                                timeout=args.timeout, jobs=wave)  # fmt: skip
+        spent += len(outcome["launched"])
         final.update(outcome["final"] or {})
     return {**outcome, "final": final, "judged": judged, "unresolved": unresolved,
-            "waves": waves, "spent": spent, "budget": budget}  # fmt: skip
+            "waves": waves, "spent": spent, "budget": budget,
+            "timed_out": outcome["final"] is None}  # fmt: skip

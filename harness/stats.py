@@ -41,8 +41,8 @@ def interval(values: Sequence[float | None], rule: str = "median") -> tuple[floa
         return (None, None)
     data = np.array([np.inf if v is None else float(v) for v in values])
     picks, picks_sorted = _resample_indices(len(data))
+    data.sort()  # the interval does not hang on the order the runs came in
     if rule == "median":  # of sorted values, sorted picks are sorted: the median is the middle
-        data.sort()
         middle = data[picks_sorted[:, [(len(data) - 1) // 2, len(data) // 2]]]
         heads = middle.sum(axis=1) / 2
     else:

@@ -12,10 +12,14 @@ from .jobtools import run
 
 
 def add_runs(
-    store: Store, name: str, runs: list[tuple[str, float]], images_per_sec: float | None = None
+    store: Store,
+    name: str,
+    runs: list[tuple[str, float]],
+    images_per_sec: float | None = None,
+    test_acc: float = 0.5,
 ) -> None:
     """A sweep of one model whose runs are (GPU type, seconds per epoch), one job each;
-    images/s ``images_per_sec``, else 1,000 images an epoch."""
+    images/s ``images_per_sec``, else 1,000 images an epoch; ``test_acc`` after each epoch."""
     store.add_sweep(name, {})
     rows, records = [], []
     for i, (gpu, epoch_time) in enumerate(runs):
@@ -27,7 +31,7 @@ def add_runs(
             records.append({"kind": "epoch", "job_id": job_id, "attempt": 0, "epoch": n,
                             "epoch_time": epoch_time * (5 if n == 1 else 1),
                             "images_per_sec": images_per_sec or 1000 / epoch_time,
-                            "warmup": n == 1, "test_acc": 0.5})  # fmt: skip
+                            "warmup": n == 1, "test_acc": test_acc})  # fmt: skip
     store.add_jobs(name, rows)
     for row in rows:
         store.set_state(row["id"], "succeeded")

@@ -155,6 +155,10 @@ def test_the_references_as_submitted_serve_with_store_alone(tmp_path):
             "or equal to 0, got -2",
         ),
         (
+            {"v100": {MODEL: {"epoch_time_s": {"value": 0}}}},
+            f"references.v100.{MODEL}.epoch_time_s.value: Input should be greater than 0, got 0",
+        ),
+        (
             {"v100": {MODEL: {"epoch_time_s": {"value": float("nan")}}}},
             f"references.v100.{MODEL}.epoch_time_s.value: Input should be a finite number",
         ),
@@ -163,7 +167,7 @@ def test_the_references_as_submitted_serve_with_store_alone(tmp_path):
             f"references.v100.{MODEL}.epoch_time_s.value: required, missing",
         ),
     ],
-    ids=["gpu-type", "model", "figure", "target", "negative-tolerance", "nan", "typo"],
+    ids=["gpu-type", "model", "figure", "target", "negative-tolerance", "zero", "nan", "typo"],
 )
 def test_bad_references_are_one_line_at_plan_time(tmp_path, references, message):
     config = cluster_yaml(tmp_path, f"sqlite:///{tmp_path / 'r.db'}", references,
@@ -227,3 +231,48 @@ def test_an_unwritable_junit_file_is_one_line_and_nothing_is_left(tmp_path):
                        str(tmp_path / "no" / "gate.xml"))  # fmt: skip
     assert code == 2 and err.strip().endswith(f"--junit {tmp_path}/no/gate.xml: no folder "
                                               f"'{tmp_path}/no'")  # fmt: skip
+
+
+def test_a_planned_gpu_type_without_runs_fails_the_check(tmp_path):
+    """Every a100 job failed: its reference is not measured (and fails), not skipped."""
+    url = slower_store(tmp_path, [10.0, 10.1, 9.9])
+    store = Store(url)
+    store.add_jobs("after", [{"id": "after-a100-0", "stage": "train", "model": MODEL,
+                              "dataset": "cifar10", "gpu_type": "a100", "gpus": 1, "seed": 0,
+                              "repeat": 0, "spec": {}, "depends_on": [],
+                              "job_dir": "/nowhere/a"}])  # fmt: skip
+    store.set_state("after-a100-0", "failed")
+    refs = {"v100": {MODEL: {"epoch_time_s": {"value": 10.0, "tolerance_pct": 5}}},
+            "a100": {MODEL: {"epoch_time_s": {"value": 5.0, "tolerance_pct": 5}}}}  # fmt: skip
+    config = cluster_yaml(tmp_path, url, refs)
+    code, out, err = run("table", "-c", config, "--check")
+    assert code == 1, (out, err)
+    assert err.strip() == (
+        f"not measured: a100 {MODEL} epoch_time_s was not measured: nothing to hold against "
+        "the reference 5 ± 5%"
+    )
+    assert "1 of 2 figures passed" in out
+
+
+def test_a_target_no_longer_reached_or_a_gpu_type_gone_fails_on_regression(tmp_path):
+    """Against the last sweep: its runs reached 40% test accuracy and this sweep's did not
+    (the same speed); a GPU type the last sweep measured is missing here; a comparison with
+    nothing in common fails too."""
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    store = Store(url)
+    add_runs(store, "before", [(gpu, 10.0 + i / 50) for i in range(5) for gpu in ("v100", "a100")],
+             1000.0, test_acc=0.5)  # fmt: skip
+    add_runs(store, "after", [("v100", 10.0 + i / 50) for i in range(5)], 1000.0, test_acc=0.3)
+    for name in ("before", "after"):
+        store.add_sweep(name, {"sweep": {"target_accuracy": 0.4}})
+    code, out, err = run("table", "after", "--compare", "before", "--store", url,
+                         "--fail-on-regression")  # fmt: skip
+    assert code == 1, (out, err)
+    lines = err.strip().splitlines()
+    assert f"not measured: a100 {MODEL} was measured in before, not in this sweep" in lines
+    assert any(line.startswith(f"regressed: v100 {MODEL} time_to_40pct_s: not reached (headline "
+                               "of 5 runs)") for line in lines), lines  # fmt: skip
+    add_runs(store, "elsewhere", [("h100", 10.0)], 1000.0)
+    code, out, err = run("table", "elsewhere", "--compare", "after", "--store", url,
+                         "--fail-on-regression")  # fmt: skip
+    assert code == 1 and "0 of 1 figures passed" in out, (out, err)

@@ -78,8 +78,8 @@ def test_the_table_counts_hosts_flags_the_slow_one_and_leaves_it_out_on_demand(t
     code, out, err = run("table", "site", "--store", url, "--exclude-host", "node4")
     assert code == 2 and out == ""
     assert err.strip() == (
-        "resnest-bench: error: --exclude-host 'node4': no job of sweep 'site' ran there (its "
-        "hosts: node01, node02, node03, node04)"
+        "resnest-bench: error: --exclude-host 'node4': no job of sweep 'site' ran there "
+        "(hosts: node01, node02, node03, node04)"
     )
 
 

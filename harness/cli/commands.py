@@ -121,12 +121,12 @@ def _until_resolved(config, args: argparse.Namespace) -> int:
         print(f"unresolved: {comparison.describe()}", file=sys.stderr)
     resolved = len(outcome["judged"]) - len(outcome["unresolved"])
     why = ""
-    if outcome["unresolved"]:
-        why = (
-            f"; the budget of {outcome['budget']} added runs is spent"
-            if (outcome["spent"] >= outcome["budget"])
-            else "; more runs could not be planned"
-        )
+    if outcome["timed_out"]:
+        why = "; the wait timed out (the jobs stay queued: resnest-bench status)"
+    elif outcome["unresolved"] and outcome["spent"] >= outcome["budget"]:
+        why = f"; the budget of {outcome['budget']} added runs is spent"
+    elif outcome["unresolved"]:
+        why = "; no more runs could be planned for them"
     print(f"until resolved: {resolved} of {len(outcome['judged'])} comparisons resolved "
           f"after {outcome['waves']} wave(s), {outcome['spent']} run(s) added{why}",
           file=sys.stderr)  # fmt: skip

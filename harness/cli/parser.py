@@ -110,7 +110,7 @@ COMMANDS: list[dict[str, Any]] = [
                 "(default 1)"),
             arg("--budget", metavar="N", type=int,
                 help="with --until-resolved: the most training runs to add in all (default: "
-                "as many as the first wave ran)"),
+                "as many training runs as the sweep has)"),
             arg("--resolve", metavar="FIGURE", action="append", default=[],
                 help="with --until-resolved: a figure to resolve (epoch_time_s, "
                 "images_per_s, final_acc_pct, energy_per_image_mj, time_to_93pct_s); "

@@ -36,7 +36,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     if args.deploy:
         return _deploy_table(store, sweep_name, args)
     prices = prices_of(store, sweep_name)
-    excluded = _excluded_hosts(store, sweep_name, args.exclude_host)
+    excluded = _excluded_hosts(store, [sweep_name, args.compare], args.exclude_host)
     rows = comparison(store, sweep_name, args.reference, prices, excluded)
     if args.compare:
         from harness.report import side_by_side
@@ -47,15 +47,16 @@ def cmd_table(args: argparse.Namespace) -> int:
             raise UserError(f"--compare {args.compare!r}: no such sweep in {store.url}")
         from harness.figures import run_values
 
-        other = comparison(store, args.compare, prices=prices_of(store, args.compare))
+        other = comparison(store, args.compare, None, prices_of(store, args.compare), excluded)
         runs = run_values(store, sweep_name, excluded)
-        table = side_by_side(rows, other, sweep_name, args.compare, runs,
-                             run_values(store, args.compare), args.min_change)  # fmt: skip
+        other_runs = run_values(store, args.compare, excluded)
+        table = side_by_side(rows, other, sweep_name, args.compare, runs, other_runs,
+                             args.min_change)  # fmt: skip
         if args.fail_on_regression:
             from harness.references import compared
             from harness.report import tested_columns
 
-            outcomes = compared(table, tested_columns(runs))
+            outcomes = compared(table, tested_columns(runs), runs, other_runs, args.compare)
             return _gate(outcomes, args, f"{sweep_name} against {args.compare}")
         if table or args.format in MACHINE_FORMATS:
             return emit(table, args)
@@ -101,18 +102,20 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
-def _excluded_hosts(store, sweep_name: str, hosts: list[str]) -> set[str]:
-    """``--exclude-host``'s hosts, each one that ran a job of the sweep."""
+def _excluded_hosts(store, sweeps: list[str | None], hosts: list[str]) -> set[str]:
+    """``--exclude-host``'s hosts, each one that ran a job of the sweeps (this one, and the
+    one it is compared with)."""
     if not hosts:
         return set()
     from records.queries import hosts as hosts_of
 
-    known = set(hosts_of(store, sweep_name).values())
+    names = [name for name in sweeps if name]
+    known = {host for name in names for host in hosts_of(store, name).values()}
     for host in hosts:
         if host not in known:
             raise UserError(
-                f"--exclude-host {host!r}: no job of sweep {sweep_name!r} ran there (its "
-                f"hosts: {', '.join(sorted(known)) or 'none recorded'})"
+                f"--exclude-host {host!r}: no job of sweep {' or '.join(map(repr, names))} ran "
+                f"there (hosts: {', '.join(sorted(known)) or 'none recorded'})"
             )
     return set(hosts)
 
@@ -148,8 +151,14 @@ def _check(store, sweep_name: str, config, args: argparse.Namespace, prices, exc
         where = f"sweep {sweep_name!r} as submitted"
     if not references:
         raise UserError(f"--check: no references in {where} (cluster.yaml's references:)")
+    from records.queries import sweep_jobs
+
     rows = figures.figures(store, sweep_name, prices=prices, exclude_hosts=excluded)
-    outcomes = check(rows, references)
+    planned = {(job.gpu_type, job.model) for job in sweep_jobs(store, sweep_name).values()
+               if job.stage == "train"}  # fmt: skip
+    counts = {key: {figure: sum(v is not None for v in values) for figure, values in by.items()}
+              for key, by in figures.run_values(store, sweep_name, excluded).items()}  # fmt: skip
+    outcomes = check(rows, references, planned, counts)
     if not outcomes:
         raise UserError(
             f"--check: none of the references in {where} is for a GPU type and model that "
@@ -167,6 +176,9 @@ def _gate(outcomes: list, args: argparse.Namespace, suite: str) -> int:
         print(outcome.line, file=sys.stderr if outcome.failed else sys.stdout)
     failed = sum(outcome.failed for outcome in outcomes)
     print(f"{suite}: {len(outcomes) - failed} of {len(outcomes)} figures passed")
+    if not outcomes:  # a gate that passes on nothing would hide a broken sweep
+        print(f"{suite}: no figure was measured in both: nothing to hold", file=sys.stderr)
+        failed = 1
     if args.junit:
         write_junit(outcomes, args.junit, suite)
     return 1 if failed else 0
