@@ -130,10 +130,8 @@ def next_wave(config: ClusterConfig, repeats: dict[tuple[str, str], int],
         per_cell.append([job for job in planned
                          if job.stage == "train" and (job.gpu_type, job.model) == cell
                          and job.repeat == wanted])  # fmt: skip
-    order = [job for turn in zip(*per_cell, strict=False) for job in turn]
-    longest = max((len(jobs) for jobs in per_cell), default=0)
-    for k in range(min((len(j) for j in per_cell), default=0), longest):  # uneven seeds
-        order += [jobs[k] for jobs in per_cell if k < len(jobs)]
+    # every cell has the sweep's seeds (datasets, node counts): as many jobs each
+    order = [job for turn in zip(*per_cell, strict=True) for job in turn]
     return order[:budget]
 
 
