@@ -90,8 +90,7 @@ def quiet(*args: str) -> int:
 # -- planning -------------------------------------------------------------------------------
 
 
-def bench_plan(folder: Path, n_jobs: int, repeats: int) -> None:
-    seeds = math.ceil(n_jobs / (len(MODELS) * len(GPU_TYPES) * JOBS_PER_TRAIN))
+def scale_config(folder: Path, seeds: int) -> Path:
     data = {
         "name": "scale",
         "gpu_types": {g: {"partition": f"gpu-{g}", "gres": f"gpu:{g}"} for g in GPU_TYPES},
@@ -103,6 +102,12 @@ def bench_plan(folder: Path, n_jobs: int, repeats: int) -> None:
     }  # fmt: skip
     path = folder / "scale.yaml"
     path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def bench_plan(folder: Path, n_jobs: int, repeats: int) -> None:
+    seeds = math.ceil(n_jobs / (len(MODELS) * len(GPU_TYPES) * JOBS_PER_TRAIN))
+    path = scale_config(folder, seeds)
     result = timed(lambda: plan(cluster_config.load(path)), repeats)
     line(f"plan {len(result[3]):,} jobs", result, 1.0)
 
@@ -111,13 +116,20 @@ def bench_plan(folder: Path, n_jobs: int, repeats: int) -> None:
 
 
 def job_rows(n: int, prefix: str = "job") -> list[dict]:
-    return [
-        {"id": f"{prefix}{i:06d}", "sweep": "scale", "stage": "train", "model": MODELS[i % 2],
-         "dataset": "cifar10", "gpu_type": GPU_TYPES[i // 2 % 5], "gpus": 1, "seed": i // 10,
-         "repeat": 0, "spec": {}, "depends_on": [], "state": "succeeded", "attempt": 0,
-         "job_dir": ""}
-        for i in range(n)
-    ]  # fmt: skip
+    """``n`` training jobs' rows, each with a spec as the planner writes it (JSON that every
+    read of the jobs decodes)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = plan(cluster_config.load(scale_config(Path(tmp), 1)))[0].spec.to_dict()
+    rows = []
+    for i in range(n):
+        job_id = f"{prefix}{i:06d}"
+        rows.append({
+            "id": job_id, "sweep": "scale", "stage": "train", "model": MODELS[i % 2],
+            "dataset": "cifar10", "gpu_type": GPU_TYPES[i // 2 % 5], "gpus": 1, "seed": i // 10,
+            "repeat": 0, "spec": {**spec, "job_id": job_id, "seed": i // 10},
+            "depends_on": [], "state": "succeeded", "attempt": 0, "job_dir": "",
+        })  # fmt: skip
+    return rows
 
 
 def fill(store: Store, n_jobs: int, n_epochs: int, samples_per_epoch: int = 0) -> float:
@@ -223,6 +235,7 @@ def bench_status(store: Store, n_jobs: int, repeats: int, folder: Path) -> None:
                     conn.execute(table.delete().where(table.c.job_id.like("st%")))
             conn.execute(jobs.update().where(jobs.c.sweep == "status").values(state="submitted"))
 
+    os.sync()  # the files just written reach the disk before, not during, the timings
     real, slurm._run = slurm._run, sacct
     try:
         firsts = []
