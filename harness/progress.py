@@ -30,6 +30,7 @@ import time
 from functools import lru_cache
 from typing import Any
 
+from records import queries
 from records.errors import UserError
 from records.schema import ENDED, HELD_BACK, NOT_STARTED, UNFINISHED, JobRow
 from records.store import Store
@@ -66,9 +67,9 @@ def job_progress(
         for row in rows
         if row["stage"] in ("train", "transfer") and row["state"] not in NOT_STARTED
     ]
-    ended = store.last_epochs([row["id"] for row in started if row["state"] in ENDED])
+    ended = queries.last_epochs(store, [row["id"] for row in started if row["state"] in ENDED])
     ended = {job_id: last for job_id, last in ended.items() if last[0] is not None}
-    measured = store.progress_of([row["id"] for row in started if row["id"] not in ended])
+    measured = queries.progress_of(store, [row["id"] for row in started if row["id"] not in ended])
     tries = store.attempts_of(ids)
     out: dict[str, dict[str, Any]] = {}
     for row in rows:

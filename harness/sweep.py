@@ -91,7 +91,7 @@ def refresh(store: Store, rows: list[Row]) -> bool:
 
     fed = feeder.collect(store, rows)  # waiting jobs a feeder has submitted (or not run)
     if fed:
-        rows = store.jobs_by_ids([row["id"] for row in rows])
+        rows = store.reread(rows)
     held: dict[str, list[Row]] = {}
     for row in rows:
         name = launcher_of(row)

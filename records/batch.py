@@ -76,6 +76,36 @@ class Batch:
 def _executemany(
     conn: Any, table: Table, statement: Any, names: tuple[str, ...], rows: Iterable[dict]
 ) -> None:
+    """``conn.execute(statement, rows)``. On SQLite, a row's plain columns that are None are
+    left out of its INSERT rather than bound (they are NULL all the same, and a conflict sets
+    each column from ``excluded``, NULL for those left out): Python's sqlite3 binds a None
+    through its adapter lookup, at three times the cost of a float, and an epoch row is
+    mostly None where there is no GPU (30,000 epoch rows: 0.22 s against 0.05 s)."""
+    if conn.dialect.name != "sqlite":
+        _send(conn, table, statement, names, rows)
+        return
+    dialect = conn.dialect
+    optional = [n for n in names if _null_alike(table.c[n], dialect)]
+    shapes: dict[tuple[str, ...], list[dict]] = {}
+    for row in rows:
+        shapes.setdefault(tuple([n for n in optional if row[n] is None]), []).append(row)
+    for absent, part in shapes.items():
+        present = tuple(n for n in names if n not in absent) if absent else names
+        _send(conn, table, statement, present, part)
+
+
+def _null_alike(column: Any, dialect: Any) -> bool:
+    """Whether the column, left out of an INSERT, holds what a bound None would: no default,
+    and a None its type sends as NULL (a JSON column sends the text 'null')."""
+    if column.primary_key or column.default is not None or column.server_default is not None:
+        return False
+    convert = column.type.dialect_impl(dialect).bind_processor(dialect)
+    return convert is None or convert(None) is None
+
+
+def _send(
+    conn: Any, table: Table, statement: Any, names: tuple[str, ...], rows: Iterable[dict]
+) -> None:
     """``conn.execute(statement, rows)``, compiled once and handed to the driver's
     executemany with each value converted by its column type's own bind processor (what
     SQLAlchemy does per row, at about 20 us a row: 50,000 records of a collection cost a

@@ -1,9 +1,9 @@
 """The reads behind status, the tables, the plots and the report.
 
-Each function takes a store and a sweep name and returns rows with named fields (SQLAlchemy
-rows: ``row.epoch_time``, never ``row[2]``). Where a job ran several attempts, the newest
-attempt's figures win: for an epoch, the newest attempt that reported it; for a result, the
-newest succeeded attempt. Aggregation (medians, CV, rounding) is the caller's.
+Each function takes a store and a sweep name (or job ids) and returns rows with named fields
+(SQLAlchemy rows: ``row.epoch_time``, never ``row[2]``). Where a job ran several attempts,
+the newest attempt's figures win: for an epoch, the newest attempt that reported it; for a
+result, the newest succeeded attempt. Aggregation (medians, CV, rounding) is the caller's.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from records.schema import (
+    among,
     attempts,
     epochs,
     inference,
@@ -214,3 +215,34 @@ def queue_waits(store: Store, sweep: str) -> dict[str, float]:
             if job_id not in waits and submitted is not None and started is not None:
                 waits[job_id] = max(0.0, started - submitted)
     return waits
+
+
+def progress_of(store: Store, job_ids: list[str]) -> dict[str, list[tuple]]:
+    """Each job's epochs as (attempt, epoch, recorded_at, epoch_time + eval_time), in
+    order: what status makes its epoch k of N, s/epoch and ETA from."""
+    found: dict[str, list[tuple]] = {}
+    query = select(
+        epochs.c.job_id,
+        epochs.c.attempt,
+        epochs.c.epoch,
+        epochs.c.recorded_at,
+        func.coalesce(epochs.c.epoch_time, 0) + func.coalesce(epochs.c.eval_time, 0),
+    )
+    with store.begin() as conn:
+        for where in among(conn, epochs.c.job_id, job_ids):
+            chunk = query.where(where)
+            for job_id, *rest in conn.execute(chunk.order_by(epochs.c.attempt, epochs.c.epoch)):
+                found.setdefault(job_id, []).append(tuple(rest))
+    return found
+
+
+def last_epochs(store: Store, job_ids: list[str]) -> dict[str, tuple[int | None, float | None]]:
+    """Each job's newest epoch number and s/epoch, from its summary
+    (``records.summaries.last_epoch``): what status shows of an ended job."""
+    found: dict[str, tuple[int | None, float | None]] = {}
+    table = summaries
+    query = select(table.c.job_id, table.c.last_epoch, table.c.last_epoch_s)
+    with store.begin() as conn:
+        for where in among(conn, table.c.job_id, job_ids):
+            found.update({job_id: (k, s) for job_id, k, s in conn.execute(query.where(where))})
+    return found

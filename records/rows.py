@@ -41,6 +41,10 @@ def write_records(conn: Any, records: Iterable[dict[str, Any]]) -> int:
 
 
 _ONE_PER_ATTEMPT = {"final": results, "provenance": provenance}
+# Records whose rows hold all of them, keyed by what they measure (an epoch's figures, a
+# telemetry sample): the events log leaves them out (a copy of each would double what a
+# collection writes, and a replay is already stored once by those keys).
+_MEASUREMENTS = ("epoch", "telemetry")
 
 
 def _write_record(conn: Any, record: dict[str, Any], batch: Batch) -> None:
@@ -102,7 +106,7 @@ def _write_record(conn: Any, record: dict[str, Any], batch: Batch) -> None:
             batch.add(package_lists, listed, ("sha256",), update_columns=())
             record = {k: v for k, v in record.items() if k != "packages"}  # kept once, above
     uid = record.get("uid")
-    if uid:
+    if uid and kind not in _MEASUREMENTS:
         batch.add(
             events,
             {

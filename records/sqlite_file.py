@@ -19,6 +19,10 @@ from records.schema import metadata
 def _sqlite_pragmas(journal: str | None, dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA busy_timeout=30000")
+    # A page cache of up to 64 MiB (the default is 2 MiB): a collection of a whole sweep's
+    # outboxes writes tens of thousands of rows into several indexes in one transaction,
+    # which spills a small cache to the file (0.4 s of a 10,000-job status's 3 s).
+    cursor.execute("PRAGMA cache_size=-65536")
     if journal is not None:  # None: a folder this process cannot probe; as the file says
         cursor.execute(f"PRAGMA journal_mode={journal.upper()}")
     # NORMAL is durable in WAL mode; the rollback journal needs FULL to survive a power loss.

@@ -1,8 +1,8 @@
 """The central results store: SQLAlchemy over SQLite (embedded default) or PostgreSQL.
 
-Writes are idempotent: epochs are keyed by (job, attempt, epoch), events by the record's
-uid, final results by (job, attempt). Replaying an outbox, or a requeued job reporting
-again, never duplicates a row.
+Writes are idempotent: epochs are keyed by (job, attempt, epoch), final results by (job,
+attempt), the events log (each record but epochs and telemetry) by the record's uid.
+Replaying an outbox, or a requeued job reporting again, never duplicates a row.
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ from records.schema import (
     among,
     artifacts,
     attempts,
-    epochs,
     events,
     inference,
     jobs,
@@ -55,7 +54,6 @@ from records.schema import (
     sweeps,
     telemetry,
 )
-from records.schema import summaries as job_summaries
 from records.spec import store_from_environment
 from records.sqlite_file import DAMAGED, _check_sqlite_file, _sqlite_pragmas, journal_mode_for
 
@@ -64,6 +62,12 @@ def _job_row(row: Any) -> JobRow:
     """A row of the jobs table, as the harness's type says it is (the columns are held to
     ``JobRow`` by ``tests/test_layers.py``)."""
     return cast(JobRow, dict(row._mapping))
+
+
+def _dicts(result: Any) -> Iterator[dict[str, Any]]:
+    """A query's rows as dicts (a row's ``_mapping`` costs ten times as much per row)."""
+    names = list(result.keys())
+    return (dict(zip(names, row, strict=True)) for row in result)
 
 
 def default_url(results_dir: str | Path) -> str:
@@ -217,7 +221,19 @@ class Store:
         if sweep is not None:
             query = query.where(jobs.c.sweep == sweep)
         with self.begin() as conn:
-            return [_job_row(row) for row in conn.execute(query)]
+            return [cast(JobRow, row) for row in _dicts(conn.execute(query))]
+
+    def reread(self, rows: list[JobRow]) -> list[JobRow]:
+        """``rows`` as the store holds them now, in their order (those gone left out). The
+        plan's columns (spec, depends_on: JSON, fixed when the job is planned) are kept as
+        given: decoding them again is most of the cost of reading a large sweep twice."""
+        columns = [c for c in jobs.c if c.name not in ("spec", "depends_on")]
+        fresh: dict[str, dict[str, Any]] = {}
+        with self.begin() as conn:
+            for where in among(conn, jobs.c.id, [row["id"] for row in rows]):
+                query = select(*columns).where(where)
+                fresh.update((row["id"], row) for row in _dicts(conn.execute(query)))
+        return [cast(JobRow, {**row, **fresh[row["id"]]}) for row in rows if row["id"] in fresh]
 
     def job(self, job_id: str) -> JobRow | None:
         with self.begin() as conn:
@@ -313,7 +329,7 @@ class Store:
         with self.begin() as conn:
             for where in among(conn, outboxes.c.job_id, job_ids):
                 query = select(outboxes).where(where)
-                found.update({row.job_id: dict(row._mapping) for row in conn.execute(query)})
+                found.update({row["job_id"]: row for row in _dicts(conn.execute(query))})
         return found
 
     def save_collected(self, records: list[dict[str, Any]], cursors: list[dict[str, Any]]) -> int:
@@ -323,35 +339,6 @@ class Store:
             count = write_records(conn, records)
             upsert_many(conn, outboxes, cursors, ("job_id",))
         return count
-
-    def progress_of(self, job_ids: list[str]) -> dict[str, list[tuple]]:
-        """Each job's epochs as (attempt, epoch, recorded_at, epoch_time + eval_time), in
-        order: what status makes its epoch k of N, s/epoch and ETA from."""
-        found: dict[str, list[tuple]] = {}
-        query = select(
-            epochs.c.job_id,
-            epochs.c.attempt,
-            epochs.c.epoch,
-            epochs.c.recorded_at,
-            func.coalesce(epochs.c.epoch_time, 0) + func.coalesce(epochs.c.eval_time, 0),
-        )
-        with self.begin() as conn:
-            for where in among(conn, epochs.c.job_id, job_ids):
-                chunk = query.where(where)
-                for job_id, *rest in conn.execute(chunk.order_by(epochs.c.attempt, epochs.c.epoch)):
-                    found.setdefault(job_id, []).append(tuple(rest))
-        return found
-
-    def last_epochs(self, job_ids: list[str]) -> dict[str, tuple[int | None, float | None]]:
-        """Each job's newest epoch number and s/epoch, from its summary
-        (``records.summaries.last_epoch``): what status shows of an ended job."""
-        found: dict[str, tuple[int | None, float | None]] = {}
-        table = job_summaries
-        query = select(table.c.job_id, table.c.last_epoch, table.c.last_epoch_s)
-        with self.begin() as conn:
-            for where in among(conn, table.c.job_id, job_ids):
-                found.update({job_id: (k, s) for job_id, k, s in conn.execute(query.where(where))})
-        return found
 
     def package_lists(self, digests: list[str]) -> dict[str, dict[str, str]]:
         """packages_sha256 -> the package set's name -> version (``records.packages``), for
@@ -371,14 +358,14 @@ class Store:
         with self.begin() as conn:
             for where in among(conn, attempts.c.job_id, job_ids):
                 query = select(attempts).where(where).order_by(attempts.c.attempt)
-                for row in conn.execute(query):
-                    found.setdefault(row.job_id, []).append(dict(row._mapping))
+                for row in _dicts(conn.execute(query)):
+                    found.setdefault(row["job_id"], []).append(row)
         return found
 
     def attempts(self, job_id: str) -> list[dict[str, Any]]:
         with self.begin() as conn:
             query = select(attempts).where(attempts.c.job_id == job_id).order_by(attempts.c.attempt)
-            return [dict(row._mapping) for row in conn.execute(query)]
+            return list(_dicts(conn.execute(query)))
 
     def record_attempts(self, rows: list[dict[str, Any]]) -> None:
         """What a launcher saw of attempts (job_id, attempt and any other columns); a value

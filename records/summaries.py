@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import bisect
 import math
-import statistics
 import sys
 from array import array
-from collections import defaultdict
+from collections import defaultdict, namedtuple
 from collections.abc import Iterable
 from typing import Any
 
@@ -41,18 +40,16 @@ def summarise(job_epochs: list[Any]) -> dict[str, Any]:
     first epoch at or above a target is the first step at or above it, so the steps give the
     time to any target exactly (``time_to``)."""
     timed = [r for r in job_epochs if not r.warmup] or job_epochs
-    times = [r.epoch_time for r in timed if r.epoch_time is not None]
-    speeds = [r.images_per_sec for r in timed if r.images_per_sec is not None]
+    times = [t for r in timed if (t := r.epoch_time) is not None]
     row: dict[str, Any] = {
         "epochs": len(job_epochs),
         "timed_epochs": len(timed),
-        "epoch_time": statistics.median(times) if times else None,
+        "epoch_time": median(times),
         "epoch_time_cv": cv(times),
-        "images_per_sec": statistics.median(speeds) if speeds else None,
+        "images_per_sec": median([v for r in timed if (v := r.images_per_sec) is not None]),
     }
     for name in TELEMETRY:
-        values = [getattr(r, name) for r in timed if getattr(r, name) is not None]
-        row[name] = statistics.median(values) if values else None
+        row[name] = median([v for r in timed if (v := getattr(r, name)) is not None])
     steps, elapsed, best = [], 0.0, None
     for r in job_epochs:
         elapsed += r.epoch_time or 0.0
@@ -62,6 +59,18 @@ def summarise(job_epochs: list[Any]) -> dict[str, Any]:
     row["accuracy_steps"] = pack(steps)
     row["last_epoch"], row["last_epoch_s"] = last_epoch(job_epochs)
     return row
+
+
+def median(values: list[float]) -> float | None:
+    """``statistics.median``'s arithmetic (the middle value, or the mean of the middle two),
+    without its checks, which cost a tenth of a second per 10,000 jobs summed up; None of
+    nothing."""
+    n = len(values)
+    if n < 3:
+        return None if n == 0 else values[0] if n == 1 else (values[0] + values[1]) / 2
+    ordered = sorted(values)
+    half = n // 2
+    return ordered[half] if n % 2 else (ordered[half - 1] + ordered[half]) / 2
 
 
 def last_epoch(job_epochs: list[Any]) -> tuple[int | None, float | None]:
@@ -120,6 +129,15 @@ MERGED = (epochs.c.job_id, epochs.c.epoch, epochs.c.attempt, epochs.c.epoch_time
           *(epochs.c[name] for name in TELEMETRY))  # fmt: skip
 
 
+def _named_tuple(name: str, fields: list[str]) -> Any:
+    return namedtuple(name, fields)  # type: ignore[misc]  # (fields not a literal)
+
+
+# A merged epoch as a named tuple: read by name tens of times per job, which costs a
+# database row's name lookup ten times as much.
+Merged = _named_tuple("Merged", [c.name for c in MERGED])
+
+
 def merged_epochs(conn: Any, job_ids: Iterable[str] | None = None) -> dict[str, list[Any]]:
     """Job id -> its epochs in order, per epoch number the newest attempt's (every job with
     epochs when ``job_ids`` is None)."""
@@ -129,7 +147,7 @@ def merged_epochs(conn: Any, job_ids: Iterable[str] | None = None) -> dict[str, 
         query = select(*MERGED).order_by(epochs.c.attempt)
         if where is not None:
             query = query.where(where)
-        for row in conn.execute(query):
+        for row in map(Merged._make, conn.execute(query)):
             per_job[row.job_id][row.epoch] = row
     return {job_id: [by_epoch[e] for e in sorted(by_epoch)] for job_id, by_epoch in per_job.items()}
 

@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from harness import config as cluster_config
 from harness.planner import plan
-from records.store import epochs, events
+from records.schema import epochs, events
 
 from .jobtools import EXE, store_of, tiny_sweep, write_cluster
 

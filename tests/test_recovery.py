@@ -17,7 +17,8 @@ from sqlalchemy import func, select
 from harness import config as cluster_config
 from harness.launchers.sacct import parse_sacct
 from harness.planner import plan
-from records.store import Store, epochs, events
+from records.schema import epochs, events
+from records.store import Store
 
 from .jobtools import EXE, cli, doomed_training_job, job_env, records, sweep_yaml
 

@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 from sqlalchemy import select
 
-from records.store import epochs, jobs, results
+from records.schema import epochs, jobs, results
 
 from .jobtools import cli, store_of, tiny_sweep, write_cluster
 

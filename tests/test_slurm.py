@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 
 from harness import config as cluster_config
 from harness.planner import plan
-from records.store import epochs, events, provenance, results
+from records.schema import epochs, events, provenance, results
 
 from .jobtools import (
     EXE,

@@ -21,7 +21,8 @@ from jobs.telemetry import (
     gpu_matches,
     open_source,
 )
-from records.store import SCHEMA_VERSION, Store, epochs, provenance, telemetry
+from records.schema import epochs, provenance, telemetry
+from records.store import SCHEMA_VERSION, Store
 
 from .jobtools import TINY, records, run_job
 

@@ -241,7 +241,7 @@ def _refresh(store, sweep_name: str, rows: list[JobRow] | None = None) -> list[J
         changed = True
     if not changed:
         return current
-    return store.jobs(sweep_name) if rows is None else store.jobs_by_ids([r["id"] for r in rows])
+    return store.reread(current)
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
