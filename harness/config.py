@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeFloat,
+    PositiveFloat,
     PositiveInt,
     ValidationError,
     field_validator,
@@ -75,6 +76,9 @@ class GpuType(_JobEnvironment):
     ray_accelerator: str | None = None  # Ray accelerator type, e.g. V100
     ray_resource: str | None = None  # or a custom Ray resource name
     price_per_gpu_hour: NonNegativeFloat | None = None
+    # The GPU's peak TFLOP/s in the math its jobs use (fp32, or tf32 / bf16 where they do),
+    # for the tables' fraction of peak (mfu_pct); default: the known GPUs' (harness.peaks)
+    peak_tflops: PositiveFloat | None = None
     # A fragment of the GPU's name (as NVML reports it) that a job of this type must show,
     # e.g. "V100"; default: the GPU type's own name, or "cpu" for local: cpu. Runs on another
     # GPU are flagged in the tables.

@@ -17,7 +17,9 @@ from typing import Any
 
 from harness import stats
 from harness.headlines import target_key, with_targets
+from harness.peaks import peak_tflops
 from records import queries, summaries
+from records.kinds import achieved_tflops
 from records.schema import TELEMETRY
 from records.spec import RUNTIMES
 from records.store import Store
@@ -121,6 +123,8 @@ def _figures(
             "energy_per_epoch_j": _rounded(med["energy_j"], 1),
             "energy_per_image_mj": _rounded(med["energy_per_image_j"], 3, 1e3),
             "cpu_util_pct": _rounded(med["cpu_util_mean"], 1),
+            "tflops": _rounded(_median(g.get("tflops", []), None), 3),
+            "mfu_pct": _rounded(_median(g.get("mfu", []), None), 2, 100),
             "cost_per_run": cost,
             "gpu_mismatch_runs": len(g.get("mismatch", [])),
             "hosts": len({host for host in g.get("host", []) if host}) or None,
@@ -272,6 +276,8 @@ def _groups(
         return text
 
     waits = queries.queue_waits(store, sweep)
+    flops_of = queries.flops_basis(store, sweep)
+    peak_of = _peak_of(store, sweep)
     groups: dict[tuple[str, str], dict[str, list]] = defaultdict(lambda: defaultdict(list))
     trained = queries.train_summaries(store, sweep)
     for job_id in _failed_before_an_epoch(store, job_rows, trained) if targets else []:
@@ -295,6 +301,13 @@ def _groups(
         if wait is not None:
             g["queue_wait"].append(wait)
         g["images_per_sec"].append(run.images_per_sec)
+        if job_id in flops_of:
+            flops, mode, gpu_name = flops_of[job_id]
+            tflops = achieved_tflops(run.images_per_sec, flops)
+            g["tflops"].append(tflops)
+            peak = peak_of.get(job.gpu_type) or peak_tflops(gpu_name, mode)
+            if peak:
+                g["mfu"].append(tflops / ((job.gpus or 1) * peak))
         for name in TELEMETRY:
             if getattr(run, name) is not None:
                 g[name].append(getattr(run, name))
@@ -310,6 +323,14 @@ def _groups(
         if job is not None and job.stage == "transfer":
             groups[(label(job_id), job.model)]["transfer_acc"].append(result.final_test_acc)
     return groups, shapes
+
+
+def _peak_of(store: Store, sweep: str) -> dict[str, float]:
+    """GPU type -> the ``peak_tflops`` its cluster.yaml entry names (the others: the known
+    GPUs' figures, ``harness.peaks``)."""
+    gpu_types = (store.sweep_config(sweep) or {}).get("gpu_types") or {}
+    return {gpu: entry["peak_tflops"] for gpu, entry in gpu_types.items()
+            if isinstance(entry, dict) and entry.get("peak_tflops")}  # fmt: skip
 
 
 def _failed_before_an_epoch(store: Store, job_rows: dict, trained: dict) -> list[str]:

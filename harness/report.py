@@ -71,7 +71,8 @@ TABLE_COLUMNS = {
     "target_rule": "target rule", "transfer_acc_pct": "transfer acc %", "runs": "runs",
     "cv_pct": "CV", "gpu_util_pct": "GPU util %", "gpu_mem_gb": "GPU mem GB",
     "power_w": "power W", "energy_per_epoch_j": "J/epoch", "energy_per_image_mj": "mJ/img",
-    "cpu_util_pct": "CPU util %", "cost_per_run": "$/run", "gpu_mismatch_runs": "gpu mismatch",
+    "cpu_util_pct": "CPU util %", "tflops": "TFLOP/s", "mfu_pct": "MFU %",
+    "cost_per_run": "$/run", "gpu_mismatch_runs": "gpu mismatch",
     "queue_wait_s": "queue wait s", "hosts": "hosts",
 }  # fmt: skip
 

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 import resnest
-from jobs import checkpoint, data, distributed, memory_format, telemetry
+from jobs import checkpoint, data, distributed, flops, memory_format, telemetry
 from jobs.checkpoint import CheckpointError, load_source, model_from
 from jobs.loader import PIPELINES, DeviceLoader
 from jobs.provenance import params_digest, provenance
@@ -74,6 +74,7 @@ class Trainer:
         self.train_set = self._load(train=True)
         self.test_set = self._load(train=False)
         self.model = self._build_model().to(device)
+        self.flops = flops.forward_flops(self.model, tuple(self.train_set.images.shape[1:]))
         freeze = spec.freeze if isinstance(spec, TransferSpec) else "none"
         self.frozen = frozen_modules(self.model, freeze)
         for module in self.frozen:
@@ -291,7 +292,10 @@ class Trainer:
         sampler, note = telemetry.sampler_for(self.device, self.spec.telemetry_interval)
         if env.is_main:
             devices = sampler.source.devices() if sampler else []
-            self.reporter.report("provenance", provenance(self.device, spec, devices, note))
+            record = provenance(self.device, spec, devices, note)
+            mode = flops.math_mode(self.device, self.recipe.bf16)
+            self.reporter.report("provenance", {**record, "forward_flops": self.flops,
+                                                "math_mode": mode})  # fmt: skip
         try:
             return self._train(start_epoch, start_step, totals, history, steps, sampler)
         finally:
@@ -394,6 +398,7 @@ class Trainer:
         test_loss, test_acc = self.evaluate()
         eval_time = time.perf_counter() - eval_start
         peak, peak_kind = peak_memory(self.device)
+        speed = count / epoch_time if epoch_time > 0 else 0.0
         return {
             "epoch": epoch + 1,
             "train_loss": loss_sum / count,
@@ -406,7 +411,8 @@ class Trainer:
             "compute_time": totals.compute_time,
             "eval_time": eval_time,
             "images": int(count),
-            "images_per_sec": count / epoch_time if epoch_time > 0 else 0.0,
+            "images_per_sec": speed,
+            "tflops": flops.achieved_tflops(speed, self.flops),
             "peak_mem_bytes": peak,
             "peak_mem_kind": peak_kind,
             "warmup": warmup,

@@ -78,6 +78,8 @@ class Provenance(TypedDict, total=False):
     code_commit: str | None  # git commit (+dirty) where the code is a checkout
     packages_sha256: str  # sha256 of the installed distributions' name==version list
     packages: str  # that list whole (``records.packages.pack``), kept once per digest
+    forward_flops: int  # the network's FLOPs per image, one forward pass at the job's size
+    math_mode: str  # fp32 | tf32 | bf16: what the GPU did them in (``jobs.flops``)
 
 
 class Artifact(TypedDict):
@@ -121,6 +123,14 @@ KINDS: dict[str, type] = {
     "inference": Inference,
     "final": Final,
 }
+
+
+def achieved_tflops(images_per_sec: float, forward_flops: int) -> float:
+    """Training TFLOP/s: each image costs its forward FLOPs three times (the forward pass,
+    and the backward pass's two products per layer), the usual count of model FLOPs."""
+    return images_per_sec * 3 * forward_flops / 1e12
+
+
 # Keys a record of each kind cannot do without (the store keys its rows on them).
 REQUIRED = {
     "epoch": ("epoch",),

@@ -193,6 +193,24 @@ def hosts(store: Store, sweep: str) -> dict[str, str]:
         return {job_id: host for job_id, host in rows}
 
 
+def flops_basis(store: Store, sweep: str) -> dict[str, tuple[int, str | None, str | None]]:
+    """Job id -> (forward FLOPs per image, math mode, GPU name) of its newest attempt that
+    recorded its FLOPs: what its achieved TFLOP/s and fraction of peak are made from."""
+    query = (
+        select(
+            provenance.c.job_id,
+            provenance.c.forward_flops,
+            provenance.c.math_mode,
+            provenance.c.gpu_name,
+        )
+        .join(jobs, jobs.c.id == provenance.c.job_id)
+        .where(jobs.c.sweep == sweep, provenance.c.forward_flops.is_not(None))
+        .order_by(provenance.c.attempt)
+    )
+    with store.begin() as conn:
+        return {job_id: (flops, mode, gpu) for job_id, flops, mode, gpu in conn.execute(query)}
+
+
 def queue_waits(store: Store, sweep: str) -> dict[str, float]:
     """Job id -> seconds it waited in a queue, submission to start, over all its attempts:
     the attempts' own times where the launcher recorded them (SLURM: sacct's Submit and

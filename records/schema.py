@@ -28,7 +28,7 @@ if sys.version_info >= (3, 11):
 else:  # pydantic's dependency
     from typing_extensions import NotRequired
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 # A job's states: planned (pending); kept back by the harness until the cluster has room for
 # it under the site's limits (waiting); handed to the cluster (submitted: in its queue);
 # running; and the three ends.
@@ -116,6 +116,8 @@ EPOCH_FIELDS = (
     # telemetry (version 2): all the job's GPUs together; the CPU ones without NVML
     "gpu_util_mean", "gpu_util_max", "gpu_mem_peak_bytes", "power_mean_w", "energy_j",
     "energy_per_image_j", "cpu_util_mean", "rss_peak_bytes",
+    # version 8: achieved TFLOP/s (images/s x 3 x the forward FLOPs per image)
+    "tflops",
 )  # fmt: skip
 epochs = Table(
     "epochs",
@@ -229,6 +231,10 @@ provenance = Table(
     Column("environment", JSON),  # the GPU type's setup, python and variables as the job saw them
     Column("code_commit", String(60)),  # git commit of the code (+dirty), where a checkout
     Column("packages_sha256", String(64)),  # of the installed name==version list
+    # version 8: the network's forward FLOPs per image at the job's input size, and the math
+    # its GPU did them in (fp32, tf32, bf16: ``jobs.flops``), for achieved TFLOP/s and MFU
+    Column("forward_flops", BigInteger),
+    Column("math_mode", String(8)),
 )
 # Version 7: each environment's installed packages whole (``records.packages``), once per
 # packages_sha256 of the provenance.

@@ -30,7 +30,7 @@ def report(tmp_path_factory):
         {"kind": "local", "local": {"max_parallel": 2}},
         # v100: asks for a GPU named V100 but runs on this CPU: flagged as a mismatch.
         {
-            "cpu-a": {"local": "cpu", "price_per_gpu_hour": 2.5},
+            "cpu-a": {"local": "cpu", "price_per_gpu_hour": 2.5, "peak_tflops": 0.5},
             "v100": {"local": "cpu", "gpu_name": "V100"},
         },
         tiny_sweep(models=["resnest_tiny_basic"], gpu_types=["cpu-a", "v100"], epochs=3),
@@ -59,6 +59,39 @@ def test_report_files_and_tables(report):
     # Figures as the terminal shows them (2.53, 1,012), not as floats print (2.5299).
     cells = re.findall(r"<td>([^<]*)</td>", page)
     assert cells and not [c for c in cells if re.fullmatch(r"-?\d+\.\d{4,}", c)]
+
+
+def test_achieved_tflops_and_the_fraction_of_peak_follow_from_the_epoch_rows(report):
+    """Each epoch's TFLOP/s is its images/s x 3 x the network's forward FLOPs at the job's
+    input size (counted here again from the zoo's network); the table's is the median over
+    the timed epochs, and its MFU that over the GPU type's ``peak_tflops`` (cpu-a: 0.5). A GPU
+    type with no peak of its own and a GPU the known table lacks (this CPU) gets no MFU."""
+    import resnest
+    from records.schema import provenance
+    from resnest.summary import count_flops
+
+    tmp_path, path, _ = report
+    flops = count_flops(resnest.create("resnest_tiny_basic", num_classes=10), (1, 3, 32, 32))
+    with store_of(tmp_path).begin() as conn:
+        recorded = conn.execute(select(provenance.c.forward_flops, provenance.c.math_mode)).all()
+        rows = conn.execute(
+            select(jobs.c.gpu_type, epochs.c.images_per_sec, epochs.c.tflops)
+            .join(jobs, jobs.c.id == epochs.c.job_id)
+            .where(jobs.c.stage == "train", epochs.c.warmup.is_(False))
+        ).all()
+    assert recorded and set(recorded) == {(flops, "fp32")}  # the CPU computes in fp32
+    for _, speed, tflops in rows:
+        assert tflops == pytest.approx(speed * 3 * flops / 1e12, rel=1e-12)
+    table = json.loads(cli("table", "-c", str(path), "--format", "json", cwd=tmp_path).stdout)
+    by_gpu = {r["gpu_type"]: r for r in table}
+    for gpu in ("cpu-a", "v100"):
+        expected = statistics.median([t for g, _, t in rows if g == gpu])
+        assert by_gpu[gpu]["tflops"] == round(expected, 3)
+    cpu_a = statistics.median([t for g, _, t in rows if g == "cpu-a"])
+    assert by_gpu["cpu-a"]["mfu_pct"] == round(100 * cpu_a / 0.5, 2)
+    assert by_gpu["v100"]["mfu_pct"] is None
+    text = cli("table", "-c", str(path), cwd=tmp_path).stdout
+    assert "TFLOP/s" in text and "MFU %" in text
 
 
 def test_table_telemetry_cost_mismatch_and_the_study_layout(report):
