@@ -112,7 +112,7 @@ def _figures(
             "speedup": round(ref_time / epoch_time, 2) if epoch_time and ref_time else None,
             "final_acc_pct": _pct(_median(g.get("final_acc", []))),
             "best_acc_pct": _pct(_median(g.get("best_acc", []))),
-            **_target_figures(g, targets),
+            **_target_figures(g, targets, price),
             "transfer_acc_pct": _pct(_median(g.get("transfer_acc", []))),
             "runs": runs,
             "cv_pct": round(100 * cv, 4),
@@ -179,12 +179,14 @@ def _with_intervals(g: dict[str, list], targets: list[float], row: dict[str, Any
     return row
 
 
-def _target_figures(g: dict[str, list], targets: list[float]) -> dict[str, Any]:
+def _target_figures(g: dict[str, list], targets: list[float], price: float | None) -> dict:
     """Per target: the headline time to it and how many runs reached it (0 says plainly
-    that none did; None: no run to count); then the rule behind the headlines (every target
-    has the same runs)."""
+    that none did; None: no run to count), the median energy (kJ) and cost (the GPU type's
+    price x GPUs x time) to it over the runs that reached it; then the rule behind the
+    headlines (every target has the same runs)."""
     out: dict[str, Any] = {}
     rule = None
+    gpus = (g.get("gpus") or [1])[0]
     for target in targets:
         times = g.get(f"to {target}", [])
         figure, rule = headline(times)
@@ -198,6 +200,13 @@ def _target_figures(g: dict[str, list], targets: list[float]) -> dict[str, Any]:
     for target in targets:
         trained = g.get(f"trained {target}", [])
         out[f"time_to_trained_{target_key(target)}_s"] = headline(trained)[0] if trained else None
+    for target in targets:
+        key = target_key(target)
+        energy = _median(g.get(f"energy {target}", []), None)
+        out[f"energy_to_{key}_kj"] = _rounded(energy, 3, 1e-3)
+        reached = [t for t in g.get(f"to {target}", []) if t is not None]
+        cost = None if price is None or not reached else statistics.median(reached) / 3600
+        out[f"cost_to_{key}"] = None if cost is None else round(cost * gpus * price, 4)
     return out
 
 
@@ -289,7 +298,7 @@ def _groups(
             continue  # on an excluded host
         if targets:
             g = groups[(label(job_id), job.model)]
-            _to_targets(g, run.accuracy_steps, waits.get(job_id), targets)
+            _to_targets(g, run, waits.get(job_id), targets)
         if run.epoch_time is None or run.images_per_sec is None:
             continue  # no timed epoch: no time to compare
         g = groups[(label(job_id), job.model)]
@@ -353,13 +362,17 @@ def _failed_before_an_epoch(store: Store, job_rows: dict, trained: dict) -> list
     return counted
 
 
-def _to_targets(g: dict[str, list], steps: Any, wait: float | None, targets: list[float]) -> None:
-    """A training run's time to each target (None: not reached; ``steps`` None: a run that
-    never measured an epoch), and with its queue wait, its time to a trained network."""
+def _to_targets(g: dict[str, list], run: Any, wait: float | None, targets: list[float]) -> None:
+    """A training run's time to each target (None: not reached; ``run`` None: a run that
+    never measured an epoch), the energy to it where measured, and with its queue wait, its
+    time to a trained network."""
     g["target_runs"].append(1)
     for target in targets:
-        to_target = None if steps is None else summaries.time_to(steps, target)
+        to_target = None if run is None else summaries.time_to(run.accuracy_steps, target)
         g[f"to {target}"].append(to_target)
+        if to_target is not None:
+            energy = summaries.energy_to(run.accuracy_steps, run.energy_steps, target)
+            g[f"energy {target}"].append(energy)
         if wait is not None:
             g[f"trained {target}"].append(None if to_target is None else wait + to_target)
 

@@ -142,6 +142,10 @@ def without_spreads(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _column(name: str) -> str:
     if name.startswith("time_to_trained_"):  # queue wait + time to the target
         return "s queued+to " + name.removeprefix("time_to_trained_").removesuffix("pct_s") + "%"
+    if name.startswith("energy_to_"):  # energy_to_93pct_kj: "kJ to 93%"
+        return "kJ to " + name.removeprefix("energy_to_").removesuffix("pct_kj") + "%"
+    if name.startswith("cost_to_"):  # cost_to_93pct: "$ to 93%"
+        return "$ to " + name.removeprefix("cost_to_").removesuffix("pct") + "%"
     if name.startswith("time_to_"):  # time_to_92.5pct_s: "s to 92.5%"
         return "s to " + name.removeprefix("time_to_").removesuffix("pct_s") + "%"
     if name.startswith("reached_"):
@@ -183,8 +187,12 @@ def study_tables(rows: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, A
         if " s to " in key and not key.endswith(" " + SPREAD)
     )
     tables = []
-    for title, column in (*STUDY_TABLES, *((f"seconds to {t} test accuracy", f"s to {t}")
-                                            for t in targets)):  # fmt: skip
+    per_target = [
+        (f"{what} to {t} test accuracy", f"{unit} to {t}")
+        for t in targets
+        for what, unit in (("seconds", "s"), ("energy (kJ)", "kJ"), ("cost", "$"))
+    ]
+    for title, column in (*STUDY_TABLES, *per_target):  # fmt: skip
         table = []
         for model in models:
             values = {row["gpu_type"]: row.get(f"{model} {column}") for row in rows}

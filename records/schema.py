@@ -155,6 +155,9 @@ summaries = Table(
     # every epoch row: 2.5 million of them in a finished 10,000-job sweep of 250 epochs)
     Column("last_epoch", Integer),  # the newest epoch number
     Column("last_epoch_s", Float),  # its s/epoch (``records.summaries.summarise``)
+    # version 8: the energy (J) spent by the end of each accuracy step, packed float64 (NaN
+    # where an epoch up to it measured none): the energy to any target
+    Column("energy_steps", LargeBinary),
 )
 results = Table(
     "results",

@@ -166,10 +166,9 @@ class Store:
                 current = conn.execute(select(schema_version.c.version)).scalar()
                 if current is not None and current < SCHEMA_VERSION:
                     _add_missing_columns(conn)
-                    # The summaries came with version 4. Those of version 4 and 5 lack the
-                    # last epoch (6): status reads an ended job's epochs where it is missing,
-                    # and the store fills it as the job's epochs are written (or an ingest).
-                    if current < 4:
+                    # The summaries came with version 4; version 6 added the last epoch and
+                    # 8 the energy to each accuracy step: an older store's are rebuilt once.
+                    if current < 8:
                         summaries.refresh(conn)
                     conn.execute(update(schema_version).values(version=SCHEMA_VERSION))
                 if current is None:

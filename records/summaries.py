@@ -50,13 +50,17 @@ def summarise(job_epochs: list[Any]) -> dict[str, Any]:
     }
     for name in TELEMETRY:
         row[name] = median([v for r in timed if (v := getattr(r, name)) is not None])
-    steps, elapsed, best = [], 0.0, None
+    steps, energies, elapsed, energy, best = [], [], 0.0, 0.0, None
     for r in job_epochs:
         elapsed += r.epoch_time or 0.0
+        energy = energy + r.energy_j if r.energy_j is not None else math.nan  # NaN stays NaN
         if r.test_acc is not None and (best is None or r.test_acc > best):
             best = r.test_acc
             steps += [elapsed, r.test_acc]
+            energies.append(energy)
     row["accuracy_steps"] = pack(steps)
+    measured = any(not math.isnan(e) for e in energies)
+    row["energy_steps"] = pack(energies) if measured else None
     row["last_epoch"], row["last_epoch_s"] = last_epoch(job_epochs)
     return row
 
@@ -108,6 +112,17 @@ def time_to(steps: bytes | None, target: float) -> float | None:
     values = unpack(steps)
     index = bisect.bisect_left(values[1::2], target)
     return values[2 * index] if 2 * index < len(values) else None
+
+
+def energy_to(steps: bytes | None, energy_steps: bytes | None, target: float) -> float | None:
+    """Energy (J) spent by the end of the first epoch at or above ``target``: the sum of the
+    epochs' energies up to it. None where the run never got there or an epoch up to it
+    measured no energy (no NVML, or a summary written before version 8)."""
+    values, energies = unpack(steps), unpack(energy_steps)
+    index = bisect.bisect_left(values[1::2], target)
+    if 2 * index >= len(values) or index >= len(energies) or math.isnan(energies[index]):
+        return None
+    return energies[index]
 
 
 def cv(values: list[float]) -> float:

@@ -81,11 +81,14 @@ def run(*args: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def fill(url: str, targets, runs: list[list[tuple[float, float]]]) -> None:
-    """A sweep whose runs (one per list of (epoch time, test accuracy)) trained one model on
-    one GPU type, as jobs leave it in the store."""
+def fill(url: str, targets, runs: list[list[tuple]], price: float | None = None) -> None:
+    """A sweep whose runs (one per list of (epoch time, test accuracy[, energy J])) trained
+    one model on one GPU type, as jobs leave it in the store."""
     store = Store(url)
-    store.add_sweep("ttt", sweep_config(targets))
+    config = sweep_config(targets)
+    if price is not None:
+        config["gpu_types"]["v100"]["price_per_gpu_hour"] = price
+    store.add_sweep("ttt", config)
     rows = [
         {"id": f"run{i}", "stage": "train", "model": "resnest_tiny_basic",
          "dataset": "synthetic", "gpu_type": "v100", "gpus": 1, "seed": i, "repeat": 0,
@@ -95,10 +98,11 @@ def fill(url: str, targets, runs: list[list[tuple[float, float]]]) -> None:
     store.add_jobs("ttt", rows)
     records = []
     for i, epochs in enumerate(runs):
-        for n, (seconds, acc) in enumerate(epochs, start=1):
+        for n, (seconds, acc, *energy) in enumerate(epochs, start=1):
             records.append({"kind": "epoch", "job_id": f"run{i}", "attempt": 0, "epoch": n,
                             "epoch_time": seconds, "images_per_sec": 100.0,
-                            "warmup": n == 1, "test_acc": acc})  # fmt: skip
+                            "warmup": n == 1, "test_acc": acc,
+                            "energy_j": energy[0] if energy else None})  # fmt: skip
         store.set_state(f"run{i}", "succeeded")
     store.write_records(records)
 
@@ -212,3 +216,30 @@ def test_a_run_that_failed_before_its_first_epoch_counts_as_the_slowest(tmp_path
     code, out, _ = run("table", "ttt", "--store", url)
     (values,) = [line for line in out.splitlines() if line.startswith("v100")]
     assert "4/5" in values.split(), out
+
+
+def test_energy_and_cost_to_a_target_are_summed_over_the_epochs_up_to_it(tmp_path):
+    """Energy to a target: the sum of a run's epoch energies up to its first epoch at or
+    above it (the median over the runs that got there; a run with an epoch that measured no
+    energy has none); cost to it: the time to it x GPUs x the GPU type's price per hour."""
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    runs = [
+        [(10.0, 0.7, 1000.0), (10.0, 0.85, 1500.0), (10.0, 0.9, 900.0)],  # 80%: 2,500 J, 20 s
+        [(10.0, 0.81, 1200.0), (15.0, 0.82, 2000.0)],  # 80%: 1,200 J at 10 s
+        [(20.0, 0.5, 3000.0), (20.0, 0.6, None), (20.0, 0.95, 800.0)],  # 80% at 60 s, no energy
+        [(10.0, 0.5, 700.0), (10.0, 0.6, 700.0)],  # never
+    ]
+    fill(url, [0.8, 0.99], runs, price=3.6)
+    code, out, err = run("table", "ttt", "--store", url, "--format", "json")
+    assert code == 0, err
+    (row,) = json.loads(out)
+    expected_energy = statistics.median([2500.0, 1200.0]) / 1000  # the third measured none
+    assert row["energy_to_80pct_kj"] == round(expected_energy, 3)
+    assert row["cost_to_80pct"] == round(statistics.median([20.0, 10.0, 60.0]) / 3600 * 3.6, 4)
+    assert row["energy_to_99pct_kj"] is None and row["cost_to_99pct"] is None
+    code, out, _ = run("table", "ttt", "--store", url)
+    headers = " ".join(line for line in out.splitlines() if line.startswith("gpu_type"))
+    assert "kJ to 80%" in headers and "$ to 80%" in headers
+    code, out, _ = run("table", "ttt", "--store", url, "--layout", "study", "--format", "json")
+    titles = {t["table"] for t in json.loads(out)}
+    assert {"energy (kJ) to 80% test accuracy", "cost to 80% test accuracy"} <= titles
