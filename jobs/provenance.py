@@ -65,6 +65,10 @@ def provenance(
             gpu_memory_total=gpus[0]["memory_total"] or info["gpu_memory_total"],
             driver=gpus[0]["driver"],
         )
+    for name in HARDWARE:  # the GPU's settings as NVML saw them (rank 0's first GPU)
+        info[name] = gpus[0].get(name) if gpus else None
+    info["nccl"] = nccl_version() if device.type == "cuda" else None
+    info["cpu_model"], info["cpu_cores"] = cpu_model(), os.cpu_count()
     info["python"] = sys.executable
     info["code_commit"] = code_commit()
     names = installed_packages()
@@ -74,6 +78,34 @@ def provenance(
     match = telemetry.gpu_matches(spec.expect_gpu, info["gpu_name"], device.type)
     info["gpu_mismatch"] = None if match is None else not match
     return info
+
+
+# The hardware settings of ``jobs.telemetry.NvmlSource.settings``, kept in the provenance.
+HARDWARE = ("power_limit_w", "default_power_limit_w", "ecc", "mig", "persistence", "pcie_gen",
+            "pcie_gen_max", "pcie_width", "pcie_width_max")  # fmt: skip
+
+
+def nccl_version() -> str | None:
+    """The NCCL that torch was built with ("2.21.5"), None without it."""
+    try:
+        found = torch.cuda.nccl.version()
+    except Exception:  # a build without NCCL
+        return None
+    return ".".join(map(str, found)) if isinstance(found, tuple) else str(found)
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name (``/proc/cpuinfo``; the platform's word for it elsewhere)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 _EXPORT = re.compile(r"(?:^|[;&|\s])export\s+([A-Za-z_][A-Za-z0-9_]*)=")

@@ -105,9 +105,37 @@ class NvmlSource:
                 ),
                 "driver": _text(driver),
                 "energy_counter": energy,
+                **self.settings(handle),
             }
             for index, handle, energy in gpus
         ]
+
+    def settings(self, handle: Any) -> dict[str, Any]:
+        """How the GPU is set up, as NVML reports it (None where it cannot say): the power
+        limits in W, ECC, MIG and persistence modes, and the PCIe link now and at most."""
+        nvml = self.nvml
+
+        def read(name: str, *args: Any) -> Any:
+            return self._read(lambda: getattr(nvml, name)(handle, *args))
+
+        def current(pair: Any) -> bool | None:  # (current, pending) modes
+            return None if pair is None else bool(pair[0] if isinstance(pair, tuple) else pair)
+
+        def watts(milliwatts: Any) -> float | None:
+            return None if milliwatts is None else milliwatts / 1000.0
+
+        persistence = read("nvmlDeviceGetPersistenceMode")
+        return {
+            "power_limit_w": watts(read("nvmlDeviceGetEnforcedPowerLimit")),
+            "default_power_limit_w": watts(read("nvmlDeviceGetPowerManagementDefaultLimit")),
+            "ecc": current(read("nvmlDeviceGetEccMode")),
+            "mig": current(read("nvmlDeviceGetMigMode")),
+            "persistence": None if persistence is None else bool(persistence),
+            "pcie_gen": read("nvmlDeviceGetCurrPcieLinkGeneration"),
+            "pcie_gen_max": read("nvmlDeviceGetMaxPcieLinkGeneration"),
+            "pcie_width": read("nvmlDeviceGetCurrPcieLinkWidth"),
+            "pcie_width_max": read("nvmlDeviceGetMaxPcieLinkWidth"),
+        }
 
     def close(self) -> None:
         self._read(self.nvml.nvmlShutdown)

@@ -238,6 +238,19 @@ provenance = Table(
     # its GPU did them in (fp32, tf32, bf16: ``jobs.flops``), for achieved TFLOP/s and MFU
     Column("forward_flops", BigInteger),
     Column("math_mode", String(8)),
+    # version 8: the hardware's settings (NVML, rank 0's first GPU) and the host's CPU
+    Column("power_limit_w", Float),  # enforced
+    Column("default_power_limit_w", Float),
+    Column("ecc", Boolean),
+    Column("mig", Boolean),
+    Column("persistence", Boolean),
+    Column("pcie_gen", Integer),
+    Column("pcie_gen_max", Integer),
+    Column("pcie_width", Integer),
+    Column("pcie_width_max", Integer),
+    Column("nccl", String(20)),
+    Column("cpu_model", String(200)),
+    Column("cpu_cores", Integer),
 )
 # Version 7: each environment's installed packages whole (``records.packages``), once per
 # packages_sha256 of the provenance.

@@ -361,6 +361,12 @@ class Store:
                     found.setdefault(row["job_id"], []).append(row)
         return found
 
+    def provenance_of(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's provenance rows (``records.schema.provenance``), oldest attempt first."""
+        query = select(provenance).where(provenance.c.job_id == job_id)
+        with self.begin() as conn:
+            return list(_dicts(conn.execute(query.order_by(provenance.c.attempt))))
+
     def attempts(self, job_id: str) -> list[dict[str, Any]]:
         with self.begin() as conn:
             query = select(attempts).where(attempts.c.job_id == job_id).order_by(attempts.c.attempt)

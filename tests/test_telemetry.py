@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 from sqlalchemy import select
 
+from jobs.provenance import HARDWARE
 from jobs.telemetry import (
     CpuSource,
     NvmlSource,
@@ -174,6 +175,7 @@ def test_gpus_are_found_by_uuid_as_torch_reports_them():
         "memory_total": 16 * 2**30,
         "driver": "550.54.15",
         "energy_counter": True,
+        **dict.fromkeys(HARDWARE),  # this stand-in has no settings to report: unknown
     }
 
 

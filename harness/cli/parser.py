@@ -242,6 +242,20 @@ COMMANDS: list[dict[str, Any]] = [
         groups=["store"],
     ),
     dict(
+        name="provenance", func="harness.cli.provenance:cmd_provenance",
+        help="what differs between two attempts' provenance",
+        description="Compare where and with what two attempts ran: host, GPU and its "
+        "settings (power limits, ECC, MIG, persistence, PCIe link), driver, CUDA, cuDNN, "
+        "NCCL, torch, the CPU, the code's commit, the job environment, and every package "
+        "whose version differs. JOB is a job id (or the start of one), its newest attempt, "
+        "or JOB:ATTEMPT.",
+        args=[
+            arg("first", metavar="JOB_A", help="a job id or its start, optionally :ATTEMPT"),
+            arg("second", metavar="JOB_B", help="the other attempt, likewise"),
+        ],
+        groups=["store"],
+    ),
+    dict(
         name="rerun", func="harness.cli.commands:cmd_rerun",
         help="run chosen jobs again (new attempt), nothing else",
         description="Resubmit exactly the named jobs, or every failed and not-run job with "
