@@ -25,13 +25,11 @@ import json
 import statistics
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from records.schema import TELEMETRY
-from records.summaries import summarise, time_to
+from records.summaries import Merged, summarise, time_to
 
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
@@ -58,8 +56,9 @@ def outcome(out: Path, targets: list[float]) -> dict:
     epochs = [r for r in records if r["kind"] == "epoch"]
     final = [r for r in records if r["kind"] == "final"][-1]
     start = [r for r in records if r["kind"] == "start"][-1]
-    fields = ("epoch_time", "images_per_sec", "test_acc", "warmup", *TELEMETRY)
-    rows = [types.SimpleNamespace(**{k: r.get(k) for k in fields}) for r in epochs]
+    # the epochs as the store's summaries read them (``records.summaries.Merged``)
+    rows = [Merged(**{k: r.get("time" if k == "recorded_at" else k) for k in Merged._fields})
+            for r in epochs]  # fmt: skip
     summary = summarise(rows)
     energy = [r["energy_per_image_j"] for r in epochs[1:] if r.get("energy_per_image_j")]
     return {

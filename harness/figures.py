@@ -25,6 +25,7 @@ from records.spec import RUNTIMES
 from records.store import Store
 
 CV_FLAG = 0.05  # runs whose epoch times vary more than this across repeats are flagged
+THROTTLE_FLAG = 0.05  # runs throttled in more than this share of their samples are counted
 AGREEMENT_FLAG = 0.999  # top-1 agreement with PyTorch eager below this is flagged
 
 
@@ -44,7 +45,9 @@ def figures(
     warm-up one, then medians over repeats and seeds; ``cv_pct`` is across repeats (across
     epochs when there is one run) and ``cv_flag`` says it is above 5%. ``prices`` (GPU type
     -> price per GPU-hour) gives ``cost_per_run``: training time x GPUs x price. Runs whose
-    GPU was not the GPU type asked for are counted in ``gpu_mismatch_runs``.
+    GPU was not the GPU type asked for are counted in ``gpu_mismatch_runs``, and runs whose
+    GPUs were throttled (NVML's clock-event reasons) in more than 5% of their telemetry
+    samples in ``throttled`` (None: no run had the reasons).
 
     Time to each target accuracy (the sweep's ``target_accuracy``, else the targets the runs
     were given): a run's training time up to the end of its first epoch at or above the
@@ -127,6 +130,7 @@ def _figures(
             "mfu_pct": _rounded(_median(g.get("mfu", []), None), 2, 100),
             "cost_per_run": cost,
             "gpu_mismatch_runs": len(g.get("mismatch", [])),
+            "throttled": sum(g["throttled"]) if g.get("throttled") else None,
             "hosts": len({host for host in g.get("host", []) if host}) or None,
             "outlier_hosts": ", ".join(outliers) or None,
         },
@@ -311,17 +315,14 @@ def _groups(
             g["queue_wait"].append(wait)
         g["images_per_sec"].append(run.images_per_sec)
         if job_id in flops_of:
-            flops, mode, gpu_name = flops_of[job_id]
-            tflops = achieved_tflops(run.images_per_sec, flops)
-            g["tflops"].append(tflops)
-            peak = peak_of.get(job.gpu_type) or peak_tflops(gpu_name, mode)
-            if peak:
-                g["mfu"].append(tflops / ((job.gpus or 1) * peak))
+            _achieved(g, run.images_per_sec, job, flops_of[job_id], peak_of.get(job.gpu_type))
         for name in TELEMETRY:
             if getattr(run, name) is not None:
                 g[name].append(getattr(run, name))
         if job_id in mismatched:
             g["mismatch"].append(job_id)
+        if run.throttled_pct is not None:
+            g["throttled"].append(run.throttled_pct > 100 * THROTTLE_FLAG)
         if job_id in final:
             result = final[job_id]
             g["train_time"].append(result.train_time)
@@ -332,6 +333,17 @@ def _groups(
         if job is not None and job.stage == "transfer":
             groups[(label(job_id), job.model)]["transfer_acc"].append(result.final_test_acc)
     return groups, shapes
+
+
+def _achieved(g: dict, images_per_sec: float, job: Any, basis: tuple, peak: float | None) -> None:
+    """A run's achieved TFLOP/s, and its fraction of the GPUs' peak where that is known (the
+    GPU type's own ``peak_tflops``, else the known GPU's in the run's math mode)."""
+    flops, mode, gpu_name = basis
+    tflops = achieved_tflops(images_per_sec, flops)
+    g["tflops"].append(tflops)
+    peak = peak or peak_tflops(gpu_name, mode)
+    if peak:
+        g["mfu"].append(tflops / ((job.gpus or 1) * peak))
 
 
 def _peak_of(store: Store, sweep: str) -> dict[str, float]:

@@ -73,6 +73,7 @@ TABLE_COLUMNS = {
     "power_w": "power W", "energy_per_epoch_j": "J/epoch", "energy_per_image_mj": "mJ/img",
     "cpu_util_pct": "CPU util %", "tflops": "TFLOP/s", "mfu_pct": "MFU %",
     "cost_per_run": "$/run", "gpu_mismatch_runs": "gpu mismatch",
+    "throttled": "throttled",
     "queue_wait_s": "queue wait s", "hosts": "hosts",
 }  # fmt: skip
 
@@ -158,7 +159,7 @@ def _cell(name: str, value: Any, tidy: dict[str, Any]) -> Any:
         return f"{value:.1f}%" + (" !" if tidy["cv_flag"] else "")
     if name.startswith("reached_"):
         return None if value is None else f"{value}/{tidy.get('target_runs') or tidy['runs']}"
-    if name == "gpu_mismatch_runs":
+    if name in ("gpu_mismatch_runs", "throttled"):
         return value or None
     if name == "hosts" and tidy.get("outlier_hosts"):
         return f"{value} ! {tidy['outlier_hosts']}"

@@ -87,6 +87,7 @@ class NvmlSource:
                         lambda h=handle: nvml.nvmlDeviceGetClockInfo(h, nvml.NVML_CLOCK_MEM)
                     ),
                     "energy_j": self._energy(handle) if energy and boundary else None,
+                    "throttle": self._read(lambda h=handle: _clock_events(nvml, h)),
                 }
             )
         return out
@@ -249,6 +250,31 @@ class Sampler:
         self.source.close()
 
 
+# NVML's clock-event (throttle) reasons that slow a busy GPU down (idle, an application
+# clocks setting and the display clock are not counted)
+THROTTLE_REASONS = {0x4: "power_cap", 0x8: "hw_slowdown", 0x10: "sync_boost",
+                    0x20: "sw_thermal", 0x40: "hw_thermal", 0x80: "power_brake"}  # fmt: skip
+
+
+def _clock_events(nvml: Any, handle: Any) -> int:
+    """The GPU's clock-event reasons now, a bit mask (the older name where NVML has only it)."""
+    read = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None)
+    return int((read or nvml.nvmlDeviceGetCurrentClocksThrottleReasons)(handle))
+
+
+def throttling(samples: list[dict[str, Any]]) -> tuple[float | None, str | None]:
+    """The share of the samples (in %) in which the GPU was throttled, and by reason ("power_cap
+    40%, sw_thermal 5%"); None where NVML gave no reasons."""
+    masks = [s["throttle"] for s in samples if s.get("throttle") is not None]
+    if not masks:
+        return None, None
+    slowed = [m for m in masks if m & sum(THROTTLE_REASONS)]
+    shares = {name: 100 * sum(1 for m in masks if m & bit) / len(masks)
+              for bit, name in THROTTLE_REASONS.items()}  # fmt: skip
+    said = ", ".join(f"{name} {share:.0f}%" for name, share in shares.items() if share)
+    return 100 * len(slowed) / len(masks), said or None
+
+
 def _energy(rows: list[dict[str, Any]]) -> tuple[float | None, str]:
     """Joules over ``rows`` of one GPU (in time order): the energy counter's delta between the
     first and the last row (the epoch's boundary samples), else ∫ power dt."""
@@ -294,6 +320,7 @@ def aggregate(samples: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     out["power_mean_w"] = sum(power_means) if power_means else None  # all GPUs together
     out["energy_j"] = sum(energies) if energies and len(energies) == len(by_gpu) else None
     out["energy_method"] = "+".join(sorted(methods)) or "none"
+    out["throttled_pct"], out["throttle_reasons"] = throttling(samples)
     return out
 
 
@@ -323,7 +350,7 @@ def fold_into(record: dict[str, Any], window: Any, env: Any, device: Any) -> lis
         return []
     figures, samples = window
     keys_sum = ("energy_j", "power_mean_w", "gpu_util_mean", "cpu_util_mean")
-    keys_max = ("gpu_util_max", "gpu_mem_peak_bytes", "rss_peak_bytes")
+    keys_max = ("gpu_util_max", "gpu_mem_peak_bytes", "rss_peak_bytes", "throttled_pct")
     nan = float("nan")
     sums = torch.tensor([nan if figures.get(k) is None else figures[k] for k in keys_sum],
                         dtype=torch.float64, device=device)  # fmt: skip
@@ -339,6 +366,7 @@ def fold_into(record: dict[str, Any], window: Any, env: Any, device: Any) -> lis
             record[key] = None if math.isnan(value) else value
     record["telemetry_source"] = figures["telemetry_source"]
     record["energy_method"] = figures.get("energy_method")
+    record["throttle_reasons"] = figures.get("throttle_reasons")  # rank 0's GPU's
     energy = record.get("energy_j")
     record["energy_per_image_j"] = energy / record["images"] if energy else None
     return samples

@@ -264,3 +264,14 @@ def last_epochs(store: Store, job_ids: list[str]) -> dict[str, tuple[int | None,
         for where in among(conn, table.c.job_id, job_ids):
             found.update({job_id: (k, s) for job_id, k, s in conn.execute(query.where(where))})
     return found
+
+
+def throttled_epochs(store: Store, job_id: str) -> list[tuple[int, int, float, str | None]]:
+    """(attempt, epoch, throttled %, reasons) of the job's epochs whose GPUs were throttled."""
+    query = (
+        select(epochs.c.attempt, epochs.c.epoch, epochs.c.throttled_pct, epochs.c.throttle_reasons)
+        .where(epochs.c.job_id == job_id, epochs.c.throttled_pct > 0)
+        .order_by(epochs.c.attempt, epochs.c.epoch)
+    )
+    with store.begin() as conn:
+        return [tuple(row) for row in conn.execute(query)]

@@ -116,8 +116,9 @@ EPOCH_FIELDS = (
     # telemetry (version 2): all the job's GPUs together; the CPU ones without NVML
     "gpu_util_mean", "gpu_util_max", "gpu_mem_peak_bytes", "power_mean_w", "energy_j",
     "energy_per_image_j", "cpu_util_mean", "rss_peak_bytes",
-    # version 8: achieved TFLOP/s (images/s x 3 x the forward FLOPs per image)
-    "tflops",
+    # version 8: achieved TFLOP/s (images/s x 3 x the forward FLOPs per image), and the share
+    # of the telemetry samples in which a GPU was throttled (the most of the job's GPUs)
+    "tflops", "throttled_pct",
 )  # fmt: skip
 epochs = Table(
     "epochs",
@@ -133,6 +134,7 @@ epochs = Table(
     Column("telemetry_source", String(20)),  # nvml | cpu | off
     Column("energy_method", String(40)),  # counter | power_integral | none
     Column("recorded_at", Float),  # version 5: when the job wrote it (status's s/epoch, ETA)
+    Column("throttle_reasons", String(200)),  # version 8: "power_cap 40%, sw_thermal 5%"
 )
 # Telemetry columns of the epoch rows, read with the timing ones.
 TELEMETRY = ("gpu_util_mean", "gpu_mem_peak_bytes", "power_mean_w", "energy_j",
@@ -158,6 +160,7 @@ summaries = Table(
     # version 8: the energy (J) spent by the end of each accuracy step, packed float64 (NaN
     # where an epoch up to it measured none): the energy to any target
     Column("energy_steps", LargeBinary),
+    Column("throttled_pct", Float),  # the mean over the timed epochs of their throttled_pct
 )
 results = Table(
     "results",

@@ -50,6 +50,8 @@ def summarise(job_epochs: list[Any]) -> dict[str, Any]:
     }
     for name in TELEMETRY:
         row[name] = median([v for r in timed if (v := getattr(r, name)) is not None])
+    throttled = [v for r in timed if (v := r.throttled_pct) is not None]
+    row["throttled_pct"] = math.fsum(throttled) / len(throttled) if throttled else None
     steps, energies, elapsed, energy, best = [], [], 0.0, 0.0, None
     for r in job_epochs:
         elapsed += r.epoch_time or 0.0
@@ -140,7 +142,7 @@ def cv(values: list[float]) -> float:
 
 MERGED = (epochs.c.job_id, epochs.c.epoch, epochs.c.attempt, epochs.c.epoch_time,
           epochs.c.images_per_sec, epochs.c.test_acc, epochs.c.warmup, epochs.c.eval_time,
-          epochs.c.recorded_at,
+          epochs.c.recorded_at, epochs.c.throttled_pct,
           *(epochs.c[name] for name in TELEMETRY))  # fmt: skip
 
 

@@ -25,7 +25,8 @@ from records.summaries import summarise, time_to
 def Epoch(epoch_time, test_acc):
     return types.SimpleNamespace(epoch_time=epoch_time, test_acc=test_acc, warmup=False,
                                  images_per_sec=1.0, epoch=1, attempt=0, eval_time=None,
-                                 recorded_at=None, **dict.fromkeys(TELEMETRY))  # fmt: skip
+                                 recorded_at=None, throttled_pct=None,
+                                 **dict.fromkeys(TELEMETRY))  # fmt: skip
 
 
 def times_to(job_epochs: list, targets: list[float]) -> dict[float, float | None]:

@@ -119,4 +119,17 @@ def _job_status(store, args: argparse.Namespace) -> int:
         print("no attempt has started yet", file=head)
         return 0
     print(render(rows, args.format))
+    for line in _throttling(store, job["id"]):
+        print(line, file=head)
     return 0
+
+
+def _throttling(store, job_id: str) -> list[str]:
+    """A line per attempt whose GPUs were throttled: the epochs, their share of throttled
+    samples and NVML's reasons."""
+    from records.queries import throttled_epochs
+
+    found: dict[int, list[str]] = {}
+    for attempt, epoch, share, reasons in throttled_epochs(store, job_id):
+        found.setdefault(attempt, []).append(f"epoch {epoch} {share:.0f}% ({reasons or '?'})")
+    return [f"attempt {a} throttled: " + "; ".join(parts) for a, parts in found.items()]
