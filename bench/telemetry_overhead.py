@@ -21,7 +21,7 @@ import torch
 
 import resnest
 from jobs.device import resolve
-from jobs.telemetry import Sampler, open_source
+from jobs.telemetry import Sampler, _clock_events, open_source
 
 
 def nvml_call_costs(source, repeats: int = 20) -> dict[str, float]:
@@ -41,6 +41,7 @@ def nvml_call_costs(source, repeats: int = 20) -> dict[str, float]:
             handle, nvml.NVML_CLOCK_MEM
         ),
         "nvmlDeviceGetTotalEnergyConsumption": lambda: source._energy(handle),
+        "clock-event (throttle) reasons": lambda: _clock_events(nvml, handle),
     }
     costs = {}
     for name, call in calls.items():
@@ -51,20 +52,32 @@ def nvml_call_costs(source, repeats: int = 20) -> dict[str, float]:
     return costs
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="resnest50_bottleneck")
-    parser.add_argument("--batch", type=int, default=128)
+def block_parser(description: str, model: str, batch: int) -> argparse.ArgumentParser:
+    """The options of a bench that times blocks of training steps two ways, interleaved."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", default=model)
+    parser.add_argument("--batch", type=int, default=batch)
     parser.add_argument("--steps", type=int, default=20, help="steps per block")
     parser.add_argument("--pairs", type=int, default=9, help="blocks with and without, each")
-    parser.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
     parser.add_argument("--device", default="auto")
-    args = parser.parse_args()
+    return parser
+
+
+def training_parts(args: argparse.Namespace) -> tuple:
+    """The device, the network, its SGD optimizer and a fixed CIFAR-sized batch."""
     device = resolve(args.device)
     model = resnest.create(args.model, num_classes=10).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     images = torch.randn(args.batch, 3, 32, 32, device=device)
     labels = torch.randint(0, 10, (args.batch,), device=device)
+    return device, model, optimizer, images, labels
+
+
+def main() -> None:
+    parser = block_parser(__doc__.splitlines()[0], "resnest50_bottleneck", 128)
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
+    args = parser.parse_args()
+    device, model, optimizer, images, labels = training_parts(args)
 
     def sync() -> None:
         if device.type == "cuda":

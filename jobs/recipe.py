@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -41,6 +42,8 @@ class Recipe:
     memory_format: str = "contiguous"
     compile: bool = False
     compile_mode: str = "default"  # torch.compile mode: default, reduce-overhead, max-autotune
+    # FIRST:LAST: a torch.profiler trace of those training steps on rank 0 (jobs.profiling)
+    profile: str = ""
 
     def scaled_lr(self) -> float:
         if self.base_batch_size > 0:
@@ -159,9 +162,23 @@ def check(recipe: Recipe) -> None:
             f"batch_size: {recipe.batch_size} is not a multiple of accum_steps "
             f"({recipe.accum_steps})"
         )
+    try:
+        profile_window(recipe.profile)
+    except ValueError as exc:
+        raise RecipeError(f"profile: {exc}") from None
     steps = list(recipe.milestones)
     if any(m < 1 for m in steps) or steps != sorted(set(steps)):
         raise RecipeError(f"milestones: expected increasing epochs of at least 1, got {steps}")
+
+
+def profile_window(text: str) -> tuple[int, int] | None:
+    """``profile``'s ``FIRST:LAST`` as (first, last); None for ``""`` (off)."""
+    if not text:
+        return None
+    found = re.fullmatch(r"(\d+):(\d+)", text)
+    if found is None or int(found[1]) >= int(found[2]):
+        raise ValueError(f"expected FIRST:LAST, steps with FIRST < LAST (e.g. 10:20), got {text!r}")
+    return int(found[1]), int(found[2])
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:

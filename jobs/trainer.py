@@ -10,6 +10,7 @@ around it (process group, reporter, exit codes) is ``jobs.train``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import resnest
 from jobs import checkpoint, data, distributed, flops, memory_format, telemetry
 from jobs.checkpoint import CheckpointError, load_source, model_from
 from jobs.loader import PIPELINES, DeviceLoader
+from jobs.profiling import StepProfiler, nvtx
 from jobs.provenance import params_digest, provenance
 from jobs.recipe import RecipeError, as_dict, get_recipe
 from jobs.reporter import Reporter
@@ -38,6 +40,13 @@ from jobs.timing import (
 )
 from records.errors import SpecError
 from records.spec import TrainSpec, TransferSpec
+
+
+def autocast_for(bf16: bool, device: torch.device) -> Any:
+    """The recipe's autocast to bfloat16 on CUDA; nothing elsewhere."""
+    if bf16 and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 class Trainer:
@@ -79,11 +88,7 @@ class Trainer:
         self.frozen = frozen_modules(self.model, freeze)
         for module in self.frozen:
             module.requires_grad_(False)
-        self.autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16)
-            if recipe.bf16 and device.type == "cuda"
-            else contextlib.nullcontext()
-        )
+        self.autocast = autocast_for(recipe.bf16, device)
         sample = (self.local_batch // recipe.accum_steps, *self.train_set.images.shape[1:])
         self.layout = memory_format.choose(
             recipe.memory_format, self.model, sample, self.train_set.num_classes, device, env,
@@ -119,6 +124,10 @@ class Trainer:
                 net, device_ids=[device] if device.type == "cuda" else None
             )
         self.net = torch.compile(net, mode=recipe.compile_mode) if recipe.compile else net
+        artifact = functools.partial(reporter.report, "artifact")
+        self.profiler = StepProfiler(
+            recipe.profile, Path(spec.out_dir), device, env.is_main, artifact
+        )
 
     def _load(self, train: bool) -> data.ImageSet:
         # Rank 0 downloads; the others wait, then read what it wrote.
@@ -187,22 +196,11 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         if self.env.is_main:
-            self.reporter.report(
-                "event",
-                {
-                    "event": "resumed",
-                    "path": str(path),
-                    "epoch": state["epoch"],
-                    "step": state["step"],
-                },
-            )
+            resumed = {"path": str(path), "epoch": state["epoch"], "step": state["step"]}
+            self.reporter.report("event", {"event": "resumed", **resumed})
             print(f"resumed from {path}", flush=True)
-        return (
-            state["epoch"],
-            state["step"],
-            EpochTotals(**state["totals"]),
-            History(**state["history"]),
-        )
+        totals, history = EpochTotals(**state["totals"]), History(**state["history"])
+        return state["epoch"], state["step"], totals, history
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -237,12 +235,15 @@ class Trainer:
                 else contextlib.nullcontext()
             )
             with sync, self.autocast:
-                logits = self.net(x)
-                loss = self.criterion(logits, y)
-            (loss / accum).backward()
+                with nvtx("forward", self.device):
+                    logits = self.net(x)
+                    loss = self.criterion(logits, y)
+                with nvtx("backward", self.device):
+                    (loss / accum).backward()
             loss_sum += loss.detach().double() * y.shape[0]
             correct += (logits.detach().argmax(1) == y).sum().double()
-        self.optimizer.step()
+        with nvtx("optimizer", self.device):
+            self.optimizer.step()
         return loss_sum, correct
 
     def evaluate(self) -> tuple[float, float]:
@@ -299,6 +300,7 @@ class Trainer:
         try:
             return self._train(start_epoch, start_step, totals, history, steps, sampler)
         finally:
+            self.profiler.close()  # training ended inside the window: the steps it has
             if sampler is not None:
                 sampler.stop()
 
@@ -354,8 +356,10 @@ class Trainer:
         sums = torch.zeros(2, device=self.device, dtype=torch.float64)
         for step in range(step0, steps):
             start = timer.mark()
+            self.profiler.before_step()
             host_start = time.perf_counter()
-            images, labels = next(batches)
+            with nvtx("data", self.device):
+                images, labels = next(batches)
             host_wait = time.perf_counter() - host_start
             mid = timer.mark()
             lr = base_lr * lr_factor(recipe, epoch + step / steps, steps)
@@ -366,6 +370,7 @@ class Trainer:
             timer.add(start, mid, timer.mark(), host_wait)
             totals.count += labels.shape[0]
             totals.steps += 1
+            self.profiler.after_step()
             progress.update(1)
             # Reading flags syncs the device, so it happens every few steps only.
             if (step + 1) % self.spec.check_every and step + 1 < steps:
