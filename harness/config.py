@@ -133,6 +133,24 @@ class Launcher(_JobEnvironment):
 Fraction = Annotated[float, Field(gt=0, le=1)]
 
 
+def _merged(overrides: dict[str, Any], where: str, **settings: Any) -> dict[str, Any]:
+    """``overrides`` with the sweep's own ``settings`` (its fields, those not None) added as
+    the recipe fields they name (``transfer_epochs`` is the transfer recipe's ``epochs``): a
+    setting given in both places is refused, for neither may silently win."""
+    merged = dict(overrides)
+    for field, value in settings.items():
+        name = field.removeprefix("transfer_")
+        if value is None:
+            continue
+        if name in merged:
+            raise ValueError(
+                f"{where}: {name} is {merged[name]!r} here and {value!r} in sweep.{field}: "
+                "give it in one place"
+            )
+        merged[name] = value
+    return merged
+
+
 class Sweep(_Strict):
     models: list[str] = Field(min_length=1)
     datasets: list[Literal[DATASETS]] = Field(min_length=1)  # type: ignore[valid-type]
@@ -140,6 +158,9 @@ class Sweep(_Strict):
     recipe: Literal["study", "fast"] = "study"
     overrides: dict[str, Any] = {}  # the training jobs' recipe fields
     epochs: PositiveInt | None = None
+    # FIRST:LAST: a torch.profiler trace of those steps of every training job, on rank 0
+    # (the recipe's ``profile``; ``resnest-bench rerun --set profile=...`` for one job)
+    profile: str = ""
     transfer_overrides: dict[str, Any] = {}  # the transfer jobs' (their recipe is their own)
     transfer_epochs: PositiveInt | None = None
     seeds: list[Annotated[int, Field(ge=0, lt=2**32)]] = Field(default=[0], min_length=1)
@@ -174,6 +195,14 @@ class Sweep(_Strict):
         if isinstance(nodes, list) and (not nodes or len(set(nodes)) != len(nodes)):
             raise ValueError("expected a node count, or a list of different node counts")
         return nodes
+
+    @field_validator("profile")
+    @classmethod
+    def _profile_window(cls, text: str) -> str:
+        from jobs.recipe import profile_window
+
+        profile_window(text)  # its ValueError names the form expected
+        return text
 
     @field_validator("target_accuracy")
     @classmethod
@@ -213,16 +242,8 @@ class Sweep(_Strict):
         """The recipes the jobs will run, built and checked as the jobs build them."""
         from jobs.recipe import RecipeError, get_recipe
 
-        train = dict(self.overrides)
-        if self.epochs is not None:
-            if "epochs" in train:  # two values for one setting: neither silently wins
-                raise ValueError(
-                    f"overrides: epochs is {train['epochs']!r} here and {self.epochs} in "
-                    "sweep.epochs: give it in one place"
-                )
-            train["epochs"] = self.epochs
         try:
-            get_recipe(self.recipe, "train", train)
+            get_recipe(self.recipe, "train", self.train_recipe_overrides())
         except RecipeError as exc:
             raise ValueError(f"overrides: {exc}") from None
         try:
@@ -231,18 +252,17 @@ class Sweep(_Strict):
             raise ValueError(f"transfer_overrides: {exc}") from None
         return self
 
+    def train_recipe_overrides(self) -> dict[str, Any]:
+        """What the training jobs change in their recipe: ``overrides``, with ``epochs`` and
+        ``profile`` as theirs."""
+        profile = self.profile or None
+        return _merged(self.overrides, "overrides", epochs=self.epochs, profile=profile)
+
     def transfer_recipe_overrides(self) -> dict[str, Any]:
         """What the transfer jobs change in their recipe: ``transfer_overrides``, with
         ``transfer_epochs`` as its epochs."""
-        transfer = dict(self.transfer_overrides)
-        if self.transfer_epochs is not None:
-            if "epochs" in transfer:  # two values for one setting: neither silently wins
-                raise ValueError(
-                    f"transfer_overrides: epochs is {transfer['epochs']!r} here and "
-                    f"{self.transfer_epochs} in sweep.transfer_epochs: give it in one place"
-                )
-            transfer["epochs"] = self.transfer_epochs
-        return transfer
+        return _merged(self.transfer_overrides, "transfer_overrides",
+                       transfer_epochs=self.transfer_epochs)  # fmt: skip
 
     @model_validator(mode="after")
     def _stages_in_order(self) -> Sweep:

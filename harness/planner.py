@@ -125,11 +125,8 @@ class _Shared:
         sweep = config.sweep
         self.config = config
         self.identity = identity
-        overrides = dict(sweep.overrides)
-        if sweep.epochs is not None:
-            overrides["epochs"] = sweep.epochs
         self.overrides: dict[str, dict[str, Any]] = {
-            "train": overrides,
+            "train": sweep.train_recipe_overrides(),
             "transfer": sweep.transfer_recipe_overrides(),
             "export": dict(sweep.export_options),
             "infer": dict(sweep.infer_options),

@@ -128,6 +128,20 @@ def test_transfer_overrides_reach_the_transfer_jobs_alone(tmp_path):
     assert {j.id for j in plan(cluster_config.load(write(tmp_path, data)))} == before
 
 
+def test_sweep_profile_traces_every_training_job_and_no_transfer_job(tmp_path):
+    """``sweep.profile`` is the training recipe's ``profile``: each training job's spec
+    carries it (the transfer jobs' recipe is their own). A bad window: see BAD."""
+    from jobs.recipe import get_recipe
+
+    data = base(tmp_path)
+    data["sweep"]["profile"] = "5:7"
+    jobs = plan(cluster_config.load(write(tmp_path, data)))
+    train = [j for j in jobs if j.stage == "train"]
+    assert train and all(j.spec.overrides["profile"] == "5:7" for j in train)
+    assert {get_recipe(j.recipe, "train", j.overrides).profile for j in train} == {"5:7"}
+    assert all("profile" not in j.overrides for j in jobs if j.stage != "train")
+
+
 def test_only_selects_with_dependencies(tmp_path):
     jobs = plan(cluster_config.load(write(tmp_path, base(tmp_path))))
     chosen = select(jobs, ["stage=infer", "gpu_type=a100", "seed=1", "model=resnest50_basic"])
@@ -190,6 +204,17 @@ BAD = [
         {"sweep": {"epochs": 5, "overrides": {"epochs": 0}}},
         r"cluster.yaml: sweep.overrides: epochs is 0 here and 5 in sweep.epochs: give it in "
         r"one place",
+    ),
+    (
+        "profile given twice",
+        {"sweep": {"profile": "1:2", "overrides": {"profile": "3:4"}}},
+        r"cluster.yaml: sweep.overrides: profile is '3:4' here and '1:2' in sweep.profile: "
+        r"give it in one place",
+    ),
+    (
+        "profile window backwards",
+        {"sweep": {"profile": "7:5"}},
+        r"cluster.yaml: sweep.profile: expected FIRST:LAST, steps with FIRST < LAST",
     ),
     (
         "transfer epochs given twice",
