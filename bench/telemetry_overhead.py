@@ -14,6 +14,7 @@ without one, the CPU fallback (psutil), which is what a job there would run.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -21,7 +22,9 @@ import torch
 
 import resnest
 from jobs.device import resolve
-from jobs.telemetry import Sampler, _clock_events, open_source
+from jobs.nvml import _clock_events
+from jobs.rapl import ROOT, Rapl
+from jobs.telemetry import RAPL_ENV, Sampler, open_source
 
 
 def nvml_call_costs(source, repeats: int = 20) -> dict[str, float]:
@@ -42,14 +45,16 @@ def nvml_call_costs(source, repeats: int = 20) -> dict[str, float]:
         ),
         "nvmlDeviceGetTotalEnergyConsumption": lambda: source._energy(handle),
         "clock-event (throttle) reasons": lambda: _clock_events(nvml, handle),
+        "XID events (a wait of 0 ms)": source.xids,
     }
-    costs = {}
-    for name, call in calls.items():
-        start = time.perf_counter()
-        for _ in range(repeats):
-            call()
-        costs[name] = (time.perf_counter() - start) / repeats
-    return costs
+    return {name: _seconds_per_call(call, repeats) for name, call in calls.items()}
+
+
+def _seconds_per_call(call, repeats: int = 20) -> float:
+    start = time.perf_counter()
+    for _ in range(repeats):
+        call()
+    return (time.perf_counter() - start) / repeats
 
 
 def block_parser(description: str, model: str, batch: int) -> argparse.ArgumentParser:
@@ -115,6 +120,9 @@ def main() -> None:
         probe.take()  # a periodic sample (the energy counter is read at epoch boundaries)
     per_sample = (time.perf_counter() - start) / 50
     call_costs = nvml_call_costs(source) if source.kind == "nvml" else {}
+    rapl = Rapl(os.environ.get(RAPL_ENV) or ROOT)
+    if rapl.zones:  # read twice an epoch, at its boundaries
+        call_costs["RAPL counters (all zones)"] = _seconds_per_call(rapl.read)
     source.close()
 
     base = statistics.median(without)
@@ -145,6 +153,7 @@ def main() -> None:
     )
     for call, seconds in call_costs.items():
         print(f"  {call:<40} {1e3 * seconds:8.3f} ms")
+    print(f"CPU energy: {rapl.method}")
 
 
 if __name__ == "__main__":

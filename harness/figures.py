@@ -126,6 +126,8 @@ def _figures(
             "energy_per_epoch_j": _rounded(med["energy_j"], 1),
             "energy_per_image_mj": _rounded(med["energy_per_image_j"], 3, 1e3),
             "cpu_util_pct": _rounded(med["cpu_util_mean"], 1),
+            "cpu_energy_per_epoch_j": _rounded(med["cpu_energy_j"], 1),  # RAPL: packages
+            "dram_energy_per_epoch_j": _rounded(med["dram_energy_j"], 1),
             "tflops": _rounded(_median(g.get("tflops", []), None), 3),
             "mfu_pct": _rounded(_median(g.get("mfu", []), None), 2, 100),
             "cost_per_run": cost,

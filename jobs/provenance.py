@@ -80,7 +80,7 @@ def provenance(
     return info
 
 
-# The hardware settings of ``jobs.telemetry.NvmlSource.settings``, kept in the provenance.
+# The hardware settings of ``jobs.nvml.NvmlSource.settings``, kept in the provenance.
 HARDWARE = ("power_limit_w", "default_power_limit_w", "ecc", "mig", "persistence", "pcie_gen",
             "pcie_gen_max", "pcie_width", "pcie_width_max")  # fmt: skip
 

@@ -1,6 +1,7 @@
 """What every stage's job shares, whichever way it was started: its folder's lock, its end
 (an exit code of ``records.spec`` and one line on stderr), a host's failure told from the
-job's own, and its command line (``python -m jobs.train`` and its siblings).
+job's own (any failure after the job's GPU reported an XID is the host's), and its command
+line (``python -m jobs.train`` and its siblings).
 
 ``jobs.run`` dispatches a spec to its stage's module; the stages import this module, never
 ``jobs.run``, so that the dispatch and the stages form no import cycle.
@@ -13,13 +14,14 @@ import logging
 import re
 import socket
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from records.errors import UserError
 from records.lock import take
 from records.options import parser_for, spec_from_args
-from records.spec import EXIT_FAILED, EXIT_HOST, EXIT_OK, EXIT_USER_ERROR, Spec
+from records.spec import EXIT_DIVERGED, EXIT_FAILED, EXIT_HOST, EXIT_OK, EXIT_USER_ERROR, Spec
 
 Outcome = tuple[int, int | None]  # the exit code, and the signal that stopped the job
 
@@ -67,6 +69,8 @@ def guarded(
         return refused, None
     try:
         outcome = body(spec)
+        if isinstance(outcome, tuple) and outcome[0] == EXIT_DIVERGED and gpu_faults():
+            return _host_failure(f"{gpu_faults()}, then the loss diverged")  # NaNs of a fault
     except (UserError, *user_errors) as exc:
         print(f"resnest-bench: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR, None
@@ -74,14 +78,29 @@ def guarded(
         print(f"resnest-bench: {exc.what}: {exc}", file=sys.stderr)
         return exc.code, None
     except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if gpu_faults():  # a job that fails after its GPU reported an XID: the host's fault
+            traceback.print_exc()
+            return _host_failure(f"{gpu_faults()}, then {first}")
         if not host_fault(exc):
             raise  # the job's own error: its traceback says where
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        print(f"resnest-bench: host failure on {socket.gethostname()}: {first}", file=sys.stderr)
-        return EXIT_HOST, None
+        return _host_failure(first)
     finally:
         lock.release()
     return outcome if isinstance(outcome, tuple) else (EXIT_OK, None)
+
+
+def gpu_faults() -> str:
+    """The XIDs this process's GPUs reported ("GPU XID 79 on GPU 0"), "" if none."""
+    from jobs.nvml import xids_seen  # imports no torch
+
+    seen = dict.fromkeys(f"XID {xid} on GPU {gpu}" for gpu, xid, _ in xids_seen())
+    return f"GPU {', '.join(seen)}" if seen else ""
+
+
+def _host_failure(what: str) -> Outcome:
+    print(f"resnest-bench: host failure on {socket.gethostname()}: {what}", file=sys.stderr)
+    return EXIT_HOST, None
 
 
 def from_command_line(

@@ -1,12 +1,11 @@
-"""Telemetry inside the job: a sampler thread over NVML (or, without it, over psutil).
-
-NVML through ``nvidia-ml-py`` (``import pynvml``): device handles are looked up once; each
-sample reads utilisation, memory, power, temperature, clocks and the total-energy counter,
-and never the process lists (milliseconds each, under a driver lock). About 1 Hz by default.
+"""Telemetry inside the job: a sampler thread over NVML (``jobs.nvml``; without it, over
+psutil), and the CPU's energy from RAPL (``jobs.rapl``) where the host lets a job read it.
+About 1 Hz by default.
 
 Per epoch: mean and max GPU utilisation, peak memory, mean power and the energy in joules,
 from the total-energy counter's delta where the GPU has one, otherwise the integral of power
-over time (trapezoids between samples, with a sample taken at each epoch boundary).
+over time (trapezoids between samples, with a sample taken at each epoch boundary); the
+share of the samples throttled, by reason; the XIDs; the CPU packages' and DRAM's energy.
 
 Without NVML (no driver, no GPU) the job says why, and samples the CPU's utilisation and the
 process's resident memory instead: never a crash, never a silent gap.
@@ -19,127 +18,20 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
+
+from jobs.nvml import NvmlSource, throttling, xid_text
+from jobs.rapl import ROOT, Rapl
 
 log = logging.getLogger("jobs.telemetry")
 
 DEFAULT_INTERVAL_S = 1.0
-
-
-class NvmlSource:
-    """NVML for the given GPUs: UUIDs as torch reports them (which survive
-    CUDA_VISIBLE_DEVICES), or NVML indices; all GPUs if none are given."""
-
-    kind = "nvml"
-
-    def __init__(self, gpus: list[str | int], nvml: Any = None) -> None:
-        if nvml is None:
-            import pynvml as nvml
-        self.nvml = nvml
-        nvml.nvmlInit()
-        if not gpus:
-            gpus = list(range(nvml.nvmlDeviceGetCount()))
-        self.handles = [
-            nvml.nvmlDeviceGetHandleByIndex(g)
-            if isinstance(g, int)
-            else nvml.nvmlDeviceGetHandleByUUID(g if g.startswith("GPU-") else f"GPU-{g}")
-            for g in gpus
-        ]
-        self.indices = [int(nvml.nvmlDeviceGetIndex(h)) for h in self.handles]
-        self.has_energy = [self._energy(h) is not None for h in self.handles]
-
-    def _energy(self, handle: Any) -> float | None:
-        try:
-            return self.nvml.nvmlDeviceGetTotalEnergyConsumption(handle) / 1000.0  # mJ -> J
-        except Exception:  # NVMLError_NotSupported on older GPUs
-            return None
-
-    def _read(self, call: Callable[[], Any]) -> Any:
-        try:
-            return call()
-        except Exception:  # one field a GPU does not support must not lose the sample
-            return None
-
-    def sample(self, boundary: bool = False) -> list[dict[str, Any]]:
-        """One reading per GPU. The total-energy counter costs milliseconds a read (3.4 to
-        3.8 ms on an H200, against 0.02 ms for all the rest), so it is read only at epoch
-        boundaries (``boundary``), which is all its delta needs."""
-        nvml, out = self.nvml, []
-        for index, handle, energy in zip(self.indices, self.handles, self.has_energy, strict=True):
-            util = self._read(lambda h=handle: nvml.nvmlDeviceGetUtilizationRates(h))
-            memory = self._read(lambda h=handle: nvml.nvmlDeviceGetMemoryInfo(h))
-            power = self._read(lambda h=handle: nvml.nvmlDeviceGetPowerUsage(h))
-            out.append(
-                {
-                    "gpu_index": index,
-                    "gpu_util": None if util is None else float(util.gpu),
-                    "mem_util": None if util is None else float(util.memory),
-                    "mem_used": None if memory is None else int(memory.used),
-                    "power_w": None if power is None else power / 1000.0,  # mW -> W
-                    "temp_c": self._read(
-                        lambda h=handle: nvml.nvmlDeviceGetTemperature(h, nvml.NVML_TEMPERATURE_GPU)
-                    ),
-                    "sm_clock": self._read(
-                        lambda h=handle: nvml.nvmlDeviceGetClockInfo(h, nvml.NVML_CLOCK_SM)
-                    ),
-                    "mem_clock": self._read(
-                        lambda h=handle: nvml.nvmlDeviceGetClockInfo(h, nvml.NVML_CLOCK_MEM)
-                    ),
-                    "energy_j": self._energy(handle) if energy and boundary else None,
-                    "throttle": self._read(lambda h=handle: _clock_events(nvml, h)),
-                }
-            )
-        return out
-
-    def devices(self) -> list[dict[str, Any]]:
-        nvml = self.nvml
-        driver = self._read(nvml.nvmlSystemGetDriverVersion)
-        gpus = zip(self.indices, self.handles, self.has_energy, strict=True)
-        return [
-            {
-                "gpu_index": index,
-                "name": _text(self._read(lambda h=handle: nvml.nvmlDeviceGetName(h))),
-                "uuid": _text(self._read(lambda h=handle: nvml.nvmlDeviceGetUUID(h))),
-                "memory_total": getattr(
-                    self._read(lambda h=handle: nvml.nvmlDeviceGetMemoryInfo(h)), "total", None
-                ),
-                "driver": _text(driver),
-                "energy_counter": energy,
-                **self.settings(handle),
-            }
-            for index, handle, energy in gpus
-        ]
-
-    def settings(self, handle: Any) -> dict[str, Any]:
-        """How the GPU is set up, as NVML reports it (None where it cannot say): the power
-        limits in W, ECC, MIG and persistence modes, and the PCIe link now and at most."""
-        nvml = self.nvml
-
-        def read(name: str, *args: Any) -> Any:
-            return self._read(lambda: getattr(nvml, name)(handle, *args))
-
-        def current(pair: Any) -> bool | None:  # (current, pending) modes
-            return None if pair is None else bool(pair[0] if isinstance(pair, tuple) else pair)
-
-        def watts(milliwatts: Any) -> float | None:
-            return None if milliwatts is None else milliwatts / 1000.0
-
-        persistence = read("nvmlDeviceGetPersistenceMode")
-        return {
-            "power_limit_w": watts(read("nvmlDeviceGetEnforcedPowerLimit")),
-            "default_power_limit_w": watts(read("nvmlDeviceGetPowerManagementDefaultLimit")),
-            "ecc": current(read("nvmlDeviceGetEccMode")),
-            "mig": current(read("nvmlDeviceGetMigMode")),
-            "persistence": None if persistence is None else bool(persistence),
-            "pcie_gen": read("nvmlDeviceGetCurrPcieLinkGeneration"),
-            "pcie_gen_max": read("nvmlDeviceGetMaxPcieLinkGeneration"),
-            "pcie_width": read("nvmlDeviceGetCurrPcieLinkWidth"),
-            "pcie_width_max": read("nvmlDeviceGetMaxPcieLinkWidth"),
-        }
-
-    def close(self) -> None:
-        self._read(self.nvml.nvmlShutdown)
+# Which source samples: unset (or "auto") picks NVML for a job on CUDA, psutil otherwise;
+# "nvml" watches every GPU of the node whatever the job runs on (a job on the CPU beside
+# GPUs, and the tests, which put a stand-in pynvml first on the path); "cpu" never NVML.
+SOURCE_ENV = "RESNEST_BENCH_TELEMETRY_SOURCE"
+# Where RAPL's powercap tree is: Linux's, unless this names another (a copy, or the tests').
+RAPL_ENV = "RESNEST_BENCH_POWERCAP"
 
 
 class CpuSource:
@@ -173,14 +65,20 @@ class CpuSource:
 def open_source(
     device_type: str, gpus: list[str | int], nvml: Any = None
 ) -> tuple[Any, str | None]:
-    """The best source here, and why GPU telemetry is unavailable (None if it is not)."""
+    """The best source here (or the one ``SOURCE_ENV`` names), and why GPU telemetry is
+    unavailable (None if it is not)."""
     reason = None
-    if device_type == "cuda":
+    wanted = os.environ.get(SOURCE_ENV, "auto").strip().lower() or "auto"
+    if wanted not in ("auto", "nvml", "cpu"):
+        reason = f"{SOURCE_ENV}={wanted!r} is not one of auto, nvml, cpu"
+    elif wanted == "cpu":
+        reason = f"GPU telemetry turned off by {SOURCE_ENV}=cpu"
+    elif device_type == "cuda" or wanted == "nvml":
         try:
             return NvmlSource(gpus, nvml), None
         except Exception as exc:  # no library, no driver, no permission
             reason = f"NVML unavailable: {str(exc).strip() or type(exc).__name__}"
-    else:
+    if reason is None:
         reason = f"no GPU: the job ran on the {device_type.upper()}"
     try:
         return CpuSource(), reason
@@ -188,17 +86,25 @@ def open_source(
         return None, f"{reason}; no psutil for CPU telemetry either"
 
 
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
-    return "" if value is None else str(value)
-
-
 class Sampler:
-    """Samples ``source`` every ``interval`` seconds on a daemon thread."""
+    """Samples ``source`` every ``interval`` seconds on a daemon thread; with ``rapl``, reads
+    its counters at the epoch boundaries (``rapl_share``: whether this process's epochs count
+    the CPUs' energy: one process per host does, the others count 0 J, so that the ranks'
+    sum is the hosts')."""
 
-    def __init__(self, source: Any, interval: float = DEFAULT_INTERVAL_S, clock=time.time) -> None:
+    def __init__(
+        self,
+        source: Any,
+        interval: float = DEFAULT_INTERVAL_S,
+        clock=time.time,
+        rapl: Rapl | None = None,
+        rapl_share: bool = True,
+    ) -> None:
         self.source = source
+        self.rapl = rapl if rapl is not None and rapl.zones else None
+        self.rapl_method = rapl.method if rapl is not None else "none: not measured"
+        self.rapl_share = rapl_share
+        self._rapl_start: dict[str, int] | None = None
         self.interval = interval
         self.clock = clock
         self.samples: list[dict[str, Any]] = []
@@ -231,13 +137,20 @@ class Sampler:
         with self._lock:
             self.samples = []
         self.take(boundary=True)
+        if self.rapl is not None:
+            self._rapl_start = self.rapl.read()
 
     def end_epoch(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """A sample at the boundary, then the epoch's aggregates and samples."""
         self.take(boundary=True)
         with self._lock:
             window, self.samples = self.samples, []
-        return aggregate(window, self.source.kind), window
+        figures = aggregate(window, self.source.kind)
+        if self.rapl is not None:
+            cpu = self.rapl.energy(self._rapl_start, self.rapl.read())
+            figures.update({k: (v if self.rapl_share or v is None else 0.0)
+                            for k, v in cpu.items()})  # fmt: skip
+        return figures, window
 
     def halt(self) -> None:
         """Stop the thread; the source stays open (another sampler may use it)."""
@@ -248,31 +161,6 @@ class Sampler:
     def stop(self) -> None:
         self.halt()
         self.source.close()
-
-
-# NVML's clock-event (throttle) reasons that slow a busy GPU down (idle, an application
-# clocks setting and the display clock are not counted)
-THROTTLE_REASONS = {0x4: "power_cap", 0x8: "hw_slowdown", 0x10: "sync_boost",
-                    0x20: "sw_thermal", 0x40: "hw_thermal", 0x80: "power_brake"}  # fmt: skip
-
-
-def _clock_events(nvml: Any, handle: Any) -> int:
-    """The GPU's clock-event reasons now, a bit mask (the older name where NVML has only it)."""
-    read = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None)
-    return int((read or nvml.nvmlDeviceGetCurrentClocksThrottleReasons)(handle))
-
-
-def throttling(samples: list[dict[str, Any]]) -> tuple[float | None, str | None]:
-    """The share of the samples (in %) in which the GPU was throttled, and by reason ("power_cap
-    40%, sw_thermal 5%"); None where NVML gave no reasons."""
-    masks = [s["throttle"] for s in samples if s.get("throttle") is not None]
-    if not masks:
-        return None, None
-    slowed = [m for m in masks if m & sum(THROTTLE_REASONS)]
-    shares = {name: 100 * sum(1 for m in masks if m & bit) / len(masks)
-              for bit, name in THROTTLE_REASONS.items()}  # fmt: skip
-    said = ", ".join(f"{name} {share:.0f}%" for name, share in shares.items() if share)
-    return 100 * len(slowed) / len(masks), said or None
 
 
 def _energy(rows: list[dict[str, Any]]) -> tuple[float | None, str]:
@@ -321,6 +209,7 @@ def aggregate(samples: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     out["energy_j"] = sum(energies) if energies and len(energies) == len(by_gpu) else None
     out["energy_method"] = "+".join(sorted(methods)) or "none"
     out["throttled_pct"], out["throttle_reasons"] = throttling(samples)
+    out["xids"] = xid_text(samples)
     return out
 
 
@@ -349,9 +238,12 @@ def fold_into(record: dict[str, Any], window: Any, env: Any, device: Any) -> lis
         record["telemetry_source"] = "off"
         return []
     figures, samples = window
-    keys_sum = ("energy_j", "power_mean_w", "gpu_util_mean", "cpu_util_mean")
+    keys_sum = ("energy_j", "cpu_energy_j", "dram_energy_j", "power_mean_w", "gpu_util_mean",
+                "cpu_util_mean")  # fmt: skip
     keys_max = ("gpu_util_max", "gpu_mem_peak_bytes", "rss_peak_bytes", "throttled_pct")
     nan = float("nan")
+    figures = {**figures, "xid_seen": 1.0 if figures.get("xids") else 0.0}
+    keys_max += ("xid_seen",)
     sums = torch.tensor([nan if figures.get(k) is None else figures[k] for k in keys_sum],
                         dtype=torch.float64, device=device)  # fmt: skip
     maxes = torch.tensor([nan if figures.get(k) is None else figures[k] for k in keys_max],
@@ -359,22 +251,37 @@ def fold_into(record: dict[str, Any], window: Any, env: Any, device: Any) -> lis
     if env.distributed:
         dist.all_reduce(sums, op=dist.ReduceOp.SUM)
         dist.all_reduce(maxes, op=dist.ReduceOp.MAX)
-        sums[2:] /= env.world_size  # utilisations: the mean over the ranks' GPUs
+        sums[4:] /= env.world_size  # utilisations: the mean over the ranks' GPUs
     combined = dict(zip(keys_sum + keys_max, sums.tolist() + maxes.tolist(), strict=True))
     for key, value in combined.items():
-        if key in figures:  # the GPU figures from NVML, or the CPU ones from psutil
+        if key in figures and key != "xid_seen":  # the GPU figures from NVML, or psutil's
             record[key] = None if math.isnan(value) else value
     record["telemetry_source"] = figures["telemetry_source"]
     record["energy_method"] = figures.get("energy_method")
     record["throttle_reasons"] = figures.get("throttle_reasons")  # rank 0's GPU's
+    if combined["xid_seen"]:  # some rank's GPU reported an XID: all of them, named
+        record["xids"] = _all_xids(figures.get("xids"), env)
     energy = record.get("energy_j")
     record["energy_per_image_j"] = energy / record["images"] if energy else None
     return samples
 
 
+def _all_xids(mine: str | None, env: Any) -> str | None:
+    """Every rank's XIDs of the epoch, joined (a collective that only an epoch in which some
+    rank saw one pays)."""
+    if not env.distributed:
+        return mine
+    import torch.distributed as dist
+
+    texts: list[str | None] = [None] * env.world_size
+    dist.all_gather_object(texts, mine)
+    return ", ".join(t for t in texts if t) or None
+
+
 def sampler_for(device: Any, interval: float) -> tuple[Sampler | None, str | None]:
-    """This rank's running sampler (its own GPU) and a note on its source, or None when the
-    interval is 0 (telemetry off) or no source can be opened (the note says why)."""
+    """This rank's running sampler (its own GPU, and RAPL, counted by each host's local rank
+    0) and a note on its source, or None when the interval is 0 (telemetry off) or no source
+    can be opened (the note says why)."""
     import torch
 
     if not interval:
@@ -389,4 +296,13 @@ def sampler_for(device: Any, interval: float) -> tuple[Sampler | None, str | Non
         return None, note
     if note:
         log.info("telemetry: %s", note)
-    return Sampler(source, interval).start(), note
+    rapl = Rapl(os.environ.get(RAPL_ENV) or ROOT)
+    counts = os.environ.get("LOCAL_RANK", "0") == "0"
+    return Sampler(source, interval, rapl=rapl, rapl_share=counts).start(), note
+
+
+def cpu_energy_method(sampler: Sampler | None) -> str:
+    """How the job's epochs measure the CPU's energy, for its provenance."""
+    if sampler is None:
+        return "none: telemetry off"
+    return sampler.rapl_method

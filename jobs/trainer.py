@@ -295,8 +295,9 @@ class Trainer:
             devices = sampler.source.devices() if sampler else []
             record = provenance(self.device, spec, devices, note)
             mode = flops.math_mode(self.device, self.recipe.bf16)
-            self.reporter.report("provenance", {**record, "forward_flops": self.flops,
-                                                "math_mode": mode})  # fmt: skip
+            extra = {"forward_flops": self.flops, "math_mode": mode,
+                     "cpu_energy": telemetry.cpu_energy_method(sampler)}  # fmt: skip
+            self.reporter.report("provenance", {**record, **extra})
         try:
             return self._train(start_epoch, start_step, totals, history, steps, sampler)
         finally:

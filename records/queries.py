@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
 from records.schema import (
     among,
@@ -266,11 +266,15 @@ def last_epochs(store: Store, job_ids: list[str]) -> dict[str, tuple[int | None,
     return found
 
 
-def throttled_epochs(store: Store, job_id: str) -> list[tuple[int, int, float, str | None]]:
-    """(attempt, epoch, throttled %, reasons) of the job's epochs whose GPUs were throttled."""
+def troubled_epochs(store: Store, job_id: str) -> list[tuple[Any, ...]]:
+    """(attempt, epoch, throttled %, reasons, XIDs) of the job's epochs whose GPUs were
+    throttled or reported an XID."""
+    columns = ("attempt", "epoch", "throttled_pct", "throttle_reasons", "xids")
     query = (
-        select(epochs.c.attempt, epochs.c.epoch, epochs.c.throttled_pct, epochs.c.throttle_reasons)
-        .where(epochs.c.job_id == job_id, epochs.c.throttled_pct > 0)
+        select(*(epochs.c[name] for name in columns))
+        .where(
+            epochs.c.job_id == job_id, or_(epochs.c.throttled_pct > 0, epochs.c.xids.is_not(None))
+        )
         .order_by(epochs.c.attempt, epochs.c.epoch)
     )
     with store.begin() as conn:

@@ -53,7 +53,7 @@ def _write_record(conn: Any, record: dict[str, Any], batch: Batch) -> None:
     if kind == "epoch":
         row = {"job_id": job_id, "attempt": attempt, "epoch": record["epoch"]}
         extra = ("images", "steps", "world_size", "warmup", "telemetry_source", "energy_method",
-                 "throttle_reasons")  # fmt: skip
+                 "throttle_reasons", "xids")  # fmt: skip
         row.update({k: record.get(k) for k in (*EPOCH_FIELDS, *extra)})
         row["recorded_at"] = record.get("time")
         batch.add(epochs, row, ("job_id", "attempt", "epoch"))

@@ -28,7 +28,7 @@ if sys.version_info >= (3, 11):
 else:  # pydantic's dependency
     from typing_extensions import NotRequired
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 # A job's states: planned (pending); kept back by the harness until the cluster has room for
 # it under the site's limits (waiting); handed to the cluster (submitted: in its queue);
 # running; and the three ends.
@@ -119,6 +119,8 @@ EPOCH_FIELDS = (
     # version 8: achieved TFLOP/s (images/s x 3 x the forward FLOPs per image), and the share
     # of the telemetry samples in which a GPU was throttled (the most of the job's GPUs)
     "tflops", "throttled_pct",
+    # version 9: the CPU packages' and DRAM's energy (J) from RAPL, each host's once
+    "cpu_energy_j", "dram_energy_j",
 )  # fmt: skip
 epochs = Table(
     "epochs",
@@ -135,10 +137,11 @@ epochs = Table(
     Column("energy_method", String(40)),  # counter | power_integral | none
     Column("recorded_at", Float),  # version 5: when the job wrote it (status's s/epoch, ETA)
     Column("throttle_reasons", String(200)),  # version 8: "power_cap 40%, sw_thermal 5%"
+    Column("xids", String(400)),  # version 9: the GPUs' XID errors, "79 (GPU 0), 48 (GPU 1)"
 )
 # Telemetry columns of the epoch rows, read with the timing ones.
 TELEMETRY = ("gpu_util_mean", "gpu_mem_peak_bytes", "power_mean_w", "energy_j",
-             "energy_per_image_j", "cpu_util_mean")  # fmt: skip
+             "energy_per_image_j", "cpu_util_mean", "cpu_energy_j", "dram_energy_j")  # fmt: skip
 # Version 4: a row per job summing up its epochs (``records.summaries``), kept by the store.
 summaries = Table(
     "summaries",
@@ -254,6 +257,9 @@ provenance = Table(
     Column("nccl", String(20)),
     Column("cpu_model", String(200)),
     Column("cpu_cores", Integer),
+    # version 9: how the epochs measure the CPU's energy ("rapl: package-0, package-0/dram"),
+    # or why they do not ("none: RAPL unreadable (permission denied: ...)")
+    Column("cpu_energy", String(300)),
 )
 # Version 7: each environment's installed packages whole (``records.packages``), once per
 # packages_sha256 of the provenance.

@@ -37,12 +37,12 @@ def job_cmd(out: Path, *args: str, stage: str = "train") -> list[str]:
     return [sys.executable, "-m", f"jobs.{stage}", "--out", str(out), *args]
 
 
-def run_job(out: Path, *args: str, stage: str = "train", timeout: int = 600):
+def run_job(out: Path, *args: str, stage: str = "train", timeout: int = 600, env=None):
     return subprocess.run(
         job_cmd(out, *args, stage=stage),
         capture_output=True,
         text=True,
-        env=job_env(),
+        env={**job_env(), **(env or {})},
         timeout=timeout,
     )
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from jobs.telemetry import NvmlSource
+from jobs.nvml import NvmlSource
 from records import packages
 from records.store import Store
 

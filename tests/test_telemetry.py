@@ -13,10 +13,10 @@ from types import SimpleNamespace
 import pytest
 from sqlalchemy import select
 
+from jobs.nvml import NvmlSource
 from jobs.provenance import HARDWARE
 from jobs.telemetry import (
     CpuSource,
-    NvmlSource,
     Sampler,
     aggregate,
     gpu_matches,

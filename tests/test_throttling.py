@@ -1,12 +1,14 @@
 """Throttling per epoch: the sampler reads NVML's clock-event reasons (through the telemetry
 tests' pynvml stand-in: there is no GPU here), each epoch gets the share of its samples in
 which the GPU was slowed, by reason; the table counts the runs throttled in more than 5% of
-their samples, and ``status --job`` names the reasons."""
+their samples, and ``status --job`` names the reasons; XID events drained from NVML."""
 
 import json
 import statistics
+from types import SimpleNamespace
 
-from jobs.telemetry import NvmlSource, Sampler
+from jobs.nvml import NvmlSource, xids_seen
+from jobs.telemetry import Sampler
 from records.store import Store
 
 from .jobtools import cli
@@ -42,6 +44,63 @@ def test_an_epochs_throttled_share_and_its_reasons_from_the_clock_event_reasons(
     assert [s["throttle"] for s in samples] == script
     assert figures["throttled_pct"] == 50.0
     assert figures["throttle_reasons"] == "power_cap 50%, sw_thermal 10%"
+
+
+class XidStandIn(NvmlStandIn):
+    """The stand-in (not NVIDIA's library) with an XID event set: two GPUs, the second of
+    which supports no events; ``pending`` holds the events the driver has yet to give."""
+
+    nvmlEventTypeXidCriticalError = 0x8
+
+    class Timeout(Exception):
+        pass
+
+    def __init__(self, clock) -> None:
+        super().__init__(clock, watts=[200.0, 200.0], energy_counter=[True, True])
+        self.pending: list[tuple[int, int]] = []
+        self.registered: list[int] = []
+
+    def nvmlEventSetCreate(self):
+        return "set"
+
+    def nvmlDeviceRegisterEvents(self, h, types, event_set):
+        if h == 1:
+            raise self.NotSupported("events not supported")
+        self.registered.append(h)
+
+    def nvmlEventSetWait_v2(self, event_set, timeout_ms):
+        assert timeout_ms == 0  # the sampler never blocks on the driver
+        if not self.pending:
+            raise self.Timeout("Timeout")
+        gpu, xid = self.pending.pop(0)
+        return SimpleNamespace(device=gpu, eventType=self.nvmlEventTypeXidCriticalError,
+                               eventData=xid)  # fmt: skip
+
+    def nvmlEventSetFree(self, event_set):
+        self._log("free")
+
+
+def test_xids_are_drained_at_each_sample_and_named_by_gpu_in_the_epoch():
+    clock = Clock()
+    nvml = XidStandIn(clock)
+    seen_before = len(xids_seen())
+    source = NvmlSource([0, 1], nvml)
+    assert nvml.registered == [0]  # the GPU without events keeps the others'
+    sampler = Sampler(source, clock=clock)
+    sampler.begin_epoch()
+    nvml.pending += [(0, 79), (0, 79), (0, 48)]
+    clock.now += 1.0
+    sampler.take()
+    figures, samples = sampler.end_epoch()
+    assert [s.get("xids") for s in samples if s["gpu_index"] == 0] == [None, [79, 79, 48], None]
+    assert figures["xids"] == "79 (GPU 0), 48 (GPU 0)"
+    sampler.begin_epoch()
+    figures, _ = sampler.end_epoch()
+    assert figures["xids"] is None  # an epoch without one says nothing
+    nvml.pending.append((0, 13))  # given after the last sample: still seen, at close
+    sampler.stop()
+    assert [x for _, x, _ in xids_seen()[seen_before:]] == [79, 79, 48, 13]
+    assert "free" in nvml.calls
 
 
 def test_a_gpu_that_gives_no_reasons_leaves_the_figure_unknown():

@@ -125,11 +125,19 @@ def _job_status(store, args: argparse.Namespace) -> int:
 
 
 def _throttling(store, job_id: str) -> list[str]:
-    """A line per attempt whose GPUs were throttled: the epochs, their share of throttled
-    samples and NVML's reasons."""
-    from records.queries import throttled_epochs
+    """A line per attempt whose GPUs were throttled (the epochs, their share of throttled
+    samples and NVML's reasons), and one per attempt whose GPUs reported XIDs."""
+    from records.queries import troubled_epochs
 
-    found: dict[int, list[str]] = {}
-    for attempt, epoch, share, reasons in throttled_epochs(store, job_id):
-        found.setdefault(attempt, []).append(f"epoch {epoch} {share:.0f}% ({reasons or '?'})")
-    return [f"attempt {a} throttled: " + "; ".join(parts) for a, parts in found.items()]
+    throttled: dict[int, list[str]] = {}
+    xids: dict[int, list[str]] = {}
+    for attempt, epoch, share, reasons, xid in troubled_epochs(store, job_id):
+        if share:
+            throttled.setdefault(attempt, []).append(
+                f"epoch {epoch} {share:.0f}% ({reasons or '?'})"
+            )
+        if xid:
+            xids.setdefault(attempt, []).append(f"epoch {epoch} {xid}")
+    return [f"attempt {a} throttled: " + "; ".join(parts) for a, parts in throttled.items()] + [
+        f"attempt {a} XIDs: " + "; ".join(parts) for a, parts in xids.items()
+    ]
