@@ -7,6 +7,8 @@ import sys
 import pytest
 import torch
 
+from jobs import memory_format
+
 from .jobtools import TINY, final_weights, job_cmd, job_env, records
 
 
@@ -81,7 +83,8 @@ def test_memory_format_auto_is_measured_once_and_taken_by_every_rank(tmp_path):
     assert start["world_size"] == 2 and start["memory_format_by"] == "measured"
     timed = start["memory_format_step_ms"]
     assert set(timed) == {"contiguous", "channels_last"} and all(v > 0 for v in timed.values())
-    assert start["memory_format"] == min(timed, key=timed.get)
+    chosen = memory_format.decide(start["memory_format_rounds_ms"])
+    assert (start["memory_format"], start["memory_format_why"]) == chosen
     assert records(out, "final")[-1]["ranks_consistent"] is True
 
 
