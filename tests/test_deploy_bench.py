@@ -1,0 +1,97 @@
+"""``bench/deploy_latency.py`` as a user runs it: interleaved rounds, intervals, the "same"
+verdict, the recorded conditions, the JSON result, and a busy round flagged (a CPU hog that
+this test runs beside exactly one round) with ``--strict`` turning the flag into exit 1.
+The networks are the tiny ones, trained a few steps on the real Fashion-MNIST files."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jobs.data import FASHION_MNIST_SYSTEM_DIR
+
+from .jobtools import job_env
+
+BENCH = Path(__file__).parents[1] / "bench" / "deploy_latency.py"
+HOG = "import time\nend = time.time() + 120\nwhile time.time() < end: pass\n"
+
+
+def bench_module():
+    spec = importlib.util.spec_from_file_location("deploy_latency", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("other", "verdict"),
+    [
+        ([9.6, 10.4, 10.0, 9.8, 10.3], "same"),  # the rounds' ratios straddle 1
+        ([5.0, 5.2, 4.9, 5.1, 5.0], "faster"),
+        ([20.0, 19.0, 21.0, 20.5, 19.5], "slower"),
+    ],
+)
+def test_a_speedup_whose_interval_holds_one_is_the_same(other, verdict):
+    rounds = {"eager": [10.0, 10.1, 9.9, 10.0, 10.2], "onnxruntime": other}
+    row = bench_module().compare(rounds, "onnxruntime", "eager")
+    assert row["vs_eager_verdict"] == verdict
+    assert row["vs_eager_ci95_low"] <= row["vs_eager"] <= row["vs_eager_ci95_high"]
+    assert bench_module().compare(rounds, "eager", "eager") == {}
+
+
+@pytest.mark.skipif(not Path(FASHION_MNIST_SYSTEM_DIR).is_dir(), reason="dataset-fashion-mnist")
+def test_a_round_with_a_hog_beside_it_is_flagged_and_strict_fails(tmp_path):
+    out = tmp_path / "result.json"
+    cmd = [sys.executable, str(BENCH), "--models", "resnest_tiny_bottleneck",
+           "resnest_tiny_basic", "--train-steps", "5", "--rounds", "3", "--iters", "150",
+           "--runtimes", "eager", "onnxruntime", "--threads", "1", "--eval-threads", "1",
+           "--out", str(out), "--strict"]  # fmt: skip
+    bench = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             cwd=tmp_path, env=job_env())  # fmt: skip
+    hogs: list[subprocess.Popen] = []
+    lines = []
+    try:
+        for line in bench.stdout:
+            lines.append(line)
+            if line.startswith("resnest_tiny_basic: round 2 of 3"):  # two hogs, one round
+                hogs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(2)]
+            elif line.startswith("resnest_tiny_basic: round 3 of 3"):
+                for hog in hogs:
+                    hog.kill()
+        bench.wait(timeout=600)
+    finally:
+        for hog in hogs:
+            hog.kill()
+        if bench.poll() is None:
+            bench.kill()
+    text = "".join(lines)
+    assert bench.returncode == 1, text + bench.stderr.read()
+    result = json.loads(out.read_text())
+    rounds = {(r["model"], r["round"]): r for r in result["rounds"]}
+    assert len(rounds) == 6 and rounds["resnest_tiny_basic", 2]["busy"]
+    assert rounds["resnest_tiny_basic", 2]["others_cores"] > 1.0  # two hogs on two cores
+    assert "resnest_tiny_basic round 2: busy" in " ".join(result["flags"])
+    assert "FLAG: resnest_tiny_basic round 2: busy" in text
+    # Every runtime once a round, in a rotating order.
+    assert [r["order"] for r in result["rounds"][:2]] == [
+        ["eager", "onnxruntime"], ["onnxruntime", "eager"],
+    ]  # fmt: skip
+    conditions = result["conditions"]
+    assert conditions["threads"] == 1 and conditions["cores"] >= 1 and conditions["cpu_model"]
+    assert isinstance(conditions["cpu_flags"], list) and len(conditions["load_after"]) == 3
+    rows = {(r["model"], r["runtime"]): r for r in result["rows"]}
+    assert len(rows) == 4
+    for row in rows.values():
+        assert len(row["rounds_ms"]) == 3
+        assert row["latency_ci95_low_ms"] <= row["latency_p50_ms"] <= row["latency_ci95_high_ms"]
+        for key in ("accuracy_pct", "agreement_pct", "max_logit_diff", "size_mb"):
+            assert row[key] is not None
+    ort = rows["resnest_tiny_basic", "onnxruntime"]
+    assert ort["vs_eager_verdict"] in ("faster", "slower", "same")
+    assert (
+        ort["agreement_pct"] == 100.0 and rows["resnest_tiny_basic", "eager"]["max_logit_diff"] == 0
+    )
+    assert "vs_onnxruntime" in rows["resnest_tiny_basic", "eager"]
