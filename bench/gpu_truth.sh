@@ -34,8 +34,9 @@ if [ -n "${SMOKE:-}" ]; then
 else
   prefix=resnest50 device=cuda
   nvidia-smi --query-gpu=name,driver_version,power.limit,clocks.max.sm --format=csv
-  gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 |
-    grep -oE '[A-Z][0-9]{2,3}' | head -1)
+  full_name=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+  gpu_name=$(grep -oE '[A-Z][0-9]{2,3}' <<<"$full_name" | head -1 || true)
+  gpu_name=${gpu_name:-$full_name}  # a name without a model number: the whole of it
 fi
 
 log "GPU-architecture preflight"

@@ -102,6 +102,8 @@ def decide(
     larger of ``min_margin`` and each format's spread, its slowest round over its fastest);
     otherwise the default, whatever the medians say."""
     (other,) = (f for f in rounds if f != default)
+    if not all(times and min(times) > 0 for times in rounds.values()):
+        return default, f"kept {default}: no usable timing ({rounds})"
     spread = max(max(times) / min(times) - 1 for times in rounds.values())
     margin = max(min_margin, spread)
     gain = 1 - max(rounds[other]) / min(rounds[default])

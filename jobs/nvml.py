@@ -22,6 +22,14 @@ log = logging.getLogger(__name__)
 _XIDS_SEEN: list[tuple[int, int, float]] = []
 
 
+# The XIDs that say the GPU or its host is at fault (NVIDIA's XID catalogue): 48 a double-bit
+# ECC error, 63 and 64 ECC page retirement or row remapping, 74 an NVLink error, 79 fallen off
+# the bus, 92 a high single-bit ECC rate, 94 and 95 contained and uncontained ECC errors, 119
+# and 120 GSP (firmware) errors. Others (13 and 31, a kernel's fault or bad address; 43, 45)
+# are what a program's own bug makes the driver report: its failure stays the job's.
+HOST_XIDS = frozenset({48, 63, 64, 74, 79, 92, 94, 95, 119, 120})
+
+
 def xids_seen() -> list[tuple[int, int, float]]:
     """The XIDs seen by this process so far, as (GPU index, XID, time)."""
     return list(_XIDS_SEEN)

@@ -2,8 +2,10 @@
 
 Each package zone (``intel-rapl:N``, named ``package-N``; AMD's since Zen appear the same way)
 has a cumulative ``energy_uj`` counter that wraps at ``max_energy_range_uj``; its ``dram``
-subzone, where the CPU has one, counts the memory's. An epoch's energy is the counters' delta
-between its boundaries, summed over the packages (and over their DRAM zones). The other
+subzone, where the CPU has one, counts the memory's. An epoch's energy is the sum of the
+counters' deltas between the sampler's readings (about one a second, so that a counter wraps
+at most once between two: Intel's wrap after some 262 kJ, minutes of a busy package), over
+the packages (and over their DRAM zones). The other
 subzones (``core``, ``uncore``) lie inside their package and are not added again; ``psys``
 (the whole platform) is not a CPU's.
 
@@ -24,7 +26,7 @@ class Zone:
     name: str  # package-0, dram
     kind: str  # package | dram
     counter: Path
-    wraps_at: int  # µJ
+    wraps_at: int | None  # µJ; None where the zone does not say (a wrap is then unknown)
 
 
 class Rapl:
@@ -64,24 +66,38 @@ class Rapl:
         except (OSError, ValueError):
             return None
 
-    def energy(self, before: dict[str, int] | None, after: dict[str, int] | None) -> dict:
-        """The joules between two readings, ``cpu_energy_j`` (packages) and
-        ``dram_energy_j`` (None where the CPU has no DRAM zone), a counter that wrapped
-        counted once round; both None if a reading is missing."""
+    def delta(
+        self, before: dict[str, int] | None, after: dict[str, int] | None
+    ) -> dict[str, float] | None:
+        """The joules between two readings by kind (``package``, ``dram``), a counter that
+        wrapped counted once round; None if a reading is missing, or a counter went back
+        where its zone gives no range."""
         if not self.zones or before is None or after is None:
-            return {"cpu_energy_j": None, "dram_energy_j": None}
+            return None
         sums: dict[str, float] = {}
         for zone in self.zones:
-            delta = after[zone.name] - before[zone.name]
-            if delta < 0:  # wrapped
-                delta += zone.wraps_at
-            sums[zone.kind] = sums.get(zone.kind, 0.0) + delta / 1e6
-        return {"cpu_energy_j": sums.get("package"), "dram_energy_j": sums.get("dram")}
+            change = after[zone.name] - before[zone.name]
+            if change < 0:  # wrapped
+                if zone.wraps_at is None:
+                    return None
+                change += zone.wraps_at
+            sums[zone.kind] = sums.get(zone.kind, 0.0) + change / 1e6
+        return sums
+
+    def energy(self, before: dict[str, int] | None, after: dict[str, int] | None) -> dict:
+        """``delta`` as an epoch record's ``cpu_energy_j`` (packages) and ``dram_energy_j``
+        (None where the CPU has no DRAM zone); both None where the delta is unknown."""
+        return as_record(self.delta(before, after))
+
+
+def as_record(sums: dict[str, float] | None) -> dict[str, float | None]:
+    sums = sums or {}
+    return {"cpu_energy_j": sums.get("package"), "dram_energy_j": sums.get("dram")}
 
 
 def _zone(path: Path, name: str, kind: str) -> Zone:
     wraps = _text(path / "max_energy_range_uj")
-    return Zone(name, kind, path / "energy_uj", int(wraps) if wraps.isdigit() else 2**32)
+    return Zone(name, kind, path / "energy_uj", int(wraps) if wraps.isdigit() else None)
 
 
 def _text(path: Path) -> str:

@@ -91,10 +91,12 @@ def guarded(
 
 
 def gpu_faults() -> str:
-    """The XIDs this process's GPUs reported ("GPU XID 79 on GPU 0"), "" if none."""
-    from jobs.nvml import xids_seen  # imports no torch
+    """The hardware XIDs this process's GPUs reported ("GPU XID 79 on GPU 0"), "" if none
+    (``jobs.nvml.HOST_XIDS``: an XID a program's own bug causes is not the host's)."""
+    from jobs.nvml import HOST_XIDS, xids_seen  # imports no torch
 
-    seen = dict.fromkeys(f"XID {xid} on GPU {gpu}" for gpu, xid, _ in xids_seen())
+    found = [(gpu, xid) for gpu, xid, _ in xids_seen() if xid in HOST_XIDS]
+    seen = dict.fromkeys(f"XID {xid} on GPU {gpu}" for gpu, xid in found)
     return f"GPU {', '.join(seen)}" if seen else ""
 
 

@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from jobs.nvml import NvmlSource, throttling, xid_text
-from jobs.rapl import ROOT, Rapl
+from jobs.rapl import ROOT, Rapl, as_record
 
 log = logging.getLogger("jobs.telemetry")
 
@@ -32,6 +32,7 @@ DEFAULT_INTERVAL_S = 1.0
 SOURCE_ENV = "RESNEST_BENCH_TELEMETRY_SOURCE"
 # Where RAPL's powercap tree is: Linux's, unless this names another (a copy, or the tests').
 RAPL_ENV = "RESNEST_BENCH_POWERCAP"
+XIDS_MAX = 400  # records.schema's epochs.xids holds this many characters
 
 
 class CpuSource:
@@ -88,9 +89,10 @@ def open_source(
 
 class Sampler:
     """Samples ``source`` every ``interval`` seconds on a daemon thread; with ``rapl``, reads
-    its counters at the epoch boundaries (``rapl_share``: whether this process's epochs count
-    the CPUs' energy: one process per host does, the others count 0 J, so that the ranks'
-    sum is the hosts')."""
+    its counters at each sample and sums their deltas over the epoch (``rapl_share``: whether
+    this process's epochs count the CPUs' energy: one process per host does, the others count
+    0 J, so that the ranks' sum is the hosts'). XIDs drained between two epochs (during
+    evaluation) are carried into the next one's record."""
 
     def __init__(
         self,
@@ -104,7 +106,9 @@ class Sampler:
         self.rapl = rapl if rapl is not None and rapl.zones else None
         self.rapl_method = rapl.method if rapl is not None else "none: not measured"
         self.rapl_share = rapl_share
-        self._rapl_start: dict[str, int] | None = None
+        self._rapl_last: dict[str, int] | None = None
+        self._rapl_sum: dict[str, float] | None = None  # None: unknown this epoch
+        self._carried: list[dict[str, Any]] = []  # XIDs seen between epochs
         self.interval = interval
         self.clock = clock
         self.samples: list[dict[str, Any]] = []
@@ -122,6 +126,16 @@ class Sampler:
             return
         with self._lock:
             self.samples.extend({"time": now, **row} for row in rows)
+            if self.rapl is not None:  # read under the lock: readings stay in order
+                reading = self.rapl.read()
+                if self._rapl_last is not None and self._rapl_sum is not None:
+                    change = self.rapl.delta(self._rapl_last, reading)
+                    if change is None:
+                        self._rapl_sum = None
+                    else:
+                        for kind, joules in change.items():
+                            self._rapl_sum[kind] = self._rapl_sum.get(kind, 0.0) + joules
+                self._rapl_last = reading
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -135,19 +149,23 @@ class Sampler:
     def begin_epoch(self) -> None:
         """A sample at the boundary; the epoch's window starts with it."""
         with self._lock:
+            self._carried += [{"gpu_index": s["gpu_index"], "xids": s["xids"]}
+                              for s in self.samples if s.get("xids")]  # fmt: skip
             self.samples = []
+            self._rapl_last, self._rapl_sum = None, {}
         self.take(boundary=True)
-        if self.rapl is not None:
-            self._rapl_start = self.rapl.read()
 
     def end_epoch(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """A sample at the boundary, then the epoch's aggregates and samples."""
         self.take(boundary=True)
         with self._lock:
             window, self.samples = self.samples, []
+            carried, self._carried = self._carried, []
+            cpu = as_record(self._rapl_sum)
         figures = aggregate(window, self.source.kind)
+        if carried and "xids" in figures:
+            figures["xids"] = xid_text(carried + window)
         if self.rapl is not None:
-            cpu = self.rapl.energy(self._rapl_start, self.rapl.read())
             figures.update({k: (v if self.rapl_share or v is None else 0.0)
                             for k, v in cpu.items()})  # fmt: skip
         return figures, window
@@ -267,21 +285,27 @@ def fold_into(record: dict[str, Any], window: Any, env: Any, device: Any) -> lis
 
 
 def _all_xids(mine: str | None, env: Any) -> str | None:
-    """Every rank's XIDs of the epoch, joined (a collective that only an epoch in which some
-    rank saw one pays)."""
-    if not env.distributed:
-        return mine
-    import torch.distributed as dist
+    """Every rank's XIDs of the epoch, each after its rank ("rank 1: 79 (GPU 0)"), cut to
+    what the store's column holds (a collective that only an epoch in which some rank saw one
+    pays)."""
+    joined = mine or ""
+    if env.distributed:
+        import torch.distributed as dist
 
-    texts: list[str | None] = [None] * env.world_size
-    dist.all_gather_object(texts, mine)
-    return ", ".join(t for t in texts if t) or None
+        texts: list[str | None] = [None] * env.world_size
+        dist.all_gather_object(texts, mine)
+        joined = "; ".join(f"rank {rank}: {text}" for rank, text in enumerate(texts) if text)
+    if len(joined) > XIDS_MAX:  # what the store's column holds
+        joined = joined[: XIDS_MAX - 4] + " ..."
+    return joined or None
 
 
-def sampler_for(device: Any, interval: float) -> tuple[Sampler | None, str | None]:
-    """This rank's running sampler (its own GPU, and RAPL, counted by each host's local rank
-    0) and a note on its source, or None when the interval is 0 (telemetry off) or no source
-    can be opened (the note says why)."""
+def sampler_for(
+    device: Any, interval: float, counts_cpu_energy: bool = True
+) -> tuple[Sampler | None, str | None]:
+    """This rank's running sampler (its own GPU, and RAPL, whose energy only one rank per
+    host counts: ``counts_cpu_energy``, its local rank 0) and a note on its source, or None
+    when the interval is 0 (telemetry off) or no source can be opened (the note says why)."""
     import torch
 
     if not interval:
@@ -297,8 +321,7 @@ def sampler_for(device: Any, interval: float) -> tuple[Sampler | None, str | Non
     if note:
         log.info("telemetry: %s", note)
     rapl = Rapl(os.environ.get(RAPL_ENV) or ROOT)
-    counts = os.environ.get("LOCAL_RANK", "0") == "0"
-    return Sampler(source, interval, rapl=rapl, rapl_share=counts).start(), note
+    return Sampler(source, interval, rapl=rapl, rapl_share=counts_cpu_energy).start(), note
 
 
 def cpu_energy_method(sampler: Sampler | None) -> str:

@@ -290,7 +290,8 @@ class Trainer:
                     "resumed_from": [start_epoch, start_step],
                 },
             )
-        sampler, note = telemetry.sampler_for(self.device, self.spec.telemetry_interval)
+        sampler, note = telemetry.sampler_for(self.device, self.spec.telemetry_interval,
+                                              env.local_rank == 0)  # fmt: skip
         if env.is_main:
             devices = sampler.source.devices() if sampler else []
             record = provenance(self.device, spec, devices, note)

@@ -81,9 +81,13 @@ def test_a_capped_throttled_gpu_and_an_xid_reach_the_records_the_store_and_statu
 
 def test_a_failure_after_an_xid_is_the_hosts_and_without_one_the_jobs(tmp_path):
     """The same failure (a file where the checkpoints go), once after the GPU reported XID 48
-    and once without: a host failure that the launchers retry elsewhere, and the job's own."""
+    (a double-bit ECC error), once after XID 13 (what a program's own bad kernel makes the
+    driver report) and once without: a host failure that the launchers retry elsewhere, then
+    twice the job's own."""
     ends = {}
-    for name, xid in (("faulted", {"number": 48, "after_reads": 1}), ("clean", None)):
+    cases = (("faulted", {"number": 48, "after_reads": 1}),
+             ("own", {"number": 13, "after_reads": 1}), ("clean", None))  # fmt: skip
+    for name, xid in cases:
         out = tmp_path / name
         out.mkdir()
         (out / "checkpoints").write_text("not a folder")
@@ -100,6 +104,9 @@ def test_a_failure_after_an_xid_is_the_hosts_and_without_one_the_jobs(tmp_path):
     assert clean.returncode not in (0, EXIT_HOST), clean.stderr[-3000:]
     assert "host failure" not in clean.stderr and "XID" not in clean.stderr
     assert clean.returncode == EXIT_USER_ERROR or "Traceback" in clean.stderr
+    own = ends["own"]
+    assert "reported XID 13" in own.stderr  # seen and logged, and still the job's failure
+    assert own.returncode == clean.returncode and "host failure" not in own.stderr
 
 
 def test_an_xid_on_one_rank_of_a_ddp_job_reaches_its_epoch_record(tmp_path):
@@ -119,7 +126,7 @@ def test_an_xid_on_one_rank_of_a_ddp_job_reaches_its_epoch_record(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     rows = records(out, "epoch")
     assert [r["world_size"] for r in rows] == [2, 2]
-    assert [r.get("xids") for r in rows] == ["79 (GPU 0)", None]  # each rank's GPU is its 0
+    assert [r.get("xids") for r in rows] == ["rank 1: 79 (GPU 0)", None]
 
 
 def test_the_prepared_gpu_check_runs_through_and_names_a_field_left_empty(tmp_path):

@@ -16,11 +16,12 @@ from jobs.telemetry import CpuSource, Sampler
 from .jobtools import TINY, records, run_job
 
 
-def zone(path: Path, name: str, energy_uj: int, wraps_at: int = 262143328850) -> Path:
+def zone(path: Path, name: str, energy_uj: int, wraps_at: int | None = 262143328850) -> Path:
     path.mkdir(parents=True)
     (path / "name").write_text(f"{name}\n")
     (path / "energy_uj").write_text(f"{energy_uj}\n")
-    (path / "max_energy_range_uj").write_text(f"{wraps_at}\n")
+    if wraps_at is not None:
+        (path / "max_energy_range_uj").write_text(f"{wraps_at}\n")
     return path
 
 
@@ -142,3 +143,34 @@ def test_a_training_job_records_the_cpus_energy_per_epoch_and_its_method(tmp_pat
         assert row["cpu_energy_j"] > 0 and row["dram_energy_j"] > 0
         assert row["dram_energy_j"] / row["cpu_energy_j"] == pytest.approx(0.2, abs=0.03)
     assert sum(row["cpu_energy_j"] for row in rows) <= 10 * wall
+
+
+def test_an_epoch_sums_the_readings_deltas_so_counters_may_wrap_many_times(tmp_path):
+    """An epoch longer than a counter's range (minutes of a busy package on AMD): each
+    sample's reading adds its delta, so three wraps within the epoch are all counted."""
+    root = tmp_path / "powercap"
+    counter = zone(root / "intel-rapl:0", "package-0", 0, wraps_at=1_000_000) / "energy_uj"
+    sampler = Sampler(CpuSource(), rapl=Rapl(root))
+    sampler.begin_epoch()
+    value = 0
+    for _ in range(7):  # 0.6 J a reading: three wraps of 1 J over 4.2 J
+        value = (value + 600_000) % 1_000_000
+        set_counter(counter, value)
+        sampler.take()
+    figures, _ = sampler.end_epoch()
+    assert figures["cpu_energy_j"] == pytest.approx(4.2)
+
+
+def test_a_counter_that_goes_back_without_a_range_is_unknown_not_wrong(tmp_path):
+    root = tmp_path / "powercap"
+    counter = zone(root / "intel-rapl:0", "package-0", 5_000_000, wraps_at=None) / "energy_uj"
+    rapl = Rapl(root)
+    assert rapl.zones[0].wraps_at is None
+    sampler = Sampler(CpuSource(), rapl=rapl)
+    sampler.begin_epoch()
+    set_counter(counter, 1_000_000)  # back: a wrap of a range nobody gave
+    figures, _ = sampler.end_epoch()
+    assert figures["cpu_energy_j"] is None and figures["dram_energy_j"] is None
+    sampler.begin_epoch()  # the next epoch measures again
+    set_counter(counter, 3_000_000)
+    assert sampler.end_epoch()[0]["cpu_energy_j"] == pytest.approx(2.0)

@@ -97,9 +97,14 @@ def test_xids_are_drained_at_each_sample_and_named_by_gpu_in_the_epoch():
     sampler.begin_epoch()
     figures, _ = sampler.end_epoch()
     assert figures["xids"] is None  # an epoch without one says nothing
+    nvml.pending.append((0, 94))
+    sampler.take()  # between two epochs (the evaluation): carried into the next
+    sampler.begin_epoch()
+    figures, _ = sampler.end_epoch()
+    assert figures["xids"] == "94 (GPU 0)"
     nvml.pending.append((0, 13))  # given after the last sample: still seen, at close
     sampler.stop()
-    assert [x for _, x, _ in xids_seen()[seen_before:]] == [79, 79, 48, 13]
+    assert [x for _, x, _ in xids_seen()[seen_before:]] == [79, 79, 48, 94, 13]
     assert "free" in nvml.calls
 
 
