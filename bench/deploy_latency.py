@@ -1,5 +1,6 @@
 """The study's CPU deployment comparison: PyTorch eager against ONNX Runtime, INT8 ONNX Runtime
-and Caffe2, batch 1, both ResNeSt-50 variants, threads fixed, timed in interleaved rounds.
+and Caffe2, and eager in torch 1.10.2 (Caffe2's era), batch 1, both ResNeSt-50 variants,
+threads fixed, timed in interleaved rounds.
 
 Weights: each variant trained on Fashion-MNIST (Debian's dataset-fashion-mnist) for
 ``--train-steps`` steps here (``--lr``, cosine), or taken from training job folders
@@ -8,12 +9,15 @@ Weights: each variant trained on Fashion-MNIST (Debian's dataset-fashion-mnist) 
 training images), and in each runtime the accuracy over the whole test set (with
 ``--eval-threads``, untimed), top-1 agreement with eager, the largest logit difference from
 eager and the size on disk. Caffe2 runs in its own interpreter (``scripts/caffe2-env.sh up``;
-``--caffe2-python``), timed inside it; without one its row says why.
+``--caffe2-python``), timed inside it, and so does ``eager-torch1.10``: the same state dict in
+that interpreter's PyTorch, the study's question (Caffe2 against the PyTorch of its release)
+asked as it was; without the interpreter their rows say why.
 
 Timing: ``--rounds`` rounds (default 5), each runtime once per round in a rotating order
 (median batch-1 latency of ``--iters`` batches, warm-up excluded, ``--threads`` threads), so
 that drift and a neighbour's load fall on all of them alike. Each runtime's figure is the
-median over the rounds with its 95% interval, each speed-up (over eager, over ONNX Runtime)
+median over the rounds with its 95% interval, each speed-up (over eager, over ONNX Runtime,
+over eager in torch 1.10.2)
 the median of the rounds' paired ratios with its own (percentile bootstrap over the rounds,
 ``harness.stats.interval``); a speed-up whose interval holds 1.0 is printed as "same". The
 conditions are recorded: the CPU and its AVX2/AVX-512/VNNI/AMX flags, the threads, the load
@@ -143,7 +147,7 @@ def compare(rounds: dict[str, list[float]], name: str, base: str) -> dict[str, A
     said = "same"
     if low is not None and high is not None:
         said = "faster" if low > 1 else "slower" if high < 1 else "same"
-    key = f"vs_{base.replace('-', '_')}"
+    key = f"vs_{base.replace('-', '_').replace('.', '_')}"
     return {key: statistics.median(ratios), f"{key}_ci95_low": low, f"{key}_ci95_high": high,
             f"{key}_verdict": said}  # fmt: skip
 
@@ -207,9 +211,10 @@ def main() -> int:
     parser.add_argument("--weights-basic")
     parser.add_argument("--caffe2-python", type=Path, help="default: scripts/caffe2-env.sh's")
     args = parser.parse_args()
-    if args.rounds < 2 or args.iters < 1 or args.threads < 1:
-        parser.error("--rounds must be at least 2 (an interval needs them), --iters and "
-                     "--threads at least 1")  # fmt: skip
+    if args.rounds < 5 or args.iters < 1 or args.threads < 1:
+        # of fewer rounds, the percentile bootstrap's interval of the median is the range of
+        # the rounds, which holds the true median less often than 95% (75% of the time at 3)
+        parser.error("--rounds must be at least 5, --iters and --threads at least 1")
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="deploy-bench-"))
     test = data.load("fashion-mnist", args.data_dir, train=False)
@@ -261,8 +266,8 @@ def main() -> int:
             row["latency_ci95_low_ms"], row["latency_ci95_high_ms"] = stats.interval(rounds[name])
             spread = 100 * (max(rounds[name]) - min(rounds[name])) / row["latency_p50_ms"]
             row["rounds_spread_pct"] = spread
-            row.update(compare(rounds, name, "eager"))
-            row.update(compare(rounds, name, "onnxruntime"))
+            for base in ("eager", "onnxruntime", "eager-torch1.10"):
+                row.update(compare(rounds, name, base))
             result["rows"].append(row)
             if spread > args.max_spread:
                 result["flags"].append(f"{variant} {name}: rounds differ by {spread:.1f}% "
@@ -279,7 +284,7 @@ def main() -> int:
     return 1 if args.strict and result["flags"] else 0
 
 
-RUNTIMES = ("eager", "onnxruntime", "onnxruntime-int8", "caffe2")
+RUNTIMES = ("eager", "onnxruntime", "onnxruntime-int8", "caffe2", "eager-torch1.10")
 
 
 def accuracy_passes(variant, setting, args, images, labels, result) -> dict[str, dict[str, Any]]:
@@ -323,12 +328,14 @@ def print_table(result: dict[str, Any]) -> None:
 
     w = max([len(row["model"]) for row in result["rows"]] + [5]) + 2
     print(f"{'model':<{w}}{'runtime':<18}{'ms @1 [95%]':>22}{'vs eager':>22}{'vs ORT':>22}"
+          f"{'vs torch 1.10':>22}"
           f"{'acc %':>8}{'agree %':>9}{'max diff':>10}{'MB':>8}")  # fmt: skip
     for row in result["rows"]:
         low, high = row["latency_ci95_low_ms"], row["latency_ci95_high_ms"]
         print(f"{row['model']:<{w}}{row['runtime']:<18}"
               f"{row['latency_p50_ms']:>8.2f} [{low:.2f}-{high:.2f}]".ljust(w + 18 + 22)
               + f"{ratio(row, 'vs_eager'):>22}{ratio(row, 'vs_onnxruntime'):>22}"
+              f"{ratio(row, 'vs_eager_torch1_10'):>22}"
               f"{row['accuracy_pct']:8.2f}{row['agreement_pct']:9.2f}"
               f"{row['max_logit_diff']:10.1e}{row['size_mb']:8.2f}")  # fmt: skip
 

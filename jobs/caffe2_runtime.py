@@ -39,9 +39,16 @@ class Caffe2Process:
     """A Caffe2 child process holding one prepared model."""
 
     def __init__(
-        self, model: Path, log: Path, python: Path | None = None, threads: int = 1
+        self,
+        model: Path,
+        log: Path,
+        python: Path | None = None,
+        threads: int = 1,
+        eager: bool = False,
     ) -> None:
-        """Start the child on ``model``; its stderr (Caffe2's own messages) goes to ``log``."""
+        """Start the child on ``model``; its stderr (Caffe2's own messages) goes to ``log``.
+        With ``eager``, ``model`` is the JSON spec of the network that the child runs in its
+        own PyTorch, eager (``jobs/caffe2_worker.py``)."""
         python = python or default_python()
         if not python.exists():
             raise Caffe2Error(f"no Caffe2 interpreter at {python}: {HOW}, or set {ENV_VAR}")
@@ -54,7 +61,8 @@ class Caffe2Process:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.stderr, "wb") as log:
             self.proc = subprocess.Popen(
-                [str(python), "-I", str(WORKER), str(model), "--threads", str(threads)],
+                [str(python), "-I", str(WORKER), *(["--eager"] if eager else []), str(model),
+                 "--threads", str(threads)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env,
             )  # fmt: skip
         ready = self._read_header()

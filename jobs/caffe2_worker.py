@@ -1,8 +1,12 @@
 """Caffe2's side of the ``caffe2`` runtime: an ONNX file prepared once, batches through a pipe.
 
 Runs in the Caffe2 interpreter (Python 3.9, torch 1.10.2: ``scripts/caffe2-env.sh``), not in the
-project's, so it imports nothing of the project and keeps to Python 3.9. Started by
-``jobs.caffe2_runtime`` as ``python -I caffe2_worker.py MODEL.onnx --threads N``.
+project's, so it keeps to Python 3.9 and imports nothing of the project but, for eager, the
+network (``resnest`` and ``jobs.checkpoint.model_from``, which keep to 3.9 for this).
+Started by ``jobs.caffe2_runtime`` as ``python -I caffe2_worker.py MODEL.onnx --threads N``,
+or, for PyTorch eager of the study's era (torch 1.10.2) on the export's state dict,
+``python -I caffe2_worker.py --eager SPEC.json --threads N``, where SPEC names the project's
+folder, the network and its weights.
 
 Protocol (stdout carries nothing else; Caffe2's own output goes to stderr): one JSON line
 ``{"ready": true, "versions": {...}, "prepare_s": ...}`` or ``{"error": "..."}`` once the model
@@ -153,13 +157,43 @@ def prepare(path, threads):
     return rep, versions
 
 
+class EagerOfItsEra:
+    """The network in this interpreter's PyTorch (1.10.2), eager, on the export's state dict:
+    the study's other runtime as it was when Caffe2 was current. ``run`` answers as Caffe2's
+    prepared backend does (a list of outputs)."""
+
+    def __init__(self, spec_path, threads):
+        import torch
+
+        with open(spec_path, encoding="utf-8") as f:
+            spec = json.load(f)
+        sys.path.insert(0, spec["project"])
+        from jobs.checkpoint import model_from  # the one way a network is rebuilt; 3.9-safe
+
+        torch.set_num_threads(threads)
+        weights = torch.load(spec["weights"], map_location="cpu")
+        self.model, self.torch = model_from(spec, weights), torch
+
+    def run(self, x):
+        with self.torch.no_grad():
+            return [self.model(self.torch.from_numpy(x.copy())).numpy()]
+
+
+def prepare_eager(spec_path, threads):
+    import torch
+
+    versions = {"torch": torch.__version__, "python": sys.version.split()[0]}
+    return EagerOfItsEra(spec_path, threads), versions
+
+
 def first_line(exc):
     lines = [line for line in str(exc).strip().splitlines() if line.strip()]
     return lines[0][:300] if lines else ""
 
 
 def main(argv):
-    path = argv[0]
+    eager = argv[0] == "--eager"
+    path = argv[1] if eager else argv[0]
     threads = int(argv[argv.index("--threads") + 1]) if "--threads" in argv else 1
     # The protocol owns the real stdout; anything else written to fd 1 (Caffe2's C++ included)
     # goes to stderr.
@@ -176,7 +210,7 @@ def main(argv):
 
     start = time.perf_counter()
     try:
-        rep, versions = prepare(path, threads)
+        rep, versions = prepare_eager(path, threads) if eager else prepare(path, threads)
     except Exception as exc:
         traceback.print_exc()
         send({"error": f"{type(exc).__name__}: {first_line(exc)}"})

@@ -317,3 +317,42 @@ class Caffe2(Runtime):
     def close(self) -> None:
         if self.process is not None:
             self.process.close()
+
+
+@register("eager-torch1.10")
+class EagerOfCaffe2sEra(Caffe2):
+    """PyTorch eager as it was when Caffe2 was current: the export's state dict in torch 1.10.2,
+    in the Caffe2 interpreter (``jobs.caffe2_runtime``), timed there. Not among the infer
+    job's default runtimes (``--runtimes eager-torch1.10`` asks for it): it answers the
+    study's own question, Caffe2 against the PyTorch of its release."""
+
+    def prepare(self) -> dict[str, Any]:
+        import json
+        import tempfile
+
+        from jobs.caffe2_runtime import Caffe2Error, Caffe2Process
+
+        setting = self.setting
+        weights = setting.folder / "model.state_dict.pt"
+        network = {k: setting.artifacts.get(k) for k in ("model_name", "num_classes", "stem")}
+        project = str(Path(__file__).resolve().parents[1])
+        spec = {"project": project, "weights": str(weights), **network}
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump(spec, f)
+        self.spec = Path(f.name)
+        python = Path(setting.caffe2_python) if setting.caffe2_python else None
+        log = setting.log or Path("caffe2.stderr.log")
+        try:
+            self.process = Caffe2Process(self.spec, log, python, setting.threads, eager=True)
+        except Caffe2Error as exc:
+            self.spec.unlink(missing_ok=True)
+            raise Unavailable(str(exc).replace("Caffe2 could not prepare", "torch 1.10.2 "
+                                               "could not load")) from None  # fmt: skip
+        return {"provider": "torch 1.10.2 cpu", "threads": setting.threads, "device": "cpu",
+                "bytes": weights.stat().st_size, "versions": self.process.versions,
+                "prepare_s": self.process.prepare_s}  # fmt: skip
+
+    def close(self) -> None:
+        super().close()
+        if getattr(self, "spec", None) is not None:
+            self.spec.unlink(missing_ok=True)

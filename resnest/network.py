@@ -93,7 +93,11 @@ class ResNeSt(nn.Module):
         )
         stages = []
         widths = (base_width, base_width * 2, base_width * 4, base_width * 8)
-        for index, (planes, depth) in enumerate(zip(widths, layers, strict=True)):
+        if len(layers) != len(widths):
+            raise ValueError(f"layers: expected {len(widths)} stage depths, got {list(layers)}")
+        # zip without strict=: the network also runs in Python 3.9 (torch 1.10.2's interpreter,
+        # for the deployment bench's eager row of the study's era)
+        for index, (planes, depth) in enumerate(zip(widths, layers)):  # noqa: B905
             stride = 1 if index == 0 else 2
             stage, channels = _make_stage(
                 block_cls, channels, planes, depth, stride, avg_down, block_args

@@ -172,3 +172,50 @@ def test_a_missing_model_file_is_named(tmp_path):
     python.touch()  # the interpreter is checked first: it must exist for this message
     with pytest.raises(Caffe2Error, match=r"^no model.caffe2.onnx in .*: export again"):
         Caffe2Process(tmp_path / "model.caffe2.onnx", tmp_path / "log", python=python)
+
+
+def _export_tiny(tmp_path: Path, python: str):
+    """A tiny network exported as the export job writes it, and a runtime setting for it."""
+    from jobs.export import export_all
+    from jobs.runtimes import Setting
+
+    model = resnest.create("resnest_tiny_bottleneck", num_classes=10).eval()
+    randomize_(model)
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    folder = tmp_path / "export"
+    export_all(model, x[:2], folder, aoti=None)
+    artifacts = {"folder": folder, "model_name": "resnest_tiny_bottleneck", "num_classes": 10,
+                 "stem": ""}  # fmt: skip
+    return Setting(artifacts, torch.device("cpu"), 1, x.numpy(), python, tmp_path / "log"), x
+
+
+@needs_caffe2
+def test_eager_of_caffe2s_era_runs_the_network_in_torch_1_10_with_todays_logits(tmp_path):
+    """The study's other runtime as it was: the export's state dict in torch 1.10.2 eager,
+    in the Caffe2 interpreter (the network's code keeps to Python 3.9 for it)."""
+    from jobs.runtimes import create
+
+    setting, x = _export_tiny(tmp_path, CAFFE2_PYTHON)
+    then, now = create("eager-torch1.10", setting), create("eager", setting)
+    info = then.prepare()
+    now.prepare()
+    try:
+        assert info["versions"]["torch"].startswith("1.10.2")
+        assert info["versions"]["python"].startswith("3.9.")
+        assert info["provider"] == "torch 1.10.2 cpu"
+        assert info["bytes"] == (setting.folder / "model.state_dict.pt").stat().st_size
+        assert np.abs(then.run(x.numpy()) - now.run(x.numpy())).max() <= 1e-4
+        times = then.times(x[:1].numpy(), 1, 3)
+        assert len(times) == 3 and all(t > 0 for t in times)
+    finally:
+        then.close()
+    assert not then.spec.exists()  # its spec file goes with it
+
+
+def test_eager_of_caffe2s_era_without_the_interpreter_says_why(tmp_path):
+    from jobs.runtimes import Unavailable, create
+
+    setting, _ = _export_tiny(tmp_path, str(tmp_path / "no" / "python"))
+    runtime = create("eager-torch1.10", setting)
+    with pytest.raises(Unavailable, match=r"^no Caffe2 interpreter at .*no/python: "):
+        runtime.prepare()
