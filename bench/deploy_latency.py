@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -217,6 +218,15 @@ def main() -> int:
         parser.error("--rounds must be at least 5, --iters and --threads at least 1")
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="deploy-bench-"))
+    try:
+        return measure_all(args, work)
+    finally:  # the trained networks and their exports: a GB and more for the ResNeSt-50s
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure_all(args: argparse.Namespace, work: Path) -> int:
+    """Train or load each variant, export it, measure every runtime; print, write ``--out``;
+    the exit code (1: flagged under ``--strict``)."""
     test = data.load("fashion-mnist", args.data_dir, train=False)
     train_set = data.load("fashion-mnist", args.data_dir, train=True)
     images = normalise(test.images, test).numpy()

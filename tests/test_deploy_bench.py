@@ -49,8 +49,10 @@ def test_a_round_with_a_hog_beside_it_is_flagged_and_strict_fails(tmp_path):
            "resnest_tiny_basic", "--train-steps", "5", "--rounds", "5", "--iters", "100",
            "--runtimes", "eager", "onnxruntime", "--threads", "1", "--eval-threads", "1",
            "--out", str(out), "--strict"]  # fmt: skip
+    scratch = tmp_path / "tmp"  # the bench's own temporary folder, which it must remove
+    scratch.mkdir()
     bench = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             cwd=tmp_path, env=job_env())  # fmt: skip
+                             cwd=tmp_path, env={**job_env(), "TMPDIR": str(scratch)})  # fmt: skip
     hogs: list[subprocess.Popen] = []
     lines = []
     try:
@@ -69,6 +71,8 @@ def test_a_round_with_a_hog_beside_it_is_flagged_and_strict_fails(tmp_path):
             bench.kill()
     text = "".join(lines)
     assert bench.returncode == 1, text + bench.stderr.read()
+    # its trained networks and exports went with it (torch's own caches may stay)
+    assert list(scratch.glob("deploy-bench-*")) == []
     result = json.loads(out.read_text())
     rounds = {(r["model"], r["round"]): r for r in result["rounds"]}
     assert len(rounds) == 10 and rounds["resnest_tiny_basic", 2]["busy"]
