@@ -21,6 +21,7 @@ a DDP job rank 0 measures and every rank takes its answer.
 from __future__ import annotations
 
 import copy
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -89,7 +90,7 @@ def choose(
         rounds = box[0]
     assert rounds is not None
     chosen, why = decide(rounds)
-    step_ms = {f: round(_median(times), 3) for f, times in rounds.items()}
+    step_ms = {f: round(statistics.median(times), 3) for f, times in rounds.items()}
     probe_s = round(time.perf_counter() - started, 3)
     return Choice(chosen, "measured", step_ms, rounds_ms=rounds, why=why, probe_s=probe_s)
 
@@ -112,19 +113,13 @@ def decide(
             f"{other} faster in every round, its slowest by {100 * gain:.1f}% of {default}'s "
             f"fastest (margin {100 * margin:.1f}%)"
         )
-    median_gain = 1 - _median(rounds[other]) / _median(rounds[default])
+    median_gain = 1 - statistics.median(rounds[other]) / statistics.median(rounds[default])
     said = "faster" if median_gain > 0 else "slower"
     return default, (
         f"kept {default}: {other} {said} by {abs(100 * median_gain):.1f}% at the median, not "
         f"faster in every round by over the margin ({100 * margin:.1f}%: the rounds' spread, "
         f"at least {100 * min_margin:.0f}%)"
     )
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def time_rounds(
@@ -143,7 +138,7 @@ def time_rounds(
     for index in range(ROUNDS):
         order = FORMATS if index % 2 == 0 else FORMATS[::-1]
         for name in order:
-            rounds[name].append(round(_median(probes[name].steps(TIMED_STEPS)), 3))
+            rounds[name].append(round(statistics.median(probes[name].steps(TIMED_STEPS)), 3))
     return rounds
 
 

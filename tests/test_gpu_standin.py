@@ -15,6 +15,7 @@ from harness.launchers.sacct import host_failed
 from records.spec import EXIT_HOST, EXIT_USER_ERROR
 
 from .jobtools import TINY, cli, job_env, records, run_job
+from .test_ddp import _free_port
 
 STANDIN = Path(__file__).parent / "standin"
 
@@ -112,9 +113,7 @@ def test_a_failure_after_an_xid_is_the_hosts_and_without_one_the_jobs(tmp_path):
 def test_an_xid_on_one_rank_of_a_ddp_job_reaches_its_epoch_record(tmp_path):
     """Two ranks (gloo), each with its own sampler: rank 1's GPU reports XID 79, and rank 0's
     epoch record names it (the epoch's XIDs are gathered only when some rank saw one)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2",
            "--master-addr=127.0.0.1", f"--master-port={port}", "-m", "jobs.train",
