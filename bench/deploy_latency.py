@@ -49,6 +49,9 @@ from typing import Any
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.results_file import out_file
 from harness import stats
 from jobs import data
 from jobs.data import normalise
@@ -70,7 +73,13 @@ def train(model: str, folder: Path, steps: int, data_dir: str, lr: float) -> Pat
         "--lr", str(lr), "--set", "schedule=cosine", "--set", "augment=false",
         "--telemetry-interval", "0", "--out", str(folder),
     ]  # fmt: skip
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    root = str(Path(__file__).resolve().parents[1])  # the job's modules, from any folder
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, "PYTHONPATH": path})  # fmt: skip
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        sys.exit(f"deploy_latency: training {model} failed: {last}")
     return folder
 
 
@@ -204,7 +213,7 @@ def main() -> int:
         "many cores beyond those the bench leaves free is flagged busy",
     )
     parser.add_argument("--strict", action="store_true", help="exit 1 when anything is flagged")
-    parser.add_argument("--out", type=Path, help="the full result as JSON")
+    parser.add_argument("--out", type=out_file, help="the full result as JSON")
     parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES))
     parser.add_argument("--data-dir", default=FASHION, help="Fashion-MNIST IDX files")
     parser.add_argument("--models", nargs=2, default=VARIANTS, metavar=("BOTTLENECK", "BASIC"))

@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import yaml
 from sqlalchemy import func, insert, select, text
 
+from bench.results_file import Result, out_file
 from harness import config as cluster_config
 from harness.cli import main as cli
 from harness.planner import plan
@@ -72,8 +73,17 @@ def timed(fn: Callable[[], object], repeats: int) -> tuple[float, float, float, 
     return statistics.median(times), min(times), max(times), value
 
 
-def line(what: str, seconds: tuple, target: float, detail: str = "") -> None:
+FIGURES: dict[str, dict[str, dict]] = {}  # per store kind, per figure: what --out keeps
+KIND = ["plan"]  # the store kind being measured
+
+
+def line(what: str, seconds: tuple, target: float, detail: str = "", key: str = "") -> None:
     median, low, high = seconds[:3]
+    if key:
+        FIGURES.setdefault(KIND[0], {})[key] = {
+            "what": what, "median": median, "low": low, "high": high, "target": target,
+            "detail": detail,
+        }  # fmt: skip
     verdict = "ok" if median < target else "MISSED"
     print(f"  {what:<34} {median:7.3f} s ({low:.3f}-{high:.3f})  target < {target:g} s  "
           f"{verdict}{'  ' + detail if detail else ''}", flush=True)  # fmt: skip
@@ -109,7 +119,8 @@ def bench_plan(folder: Path, n_jobs: int, repeats: int) -> None:
     seeds = math.ceil(n_jobs / (len(MODELS) * len(GPU_TYPES) * JOBS_PER_TRAIN))
     path = scale_config(folder, seeds)
     result = timed(lambda: plan(cluster_config.load(path)), repeats)
-    line(f"plan {len(result[3]):,} jobs", result, 1.0)
+    line(f"plan {len(result[3]):,} jobs", result, 1.0, key="plan")
+    FIGURES["plan"]["plan"]["jobs"] = len(result[3])
 
 
 # -- a filled store -------------------------------------------------------------------------
@@ -271,10 +282,14 @@ def bench_status(store: Store, n_jobs: int, repeats: int, folder: Path) -> None:
         raise SystemExit(f"status collected {stored:,} epoch rows, not {expected:,}")
     per = len(calls) / (2 * repeats + 2)
     line(f"status {n_jobs:,} jobs, first time", first, 2.0,
-         f"{per:g} sacct call(s) each; {n_jobs:,} outboxes collected")  # fmt: skip
+         f"{per:g} sacct call(s) each; {n_jobs:,} outboxes collected", "status_first")  # fmt: skip
     again_s = (statistics.median(again), min(again), max(again))
-    line(f"status {n_jobs:,} jobs, again", again_s, 2.0,
-         f"{len(running):,} running jobs' outboxes grew and were collected")  # fmt: skip
+    grew = f"{len(running):,} running jobs' outboxes grew and were collected"
+    line(f"status {n_jobs:,} jobs, again", again_s, 2.0, grew, "status_again")
+    FIGURES[KIND[0]]["status_again"]["running"] = len(running)
+    FIGURES[KIND[0]]["status_first"]["records"] = (
+        n_jobs * (EPOCHS_WRITTEN + 1) + n_jobs - len(running)
+    )
 
 
 EPOCHS_WRITTEN = 3
@@ -306,6 +321,8 @@ def bench_growth(url: str, n_epochs: int) -> None:
     year_epochs = 365 * 1000 * 250
     year_samples = year_epochs * 30
     gb = 1e9
+    FIGURES[KIND[0]]["bytes"] = {"epoch_row": per_epoch, "sample": per_sample,
+                                 "summary": per_summary}  # fmt: skip
     print(f"  bytes per epoch row {per_epoch:,.0f}, per telemetry sample {per_sample:,.0f}, "
           f"per job summary {per_summary:,.0f}")  # fmt: skip
     print(f"  a year of daily 1,000-job sweeps (250 epochs of 30 s, 1 sample/s): epochs "
@@ -334,21 +351,23 @@ def bench_store(
     kind: str, make_url: Callable[[str], str], args: argparse.Namespace, folder: Path
 ) -> None:
     print(f"{kind}:", flush=True)
+    KIND[0] = kind
     store = Store(make_url("table"))
     rebuild = fill(store, args.table_jobs, args.epochs)
     result = timed(lambda: quiet("table", "scale", "--store", store.url), args.repeats)
     rows = args.table_jobs * args.epochs
     detail = f"({rows:,} epoch rows; summaries rebuilt in {rebuild:.1f} s)"
-    line(f"table {args.table_jobs:,} x {args.epochs} epochs", result, 2.0, detail)
+    line(f"table {args.table_jobs:,} x {args.epochs} epochs", result, 2.0, detail, "table")
+    FIGURES[kind]["rebuild"] = {"seconds": rebuild, "jobs": args.table_jobs}
     result = timed(lambda: quiet("status", "scale", "--store", store.url), args.repeats)
-    line(f"status of those {args.table_jobs:,}, ended", result, 2.0)
+    line(f"status of those {args.table_jobs:,}, ended", result, 2.0, key="status_ended")
     bench_status(store, args.status_jobs, args.repeats, folder)
     store = Store(make_url("report"))
     fill(store, args.report_jobs, args.epochs)
     with tempfile.TemporaryDirectory() as out:
         result = timed(lambda: quiet("report", "scale", "--store", store.url, "--out", out),
                        args.repeats)  # fmt: skip
-    line(f"report {args.report_jobs:,} x {args.epochs} epochs", result, 10.0)
+    line(f"report {args.report_jobs:,} x {args.epochs} epochs", result, 10.0, key="report")
     bench_growth(make_url("growth"), args.epochs)
 
 
@@ -361,7 +380,11 @@ def main() -> None:
     parser.add_argument("--status-jobs", type=int, default=10_000)
     parser.add_argument("--epochs", type=int, default=250)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=out_file, help="also write the figures as JSON here")
     args = parser.parse_args()
+    result = Result("harness_scale")
+    sizes = ("repeats", "epochs", "table_jobs", "report_jobs", "status_jobs")
+    result.conditions.update({key: getattr(args, key) for key in sizes})
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         bench_plan(folder, args.plan_jobs, args.repeats)
@@ -387,6 +410,8 @@ def main() -> None:
                 conn.execute(text(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
     else:
         print("PostgreSQL: skipped (give --postgres URL or set RESNEST_BENCH_TEST_PG)")
+    result.figures = FIGURES
+    result.write(args.out)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.results_file import Result, out_file, spread  # noqa: E402
 from records.outbox import read_outbox  # noqa: E402
 from records.store import Store  # noqa: E402
 
@@ -104,16 +105,18 @@ def one_job(folder: Path, name: str, nodes: int, env: dict[str, str]) -> dict[st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=out_file, help="also write the figures as JSON here")
     args = parser.parse_args()
     env = environment()
     nodes_up = subprocess.run(["sinfo", "-h", "-N", "-o", "%n"], env=env, capture_output=True,
                               text=True)  # fmt: skip
     if nodes_up.returncode != 0 or len(set(nodes_up.stdout.split())) < 2:
         sys.exit("multinode_overhead: no two-node SLURM: run scripts/slurm-local.sh up --nodes 2")
+    result = Result("multinode_overhead")
     figures: dict[int, list[dict[str, float]]] = {1: [], 2: []}
     with tempfile.TemporaryDirectory(prefix="resnest-bench-multinode-") as tmp:
         for i in range(args.repeats):
-            for nodes in (1, 2):
+            for nodes in (1, 2):  # interleaved: one of each a round
                 folder = Path(tmp) / f"n{nodes}-{i}"
                 folder.mkdir()
                 figures[nodes].append(one_job(folder, f"overhead-{nodes}n-{i}", nodes, env))
@@ -122,15 +125,19 @@ def main() -> None:
     print(f"\nmedian (min-max) over {args.repeats} jobs each, seconds")
     print(f"{'':10}" + "".join(f"{k:>22}" for k in figures[1][0]))
     for nodes, runs in figures.items():
-        cells = []
+        cells, kept = [], {}
         for key in runs[0]:
             values = [r[key] for r in runs]
             if all(v != v for v in values):  # NaN: not measured
                 cells.append(f"{'-':>22}")
                 continue
+            kept[key] = spread(values)
             cells.append(f"{statistics.median(values):>8.2f} ({min(values):.2f}-{max(values):.2f})"
                          .rjust(22))  # fmt: skip
         print(f"{nodes} node(s) " + "".join(cells))
+        result.figures[str(nodes)] = kept
+    result.conditions["repeats"] = args.repeats
+    result.write(args.out)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ reports the median block time of each with its range, the paired difference in p
 the hooks' own cost per step measured alone (a million calls), as a share of a step.
 
     python bench/profile_overhead.py [--model resnest_tiny_basic] [--batch 32] [--steps 20]
-        [--pairs 9] [--device auto]
+        [--pairs 9] [--device auto] [--out RESULT.json]
 """
 
 from __future__ import annotations
@@ -27,11 +27,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from telemetry_overhead import block_parser, training_parts
 
+from bench.results_file import Result, out_file, spread
+from harness import stats
 from jobs.profiling import StepProfiler, nvtx
 
 
 def main() -> None:
-    args = block_parser(__doc__.splitlines()[0], "resnest_tiny_basic", 32).parse_args()
+    parser = block_parser(__doc__.splitlines()[0], "resnest_tiny_basic", 32)
+    parser.add_argument("--out", type=out_file, help="also write the figures as JSON here")
+    args = parser.parse_args()
+    result = Result("profile_overhead")
     device, model, optimizer, images, labels = training_parts(args)
     folder = Path(tempfile.mkdtemp())
     off = StepProfiler("", folder, device, True, lambda artifact: None)
@@ -89,6 +94,20 @@ def main() -> None:
           f"(range {paired[0]:+.2f}% .. {paired[-1]:+.2f}%)")  # fmt: skip
     print(f"the hooks alone: {1e6 * per_step:.2f} us per step = "
           f"{100 * per_step / step:.4f}% of a {1e3 * step:.1f} ms step")  # fmt: skip
+    low, high = stats.interval(paired)
+    if low is not None and high is not None:
+        print(f"paired difference, 95% interval (bootstrap over the pairs): {low:+.2f}% .. "
+              f"{high:+.2f}%")  # fmt: skip
+    result.conditions.update(device=f"{device} ({name})", model=args.model, batch=args.batch,
+                             steps=args.steps, pairs=args.pairs,
+                             threads=torch.get_num_threads())  # fmt: skip
+    result.figures = {
+        "without_s": spread(without), "with_s": spread(with_hooks),
+        "paired_pct": {**spread(paired), "ci95_low": low, "ci95_high": high},
+        "hooks_us_per_step": 1e6 * per_step, "step_ms": 1e3 * step,
+        "hooks_pct_of_step": 100 * per_step / step,
+    }  # fmt: skip
+    result.write(args.out)
 
 
 if __name__ == "__main__":

@@ -20,78 +20,19 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.readme_blocks import RENDERERS  # noqa: E402
+
 BLOCK = re.compile(r"(<!-- render: ([\w-]+) -->[ \t]*\r?\n)(.*?)(<!-- /render -->)", re.DOTALL)
 OPENING = re.compile(r"<!-- render:")
 
 
 class RenderError(Exception):
     pass
-
-
-def _interval(low: float | None, high: float | None, digits: int = 2) -> str:
-    if low is None or high is None:
-        return "(no interval)"
-    return f"[{low:.{digits}f}-{high:.{digits}f}]"
-
-
-def _ratio(row: dict[str, Any], key: str) -> str:
-    if key not in row:
-        return "-"
-    said = _interval(row[f"{key}_ci95_low"], row[f"{key}_ci95_high"])
-    if row[f"{key}_verdict"] == "same":
-        return f"same {said}"
-    return f"{row[key]:.2f}x {said}"
-
-
-def deploy_latency(result: dict[str, Any]) -> str:
-    """The deployment comparison: the conditions, the table, and each comparison the README
-    draws a conclusion from, with the interval it rests on."""
-    c = result["conditions"]
-    flags = "; ".join(result["flags"]) or "none"
-    load = f"{c['load_before'][0]:.2f} before, {c['load_after'][0]:.2f} after"
-    rounds = max((r["round"] for r in result["rounds"]), default=0)
-    lines = [
-        f"Measured {c['when'][:10]} on {c['cpu_model']} ({', '.join(c['cpu_flags'])}), "
-        f"{c['cores']} cores, {c['threads']} threads, {rounds} interleaved rounds; torch "
-        f"{c['torch']}, ONNX Runtime {c['onnxruntime']}; load average {load}; flags: {flags}.",
-        "",
-        "| model | runtime | ms @1 [95%] | vs eager [95%] | vs ONNX Runtime [95%] "
-        "| vs torch 1.10 eager [95%] | acc % | agreement % | max logit diff | MB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for row in result["rows"]:
-        latency = _interval(row["latency_ci95_low_ms"], row["latency_ci95_high_ms"])
-        lines.append(
-            f"| {row['model']} | {row['runtime']} | {row['latency_p50_ms']:.2f} {latency} "
-            f"| {_ratio(row, 'vs_eager')} | {_ratio(row, 'vs_onnxruntime')} "
-            f"| {_ratio(row, 'vs_eager_torch1_10')} "
-            f"| {row['accuracy_pct']:.2f} | {row['agreement_pct']:.2f} "
-            f"| {row['max_logit_diff']:.1e} | {row['size_mb']:.2f} |"
-        )
-    for gone in result.get("unavailable", []):
-        lines.append(f"| {gone['model']} | {gone['runtime']} | unavailable: {gone['why']} "
-                     "| | | | | | | |")  # fmt: skip
-    lines.append("")
-    against = (("vs_eager", "eager"), ("vs_eager_torch1_10", "eager in torch 1.10.2"))
-    for row in result["rows"]:
-        for key, what in against:
-            if key not in row or (key == "vs_eager_torch1_10" and row["runtime"] != "caffe2"):
-                continue
-            verdict = row[f"{key}_verdict"]
-            ratio = _interval(row[f"{key}_ci95_low"], row[f"{key}_ci95_high"])
-            said = "the same speed as" if verdict == "same" else f"{verdict} than"
-            caveat = " (in a flagged run: see its flags)" if result["flags"] else ""
-            lines.append(f"- {row['model']}: {row['runtime']} is {said} {what} "
-                         f"({row[key]:.2f}x, 95% interval {ratio}){caveat}.")  # fmt: skip
-    return "\n".join(lines) + "\n"
-
-
-RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {"deploy_latency": deploy_latency}
 
 
 def render(text: str, results: Path) -> tuple[str, list[str]]:

@@ -19,11 +19,13 @@ sbatch calls), the time until `squeue -r` lists all its jobs (array tasks expand
 wall time of `resnest-bench status` over the whole sweep then (one sacct call; Python
 start-up included). The jobs are cancelled afterwards; nothing is left in the queue.
 
-Then the lab sweep again, ``--repeats`` times, under ``launcher.slurm.max_queued: 1000`` (as
+Then the lab sweep again under ``launcher.slurm.max_queued: 1000`` (as
 a site's QOS of 1,000 queued jobs per user would have it): the time until its first 1,000
-jobs are queued (the rest wait in the store).
+jobs are queued (the rest wait in the store). All four are measured once a round, for
+``--repeats`` rounds; each figure is the median over the rounds with its range.
 
     python bench/slurm_submit.py [--seeds 50] [--lab-seeds 250] [--repeats 3] [--keep]
+        [--out RESULT.json]
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shutil
-import statistics
 import subprocess
 import sys
 import sysconfig
@@ -40,6 +41,10 @@ import time
 from pathlib import Path
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.results_file import Result, out_file, spread
 
 EXE = Path(sysconfig.get_path("scripts")) / "resnest-bench"
 
@@ -160,42 +165,50 @@ def main() -> None:
                         help="seeds per model and GPU type of the lab sweep")  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep the results folder")
     parser.add_argument("--repeats", type=int, default=3,
-                        help="runs of the lab sweep under a limit (default: 3)")  # fmt: skip
+                        help="rounds: every sweep once a round (default: 3)")  # fmt: skip
+    parser.add_argument("--out", type=out_file, help="also write the figures as JSON here")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, not {args.repeats}")
     if shutil.which("sbatch") is None:
         sys.exit("no SLURM here: run scripts/slurm-local.sh up")
+    result = Result("slurm_submit")
     folder = Path(tempfile.mkdtemp(prefix="slurm-bench-"))
+    runs: dict[str, list[dict]] = {"arrays": [], "pipeline": [], "lab": [], "limited": []}
     with node_held():
-        rows = [
-            ("arrays", measure(folder, "bench-arrays", args.seeds, STAGES["arrays"])),
-            ("pipeline", measure(folder, "bench-pipeline", args.seeds // 2, STAGES["pipeline"])),
-            ("lab", measure(folder, "bench-lab", args.lab_seeds, STAGES["lab"])),
-        ]
-        # The lab sweep under a limit of 1,000 queued jobs: its first 1,000 go out, the rest
-        # wait in the store. Repeated, with its spread.
-        limited = [
-            measure(folder, f"bench-lab{i}", args.lab_seeds, STAGES["lab"], LIMIT)
-            for i in range(args.repeats)
-        ]
-    print(f"{'sweep':<10} {'jobs':>5} {'sbatch calls':>12} {'submit (s)':>11} "
-          f"{'all queued (s)':>15} {'status (s)':>11}  target")  # fmt: skip
-    for label, r in rows:
-        # The lab sweep's target: every job queued within 5 s, with a handful of sbatch calls
-        verdict = f"< {LAB_TARGET_S:g} s " + ("ok" if r["queued_s"] < LAB_TARGET_S else "MISSED")
-        print(
-            f"{label:<10} {r['jobs']:>5} {r['sbatch']:>12} {r['submit_s']:>11.2f} "
-            f"{r['queued_s']:>15.2f} {r['status_s']:>11.2f}  {verdict if label == 'lab' else ''}"
-        )
-    times = sorted(r["queued_s"] for r in limited)
-    median = statistics.median(times)
-    submit_s = statistics.median(r["submit_s"] for r in limited)
+        for i in range(args.repeats):  # interleaved: each sweep once a round
+            runs["arrays"].append(measure(folder, f"bench-arrays{i}", args.seeds,
+                                          STAGES["arrays"]))  # fmt: skip
+            runs["pipeline"].append(measure(folder, f"bench-pipeline{i}", args.seeds // 2,
+                                            STAGES["pipeline"]))  # fmt: skip
+            runs["lab"].append(measure(folder, f"bench-lab{i}", args.lab_seeds, STAGES["lab"]))
+            # The lab sweep under a limit of 1,000 queued jobs: its first 1,000 go out, the
+            # rest wait in the store.
+            runs["limited"].append(measure(folder, f"bench-limited{i}", args.lab_seeds,
+                                           STAGES["lab"], LIMIT))  # fmt: skip
+            print(f"round {i + 1} of {args.repeats} done", flush=True)
+    print(f"{'sweep':<10} {'jobs':>5} {'sbatch calls':>12} {'submit (s)':>17} "
+          f"{'all queued (s)':>17} {'status (s)':>17}  target")  # fmt: skip
+    for label, done in runs.items():
+        figures = {key: spread([r[key] for r in done]) for key in ("submit_s", "queued_s",
+                                                                   "status_s")}  # fmt: skip
+        result.figures[label] = {"jobs": done[0]["jobs"], "sbatch": done[0]["sbatch"],
+                                 "queued": min(done[0]["jobs"], LIMIT if label == "limited"
+                                               else done[0]["jobs"]), **figures}  # fmt: skip
+        # The lab sweep's target: every job (or, under the limit, the first 1,000) queued
+        # within 5 s, with a handful of sbatch calls
+        queued_s = figures["queued_s"]["median"]
+        verdict = f"< {LAB_TARGET_S:g} s " + ("ok" if queued_s < LAB_TARGET_S else "MISSED")
+        cells = " ".join(f"{figures[k]['median']:>5.2f} ({figures[k]['low']:.2f}-"
+                         f"{figures[k]['high']:.2f})" for k in figures)  # fmt: skip
+        print(f"{label:<10} {done[0]['jobs']:>5} {done[0]['sbatch']:>12} {cells}  "
+              f"{verdict if label in ('lab', 'limited') else ''}")  # fmt: skip
     print(
-        f"lab sweep ({limited[0]['jobs']:,} jobs) under a limit of {LIMIT:,} queued jobs: its "
-        f"first {LIMIT:,} queued in {median:.2f} s (median of {len(times)}; "
-        f"{times[0]:.2f}-{times[-1]:.2f}; submit {submit_s:.2f} s, "
-        f"{limited[0]['sbatch']} sbatch calls)  target < {LAB_TARGET_S:g} s "
-        + ("ok" if median < LAB_TARGET_S else "MISSED")
+        f"limited: the lab sweep under a limit of {LIMIT:,} queued jobs per user; its "
+        f"'all queued' is its first {LIMIT - 1:,} (the job holding the node counts as one)"
     )
+    result.conditions.update(repeats=args.repeats, limit=LIMIT, target_s=LAB_TARGET_S)
+    result.write(args.out)
     if not args.keep:
         shutil.rmtree(folder, ignore_errors=True)
     else:

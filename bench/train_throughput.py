@@ -26,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
+from bench.results_file import Result, out_file
+from harness import stats
 from jobs import distributed
 from jobs.device import resolve
 from jobs.reporter import NullReporter
@@ -110,9 +112,11 @@ def measure(model: str, overrides: dict, args: argparse.Namespace) -> dict:
     }
 
 
-def format_verdicts(rows: list[dict]) -> list[str]:
-    """Per model and precision, the faster memory format of the fast path and by how much."""
-    lines = []
+def format_verdicts(rows: list[dict]) -> list[dict]:
+    """Per model and precision, NHWC against NCHW on the fast path: the median of the rounds'
+    paired ratios of images/s with its 95% bootstrap interval, and the faster one, or "same"
+    where the interval holds 1 (with fewer than five rounds, no interval: by the median)."""
+    verdicts = []
     fast = [r for r in rows if r["configuration"].startswith("fast")]
     for model in dict.fromkeys(r["model"] for r in fast):
         for bf16 in (False, True):
@@ -121,14 +125,27 @@ def format_verdicts(rows: list[dict]) -> list[str]:
             }
             if len(pair) < 2:
                 continue
-            a, b = pair["channels_last"], pair["contiguous"]
-            win, lose = (a, b) if a["images_per_sec"] > b["images_per_sec"] else (b, a)
-            lines.append(
-                f"{model} {'bf16' if bf16 else 'fp32'}: {FORMAT_LABEL[win['memory_format']]} "
-                f"wins, {win['images_per_sec'] / lose['images_per_sec']:.2f}x the images/s of "
-                f"{FORMAT_LABEL[lose['memory_format']]}"
-            )
-    return lines
+            nhwc, nchw = pair["channels_last"], pair["contiguous"]
+            pairs = zip(nhwc["images_per_sec_rounds"], nchw["images_per_sec_rounds"], strict=True)
+            ratios = [a / b for a, b in pairs]
+            ratio = statistics.median(ratios)
+            # an interval from fewer rounds than five says nothing: none then
+            low, high = stats.interval(ratios) if len(ratios) >= 5 else (None, None)
+            if low is not None and high is not None and low <= 1 <= high:
+                said = "same"
+            else:
+                said = "NHWC" if ratio > 1 else "NCHW"
+            interval = f" [95%: {low:.2f}-{high:.2f}]" if low is not None else ""
+            verdicts.append({
+                "model": model, "precision": "bf16" if bf16 else "fp32", "winner": said,
+                "nhwc_over_nchw": ratio, "ci95_low": low, "ci95_high": high,
+                "nhwc_images_per_sec": nhwc["images_per_sec"],
+                "nchw_images_per_sec": nchw["images_per_sec"], "rounds": len(ratios),
+                "line": f"{model} {'bf16' if bf16 else 'fp32'}: "
+                        + ("NHWC and NCHW the same" if said == "same" else f"{said} wins")
+                        + f", NHWC at {ratio:.2f}x the images/s of NCHW{interval}",
+            })  # fmt: skip
+    return verdicts
 
 
 def _cycle(loader):
@@ -181,8 +198,15 @@ def main() -> None:
         default="default",
         help="torch.compile mode (default, reduce-overhead, ...)",
     )
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="rounds of every configuration, interleaved (default 1)")  # fmt: skip
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--out", type=out_file,
+                        help="write the rows, verdicts and conditions as JSON here")  # fmt: skip
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, not {args.rounds}")
+    result = Result("train_throughput")
 
     device = resolve(args.device)
     cuda = device.type == "cuda"
@@ -202,29 +226,45 @@ def main() -> None:
     )
     print(header)
     print("-" * len(header))
+    configs = {k: v for k, v in configurations(args, device).items()
+               if k.split()[0] in args.pipelines}  # fmt: skip
+    measured: dict[tuple[str, str], list[dict]] = {}
+    for round_ in range(args.rounds):
+        # every configuration once a round, in a rotating order: drift falls on all alike
+        names = list(configs)
+        names = names[round_ % len(names) :] + names[: round_ % len(names)]
+        for model in args.models:
+            for pipeline in names:
+                r = measure(model, configs[pipeline], args)
+                measured.setdefault((model, pipeline), []).append(r)
+                flag = " !" if r["cv"] > 0.05 else ""
+                print(
+                    f"{model:<24}{pipeline:<19}{configs[pipeline]['batch_size']:>6}"
+                    f"{r['images_per_sec']:>10,.0f}{r['step_ms']:>10.1f}{100 * r['cv']:>6.1f}%"
+                    f"{r['epoch_s']:>9.1f}{r['peak_mem_gb']:>9.2f}{flag}"
+                    + (f"  (round {round_ + 1})" if args.rounds > 1 else ""),
+                    flush=True,
+                )
     rows = []
-    for model in args.models:
-        for pipeline, overrides in configurations(args, device).items():
-            if pipeline.split()[0] not in args.pipelines:
-                continue
-            r = measure(model, overrides, args)
-            row = {"model": model, "configuration": pipeline, **overrides, **r, "device": name}
-            rows.append(row)
-            flag = " !" if r["cv"] > 0.05 else ""
-            print(
-                f"{model:<24}{pipeline:<19}{overrides['batch_size']:>6}"
-                f"{r['images_per_sec']:>10,.0f}{r['step_ms']:>10.1f}{100 * r['cv']:>6.1f}%"
-                f"{r['epoch_s']:>9.1f}{r['peak_mem_gb']:>9.2f}{flag}",
-                flush=True,
-            )
+    for (model, pipeline), runs in measured.items():
+        rate = [r["images_per_sec"] for r in runs]
+        median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        rows.append({"model": model, "configuration": pipeline, **configs[pipeline], **median,
+                     "images_per_sec_rounds": rate, "device": name})  # fmt: skip
     print(
         "epoch s: projected time of one CIFAR-10 epoch (50,000 images); "
         "CV across blocks, ! marks CV above 5%"
+        + (f"; figures below are medians over {args.rounds} rounds" if args.rounds > 1 else "")
     )
-    for line in format_verdicts(rows):
-        print(line)
+    verdicts = format_verdicts(rows)
+    for verdict in verdicts:
+        print(verdict["line"])
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
+    result.conditions.update(device=name, rounds=args.rounds, blocks=args.blocks,
+                             steps=args.steps, warmup=args.warmup)  # fmt: skip
+    result.figures = {"rows": rows, "verdicts": verdicts}
+    result.write(args.out)
 
 
 if __name__ == "__main__":

@@ -113,7 +113,7 @@ def test_a_changed_result_or_a_hand_edited_figure_fails_the_check(site):
     [
         ("missing", "README block 'deploy_latency': no results file "),
         ("damaged", "README block 'deploy_latency': "),
-        ("unknown", "README block 'nothing_such': no renderer (known: deploy_latency)"),
+        ("unknown", "README block 'nothing_such': no renderer (known: deploy_latency, "),
         ("unclosed", "README block 'deploy_latency' has no <!-- /render --> of its own"),
         ("glued", "a <!-- render: NAME --> marker is not followed by a line break"),
     ],
