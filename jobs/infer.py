@@ -2,7 +2,8 @@
 
 Runtimes: PyTorch eager, ``torch.compile``, the AOTInductor package, ONNX Runtime (CPU
 execution provider; CUDA and TensorRT providers when present), ONNX Runtime with static INT8
-quantization (QDQ, per-channel weights, calibrated on training images), and Caffe2 through
+quantization (``jobs.runtimes.INT8_SCHEMES``: by default the convolutions, QDQ, per-channel
+weights, ranges from training images), and Caffe2 through
 its ONNX backend on the export's opset-11 file, in an interpreter of its own
 (``jobs.caffe2_runtime``: current PyTorch no longer ships Caffe2). A runtime that cannot run
 here is reported as unavailable with the reason (and how to get it), as a row, never skipped
