@@ -5,10 +5,13 @@ threads fixed, timed in interleaved rounds.
 Weights: each variant trained on Fashion-MNIST (Debian's dataset-fashion-mnist) for
 ``--train-steps`` steps here (``--lr``, cosine), or taken from training job folders
 (``--weights-bottleneck DIR --weights-basic DIR``). Then for each variant: ONNX export (opset
-18; opset 11 for Caffe2), static INT8 quantization (QDQ, per-channel, calibrated on 256
-training images), and in each runtime the accuracy over the whole test set (with
-``--eval-threads``, untimed), top-1 agreement with eager, the largest logit difference from
-eager and the size on disk. Caffe2 runs in its own interpreter (``scripts/caffe2-env.sh up``;
+18; opset 11 for Caffe2), static INT8 quantization by each scheme asked for
+(``jobs.runtimes.INT8_SCHEMES``: ``onnxruntime-int8`` and the others beside it, calibrated on
+256 training images), and in each runtime the accuracy over the whole test set (with
+``--eval-threads``, untimed), top-1 agreement with eager (and, for an INT8 scheme, with fp32
+ONNX Runtime), the largest logit difference from eager and the size on disk; for an INT8
+scheme also the ops of the graph ONNX Runtime runs after its optimizations (what stays in
+float). Caffe2 runs in its own interpreter (``scripts/caffe2-env.sh up``;
 ``--caffe2-python``), timed inside it, and so does ``eager-torch1.10``: the same state dict in
 that interpreter's PyTorch, the study's question (Caffe2 against the PyTorch of its release)
 asked as it was; without the interpreter their rows say why.
@@ -27,7 +30,7 @@ busy. A round in which it used more than the cores the bench leaves free (plus
 flagged in the output and the result (``--out FILE``, JSON); ``--strict`` makes a flag exit 1.
 
     python bench/deploy_latency.py [--threads 2] [--rounds 5] [--iters 40] [--out FILE]
-        [--strict] [--train-steps 200] [--weights-bottleneck DIR --weights-basic DIR]
+        [--strict] [--train-steps 938] [--weights-bottleneck DIR --weights-basic DIR]
         [--runtimes eager onnxruntime ...] [--data-dir DIR] [--caffe2-python PATH]
 """
 
@@ -36,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -58,15 +62,16 @@ from jobs.data import normalise
 from jobs.export import export_all, load_trained
 from jobs.infer import logits_of, time_batches
 from jobs.provenance import cpu_model
-from jobs.runtimes import Runtime, Setting, Unavailable, create
+from jobs.runtimes import INT8_SCHEMES, OnnxRuntimeInt8, Runtime, Setting, Unavailable, create
 
 VARIANTS = ("resnest50_bottleneck", "resnest50_basic")
 FASHION = "/usr/share/datasets/fashion-mnist"
 
 
 def train(model: str, folder: Path, steps: int, data_dir: str, lr: float) -> Path:
-    """A few hundred steps, enough for weights whose logits mean something: the study's
-    lr of 0.1 without its warm-up epochs diverges this early, so a lower lr, cosine."""
+    """Weights to judge the runtimes on, INT8 above all (whose accuracy loss says little on
+    a network that has barely learnt): by default one epoch at batch 64. The study's lr of
+    0.1 without its warm-up epochs diverges this early, so a lower lr, cosine."""
     cmd = [
         sys.executable, "-m", "jobs.train", "--model", model, "--dataset", "fashion-mnist",
         "--data-dir", data_dir, "--epochs", "1", "--max-steps", str(steps), "--batch-size", "64",
@@ -194,7 +199,8 @@ def timed_rounds(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--train-steps", type=int, default=200)
+    one_epoch = "steps at batch 64 (default 938: one epoch of Fashion-MNIST)"
+    parser.add_argument("--train-steps", type=int, default=938, help=one_epoch)
     parser.add_argument("--lr", type=float, default=0.02, help="for the training steps")
     parser.add_argument("--eval-threads", type=int, default=os.cpu_count())
     parser.add_argument("--iters", type=int, default=40, help="timed batches per round")
@@ -236,13 +242,15 @@ def main() -> int:
 def measure_all(args: argparse.Namespace, work: Path) -> int:
     """Train or load each variant, export it, measure every runtime; print, write ``--out``;
     the exit code (1: flagged under ``--strict``)."""
+    started = time.perf_counter()
     test = data.load("fashion-mnist", args.data_dir, train=False)
     train_set = data.load("fashion-mnist", args.data_dir, train=True)
     images = normalise(test.images, test).numpy()
     labels = test.labels.numpy()
     calibration = normalise(train_set.images[:256], train_set).numpy()
     result: dict[str, Any] = {"conditions": conditions(args.threads), "rows": [],
-                              "rounds": [], "flags": [], "unavailable": []}  # fmt: skip
+                              "rounds": [], "flags": [], "unavailable": [],
+                              "training": {}}  # fmt: skip
     said = result["conditions"]
     print(f"{said['cpu_model']} ({', '.join(said['cpu_flags'])}), {said['cores']} cores; "
           f"threads {args.threads} (accuracy passes: {args.eval_threads}); {args.rounds} "
@@ -253,10 +261,13 @@ def measure_all(args: argparse.Namespace, work: Path) -> int:
         began = time.perf_counter()
         if given:
             source = Path(given)
+            result["training"][variant] = {"weights": str(source)}
         else:
             source = train(variant, work / variant, args.train_steps, args.data_dir, args.lr)
-            print(f"{variant}: trained {args.train_steps} steps in "
-                  f"{time.perf_counter() - began:.0f} s", flush=True)  # fmt: skip
+            took = time.perf_counter() - began
+            print(f"{variant}: trained {args.train_steps} steps in {took:.0f} s", flush=True)
+            result["training"][variant] = {"steps": args.train_steps, "batch": 64,
+                                           "lr": args.lr, "seconds": round(took, 1)}  # fmt: skip
         model, state = load_trained(source)
         folder = work / f"{variant}-export"
         export_all(model, torch.from_numpy(images[:2]), folder, aoti=None)
@@ -294,6 +305,10 @@ def measure_all(args: argparse.Namespace, work: Path) -> int:
         result["flags"] += [f"{variant} round {r['round']}: busy, the rest of the machine used "
                             f"{r['others_cores']:.2f} cores" for r in log if r["busy"]]  # fmt: skip
     result["conditions"]["load_after"] = os.getloadavg()
+    result["conditions"]["duration_s"] = round(time.perf_counter() - started, 1)
+    result["conditions"]["command"] = "python " + shlex.join(
+        [os.path.relpath(sys.argv[0], Path(__file__).resolve().parents[1]), *sys.argv[1:]]
+    )
     print_table(result)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -303,13 +318,23 @@ def measure_all(args: argparse.Namespace, work: Path) -> int:
     return 1 if args.strict and result["flags"] else 0
 
 
-RUNTIMES = ("eager", "onnxruntime", "onnxruntime-int8", "caffe2", "eager-torch1.10")
+RUNTIMES = (
+    "eager",
+    "onnxruntime",
+    "onnxruntime-int8",
+    "caffe2",
+    "eager-torch1.10",
+    "onnxruntime-int8-all",
+    "onnxruntime-int8-nogemm",
+    "onnxruntime-int8-s8",
+)
 
 
 def accuracy_passes(variant, setting, args, images, labels, result) -> dict[str, dict[str, Any]]:
     """Each available runtime's accuracy over the test set (``--eval-threads``, untimed), its
     top-1 agreement with eager and largest logit difference, and its size on disk."""
     measured: dict[str, dict[str, Any]] = {}
+    predictions: dict[str, np.ndarray] = {}
     reference = None
     for name in args.runtimes:
         try:
@@ -320,16 +345,23 @@ def accuracy_passes(variant, setting, args, images, labels, result) -> dict[str,
             continue
         torch.set_num_threads(args.eval_threads)
         logits = logits_of(evaluated, images, 256)
+        graph = evaluated.graph_ops() if isinstance(evaluated, OnnxRuntimeInt8) else None
         evaluated.close()
         reference = logits if reference is None else reference
         predicted = logits.argmax(1)
+        predictions[name] = predicted
         measured[name] = {
             "accuracy_pct": 100 * float((predicted == labels).mean()),
             "agreement_pct": 100 * float((predicted == reference.argmax(1)).mean()),
             "max_logit_diff": float(np.abs(logits - reference).max()),
             "size_mb": info["bytes"] / 1e6,
             "versions": info.get("versions"),
+            **({"graph_ops": graph} if graph else {}),
         }
+    for name, row in measured.items():  # an INT8 scheme against the fp32 network it quantized
+        if name in INT8_SCHEMES and "onnxruntime" in predictions:
+            same = predictions[name] == predictions["onnxruntime"]
+            row["agreement_with_onnxruntime_pct"] = 100 * float(same.mean())
     return measured
 
 

@@ -29,6 +29,81 @@ def _ratio(row: dict[str, Any], key: str) -> str:
     return f"{row[key]:.2f}x {said}"
 
 
+# the deployment table's runtimes; the other INT8 schemes have a block of their own
+MAIN_RUNTIMES = ("eager", "onnxruntime", "onnxruntime-int8", "caffe2", "eager-torch1.10")
+INT8_TARGET = {"speedup": 2.0, "loss_pt": 0.3, "agreement_pct": 99.0}
+INT8_WHAT = {
+    "onnxruntime-int8": "convolutions; 99.99th-percentile ranges",
+    "onnxruntime-int8-all": "every op ORT can; min-max ranges",
+    "onnxruntime-int8-nogemm": "every op but the classifier's Gemm; 99.99th-percentile ranges",
+    "onnxruntime-int8-s8": "convolutions, s8 activations; 99.99th-percentile ranges",
+}
+
+
+def deploy_int8(result: dict[str, Any]) -> str:
+    """Each INT8 scheme against fp32 ONNX Runtime: speed with its interval, the accuracy lost,
+    top-1 agreement, what ONNX Runtime runs of the graph, and whether the target is met."""
+    c = result["conditions"]
+    rows = result["rows"]
+    fp32 = {r["model"]: r for r in rows if r["runtime"] == "onnxruntime"}
+    lines = [
+        f"Measured {c['when'][:10]} with the deployment table above (same run, same weights, "
+        f"{c['threads']} threads, batch 1). The target: at least {INT8_TARGET['speedup']:g}x "
+        f"fp32 ONNX Runtime, at most {INT8_TARGET['loss_pt']:g} points of accuracy lost and at "
+        f"least {INT8_TARGET['agreement_pct']:g}% top-1 agreement with it.",
+        "",
+        *_weights(result, fp32),
+        "",
+        "| model | scheme: what is quantized | ms @1 [95%] | vs fp32 ORT [95%] | acc % "
+        "(fp32 ORT) | lost pt | agreement % | QLinearConv / float Conv | Q+DQ | Transpose "
+        "| float ReduceSum+ReduceMean | target |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]  # fmt: skip
+    for row in rows:
+        if row["runtime"] not in INT8_WHAT or row["model"] not in fp32:
+            continue
+        base = fp32[row["model"]]
+        lost = base["accuracy_pct"] - row["accuracy_pct"]
+        agree = row.get("agreement_with_onnxruntime_pct", row["agreement_pct"])
+        ops = row.get("graph_ops", {})
+        speed_ok = row.get("vs_onnxruntime_ci95_low") or 0
+        misses = [what for what, bad in (
+            ("speed", speed_ok < INT8_TARGET["speedup"]),
+            ("accuracy", lost > INT8_TARGET["loss_pt"]),
+            ("agreement", agree < INT8_TARGET["agreement_pct"])) if bad]  # fmt: skip
+        latency = _interval(row["latency_ci95_low_ms"], row["latency_ci95_high_ms"])
+        lines.append(
+            f"| {row['model']} | `{row['runtime']}`: {INT8_WHAT[row['runtime']]} "
+            f"| {row['latency_p50_ms']:.2f} {latency} | {_ratio(row, 'vs_onnxruntime')} "
+            f"| {row['accuracy_pct']:.2f} ({base['accuracy_pct']:.2f}) | {lost:.2f} "
+            f"| {agree:.2f} | {ops.get('QLinearConv', 0)} / {ops.get('Conv', 0)} "
+            f"| {ops.get('QuantizeLinear', 0) + ops.get('DequantizeLinear', 0)} "
+            f"| {ops.get('Transpose', 0)} "
+            f"| {ops.get('ReduceSum', 0) + ops.get('ReduceMean', 0)} "
+            f"| {'met' if not misses else 'missed: ' + ', '.join(misses)} |"
+        )  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+WEIGHTS_TARGET_PCT = 85.0  # the accuracy the weights INT8 is judged on should reach
+
+
+def _weights(result: dict[str, Any], fp32: dict[str, dict[str, Any]]) -> list[str]:
+    """What the INT8 schemes were judged on: how each network was trained and what it
+    reached in fp32."""
+    said = []
+    for model, row in fp32.items():
+        how = result.get("training", {}).get(model, {})
+        trained = (f"{how['steps']} training steps here (batch {how['batch']}, lr {how['lr']:g}, "
+                   f"cosine; {how['seconds'] / 60:.1f} minutes)" if "steps" in how
+                   else f"the weights of {how.get('weights', 'a job folder')}")  # fmt: skip
+        reached = row["accuracy_pct"]
+        verdict = "reached" if reached >= WEIGHTS_TARGET_PCT else "not reached"
+        said.append(f"- {model}: {trained}, {reached:.2f}% in fp32 ONNX Runtime "
+                    f"({WEIGHTS_TARGET_PCT:g}% {verdict}).")  # fmt: skip
+    return said
+
+
 def deploy_latency(result: dict[str, Any]) -> str:
     """The deployment comparison: the conditions, the table, and each comparison the README
     draws a conclusion from, with the interval it rests on."""
@@ -39,13 +114,16 @@ def deploy_latency(result: dict[str, Any]) -> str:
     lines = [
         f"Measured {c['when'][:10]} on {c['cpu_model']} ({', '.join(c['cpu_flags'])}), "
         f"{c['cores']} cores, {c['threads']} threads, {rounds} interleaved rounds; torch "
-        f"{c['torch']}, ONNX Runtime {c['onnxruntime']}; load average {load}; flags: {flags}.",
+        f"{c['torch']}, ONNX Runtime {c['onnxruntime']}; load average {load}"
+        + (f"; `{c['command']}` ({c['duration_s'] / 60:.0f} minutes)" if "command" in c else "")
+        + f"; flags: {flags}.",
         "",
         "| model | runtime | ms @1 [95%] | vs eager [95%] | vs ONNX Runtime [95%] "
         "| vs torch 1.10 eager [95%] | acc % | agreement % | max logit diff | MB |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for row in result["rows"]:
+    rows = [row for row in result["rows"] if row["runtime"] in MAIN_RUNTIMES]
+    for row in rows:
         latency = _interval(row["latency_ci95_low_ms"], row["latency_ci95_high_ms"])
         lines.append(
             f"| {row['model']} | {row['runtime']} | {row['latency_p50_ms']:.2f} {latency} "
@@ -54,12 +132,12 @@ def deploy_latency(result: dict[str, Any]) -> str:
             f"| {row['accuracy_pct']:.2f} | {row['agreement_pct']:.2f} "
             f"| {row['max_logit_diff']:.1e} | {row['size_mb']:.2f} |"
         )
-    for gone in result.get("unavailable", []):
+    for gone in [g for g in result.get("unavailable", []) if g["runtime"] in MAIN_RUNTIMES]:
         lines.append(f"| {gone['model']} | {gone['runtime']} | unavailable: {gone['why']} "
                      "| | | | | | | |")  # fmt: skip
     lines.append("")
     against = (("vs_eager", "eager"), ("vs_eager_torch1_10", "eager in torch 1.10.2"))
-    for row in result["rows"]:
+    for row in rows:
         for key, what in against:
             if key not in row or (key == "vs_eager_torch1_10" and row["runtime"] != "caffe2"):
                 continue
@@ -220,6 +298,12 @@ def time_to_accuracy(result: dict[str, Any]) -> str:
             for s, f in zip(study["runs"], fast["runs"], strict=False)
             if isinstance(s[reach], (int, float)) and isinstance(f[reach], (int, float))
         ]
+        if not ratios and any(isinstance(f[reach], (int, float)) for f in fast["runs"]):
+            said.append(f"and reaches {reach[5:]} ({col(fast, reach)} s of training), which "
+                        f"the study does not in {len(study['runs'])} round(s)")  # fmt: skip
+        elif not ratios and any(isinstance(s[reach], (int, float)) for s in study["runs"]):
+            said.append(f"and does not reach {reach[5:]}, which the study does "
+                        f"({col(study, reach)} s of training)")  # fmt: skip
         if ratios:
             said.append(f"and the study takes {_median_range(ratios, 2)} times the fast "
                         f"recipe's training time to reach {reach[5:]} (round by round; "
@@ -347,8 +431,26 @@ def slurm_submit(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# -- refresh_readme --------------------------------------------------------------------------
+
+REFRESHED = ("quickstart_time", "profile_overhead", "train_throughput", "time_to_accuracy",
+             "harness_scale", "deploy_latency", "slurm_submit", "multinode_overhead")  # fmt: skip
+
+
+def refresh_readme(results: dict[str, dict[str, Any]]) -> str:
+    """How long ``bench/refresh_readme.sh`` takes: the stored results' own durations."""
+    took = {n: results[n]["conditions"].get("duration_s") for n in REFRESHED if n in results}
+    known = {n: s for n, s in took.items() if s is not None}
+    parts = ", ".join(f"{n} {s / 60:.1f}" for n, s in known.items())
+    return (f"The runs stored now took {sum(known.values()) / 60:.0f} minutes together "
+            f"({parts} minutes), on the machine each result names.\n")  # fmt: skip
+
+
+# a block rendered from another block's results file; "*": from every results file
+SOURCES = {"deploy_int8": "deploy_latency", "refresh_readme": "*"}
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "deploy_latency": deploy_latency,
+    "deploy_int8": deploy_int8,
     "harness_scale": harness_scale,
     "time_to_accuracy": time_to_accuracy,
     "profile_overhead": profile_overhead,
@@ -356,4 +458,5 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "train_throughput": train_throughput,
     "multinode_overhead": multinode_overhead,
     "slurm_submit": slurm_submit,
+    "refresh_readme": refresh_readme,
 }

@@ -18,8 +18,8 @@
 # multinode_overhead the two-node one (up --nodes 2). A bench whose cluster is not up is
 # skipped with a line saying so, and its block keeps its stored result and date.
 #
-# How long, on two cores: the full run about 70 minutes (deploy_latency 10, time_to_accuracy
-# 25, harness_scale 15, the SLURM benches 10); --quick about 5 minutes.
+# How long: the README says, from the durations the stored results record (its
+# refresh_readme block).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -89,11 +89,9 @@ for name in $only; do
             run harness_scale --plan-jobs 10000 --table-jobs 1000 --report-jobs 100 \
                 --status-jobs 1000 --repeats 1
         else run harness_scale --repeats 3; fi ;;
-    deploy_latency)
-        caffe2=()
-        [ -n "${RESNEST_BENCH_CAFFE2_PYTHON:-}" ] && caffe2=(--caffe2-python "$RESNEST_BENCH_CAFFE2_PYTHON")
-        if [ "$quick" = 1 ]; then run deploy_latency --threads 2 --train-steps 20 --iters 5 "${caffe2[@]}"
-        else run deploy_latency --threads 2 --train-steps 150 "${caffe2[@]}"; fi ;;
+    deploy_latency)  # Caffe2's interpreter: scripts/caffe2-env.sh's, where it made one
+        if [ "$quick" = 1 ]; then run deploy_latency --threads 2 --train-steps 20 --iters 5
+        else run deploy_latency --threads 2; fi ;;
     slurm_submit)
         if [ "$(slurm_nodes)" = 0 ]; then
             echo "== slurm_submit skipped: no single-node SLURM (scripts/slurm-local.sh up)"

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.readme_blocks import RENDERERS  # noqa: E402
+from bench.readme_blocks import RENDERERS, SOURCES  # noqa: E402
 
 BLOCK = re.compile(r"(<!-- render: ([\w-]+) -->[ \t]*\r?\n)(.*?)(<!-- /render -->)", re.DOTALL)
 OPENING = re.compile(r"<!-- render:")
@@ -51,9 +51,12 @@ def render(text: str, results: Path) -> tuple[str, list[str]]:
         name = match[2]
         if name not in RENDERERS:
             raise RenderError(f"README block {name!r}: no renderer (known: {', '.join(RENDERERS)})")
-        path = results / f"{name}.json"
+        path = results / f"{SOURCES.get(name, name)}.json"
         try:
-            stored = json.loads(path.read_text())
+            if path.stem == "*":  # every results file, by name
+                stored = {p.stem: json.loads(p.read_text()) for p in sorted(results.glob("*.json"))}
+            else:
+                stored = json.loads(path.read_text())
             body = RENDERERS[name](stored)
         except FileNotFoundError:
             raise RenderError(f"README block {name!r}: no results file {path}") from None
@@ -83,8 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.check:
         for name in changed:
-            print(f"render_readme: {args.readme}: block {name!r} differs from what "
-                  f"{args.results / (name + '.json')} renders", file=sys.stderr)  # fmt: skip
+            source = args.results / f"{SOURCES.get(name, name)}.json"
+            print(f"render_readme: {args.readme}: block {name!r} differs from what {source} "
+                  "renders", file=sys.stderr)  # fmt: skip
         return 1 if changed else 0
     if changed:
         args.readme.write_text(rendered)

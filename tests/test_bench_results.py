@@ -152,3 +152,45 @@ def test_a_quick_refresh_renders_a_copy_and_leaves_the_repository_alone(tmp_path
     assert f"quick look: {tmp_path}/README.md" in done.stdout
     assert (ROOT / "README.md").read_bytes() == readme
     assert {p.name: p.read_bytes() for p in (ROOT / "bench" / "results").glob("*.json")} == stored
+
+
+def int8_row(runtime: str, acc: float, ratio: tuple, agreement: float | None = None) -> dict:
+    row = {"model": "resnest50_basic", "runtime": runtime, "accuracy_pct": acc,
+           "agreement_pct": 100.0, "latency_p50_ms": 5.0 / ratio[0],
+           "latency_ci95_low_ms": 4.9 / ratio[0], "latency_ci95_high_ms": 5.1 / ratio[0],
+           "graph_ops": {"QLinearConv": 70, "Gemm": 1, "QuantizeLinear": 10,
+                         "DequantizeLinear": 12, "Transpose": 30, "ReduceSum": 16}}  # fmt: skip
+    if runtime != "onnxruntime":
+        row.update(vs_onnxruntime=ratio[0], vs_onnxruntime_ci95_low=ratio[1],
+                   vs_onnxruntime_ci95_high=ratio[2], vs_onnxruntime_verdict="faster",
+                   agreement_with_onnxruntime_pct=agreement)  # fmt: skip
+    return row
+
+
+def test_the_int8_block_judges_each_scheme_by_the_whole_target_and_names_the_weights():
+    result = {"conditions": {**CONDITIONS, "threads": 2},
+              "training": {"resnest50_basic": {"steps": 938, "batch": 64, "lr": 0.02,
+                                               "seconds": 600.0}},
+              "rows": [int8_row("onnxruntime", 86.00, (1.0, 1.0, 1.0)),
+                       int8_row("onnxruntime-int8", 85.80, (2.3, 2.1, 2.5), 99.2),
+                       int8_row("onnxruntime-int8-all", 85.90, (2.3, 1.9, 2.6), 99.5),
+                       int8_row("onnxruntime-int8-s8", 85.00, (0.8, 0.7, 0.9), 97.0),
+                       int8_row("eager", 86.00, (1.0, 1.0, 1.0))]}  # fmt: skip
+    text = RENDERERS["deploy_int8"](result)
+    assert (
+        "- resnest50_basic: 938 training steps here (batch 64, lr 0.02, cosine; 10.0 "
+        "minutes), 86.00% in fp32 ONNX Runtime (85% reached)." in text
+    )
+    lines = {line.split("`")[1]: line for line in text.splitlines() if line.startswith("| res")}
+    assert set(lines) == {"onnxruntime-int8", "onnxruntime-int8-all", "onnxruntime-int8-s8"}
+    assert lines["onnxruntime-int8"].endswith("| 0.20 | 99.20 | 70 / 0 | 22 | 30 | 16 | met |")
+    # a median of 2.3x whose interval reaches below 2x does not meet it
+    assert lines["onnxruntime-int8-all"].endswith("| missed: speed |")
+    assert lines["onnxruntime-int8-s8"].endswith("| missed: speed, accuracy, agreement |")
+    assert "| 2.17 [2.13-2.22] | 2.30x [2.10-2.50] | 85.80 (86.00) |" in lines["onnxruntime-int8"]
+    # the deployment table keeps to its runtimes: the other schemes are this block's
+    result["rows"] = [{**r, "max_logit_diff": 0.0, "size_mb": 1.0} for r in result["rows"]]
+    result.update(flags=[], rounds=[{"round": 5}])
+    result["conditions"].update(cpu_flags=["avx2"], onnxruntime="1.32.0", torch="2.14.1")
+    table = RENDERERS["deploy_latency"](result)
+    assert "| onnxruntime-int8 |" in table and "onnxruntime-int8-all" not in table

@@ -154,7 +154,21 @@ def test_a_marker_line_in_windows_line_ends_renders_and_a_flagged_run_says_so(si
     assert renders("--check", "--readme", str(readme), "--results", str(results)).returncode == 0
 
 
-def test_the_readme_matches_its_stored_results():
+def test_the_readme_matches_its_stored_results_and_renders_every_bench_it_quotes():
     result = renders("--check")
     assert result.returncode == 0, result.stderr
-    assert "<!-- render: deploy_latency -->" in (ROOT / "README.md").read_text()
+    text = (ROOT / "README.md").read_text()
+    names = {path.stem for path in (ROOT / "bench" / "results").glob("*.json")}
+    assert {
+        "deploy_latency",
+        "harness_scale",
+        "time_to_accuracy",
+        "multinode_overhead",
+        "slurm_submit",
+        "profile_overhead",
+        "train_throughput",
+        "quickstart_time",
+    } <= names
+    for name in names:  # every stored result is quoted, once
+        assert text.count(f"<!-- render: {name} -->") == 1, name
+    assert text.count("<!-- render: deploy_int8 -->") == 1  # from deploy_latency's result
