@@ -88,15 +88,36 @@ def deploy_int8(result: dict[str, Any]) -> str:
 WEIGHTS_TARGET_PCT = 85.0  # the accuracy the weights INT8 is judged on should reach
 
 
+def _trained(how: dict[str, Any]) -> str:
+    """How the bench trained a network, as its result records it (results from before
+    ``epochs`` was recorded trained one epoch, with no warm-up)."""
+    epochs = how.get("epochs", 1)
+    steps = (
+        f"{how['steps']} training steps"
+        if epochs == 1
+        else (f"{epochs} epochs of {how['steps']} training steps")
+    )
+    lr = f"lr {how['lr']:g}"
+    if how.get("warmup_steps"):
+        lr += f" after {how['warmup_steps']} warm-up steps"
+    momentum = ", Nesterov momentum" if how.get("nesterov") else ""
+    return (
+        f"{steps} here (batch {how['batch']}, {lr}{momentum}, cosine; "
+        f"{how['seconds'] / 60:.1f} minutes)"
+    )
+
+
 def _weights(result: dict[str, Any], fp32: dict[str, dict[str, Any]]) -> list[str]:
     """What the INT8 schemes were judged on: how each network was trained and what it
     reached in fp32."""
     said = []
     for model, row in fp32.items():
         how = result.get("training", {}).get(model, {})
-        trained = (f"{how['steps']} training steps here (batch {how['batch']}, lr {how['lr']:g}, "
-                   f"cosine; {how['seconds'] / 60:.1f} minutes)" if "steps" in how
-                   else f"the weights of {how.get('weights', 'a job folder')}")  # fmt: skip
+        trained = (
+            _trained(how)
+            if "steps" in how
+            else f"the weights of {how.get('weights', 'a job folder')}"
+        )
         reached = row["accuracy_pct"]
         verdict = "reached" if reached >= WEIGHTS_TARGET_PCT else "not reached"
         said.append(f"- {model}: {trained}, {reached:.2f}% in fp32 ONNX Runtime "
