@@ -21,6 +21,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -33,6 +34,18 @@ OPENING = re.compile(r"<!-- render:")
 
 class RenderError(Exception):
     pass
+
+
+def _read(name: str, path: Path) -> Any:
+    """A results file's JSON, or a RenderError naming the block and the file."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RenderError(f"README block {name!r}: no results file {path}") from None
+    except ValueError as exc:  # (UnicodeDecodeError and JSONDecodeError both)
+        raise RenderError(f"README block {name!r}: {path} is damaged ({exc!r})") from None
+    except OSError as exc:
+        raise RenderError(f"README block {name!r}: cannot read {path} ({exc})") from None
 
 
 def render(text: str, results: Path) -> tuple[str, list[str]]:
@@ -51,19 +64,17 @@ def render(text: str, results: Path) -> tuple[str, list[str]]:
         name = match[2]
         if name not in RENDERERS:
             raise RenderError(f"README block {name!r}: no renderer (known: {', '.join(RENDERERS)})")
-        path = results / f"{SOURCES.get(name, name)}.json"
+        source = SOURCES.get(name, name)
+        if source == "*":  # every results file, by name; a damaged one is named as itself
+            stored = {p.stem: _read(name, p) for p in sorted(results.glob("*.json"))}
+            where = f"the results in {results}"
+        else:
+            stored = _read(name, results / f"{source}.json")
+            where = str(results / f"{source}.json")
         try:
-            if path.stem == "*":  # every results file, by name
-                stored = {p.stem: json.loads(p.read_text()) for p in sorted(results.glob("*.json"))}
-            else:
-                stored = json.loads(path.read_text())
             body = RENDERERS[name](stored)
-        except FileNotFoundError:
-            raise RenderError(f"README block {name!r}: no results file {path}") from None
         except (ValueError, KeyError, TypeError, IndexError) as exc:
-            raise RenderError(f"README block {name!r}: {path} is damaged ({exc!r})") from None
-        except OSError as exc:
-            raise RenderError(f"README block {name!r}: cannot read {path} ({exc})") from None
+            raise RenderError(f"README block {name!r}: {where} is damaged ({exc!r})") from None
         if body != match[3]:
             changed.append(name)
         return match[1] + body + match[4]

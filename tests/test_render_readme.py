@@ -172,3 +172,17 @@ def test_the_readme_matches_its_stored_results_and_renders_every_bench_it_quotes
     for name in names:  # every stored result is quoted, once
         assert text.count(f"<!-- render: {name} -->") == 1, name
     assert text.count("<!-- render: deploy_int8 -->") == 1  # from deploy_latency's result
+
+
+def test_a_damaged_file_among_every_result_is_named_as_itself(site):
+    """The block that reads every results file (how long the refresh takes) names the one
+    that is damaged, not a pattern."""
+    readme, results = site
+    readme.write_text(readme.read_text() + "\n<!-- render: refresh_readme -->\n<!-- /render -->\n")
+    (results / "harness_scale.json").write_text("{not json")
+    result = renders("--readme", str(readme), "--results", str(results))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    damaged = results / "harness_scale.json"
+    assert result.stderr.startswith(
+        f"render_readme: error: README block 'refresh_readme': {damaged} is damaged"
+    )
