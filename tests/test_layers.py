@@ -538,6 +538,16 @@ def test_a_runtime_is_a_class_registered_by_name_and_a_model_and_a_device_resolv
     assert resolve("auto") == torch.device("cpu") == resolve("cpu")
     with pytest.raises(DeviceError, match=r"^device 'cuda' was asked for, but no CUDA"):
         resolve("cuda")
+    with pytest.raises(DeviceError, match=r"^device 'gpu0': not a device \(auto, cpu"):
+        resolve("gpu0")
+    # One GPU visible: torch.cuda stands in for it (there is no GPU here).
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    with pytest.raises(DeviceError, match=r"^device 'cuda:1' was asked for, but 1 CUDA device\(s\) "
+                       r"are visible \(cuda:0 to cuda:0; CUDA_VISIBLE_DEVICES=3\)$"):  # fmt: skip
+        resolve("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
     # The eager runtime on an export's files gives the saved network's logits.
     torch.manual_seed(0)
