@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from records.outbox import NAME, read_from
@@ -60,7 +59,7 @@ def collect(store: Store, rows: list[JobRow], force: bool = False, quiet: bool =
         cursor = cursors.get(row["id"])
         if not force and not due(row, cursor, now):
             continue
-        path = Path(row["job_dir"]) / NAME
+        path = os.path.join(row["job_dir"], NAME)  # (a Path each: a tenth of a second)
         try:
             stat = os.stat(path)
         except OSError:  # not started yet, or a job that never ran

@@ -77,6 +77,8 @@ def wrapped(rows: Sequence[Mapping[str, Any]], width: int = 120) -> str:
 
 
 def cell(value: Any) -> str:
+    if type(value) is str and value.isprintable() and "  " not in value and value == value.strip():
+        return value  # already one line with single spaces (most cells: a job's status)
     if value is None:
         return "-"
     if isinstance(value, float):

@@ -74,7 +74,7 @@ def read_outbox(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def read_from(path: Path, offset: int) -> tuple[list[dict[str, Any]], int, str | None]:
+def read_from(path: str | Path, offset: int) -> tuple[list[dict[str, Any]], int, str | None]:
     """The whole records of an outbox from byte ``offset`` on, the offset after the last of
     them, and what stopped the reading short, if anything: a torn last line (a write still
     under way, or cut by a kill) is left for the next reading; a damaged line stops it there,

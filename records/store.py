@@ -30,7 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from records import summaries
-from records.batch import upsert, upsert_many, write_attempts
+from records.batch import update_many, upsert, upsert_many, write_attempts
 from records.errors import StoreError, StoreMissing
 from records.rows import write_records
 from records.schema import (
@@ -302,7 +302,7 @@ class Store:
                     .where(jobs.c.id == bindparam("job"))
                     .values({name: bindparam(name) for name in names})
                 )
-                conn.execute(statement, rows)
+                update_many(conn, statement, rows)
 
     def sweep_config(self, name: str) -> dict[str, Any] | None:
         with self.begin() as conn:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from harness import results
 from harness.render import cell
@@ -184,3 +186,11 @@ def test_the_readmes_five_lines_reproduce_the_studys_seconds_per_epoch(store):
     (study,) = [r for r in json.loads(out) if r["table"] == "seconds per epoch"]
     for gpu in ("v100", "k80"):
         assert table.loc[study["variant"], gpu] == pytest.approx(study[gpu])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_a_text_cell_is_its_words_on_one_line_with_single_spaces(value):
+    """Whatever a cell's text holds (a reason with a traceback's newlines, tabs, no-break
+    spaces, leading blanks), the table shows its words on one line, a space between each."""
+    assert cell(value) == " ".join(value.split())

@@ -5,6 +5,7 @@ sweep's rows and attempts up to date from one sacct call."""
 from __future__ import annotations
 
 import datetime
+import functools
 import re
 import time
 from pathlib import Path
@@ -85,9 +86,12 @@ def parse_sacct(out: str) -> dict[str, dict[str, str]]:
     return {**ranged, **concrete}
 
 
+@functools.lru_cache(maxsize=8192)
 def timestamp(value: str | None) -> float | None:
     """A sacct time (``2026-11-29T01:00:00``, the cluster's local time) as Unix time; None
-    for ``Unknown``, ``None`` or nothing (a job not started, or not ended, yet)."""
+    for ``Unknown``, ``None`` or nothing (a job not started, or not ended, yet). Remembered:
+    sacct's times are to the second, and the tasks of an array share theirs by the thousand
+    (each conversion asks the C library for the local time zone's offset)."""
     if not value or not value[:1].isdigit():
         return None
     try:
