@@ -245,7 +245,7 @@ def main() -> int:
         # the rounds, which holds the true median less often than 95% (75% of the time at 3)
         parser.error(
             "--rounds must be at least 5; --iters, --threads, --train-epochs and "
-            "--train-steps at least 1"
+            "--train-steps at least 1; --warmup-steps 0 or more"
         )
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="deploy-bench-"))
