@@ -92,11 +92,9 @@ def _trained(how: dict[str, Any]) -> str:
     """How the bench trained a network, as its result records it (results from before
     ``epochs`` was recorded trained one epoch, with no warm-up)."""
     epochs = how.get("epochs", 1)
-    steps = (
-        f"{how['steps']} training steps"
-        if epochs == 1
-        else (f"{epochs} epochs of {how['steps']} training steps")
-    )
+    steps = f"{how['steps']} training steps"
+    if epochs != 1:
+        steps = f"{epochs} epochs of {steps}"
     lr = f"lr {how['lr']:g}"
     if how.get("warmup_steps"):
         lr += f" after {how['warmup_steps']} warm-up steps"
