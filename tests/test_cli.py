@@ -92,3 +92,29 @@ def test_train_help_and_bad_input(tmp_path):
     assert not out.exists()  # a refused job leaves nothing behind
     result = run("train", "--model", "resnest_tiny_basic", "--out", str(out))
     assert result.returncode == 2 and "missing --dataset" in result.stderr
+
+
+def test_a_command_runs_with_fewer_collections_and_puts_the_collector_back(monkeypatch):
+    """The cyclic collector runs less often during a command (``GC_YOUNG``: the first status
+    of a large sweep spends a tenth of its time in it otherwise), and is as it was after,
+    whether the command succeeded or failed."""
+    import gc
+
+    import harness.cli.status
+    from harness.cli import GC_YOUNG, main
+
+    before = gc.get_threshold()
+    during = []
+
+    def fake_status(args):  # stands in for the command, to see the collector while it runs
+        during.append(gc.get_threshold())
+        if args.store.endswith("nowhere.db"):
+            raise harness.cli.UserError("no such sweep")
+        return 0
+
+    monkeypatch.setattr(harness.cli.status, "cmd_status", fake_status)
+    assert main(["status", "--store", "sqlite:///here.db"]) == 0
+    assert gc.get_threshold() == before
+    assert main(["status", "--store", "sqlite:///nowhere.db"]) == 2
+    assert gc.get_threshold() == before
+    assert during == [(GC_YOUNG, *before[1:])] * 2
