@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import re
 import subprocess
 import sys
 import sysconfig
@@ -118,3 +119,41 @@ def test_a_command_runs_with_fewer_collections_and_puts_the_collector_back(monke
     assert main(["status", "--store", "sqlite:///nowhere.db"]) == 2
     assert gc.get_threshold() == before
     assert during == [(GC_YOUNG, *before[1:])] * 2
+
+
+@pytest.mark.parametrize("n_jobs", [100, 150])
+def test_status_of_a_large_sweep_lists_the_jobs_not_succeeded_and_all_with_all(tmp_path, n_jobs):
+    """A reader's status of more than 100 jobs leaves out the succeeded ones and says how
+    many; ``--all`` lists them too; json has every job; 100 jobs are all listed."""
+    from records.store import Store
+
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    store = Store(url)
+    store.add_sweep("big", {})
+    ids = [f"job{i:04d}" for i in range(n_jobs)]
+    store.add_jobs("big", [
+        {"id": job_id, "stage": "train", "model": "resnest_tiny_basic", "dataset": "synthetic",
+         "gpu_type": "v100", "gpus": 1, "seed": i, "repeat": 0, "spec": {}, "depends_on": []}
+        for i, job_id in enumerate(ids)
+    ])  # fmt: skip
+    states = ["failed" if i % 10 == 3 else "running" if i % 10 == 7 else "succeeded"
+              for i in range(n_jobs)]  # fmt: skip
+    store.set_states([(j, s, {}) for j, s in zip(ids, states, strict=True)])
+    store.engine.dispose()
+    succeeded = {j for j, s in zip(ids, states, strict=True) if s == "succeeded"}
+
+    def listed(*extra: str) -> tuple[set[str], str]:
+        result = run("status", "--store", url, *extra)
+        assert result.returncode == 0, result.stderr
+        return set(re.findall(r"\bjob\d{4}\b", result.stdout)), result.stdout
+
+    shown, text = listed()
+    if n_jobs > 100:
+        assert shown == set(ids) - succeeded
+        assert f"the {len(succeeded)} succeeded jobs are not listed (--all lists them)" in text
+    else:
+        assert shown == set(ids) and "not listed" not in text
+    assert f"{len(succeeded)} succeeded" in text.splitlines()[0]
+    assert listed("--all")[0] == set(ids)
+    as_json = run("status", "--store", url, "--format", "json")
+    assert {row["id"] for row in json.loads(as_json.stdout)} == set(ids)

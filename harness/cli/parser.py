@@ -141,6 +141,9 @@ COMMANDS: list[dict[str, Any]] = [
                 "watching; the jobs go on)"),
             arg("--every", type=positive_seconds, default=10.0, metavar="S",
                 help="with --watch: seconds between redraws (default: 10)"),
+            arg("--all", action="store_true",
+                help="list every job: the table of a sweep of more than 100 jobs leaves out "
+                "those that succeeded (counted above it; csv and json have every job)"),
         ],
         groups=["store"],
     ),

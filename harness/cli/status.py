@@ -21,14 +21,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         return _job_status(store, args)
     if not args.watch:
         rows = _look_after(config, store, sweep_name, _refresh(store, sweep_name))
-        print(_status_text(store, sweep_name, args.format, rows), end="")
+        print(_status_text(store, sweep_name, args.format, rows, args.all), end="")
         return 0
     # --watch: redrawn in place (on a terminal) until every job has ended
     tty = sys.stdout.isatty()
     try:
         while True:
             rows = _look_after(config, store, sweep_name, _refresh(store, sweep_name))
-            text = _status_text(store, sweep_name, args.format, rows)
+            text = _status_text(store, sweep_name, args.format, rows, args.all)
             stamp = time.strftime("%H:%M:%S")
             if tty:
                 sys.stdout.write("\x1b[H\x1b[J")
@@ -71,15 +71,25 @@ def _look_after(config, store, sweep_name: str, rows: list[JobRow]) -> list[JobR
     return store.jobs(sweep_name) if changed else rows
 
 
-def _status_text(store, sweep_name: str, fmt: str, rows: list[JobRow] | None = None) -> str:
+# A table of more jobs than this lists those that have not succeeded (``--all``: every job).
+LIST_ALL_UP_TO = 100
+
+
+def _status_text(
+    store, sweep_name: str, fmt: str, rows: list[JobRow] | None = None, every: bool = False
+) -> str:
     """What status prints: for a reader the counts, the store and the ETA head the table;
     csv and json leave stdout to the rows alone, for a program to parse, and those go to
-    stderr."""
+    stderr. A reader's table of a large sweep leaves out the succeeded jobs (counted in the
+    head), unless ``every``; csv and json have every job."""
     from harness.report import status_rows
 
     counts, table, eta = status_rows(store, sweep_name, human=fmt == "table", rows=rows)
     summary = f"sweep {sweep_name}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     head = [summary, store.describe(), eta]
+    if fmt == "table" and not every and len(table) > LIST_ALL_UP_TO and counts["succeeded"]:
+        table = [row for row in table if row["state"] != "succeeded"]
+        head.append(f"the {counts['succeeded']} succeeded jobs are not listed (--all lists them)")
     if fmt != "table":
         print("\n".join(head), file=sys.stderr)
         return render(table, fmt) + "\n"
