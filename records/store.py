@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import (
-    bindparam,
     create_engine,
     event,
     func,
@@ -30,7 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from records import summaries
-from records.batch import update_many, upsert, upsert_many, write_attempts
+from records.batch import ROW_KEY, update_many, upsert, upsert_many, write_attempts
 from records.errors import StoreError, StoreMissing
 from records.rows import write_records
 from records.schema import (
@@ -294,15 +293,10 @@ class Store:
             values: dict[str, Any] = {"state": state, **fields}
             if state != "pending":
                 values[stamps.get(state, "ended_at")] = now
-            alike.setdefault(tuple(values), []).append({"job": job_id, **values})
+            alike.setdefault(tuple(values), []).append({ROW_KEY: job_id, **values})
         with self.begin() as conn:
-            for names, rows in alike.items():
-                statement = (
-                    update(jobs)
-                    .where(jobs.c.id == bindparam("job"))
-                    .values({name: bindparam(name) for name in names})
-                )
-                update_many(conn, statement, rows)
+            for rows in alike.values():
+                update_many(conn, jobs, "id", rows)
 
     def sweep_config(self, name: str) -> dict[str, Any] | None:
         with self.begin() as conn:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -325,3 +326,97 @@ def test_the_quickstart_runs_as_the_readme_says(tmp_path):
         assert lines[at + 1].split()[:3] == ["gpu_type", "s/epoch", "img/s"]
         assert lines[at + 3].startswith("cpu ")
     assert (tmp_path / "results" / "results.db").is_file()
+
+
+def _records_of_many_jobs(n_jobs: int, second: bool) -> list[dict]:
+    """Every kind of record the collector writes, for ``n_jobs`` jobs, with the values that
+    a store converts or leaves out (None, NaN, booleans, JSON, lists). ``second``: what a
+    later collection brings: replays, a changed epoch, a later start of the same attempt."""
+    rng = random.Random(1 if second else 0)
+    out: list[dict] = []
+    for j in range(n_jobs):
+        job = f"many{j:05d}"
+        start = {"kind": "start", "job_id": job, "attempt": 0, "uid": f"s{j}",
+                 "time": 1000.0 + j + (500 if second else 0), "hosts": ["n1", "n2"][: j % 3],
+                 "spec": {"submitted_at": 900.0 + j if j % 2 else None}}  # fmt: skip
+        out.append(start)
+        for epoch in range(2 if second else 3):
+            out.append({
+                "kind": "epoch", "job_id": job, "attempt": 0, "epoch": epoch,
+                "uid": f"e{j}-{epoch}-{second}", "time": 1100.0 + epoch,
+                "epoch_time": rng.choice([None, 12.5, float("nan"), rng.random()]),
+                "gpu_util_mean": rng.choice([None, 80.0]),
+                "warmup": rng.choice([None, True, False]),
+                "test_acc": rng.random(), "xids": rng.choice([None, [], [79, 48]]),
+                "throttle_reasons": rng.choice([None, ["hw_slowdown"]]),
+            })  # fmt: skip
+        out.append({"kind": "telemetry", "job_id": job, "attempt": 0, "samples": [
+            {"time": 1200.0 + s, "gpu_index": s % 2, "util": rng.choice([None, 55.5])}
+            for s in range(2)]})  # fmt: skip
+        if j % 4 and not second:
+            out.append({"kind": "final", "job_id": job, "attempt": 0, "uid": f"f{j}",
+                        "status": rng.choice(["succeeded", "failed"]), "reason": None,
+                        "final_test_acc": rng.random(), "time": 1300.0})  # fmt: skip
+        if j % 5 == 0:
+            out.append({"kind": "provenance", "job_id": job, "attempt": 0, "uid": f"p{j}-{second}",
+                        "host": "n1", "packages_sha256": "ab" * 32, "packages": "torch==2",
+                        "environment": {"CUDA_VISIBLE_DEVICES": "0"}, "time": 1001.0})  # fmt: skip
+    return out
+
+
+def test_many_rows_copied_into_postgresql_are_stored_as_executemany_stores_them(monkeypatch):
+    """On PostgreSQL a group of many rows goes by COPY into a temporary table and one
+    INSERT ... SELECT ... ON CONFLICT (``records.batch._copy``), or one UPDATE ... FROM
+    (``update_many``: the jobs' states). Written both ways, states set in two shapes and the
+    records in two collections whose second replays, changes and fills rows, every table
+    holds the same (the jobs' times of a state change aside: they are the clock's)."""
+    url = os.environ.get("RESNEST_BENCH_TEST_PG")
+    if not url:
+        pytest.skip("no PostgreSQL: run scripts/pg-local.sh up and set RESNEST_BENCH_TEST_PG")
+    from sqlalchemy import create_engine
+
+    from records import batch
+    from records.schema import jobs
+    from records.store import metadata
+
+    copied = []
+    real_scratch = batch._scratch
+    monkeypatch.setattr(batch, "_scratch", lambda *a: copied.append(a[1].name) or real_scratch(*a))
+    stamps = ("submitted_at", "started_at", "ended_at")
+    held = {}
+    for way, copy_from in (("executemany", 10**9), ("copy", 2)):
+        engine = create_engine(url)
+        metadata.drop_all(engine)
+        engine.dispose()
+        monkeypatch.setattr(batch, "COPY_FROM", copy_from)
+        store = Store(url)
+        store.add_sweep("many", {})
+        ids = [f"many{j:05d}" for j in range(60)]
+        store.add_jobs("many", [
+            {"id": job_id, "stage": "train", "model": "m", "dataset": "d", "gpu_type": "v100",
+             "gpus": 1, "seed": 0, "repeat": 0, "spec": {"n": j}, "depends_on": []}
+            for j, job_id in enumerate(ids)
+        ])  # fmt: skip
+        store.set_states([(job_id, "running", {"attempt": j % 3}) for j, job_id in enumerate(ids)])
+        store.set_states([
+            (job_id, "failed" if j % 2 else "succeeded", {"reason": f"exit {j}" if j % 2 else None})
+            for j, job_id in enumerate(ids)
+        ])  # fmt: skip
+        for second in (False, True):
+            store.write_records(_records_of_many_jobs(60, second))
+        with store.begin() as conn:
+            held[way] = {
+                table.name: sorted(repr(tuple(row)) for row in conn.execute(select(table)))
+                for table in metadata.sorted_tables
+                if table.name not in ("jobs", "sweeps")  # (the sweep's: when it was added)
+            }
+            kept = [c for c in jobs.c if c.name not in stamps]
+            held[way]["jobs"] = sorted(repr(tuple(r)) for r in conn.execute(select(*kept)))
+            times = conn.execute(select(*(jobs.c[n] for n in stamps))).all()
+        assert all(started and ended for _, started, ended in times)
+        store.engine.dispose()
+    assert {"epochs", "events", "attempts", "telemetry", "summaries", "jobs"} <= set(copied)
+    assert held["copy"].keys() == held["executemany"].keys()
+    assert {k: v for k, v in held["copy"].items() if held["executemany"][k] != v} == {}
+    assert len(held["copy"]["epochs"]) == 180 and len(held["copy"]["attempts"]) == 60
+    assert sum("'failed'" in row and "'exit 1'" in row for row in held["copy"]["jobs"]) == 1
