@@ -401,7 +401,7 @@ def test_many_rows_copied_into_postgresql_are_stored_as_executemany_stores_them(
         store.set_states([
             (job_id, "failed" if j % 2 else "succeeded", {"reason": f"exit {j}" if j % 2 else None})
             for j, job_id in enumerate(ids)
-        ])  # fmt: skip
+        ] + [(ids[1], "failed", {"reason": "given twice: the last"})])  # fmt: skip
         for second in (False, True):
             store.write_records(_records_of_many_jobs(60, second))
         with store.begin() as conn:
@@ -419,4 +419,5 @@ def test_many_rows_copied_into_postgresql_are_stored_as_executemany_stores_them(
     assert held["copy"].keys() == held["executemany"].keys()
     assert {k: v for k, v in held["copy"].items() if held["executemany"][k] != v} == {}
     assert len(held["copy"]["epochs"]) == 180 and len(held["copy"]["attempts"]) == 60
-    assert sum("'failed'" in row and "'exit 1'" in row for row in held["copy"]["jobs"]) == 1
+    assert sum("'failed'" in row and "'exit 3'" in row for row in held["copy"]["jobs"]) == 1
+    assert sum("'given twice: the last'" in row for row in held["copy"]["jobs"]) == 1
