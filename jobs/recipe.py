@@ -34,6 +34,10 @@ class Recipe:
     warmup_steps: int = 0  # the warm-up lasts at least this many steps (up to a quarter of the run)
     base_batch_size: int = 0  # > 0: lr is scaled linearly by batch_size / base_batch_size
     label_smoothing: float = 0.0
+    # the last BN scale of every block starts at zero, so that each block starts as its
+    # shortcut (the official ResNeSt's last_gamma, "zero-init residual"): a new network only,
+    # and only where that BN is the block's last (not a split-attention basic block's)
+    last_gamma: bool = False
     augment: bool = True
     pipeline: str = "device"  # device (whole set on the device) | torchvision (PIL workers)
     bf16: bool = False  # autocast to bfloat16 on CUDA

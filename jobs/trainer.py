@@ -140,9 +140,9 @@ class Trainer:
         return result
 
     def _build_model(self) -> resnest.ResNeSt:
-        num_classes = self.train_set.num_classes
-        if not isinstance(self.spec, TransferSpec):
-            return resnest.create(self.spec.model, num_classes=num_classes, stem=self.spec.stem)
+        num_classes, spec, recipe = self.train_set.num_classes, self.spec, self.recipe
+        if not isinstance(spec, TransferSpec):
+            return resnest.create(spec.model, num_classes, spec.stem, last_gamma=recipe.last_gamma)
         source = load_source(Path(self.spec.init_from))
         if source["model_name"] != self.spec.model:
             raise CheckpointError(

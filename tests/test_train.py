@@ -222,3 +222,22 @@ def test_bad_input_is_one_line(tmp_path):
     result = run_job(tmp_path / "c", "--from", str(tmp_path / "empty"), *transfer, stage="transfer")
     assert result.returncode == EXIT_USER_ERROR
     assert "no valid checkpoint" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_recipes_last_gamma_starts_each_blocks_last_bn_scale_at_zero(tmp_path):
+    """``--set last_gamma=true`` builds the network with each bottleneck block's last BN
+    scale at zero (with lr 0 they stay as built); without it they start at one."""
+    import resnest
+
+    model = "resnest_tiny_bottleneck"
+    built = resnest.create(model, num_classes=10, last_gamma=True).state_dict()
+    zeroed = {k for k, v in built.items() if k.endswith(".weight") and v.ndim == 1 and not v.any()}
+    assert zeroed  # the blocks' last BN scales
+    for last_gamma in ("true", "false"):
+        out = tmp_path / last_gamma
+        args = ["--model", model, *TINY[2:], "--epochs", "1", "--max-steps", "1", "--lr", "0"]
+        result = run_job(out, *args, "--set", f"last_gamma={last_gamma}")
+        assert result.returncode == 0, result.stderr
+        weights = final_weights(out)
+        nonzero = [bool(weights[k].any()) for k in sorted(zeroed)]
+        assert nonzero == [last_gamma == "false"] * len(zeroed)
