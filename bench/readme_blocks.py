@@ -99,6 +99,8 @@ def _trained(how: dict[str, Any]) -> str:
     if how.get("warmup_steps"):
         lr += f" after {how['warmup_steps']} warm-up steps"
     momentum = ", Nesterov momentum" if how.get("nesterov") else ""
+    if how.get("last_gamma"):
+        momentum += ", each block's last BN scale from zero"
     return (
         f"{steps} here (batch {how['batch']}, {lr}{momentum}, cosine; "
         f"{how['seconds'] / 60:.1f} minutes)"

@@ -187,6 +187,12 @@ def test_the_int8_block_judges_each_scheme_by_the_whole_target_and_names_the_wei
         "warm-up steps, Nesterov momentum, cosine; 10.0 minutes), 86.00% in fp32 ONNX Runtime "
         "(85% reached)." in RENDERERS["deploy_int8"](result)
     )
+    result["training"]["resnest50_basic"].update(epochs=1, last_gamma=True)
+    assert (
+        "- resnest50_basic: 938 training steps here (batch 64, lr 0.05 after 100 warm-up steps, "
+        "Nesterov momentum, each block's last BN scale from zero, cosine; 10.0 minutes)"
+        in RENDERERS["deploy_int8"](result)
+    )
     lines = {line.split("`")[1]: line for line in text.splitlines() if line.startswith("| res")}
     assert set(lines) == {"onnxruntime-int8", "onnxruntime-int8-all", "onnxruntime-int8-s8"}
     assert lines["onnxruntime-int8"].endswith("| 0.20 | 99.20 | 70 / 0 | 22 | 30 | 16 | met |")

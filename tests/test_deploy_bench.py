@@ -3,6 +3,7 @@ verdict, the recorded conditions, the JSON result, and a busy round flagged (a C
 this test runs beside exactly one round) with ``--strict`` turning the flag into exit 1.
 The networks are the tiny ones, trained a few steps on the real Fashion-MNIST files."""
 
+import argparse
 import importlib.util
 import json
 import subprocess
@@ -42,6 +43,19 @@ def test_a_speedup_whose_interval_holds_one_is_the_same(other, verdict):
     assert bench_module().compare(rounds, "eager", "eager") == {}
 
 
+def test_each_variant_trains_on_its_own_schedule_and_an_option_given_sets_both():
+    bench = bench_module()
+    schedules = bench.SCHEDULES
+    assert schedules["bottleneck"] != schedules["basic"]
+    unset = argparse.Namespace(lr=None, warmup_steps=None, nesterov=None, last_gamma=None)
+    assert bench.schedule_of("resnest50_bottleneck", unset) == schedules["bottleneck"]
+    assert bench.schedule_of("resnest50_basic", unset) == schedules["basic"]
+    given = argparse.Namespace(lr=0.1, warmup_steps=None, nesterov=False, last_gamma=None)
+    for kind, model in (("bottleneck", "resnest50_bottleneck"), ("basic", "resnest50_basic")):
+        expected = {**schedules[kind], "lr": 0.1, "nesterov": False}
+        assert bench.schedule_of(model, given) == expected
+
+
 @pytest.mark.skipif(not Path(FASHION_MNIST_SYSTEM_DIR).is_dir(), reason="dataset-fashion-mnist")
 def test_a_round_with_a_hog_beside_it_is_flagged_and_strict_fails(tmp_path):
     out = tmp_path / "result.json"
@@ -74,6 +88,9 @@ def test_a_round_with_a_hog_beside_it_is_flagged_and_strict_fails(tmp_path):
     # its trained networks and exports went with it (torch's own caches may stay)
     assert list(scratch.glob("deploy-bench-*")) == []
     result = json.loads(out.read_text())
+    schedules = bench_module().SCHEDULES  # each variant trained on its own
+    assert result["training"]["resnest_tiny_bottleneck"].items() >= schedules["bottleneck"].items()
+    assert result["training"]["resnest_tiny_basic"].items() >= schedules["basic"].items()
     rounds = {(r["model"], r["round"]): r for r in result["rounds"]}
     assert len(rounds) == 10 and rounds["resnest_tiny_basic", 2]["busy"]
     assert rounds["resnest_tiny_basic", 2]["others_cores"] > 1.0  # two hogs on two cores
