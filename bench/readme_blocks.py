@@ -98,11 +98,11 @@ def _trained(how: dict[str, Any]) -> str:
     lr = f"lr {how['lr']:g}"
     if how.get("warmup_steps"):
         lr += f" after {how['warmup_steps']} warm-up steps"
-    momentum = ", Nesterov momentum" if how.get("nesterov") else ""
+    also = ", Nesterov momentum" if how.get("nesterov") else ""
     if how.get("last_gamma"):
-        momentum += ", each block's last BN scale from zero"
+        also += ", each block's last BN scale from zero"
     return (
-        f"{steps} here (batch {how['batch']}, {lr}{momentum}, cosine; "
+        f"{steps} here (batch {how['batch']}, {lr}{also}, cosine; "
         f"{how['seconds'] / 60:.1f} minutes)"
     )
 

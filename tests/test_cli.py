@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.cli.status import LIST_ALL_UP_TO
+
 # The console script installed beside this interpreter, as a user of this environment runs it.
 EXE = Path(sysconfig.get_path("scripts")) / "resnest-bench"
 
@@ -121,10 +123,11 @@ def test_a_command_runs_with_fewer_collections_and_puts_the_collector_back(monke
     assert during == [(GC_YOUNG, *before[1:])] * 2
 
 
-@pytest.mark.parametrize("n_jobs", [100, 150])
+@pytest.mark.parametrize("n_jobs", [LIST_ALL_UP_TO, LIST_ALL_UP_TO + 50])
 def test_status_of_a_large_sweep_lists_the_jobs_not_succeeded_and_all_with_all(tmp_path, n_jobs):
-    """A reader's status of more than 100 jobs leaves out the succeeded ones and says how
-    many; ``--all`` lists them too; json has every job; 100 jobs are all listed."""
+    """A reader's status of more than ``LIST_ALL_UP_TO`` (100) jobs leaves out the succeeded
+    ones and says how many; ``--all`` lists them too; json has every job; 100 jobs are all
+    listed."""
     from records.store import Store
 
     url = f"sqlite:///{tmp_path / 'results.db'}"
@@ -148,7 +151,7 @@ def test_status_of_a_large_sweep_lists_the_jobs_not_succeeded_and_all_with_all(t
         return set(re.findall(r"\bjob\d{4}\b", result.stdout)), result.stdout
 
     shown, text = listed()
-    if n_jobs > 100:
+    if n_jobs > LIST_ALL_UP_TO:
         assert shown == set(ids) - succeeded
         assert f"the {len(succeeded)} succeeded jobs are not listed (--all lists them)" in text
     else:
