@@ -93,9 +93,10 @@ def schedule_of(model: str, args: argparse.Namespace) -> dict[str, Any]:
     return {**SCHEDULES[kind], **{k: v for k, v in given.items() if v is not None}}
 
 
-def train(model: str, folder: Path, args: argparse.Namespace) -> Path:
+def train(model: str, folder: Path, args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     """Weights to judge the runtimes on, INT8 above all (whose accuracy loss says little on
-    a network that has barely learnt): the variant's schedule (``schedule_of``)."""
+    a network that has barely learnt), trained on the variant's schedule (``schedule_of``):
+    their folder and that schedule."""
     how = schedule_of(model, args)
     settings = [f"{k}={str(how[k]).lower()}" for k in ("nesterov", "last_gamma", "warmup_steps")]
     cmd = [
@@ -113,7 +114,7 @@ def train(model: str, folder: Path, args: argparse.Namespace) -> Path:
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
         sys.exit(f"deploy_latency: training {model} failed: {last}")
-    return folder
+    return folder, how
 
 
 def prepared(name: str, setting: Setting) -> tuple[Runtime, dict[str, Any]]:
@@ -302,9 +303,8 @@ def measure_all(args: argparse.Namespace, work: Path) -> int:
             source = Path(given)
             result["training"][variant] = {"weights": str(source)}
         else:
-            source = train(variant, work / variant, args)
+            source, how = train(variant, work / variant, args)
             took = time.perf_counter() - began
-            how = schedule_of(variant, args)
             print(f"{variant}: trained {args.train_epochs} x {args.train_steps} steps "
                   f"({how}) in {took:.0f} s", flush=True)  # fmt: skip
             result["training"][variant] = {
