@@ -86,7 +86,7 @@ def refresh(store: Store, rows: list[Row]) -> bool:
     up to date from the launchers that hold them (for SLURM, one sacct call), then collect
     the jobs' new records from their outboxes (``harness.collect``); whether anything was
     asked or stored (if not, ``rows`` are as current as the store)."""
-    from harness.collect import collect
+    from harness.collect import Collection
     from harness.launchers import feeder
 
     fed = feeder.collect(store, rows)  # waiting jobs a feeder has submitted (or not run)
@@ -99,10 +99,16 @@ def refresh(store: Store, rows: list[Row]) -> bool:
         taken_back = row["state"] == "failed" and (row["reason"] or "").startswith(REQUEUABLE)
         if (unfinished or taken_back) and name is not None:
             held.setdefault(name, []).append(row)
-    for name, group in held.items():
-        launchers.get(name, store).poll(group)
-    # The rows as they were: a job that ended in this poll is still one to read.
-    collected = collect(store, rows)
+    # The rows as they were: a job that ends in this poll is still one to read. A large
+    # collection's workers begin at once and read while the harness polls; the poll's writes
+    # wait for theirs.
+    collection = Collection(store, rows)
+    with store.held():
+        try:
+            for name, group in held.items():
+                launchers.get(name, store).poll(group)
+        finally:
+            collected = collection.finish()
     return bool(held) or collected > 0 or fed > 0
 
 

@@ -60,6 +60,8 @@ class Batch:
     def flush(self) -> None:
         for (_, names, keys, _, fill_only), (table, columns, rows) in self.groups.items():
             upsert = _Upsert(self.conn, table, keys, columns, fill_only)
+            if not columns:  # rows that any writer may hold (a package list), in key order:
+                rows = dict(sorted(rows.items()))  # writers side by side wait, not deadlock
             _executemany(self.conn, table, upsert, names, rows.values())
         self.groups.clear()
 

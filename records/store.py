@@ -96,6 +96,7 @@ class Store:
         self.url = url
         self.create = create
         self.journal: str | None = None  # SQLite files: "wal" or "delete"
+        self._held: list[tuple[Any, list]] | None = None  # writes held back (``held``)
         kwargs: dict[str, Any] = {"future": True}
         if url.startswith("sqlite"):
             path = url.split("///", 1)[-1]
@@ -182,6 +183,19 @@ class Store:
             raise StoreError(
                 f"results store {redact(self.url)}: cannot open: {store_problem(exc)}"
             ) from None
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """States and attempts written inside the block are written as it ends (unless it
+        fails): a poll's, after a collection's workers (PostgreSQL: no deadlock over rows)."""
+        self._held = []
+        try:
+            yield
+            held, self._held = self._held, None
+            for write, rows in held:
+                write(rows)
+        finally:
+            self._held = None
 
     @contextmanager
     def begin(self) -> Iterator[Any]:
@@ -284,6 +298,8 @@ class Store:
     def set_states(self, changes: Iterable[tuple[str, str, dict[str, Any]]]) -> None:
         """(job id, state, other fields) for many jobs, in one transaction (the states of a
         10,000-job sweep from one sacct call)."""
+        if self._held is not None:
+            return self._held.append((self.set_states, list(changes)))
         now = time.time()
         stamps = {"submitted": "submitted_at", "running": "started_at"}
         alike: dict[tuple[str, ...], list[dict[str, Any]]] = {}  # one statement per shape
@@ -369,6 +385,8 @@ class Store:
     def record_attempts(self, rows: list[dict[str, Any]]) -> None:
         """What a launcher saw of attempts (job_id, attempt and any other columns); a value
         left out, or None, keeps the one stored."""
+        if self._held is not None:
+            return self._held.append((self.record_attempts, rows))
         with self.begin() as conn:
             write_attempts(conn, rows)
 
@@ -416,21 +434,7 @@ def open_store(url: str | None, results_dir: str | Path, create: bool = True) ->
     return Store(url or store_from_environment() or default_url(results_dir), create=create)
 
 
-__all__ = [
-    # the tables, for readers that take them from here
-    "EPOCH_FIELDS",
-    "STATES",
-    "SQLAlchemyError",
-    "Store",
-    "StoreMissing",
-    "artifacts",
-    "default_url",
-    "inference",
-    "open_store",
-    "provenance",
-    "redact",
-    "store_problem",
-    "telemetry",
-    "upsert",
-    "write_records",
-]  # fmt: skip
+# the tables, for readers that take them from here
+__all__ = ["EPOCH_FIELDS", "STATES", "SQLAlchemyError", "Store", "StoreMissing", "artifacts",
+           "default_url", "inference", "open_store", "provenance", "redact", "store_problem",
+           "telemetry", "upsert", "write_records"]  # fmt: skip

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
+from harness import collect as collect_module
 from harness.collect import collect
 from records.schema import attempts, epochs, events, outboxes, provenance, results, summaries
 from records.store import Store
@@ -64,9 +66,10 @@ def _uid(uid: bytes, job_id: str) -> bytes:
     return hashlib.sha256(uid + job_id.encode()).hexdigest()[:32].encode()
 
 
-def new_store(folder: Path, job_dirs: dict[str, Path]) -> Store:
-    """A store with a sweep whose jobs (id -> folder) are running on a cluster."""
-    store = Store(f"sqlite:///{folder / 'results.db'}")
+def new_store(folder: Path, job_dirs: dict[str, Path], url: str | None = None) -> Store:
+    """A store (SQLite in ``folder`` unless ``url``) with a sweep whose jobs (id -> folder)
+    are running on a cluster."""
+    store = Store(url or f"sqlite:///{folder / 'results.db'}")
     store.add_sweep(SWEEP, {})
     rows = [
         {"id": job_id, "stage": "train", "model": "resnest_tiny_basic", "dataset": "synthetic",
@@ -191,6 +194,27 @@ def test_a_damaged_line_stops_that_outbox_there_and_says_so(tmp_path, outbox, ca
     assert collect(store, store.jobs(SWEEP)) == 0  # still stopped there, nothing twice
 
 
+def jobs_written_to(
+    tmp_path: Path, letters: str, outbox: bytes, first: int, url: str | None = None
+) -> tuple[dict[str, Path], Store]:
+    """A job per letter (its id the letter 32 times), each whose outbox holds the ``first``
+    bytes of its own; and a store of them (SQLite unless ``url``), its connections closed."""
+    folders = {c * 32: tmp_path / "jobs" / (c * 32) for c in letters}
+    for job_id, folder in folders.items():
+        folder.mkdir(parents=True)
+        (folder / "outbox.jsonl").write_bytes(of_job(outbox, job_id)[:first])
+    store = new_store(tmp_path, folders, url)
+    store.engine.dispose()
+    return folders, store
+
+
+def write_on(folders: dict[str, Path], outbox: bytes, first: int) -> None:
+    """The jobs write the rest of their outboxes."""
+    for job_id, folder in folders.items():
+        with open(folder / "outbox.jsonl", "ab") as f:
+            f.write(of_job(outbox, job_id)[first:])
+
+
 KILLER = textwrap.dedent(
     """
     import os, sys
@@ -225,32 +249,142 @@ def test_a_collection_killed_anywhere_and_run_again_loses_and_duplicates_nothing
     after it), the outbox grows, and collections run again: the store ends as one whole
     collection would leave it."""
     tmp_path = tmp_path_factory.mktemp("killed")
-    folders = {c * 32: tmp_path / "jobs" / (c * 32) for c in "ab"}
     first = int(grown * len(outbox))
-    for job_id, folder in folders.items():
-        folder.mkdir(parents=True)
-        (folder / "outbox.jsonl").write_bytes(of_job(outbox, job_id)[:first])
-    store = new_store(tmp_path, folders)
-    store.engine.dispose()
+    folders, store = jobs_written_to(tmp_path, "ab", outbox, first)
     killed = subprocess.run(
         [sys.executable, "-c", KILLER, store.url, str(kill_at)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert killed.returncode in (0, 9), killed.stderr
-    for job_id, folder in folders.items():
-        with open(folder / "outbox.jsonl", "ab") as f:
-            f.write(of_job(outbox, job_id)[first:])
+    write_on(folders, outbox, first)
     store = Store(store.url)
     collect(store, store.jobs(SWEEP))
     collect(store, store.jobs(SWEEP))
-    expected = reference(tmp_path, outbox)
+    assert_each_job_as_reference(store, list(folders), reference(tmp_path, outbox), kill_at)
+
+
+def assert_each_job_as_reference(store: Store, job_ids: list[str], expected: dict, note) -> None:
+    """Each job holds what the one job of the reference store holds, every record once."""
     found = contents(store)
     for table in ("epochs", "results", "provenance", "summaries", "attempts"):
-        for job_id in folders:  # each job holds what the one job of the reference holds
+        for job_id in job_ids:
             assert [row[1:] for row in found[table] if row[0] == job_id] == [
                 row[1:] for row in expected[table]
-            ], (table, job_id, kill_at, killed.stdout)
-    assert len(found["events"]) == 2 * len(expected["events"])  # every record once
+            ], (table, job_id, note)
+    assert len(found["events"]) == len(job_ids) * len(expected["events"])
+
+
+SHARED = textwrap.dedent(
+    """
+    import os, sys
+    from sqlalchemy import event
+    from harness import collect
+    from records.store import Store
+
+    collect.SHARE = 1  # an outbox is a share: three jobs' outboxes go to a worker and the harness
+    store = Store(sys.argv[1])
+    harness, count, kill_at = os.getpid(), [0], int(sys.argv[2])
+
+    @event.listens_for(store.engine, "before_cursor_execute")
+    def _kill(*args):
+        if (os.getpid() == harness) == (sys.argv[3] == "harness"):  # the one to kill
+            count[0] += 1
+            if count[0] == kill_at:
+                os._exit(9)  # as SIGKILL: no rollback, no cleanup, mid-transaction
+
+    collection = collect.Collection(store, store.jobs("collected"))
+    print("workers", *[pid for pid, _ in collection.workers], flush=True)
+    print("finished", collection.finish())
+    """
+)
+
+
+def _ended(pid: int) -> bool:
+    """Whether a process is gone (or a zombie no one has reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+    except (OSError, IndexError):
+        return True
+
+
+def run_shared(url: str, kill_at: int = 0, who: str = "harness") -> tuple[int, list[int], str]:
+    """A collection of the sweep's outboxes among a worker and the harness, one of which is
+    killed at its ``kill_at``-th SQL statement (0: none): its exit code, the workers' pids
+    (none where it was killed before it forked them) and its output."""
+    run = subprocess.run(
+        [sys.executable, "-c", SHARED, url, str(kill_at), who],
+        capture_output=True, text=True, timeout=120, env=job_env(),
+    )  # fmt: skip
+    assert run.returncode in (0, 9), run.stderr
+    said = run.stdout.splitlines()
+    workers = [int(pid) for pid in said[0].split()[1:]] if said else []
+    for _ in range(100):  # a worker ends with the harness, killed or not
+        if all(_ended(pid) for pid in workers):
+            break
+        time.sleep(0.1)
+    assert all(_ended(pid) for pid in workers), (workers, run.stdout)
+    return run.returncode, workers, run.stdout
+
+
+TWO_CORES = pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < 2, reason="a collection is shared among workers on 2+ cores"
+)
+
+
+@TWO_CORES
+@settings(max_examples=12, deadline=None, suppress_health_check=FIXTURES)
+@given(
+    grown=st.floats(0.05, 0.95),
+    kill_at=st.integers(1, 30),  # a share here is 4 to 25 statements
+    who=st.sampled_from(["harness", "worker"]),
+)
+def test_a_collection_shared_among_workers_killed_anywhere_loses_and_duplicates_nothing(
+    tmp_path_factory, outbox, grown, kill_at, who
+):
+    """The harness or its worker is killed at its Nth SQL statement: a worker killed has its
+    share collected by the harness, which finishes; a harness killed takes its worker with
+    it. The outboxes grow, and collections run again: the store ends as one whole
+    collection would leave it."""
+    tmp_path, first = tmp_path_factory.mktemp("shared"), int(grown * len(outbox))
+    folders, store = jobs_written_to(tmp_path, "abc", outbox, first)
+    code, workers, said = run_shared(store.url, kill_at, who)
+    if who == "worker":  # the harness goes on, its worker's share collected again
+        assert code == 0 and len(workers) == 1 and "finished" in said
+    write_on(folders, outbox, first)
+    store = Store(store.url)
+    collect(store, store.jobs(SWEEP))
+    collect(store, store.jobs(SWEEP))
+    assert_each_job_as_reference(store, list(folders), reference(tmp_path, outbox), (kill_at, who))
+
+
+@TWO_CORES
+def test_a_collection_shared_among_workers_on_postgresql_stores_what_one_process_stores(
+    tmp_path, outbox
+):
+    """On PostgreSQL the harness and its worker write side by side: the store holds each job
+    as one collection into SQLite does."""
+    url = os.environ.get("RESNEST_BENCH_TEST_PG")
+    if not url:
+        pytest.skip("no PostgreSQL: run scripts/pg-local.sh up and set RESNEST_BENCH_TEST_PG")
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)  # a schema of this test's own
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA IF EXISTS collect_shared CASCADE"))
+        conn.execute(text("CREATE SCHEMA collect_shared"))
+    try:
+        scoped = f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3Dcollect_shared"
+        folders, store = jobs_written_to(tmp_path, "abc", outbox, len(outbox), scoped)
+        code, workers, said = run_shared(scoped)
+        assert code == 0 and len(workers) == 1, said
+        records = 3 * outbox.count(b"\n")
+        assert f"finished {records}" in said  # every record, by the harness or its worker
+        assert_each_job_as_reference(store, list(folders), reference(tmp_path, outbox), said)
+        store.engine.dispose()
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA IF EXISTS collect_shared CASCADE"))
+        engine.dispose()
 
 
 def test_a_store_on_a_filesystem_without_shared_maps(tmp_path):
@@ -272,6 +406,9 @@ def test_a_store_on_a_filesystem_without_shared_maps(tmp_path):
         assert shared.journal == "delete" and shared.sweeps() == ["before"]
         shared.add_sweep("after", {})
         assert "rollback journal" in shared.describe()
+        many = [("", "", 0, os.stat(mount))] * (4 * collect_module.SHARE)  # workers' worth
+        assert len(collect_module._shares(shared, many)) == 1  # one writer: one process
+        assert len(collect_module._shares(local, many)) == min(2, len(os.sched_getaffinity(0)))
         shared.engine.dispose()
         assert sorted(os.listdir(source)) == ["results.db"]  # no WAL, no index, no probe left
     finally:
