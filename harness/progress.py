@@ -70,7 +70,7 @@ def job_progress(
     ended = queries.last_epochs(store, [row["id"] for row in started if row["state"] in ENDED])
     ended = {job_id: last for job_id, last in ended.items() if last[0] is not None}
     measured = queries.progress_of(store, [row["id"] for row in started if row["id"] not in ended])
-    tries = store.attempts_of(ids)
+    tries = queries.queue_times(store, ids)
     out: dict[str, dict[str, Any]] = {}
     for row in rows:
         planned = planned_epochs(row)
@@ -88,13 +88,13 @@ def job_progress(
         if row["state"] == "running" and planned and epoch_s:
             last = current[-1][2] or now
             eta = max(0.0, (planned - k) * epoch_s - (now - last))
-        attempt = next((a for a in tries.get(row["id"], []) if a["attempt"] == row["attempt"]), {})
-        submitted = attempt.get("submitted_at") or row.get("submitted_at")
+        submitted_at, started_at = tries.get((row["id"], row["attempt"]), (None, None))
+        submitted = submitted_at or row.get("submitted_at")
         wait, queued_now = None, row["state"] == "submitted"
         if queued_now and submitted:
             wait = max(0.0, now - submitted)
         elif submitted and row["state"] not in HELD_BACK:
-            began = attempt.get("started_at") or row.get("started_at")
+            began = started_at or row.get("started_at")
             wait = max(0.0, began - submitted) if began else None
         out[row["id"]] = {"epoch": k if planned else None, "epochs": planned,
                           "epoch_s": epoch_s, "eta_s": eta, "queue_wait_s": wait,

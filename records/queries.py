@@ -254,6 +254,19 @@ def progress_of(store: Store, job_ids: list[str]) -> dict[str, list[tuple]]:
     return found
 
 
+def queue_times(store: Store, job_ids: list[str]) -> dict[tuple[str, int], tuple]:
+    """(job id, attempt) -> (submitted_at, started_at) of the jobs' attempts: what status
+    makes each job's queue wait from."""
+    query = select(attempts.c.job_id, attempts.c.attempt, attempts.c.submitted_at,
+                   attempts.c.started_at)  # fmt: skip
+    with store.begin() as conn:
+        return {
+            (job_id, attempt): times
+            for where in among(conn, attempts.c.job_id, job_ids)
+            for job_id, attempt, *times in conn.execute(query.where(where))
+        }
+
+
 def last_epochs(store: Store, job_ids: list[str]) -> dict[str, tuple[int | None, float | None]]:
     """Each job's newest epoch number and s/epoch, from its summary
     (``records.summaries.last_epoch``): what status shows of an ended job."""
