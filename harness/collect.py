@@ -108,18 +108,19 @@ class Collection:
         """Collect the harness's share, wait for the workers' (collecting again any share
         whose worker failed); say what stopped a reading. Returns how many records."""
         store, now = self.store, self.now
+        waiting = list(zip(self.workers, self.shares[1:], strict=True))
         try:
             count, problems = _collect_share(store, self.shares[0], self.moved, now)
+            while waiting:
+                more, said = _join(store, *waiting.pop(0), now)
+                count += more
+                problems += said
         except BaseException:  # (Ctrl-C too) the workers go with it; a later one collects all
-            for pid, readable in self.workers:
+            for (pid, readable), _ in waiting:
                 os.close(readable)
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
             raise
-        done = [_join(store, w, s, now) for w, s in zip(self.workers, self.shares[1:], strict=True)]
-        for more, said in done:
-            count += more
-            problems += said
         if problems and not quiet:
             for problem in problems[:3]:
                 print(
